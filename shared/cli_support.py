@@ -1,0 +1,74 @@
+"""Shared command-line plumbing: clean one-line errors unless --debug."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import click
+
+from shared.errors import ExemplarSamError
+
+
+def run_cli(group: click.Group, argv: list[str] | None = None) -> None:
+    """Run a click group; user errors become ``error: ...`` + exit 2, no traceback.
+
+    ``--debug`` anywhere on the command line re-raises the original exception instead.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:
+        args.remove("--debug")
+    try:
+        group.main(args=args, prog_name=group.name, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:  # bad usage: click's own message
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ExemplarSamError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {_one_line(str(exc))}", err=True)
+        sys.exit(exc.exit_code)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        if debug:
+            raise
+        click.echo(f"error: {type(exc).__name__}: {_one_line(str(exc))} (rerun with --debug for a traceback)", err=True)
+        sys.exit(1)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+DEBUG_HELP = "Show the full traceback on errors (accepted anywhere on the command line)."
+
+
+def debug_option(f: Callable) -> Callable:
+    """A documented --debug flag; run_cli strips it before click parses, this keeps --help honest."""
+    return click.option("--debug", is_flag=True, expose_value=False, help=DEBUG_HELP)(f)
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported only when used.
+
+    ``lazy_commands`` maps a command name to ``"module.path:attribute"``. Keeps ``--help`` fast
+    (torch is imported only by the commands that need it) and lets each command live in its own
+    module.
+    """
+
+    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy_commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands:
+            import importlib
+
+            module_name, attr = self.lazy_commands[cmd_name].split(":")
+            return getattr(importlib.import_module(module_name), attr)
+        return super().get_command(ctx, cmd_name)
