@@ -1,0 +1,193 @@
+"""Volume metrics: Dice (DSC) and HD95, with the empty-case convention of this project.
+
+Definitions agree with medpy's ``medpy.metric.binary.dc`` and ``hd95`` (tests compare them on real
+masks): the surface of a mask is the mask minus its binary erosion (connectivity 1, voxels on the
+array border count as surface), HD95 is the 95th percentile (numpy's linear interpolation) of the
+pooled distances from each surface voxel of one mask to the nearest surface voxel of the other,
+both directions, in mm using the voxel spacing.
+
+Empty cases (one class of one volume, ``gt`` = ground truth, ``pred`` = prediction):
+
+=================  =================  ===========  ======================================
+gt                 pred               DSC          HD95
+=================  =================  ===========  ======================================
+non-empty          non-empty          2|A∩B|/...   95th percentile surface distance (mm)
+non-empty          empty              0            volume diagonal in mm (penalty)
+empty              non-empty          0            volume diagonal in mm (penalty)
+empty              empty              NaN          NaN  -> not scored, left out of averages
+=================  =================  ===========  ======================================
+
+A prediction on an empty ground truth therefore never scores Dice 1 (SAMed's evaluation does
+that), and a missed structure is not rewarded with HD95 0 (SAMed again). The diagonal,
+``sqrt(sum((shape * spacing)^2))``, is the largest distance possible inside the volume.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+Spacing = Sequence[float]
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice coefficient 2|A∩B| / (|A| + |B|) of two binary masks; NaN when both are empty."""
+    pred = np.asarray(pred, dtype=bool)
+    gt = np.asarray(gt, dtype=bool)
+    total = int(np.count_nonzero(pred)) + int(np.count_nonzero(gt))
+    if total == 0:
+        return float("nan")
+    return 2.0 * int(np.count_nonzero(pred & gt)) / total
+
+
+def diagonal_mm(shape: Sequence[int], spacing: Spacing) -> float:
+    """Length of the volume's diagonal in mm: the HD95 penalty for a missed or spurious mask."""
+    return float(math.sqrt(sum((float(n) * float(s)) ** 2 for n, s in zip(shape, spacing))))
+
+
+def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive-exclusive bounding box (lo, hi) of the non-zero voxels of a non-empty mask."""
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        lo.append(idx[0])
+        hi.append(idx[-1] + 1)
+    return np.asarray(lo), np.asarray(hi)
+
+
+def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Spacing) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (mm) from a's surface voxels to b's surface, and from b's to a's.
+
+    Both masks must be non-empty. Works on the union bounding box plus one voxel (clipped at
+    the array border), which gives exactly medpy's numbers: all surface voxels lie in the crop,
+    and the erosion still sees the array border as background where the crop touches it.
+    """
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
+    spacing = np.asarray(spacing, dtype=np.float64)
+    if spacing.shape != (a.ndim,):
+        raise ValueError(f"spacing {tuple(spacing)} does not match a {a.ndim}-D mask")
+    union = a | b
+    lo, hi = _bbox(union)
+    lo = np.maximum(lo - 1, 0)
+    hi = np.minimum(hi + 1, a.shape)
+    crop = tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))
+    a, b = a[crop], b[crop]
+    footprint = ndimage.generate_binary_structure(a.ndim, 1)
+    a_surf = a ^ ndimage.binary_erosion(a, structure=footprint, iterations=1)
+    b_surf = b ^ ndimage.binary_erosion(b, structure=footprint, iterations=1)
+    dt_b = ndimage.distance_transform_edt(~b_surf, sampling=spacing)
+    dt_a = ndimage.distance_transform_edt(~a_surf, sampling=spacing)
+    return dt_b[a_surf], dt_a[b_surf]
+
+
+def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Spacing) -> float:
+    """95th percentile of the symmetric surface distance in mm (medpy's ``hd95``).
+
+    Follows the empty-case convention of this module: NaN when both masks are empty, the volume
+    diagonal when exactly one is.
+    """
+    pred = np.asarray(pred, dtype=bool)
+    gt = np.asarray(gt, dtype=bool)
+    has_p, has_g = bool(pred.any()), bool(gt.any())
+    if not has_p and not has_g:
+        return float("nan")
+    if has_p != has_g:
+        return diagonal_mm(pred.shape, spacing)
+    d_pg, d_gp = surface_distances(pred, gt, spacing)
+    return float(np.percentile(np.hstack((d_pg, d_gp)), 95))
+
+
+@dataclass
+class CaseScore:
+    """One row of ``cases.csv``: one volume and one class."""
+
+    volume: str
+    class_index: int
+    class_name: str
+    dsc: float  # fraction 0-1; NaN when not scored
+    hd95: float  # mm; NaN when not scored
+    gt_voxels: int
+    pred_voxels: int
+    note: str = ""  # why a case is unscored or penalised
+
+    @property
+    def scored(self) -> bool:
+        return not math.isnan(self.dsc)
+
+
+def score_volume(
+    volume_id: str,
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: Spacing,
+    class_names: Sequence[str],
+) -> list[CaseScore]:
+    """DSC and HD95 of every foreground class of one volume (label maps of equal shape)."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"{volume_id}: prediction shape {pred.shape} != ground truth {gt.shape}")
+    rows = []
+    for k in range(1, len(class_names)):
+        p = pred == k
+        g = gt == k
+        n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
+        if n_g == 0 and n_p == 0:
+            note = "not scored: class absent from ground truth and prediction"
+        elif n_g == 0:
+            note = "false positive: class absent from ground truth (DSC 0, HD95 = diagonal)"
+        elif n_p == 0:
+            note = "missed: empty prediction (DSC 0, HD95 = diagonal)"
+        else:
+            note = ""
+        rows.append(CaseScore(volume_id, k, class_names[k], dice(p, g), hd95(p, g, spacing), n_g, n_p, note))
+    return rows
+
+
+@dataclass
+class Summary:
+    """Averages as the published tables compute them.
+
+    Per class: the mean over the volumes where that class is scored. Overall: the mean of the
+    per-class means (classes never scored are left out).
+    """
+
+    mean_dsc: float
+    mean_hd95: float
+    per_class: dict  # name -> {"dsc", "hd95", "n_volumes"}
+    n_volumes: int
+
+
+def summarise(rows: Sequence[CaseScore], class_names: Sequence[str]) -> Summary:
+    per_class: dict[str, dict] = {}
+    for k in range(1, len(class_names)):
+        scored = [r for r in rows if r.class_index == k and r.scored]
+        if scored:
+            per_class[class_names[k]] = {
+                "dsc": float(np.mean([r.dsc for r in scored])),
+                "hd95": float(np.mean([r.hd95 for r in scored])),
+                "n_volumes": len(scored),
+            }
+        else:
+            per_class[class_names[k]] = {"dsc": float("nan"), "hd95": float("nan"), "n_volumes": 0}
+    valid = [v for v in per_class.values() if v["n_volumes"] > 0]
+    mean_dsc = float(np.mean([v["dsc"] for v in valid])) if valid else float("nan")
+    mean_hd95 = float(np.mean([v["hd95"] for v in valid])) if valid else float("nan")
+    return Summary(mean_dsc, mean_hd95, per_class, len({r.volume for r in rows}))
+
+
+def slice_dice(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Per-slice foreground Dice of (S, H, W) label maps, all classes pooled, vectorised.
+
+    Used to pick the worst slices for overlays; NaN where a slice is empty in both.
+    """
+    fg_match = (pred == gt) & (gt > 0)
+    inter = fg_match.reshape(len(gt), -1).sum(1).astype(np.float64)
+    total = (pred > 0).reshape(len(gt), -1).sum(1) + (gt > 0).reshape(len(gt), -1).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 2.0 * inter / np.maximum(total, 1), np.nan)
