@@ -1,0 +1,562 @@
+"""The shard format shared by `synth` (writer) and `train` (reader).
+
+A dataset directory ``DIR`` holds ``DIR/shards/shard-00000.zarr`` (a Zarr v3 group) or
+``DIR/shards/shard-00000.h5`` (HDF5), each with three arrays:
+
+- ``image`` (N, H, W) float16 (default) or float32, values in [0, 1];
+- ``label`` (N, H, W) uint8 class indices;
+- ``size``  (N, 2) int32, the true (h, w) of each sample (smaller samples are zero-padded at the
+  bottom/right up to the shard's H x W).
+
+Every sample is one compressed chunk. In Zarr each of ``image`` / ``label`` is stored as a single
+Zarr *shard* file whose inner chunks are the samples (the sharding codec): one file per array per
+shard instead of one file per sample keeps cluster file systems happy and halves write time, while
+a single sample still decodes on its own. ``DIR/dataset.json`` indexes the shards (sample ranges,
+sha256, bytes) and ``DIR/samples.jsonl`` holds one provenance record per sample (its ``id`` is
+what the reader returns).
+
+Shards are written under a temporary name and renamed when complete, so a shard path that exists
+is a finished shard. The per-shard sha256 is the file's (HDF5) or the directory tree's (Zarr: the
+sorted relative paths and contents, :func:`shared.hashing.sha256_tree`).
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from shared.errors import DataError
+from shared.hashing import path_bytes, sha256_array, sha256_path
+
+SHARD_FORMATS = ("zarr", "hdf5")
+SHARD_SUFFIX = {"zarr": ".zarr", "hdf5": ".h5"}
+IMAGE_DTYPES = ("float16", "float32")
+SHARD_LAYOUT_VERSION = 1
+DATASET_FILE = "dataset.json"
+SAMPLES_FILE = "samples.jsonl"
+SHARDS_DIR = "shards"
+
+# Codec choice (measured on 240x240 BraTS-like slices, see BENCHMARKS.md): Blosc-LZ4 level 1 with
+# byte shuffle encodes ~2x faster than zstd at a ~20% larger size; the build is write-bound, so
+# speed wins. Labels are mostly zeros, LZ4 without shuffle squeezes them ~50x.
+_ZARR_IMAGE_CODEC = {"cname": "lz4", "clevel": 1, "shuffle": "shuffle"}
+_ZARR_LABEL_CODEC = {"cname": "lz4", "clevel": 1, "shuffle": "noshuffle"}
+# A crc32c checksum per chunk (Zarr) / fletcher32 (HDF5) makes a corrupted chunk fail loudly when
+# read, not only under `synth verify`; it costs a few percent of write time.
+# HDF5: gzip level 1 + shuffle is readable by every HDF5 tool (h5dump, MATLAB, HDFView); lzf is
+# faster but h5py-only.
+_H5_KW = {"compression": "gzip", "compression_opts": 1, "shuffle": True, "fletcher32": True}
+
+
+def shard_relpath(k: int, fmt: str) -> str:
+    """Path of shard ``k`` relative to the dataset directory."""
+    if fmt not in SHARD_SUFFIX:
+        raise ValueError(f"unknown shard format {fmt!r} (expected one of {SHARD_FORMATS})")
+    return f"{SHARDS_DIR}/shard-{k:05d}{SHARD_SUFFIX[fmt]}"
+
+
+def format_of(path: str | Path) -> str:
+    suffix = Path(path).suffix
+    for fmt, suf in SHARD_SUFFIX.items():
+        if suffix == suf:
+            return fmt
+    raise DataError(f"{path}: unknown shard type (expected *.zarr or *.h5)")
+
+
+def to_stored(image: np.ndarray, dtype: str = "float16") -> np.ndarray:
+    """The exact array a float image in [0, 1] is stored as (clipped, cast). Replay uses it too."""
+    if dtype not in IMAGE_DTYPES:
+        raise ValueError(f"unknown image dtype {dtype!r} (expected one of {IMAGE_DTYPES})")
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-D (h, w), got shape {image.shape}")
+    return np.clip(image, 0.0, 1.0).astype(dtype, copy=False)
+
+
+def sample_hashes(stored_image: np.ndarray, label: np.ndarray) -> dict[str, str]:
+    """Per-sample sha256 of the stored image bytes and the uint8 label bytes (both cropped)."""
+    return {"image": sha256_array(stored_image), "label": sha256_array(label)}
+
+
+@dataclass
+class ShardResult:
+    """What the writer reports for one finished shard (goes into dataset.json / samples.jsonl)."""
+
+    path: Path
+    count: int
+    sha256: str
+    bytes: int
+    height: int
+    width: int
+    sample_sha256: list[dict[str, str]] = field(default_factory=list)
+
+
+class ShardWriter:
+    """Collects the samples of one shard, then writes each array with ONE bulk write.
+
+    ``add()`` converts and hashes a sample; ``close()`` stacks, writes to ``.<name>.tmp-<pid>``,
+    hashes the result and renames it to ``path``. Used as a context manager, an exception removes
+    the temporary. An existing ``path`` is refused unless ``overwrite=True``.
+    """
+
+    def __init__(self, path: str | Path, *, fmt: str = "zarr", image_dtype: str = "float16",
+                 overwrite: bool = False):
+        if fmt not in SHARD_FORMATS:
+            raise ValueError(f"unknown shard format {fmt!r} (expected one of {SHARD_FORMATS})")
+        if image_dtype not in IMAGE_DTYPES:
+            raise ValueError(f"unknown image dtype {image_dtype!r} (expected one of {IMAGE_DTYPES})")
+        self.path = Path(path)
+        self.fmt = fmt
+        self.image_dtype = image_dtype
+        self.overwrite = overwrite
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._images: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._hashes: list[dict[str, str]] = []
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def add(self, image: np.ndarray, label: np.ndarray) -> dict[str, str]:
+        """Add one sample (image float in [0, 1], label uint8, same (h, w)); returns its hashes."""
+        stored = to_stored(image, self.image_dtype)
+        label = np.asarray(label)
+        if label.shape != stored.shape:
+            raise ValueError(f"label shape {label.shape} != image shape {stored.shape}")
+        if label.dtype != np.uint8:
+            if label.size and (label.min() < 0 or label.max() > 255):
+                raise ValueError("label values must fit in uint8")
+            label = label.astype(np.uint8)
+        hashes = sample_hashes(stored, label)
+        self._images.append(stored)
+        self._labels.append(label)
+        self._hashes.append(hashes)
+        return hashes
+
+    def add_many(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> list[dict[str, str]]:
+        return [self.add(im, lb) for im, lb in zip(images, labels, strict=True)]
+
+    def _stack(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = len(self._images)
+        sizes = np.array([im.shape for im in self._images], dtype=np.int32).reshape(n, 2)
+        h, w = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+        if (sizes == (h, w)).all():
+            return np.stack(self._images), np.stack(self._labels), sizes
+        images = np.zeros((n, h, w), dtype=self.image_dtype)
+        labels = np.zeros((n, h, w), dtype=np.uint8)
+        for i, (im, lb) in enumerate(zip(self._images, self._labels)):
+            images[i, : im.shape[0], : im.shape[1]] = im
+            labels[i, : lb.shape[0], : lb.shape[1]] = lb
+        return images, labels, sizes
+
+    def close(self) -> ShardResult:
+        if self._closed:
+            raise RuntimeError("shard already closed")
+        if not self._images:
+            raise ValueError(f"{self.path}: refusing to write an empty shard")
+        if self.path.exists() and not self.overwrite:
+            raise DataError(f"{self.path}: shard already exists (not overwriting)")
+        images, labels, sizes = self._stack()
+        _remove(self.tmp)
+        self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.fmt == "zarr":
+                _write_zarr(self.tmp, images, labels, sizes)
+            else:
+                _write_hdf5(self.tmp, images, labels, sizes)
+            digest = sha256_path(self.tmp)
+            nbytes = path_bytes(self.tmp)
+            if self.path.exists():
+                _remove(self.path)
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            _remove(self.tmp)
+            raise
+        self._closed = True
+        result = ShardResult(self.path, len(self._images), digest, nbytes, int(images.shape[1]),
+                             int(images.shape[2]), list(self._hashes))
+        self._images, self._labels = [], []
+        return result
+
+    def abort(self) -> None:
+        _remove(self.tmp)
+        self._closed = True
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def write_shard(path: str | Path, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
+                fmt: str = "zarr", image_dtype: str = "float16", overwrite: bool = False) -> ShardResult:
+    """Write one complete shard in one go (see :class:`ShardWriter`)."""
+    with ShardWriter(path, fmt=fmt, image_dtype=image_dtype, overwrite=overwrite) as writer:
+        writer.add_many(images, labels)
+        return writer.close()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _write_zarr(path: Path, images: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> None:
+    import zarr
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    n, h, w = images.shape
+    group = zarr.open_group(store=str(path), mode="w", zarr_format=3,
+                            attributes={"exemplar_sam_shard": SHARD_LAYOUT_VERSION, "count": int(n)})
+    # batch_size: let zarr encode all chunks of the bulk write in one batch instead of one by one.
+    with zarr.config.set({"codec_pipeline.batch_size": max(1, n)}):
+        group.create_array("image", data=images, chunks=(1, h, w), shards=(n, h, w),
+                           compressors=[BloscCodec(**_ZARR_IMAGE_CODEC), Crc32cCodec()], fill_value=0)
+        group.create_array("label", data=labels, chunks=(1, h, w), shards=(n, h, w),
+                           compressors=[BloscCodec(**_ZARR_LABEL_CODEC), Crc32cCodec()], fill_value=0)
+        group.create_array("size", data=sizes, chunks=(n, 2), compressors=None, fill_value=0)
+
+
+def _write_hdf5(path: Path, images: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> None:
+    import h5py
+
+    n, h, w = images.shape
+    # track_times=False keeps the file bytes (hence the shard sha256) deterministic.
+    with h5py.File(path, "w", track_order=False) as f:
+        f.attrs["exemplar_sam_shard"] = SHARD_LAYOUT_VERSION
+        f.attrs["count"] = int(n)
+        f.create_dataset("image", data=images, chunks=(1, h, w), track_times=False, **_H5_KW)
+        f.create_dataset("label", data=labels, chunks=(1, h, w), track_times=False, **_H5_KW)
+        f.create_dataset("size", data=sizes, track_times=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+class _ShardHandle:
+    """Open arrays of one shard (per process: h5py/zarr handles do not survive fork)."""
+
+    def __init__(self, path: Path, count: int):
+        self.path = path
+        self.fmt = format_of(path)
+        self.pid = os.getpid()
+        self._file = None
+        try:
+            if self.fmt == "zarr":
+                import zarr
+
+                group = zarr.open_group(store=str(path), mode="r", zarr_format=3)
+                self.image, self.label, self.size = group["image"], group["label"], group["size"]
+            else:
+                import h5py
+
+                self._file = h5py.File(path, "r")
+                self.image, self.label, self.size = self._file["image"], self._file["label"], self._file["size"]
+        except DataError:
+            raise
+        except Exception as exc:  # zarr/h5py raise many types for a broken file
+            self.close()
+            raise DataError(f"{path}: cannot open shard ({_short(exc)})") from exc
+        shape_i, shape_l, shape_s = tuple(self.image.shape), tuple(self.label.shape), tuple(self.size.shape)
+        if len(shape_i) != 3 or shape_i != shape_l or shape_s != (shape_i[0], 2):
+            self.close()
+            raise DataError(f"{path}: inconsistent shard arrays (image {shape_i}, label {shape_l}, size {shape_s})")
+        if shape_i[0] == 0:
+            self.close()
+            raise DataError(f"{path}: empty shard (0 samples)")
+        if shape_i[0] != count:
+            self.close()
+            raise DataError(f"{path}: shard holds {shape_i[0]} samples, dataset.json says {count}")
+
+    def read(self, sl: slice | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(image, label, size) of a sample or slice of samples, as stored; DataError if corrupt."""
+        try:
+            if self.fmt == "zarr":
+                import zarr
+
+                n = 1 if isinstance(sl, int) else len(range(*sl.indices(self.image.shape[0])))
+                with zarr.config.set({"codec_pipeline.batch_size": max(1, n)}):
+                    return self.image[sl], self.label[sl], self.size[sl]
+            return self.image[sl], self.label[sl], self.size[sl]
+        except Exception as exc:
+            raise DataError(f"{self.path}: cannot read shard data ({_short(exc)})") from exc
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:
+                pass
+            self._file = None
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+class ShardDataset:
+    """Random and bulk access to a dataset directory written by `synth build` / `synth pack`.
+
+    ``ds[i]`` -> ``{"image": float32 (h, w) in [0, 1], "label": uint8 (h, w), "id": str,
+    "index": i}``. Handles are opened lazily per process, so a dataset object can be handed to
+    DataLoader workers (fork or spawn).
+    """
+
+    def __init__(self, root: str | Path, info: dict[str, Any]):
+        self.root = Path(root)
+        self.info = info
+        self._shards: list[dict[str, Any]] = list(info["shards"])
+        self._starts = [int(s["start"]) for s in self._shards]
+        self._num_samples = int(info["num_samples"])
+        self._handles: dict[int, _ShardHandle] = {}
+        self._ids: list[str] | None = None
+
+    # -- metadata ----------------------------------------------------------------------------
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.info["class_names"])
+
+    @property
+    def task(self) -> str:
+        return str(self.info.get("task", "multi"))
+
+    @property
+    def kind(self) -> str:
+        return str(self.info.get("kind", ""))
+
+    @property
+    def format(self) -> str:
+        return format_of(self._shards[0]["path"]) if self._shards else str(self.info.get("format", "zarr"))
+
+    @property
+    def image_dtype(self) -> str:
+        return str(self.info.get("image_dtype", "float16"))
+
+    @property
+    def num_shards(self) -> int:
+        return len(self._shards)
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        return list(self._shards)
+
+    @property
+    def volumes(self) -> list[dict[str, Any]]:
+        return list(self.info.get("volumes") or [])
+
+    def shard_path(self, k: int) -> Path:
+        return self.root / self._shards[k]["path"]
+
+    def shard_range(self, k: int) -> tuple[int, int]:
+        s = self._shards[k]
+        return int(s["start"]), int(s["count"])
+
+    def shard_of(self, i: int) -> tuple[int, int]:
+        """(shard k, index within the shard) of sample i."""
+        i = self._check_index(i)
+        k = bisect.bisect_right(self._starts, i) - 1
+        return k, i - self._starts[k]
+
+    @property
+    def ids(self) -> list[str]:
+        if self._ids is None:
+            self._ids = _read_ids(self.root / SAMPLES_FILE, self._num_samples)
+        return self._ids
+
+    def __len__(self) -> int:
+        return self._num_samples
+
+    def _check_index(self, i: int) -> int:
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"sample index must be an int, got {type(i).__name__}")
+        i = int(i)
+        if i < 0:
+            i += self._num_samples
+        if not 0 <= i < self._num_samples:
+            raise IndexError(f"sample index {i} out of range for {self._num_samples} samples")
+        return i
+
+    # -- data --------------------------------------------------------------------------------
+    def _handle(self, k: int) -> _ShardHandle:
+        handle = self._handles.get(k)
+        if handle is None or handle.pid != os.getpid():
+            path = self.shard_path(k)
+            if not path.exists():
+                raise DataError(f"{path}: shard missing")
+            handle = _ShardHandle(path, int(self._shards[k]["count"]))
+            self._handles[k] = handle
+        return handle
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = self._check_index(i)
+        k, j = self.shard_of(i)
+        image, label, size = self._handle(k).read(j)
+        h, w = int(size[0]), int(size[1])
+        return {"image": np.asarray(image[:h, :w], dtype=np.float32), "label": np.ascontiguousarray(label[:h, :w]),
+                "id": self.ids[i], "index": i}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for k in range(self.num_shards):
+            yield from self.read_shard(k)
+
+    def shard_arrays(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The padded stored arrays of shard k: image (N,H,W) stored dtype, label, size (N,2)."""
+        image, label, size = self._handle(k).read(slice(None))
+        return np.asarray(image), np.asarray(label), np.asarray(size)
+
+    def read_shard(self, k: int) -> list[dict[str, Any]]:
+        """All samples of shard k (one bulk read per array), as ``ds[i]`` would give them."""
+        start, _count = self.shard_range(k)
+        image, label, size = self.shard_arrays(k)
+        ids = self.ids
+        out = []
+        for j in range(image.shape[0]):
+            h, w = int(size[j, 0]), int(size[j, 1])
+            out.append({"image": image[j, :h, :w].astype(np.float32), "label": np.ascontiguousarray(label[j, :h, :w]),
+                        "id": ids[start + j], "index": start + j})
+        return out
+
+    def read_range(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stored (image, label, size) of samples [start, start+count), read in bulk per shard."""
+        if count <= 0:
+            raise ValueError("count must be positive")
+        start = self._check_index(start)
+        self._check_index(start + count - 1)
+        parts = []
+        i = start
+        while i < start + count:
+            k, j = self.shard_of(i)
+            s0, n = self.shard_range(k)
+            take = min(n - j, start + count - i)
+            parts.append(self._handle(k).read(slice(j, j + take)))
+            i += take
+        if len(parts) == 1:
+            return tuple(np.asarray(a) for a in parts[0])  # type: ignore[return-value]
+        h = max(p[0].shape[1] for p in parts)
+        w = max(p[0].shape[2] for p in parts)
+        padded = []
+        for img, lbl, size in parts:
+            if img.shape[1:] != (h, w):
+                img = np.pad(img, ((0, 0), (0, h - img.shape[1]), (0, w - img.shape[2])))
+                lbl = np.pad(lbl, ((0, 0), (0, h - lbl.shape[1]), (0, w - lbl.shape[2])))
+            padded.append((img, lbl, size))
+        return (np.concatenate([p[0] for p in padded]), np.concatenate([p[1] for p in padded]),
+                np.concatenate([p[2] for p in padded]))
+
+    def volume_arrays(self, v: int | str) -> tuple[np.ndarray, np.ndarray]:
+        """Image (S, H, W) float32 and label (S, H, W) uint8 of packed volume v (index or id)."""
+        vols = self.volumes
+        if not vols:
+            raise DataError(f"{self.root}: dataset holds no packed volumes (kind {self.kind!r}; use `synth pack`)")
+        if isinstance(v, str):
+            matches = [m for m in vols if m["id"] == v]
+            if not matches:
+                raise KeyError(f"no volume {v!r} in {self.root}")
+            vol = matches[0]
+        else:
+            vol = vols[v]
+        image, label, size = self.read_range(int(vol["start"]), int(vol["count"]))
+        h, w = int(size[:, 0].max()), int(size[:, 1].max())
+        if not ((size[:, 0] == h).all() and (size[:, 1] == w).all()):
+            raise DataError(f"{self.root}: volume {vol['id']} has slices of different sizes")
+        return image[:, :h, :w].astype(np.float32), np.ascontiguousarray(label[:, :h, :w])
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            if handle.pid == os.getpid():
+                handle.close()
+        self._handles.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def __repr__(self) -> str:
+        return (f"ShardDataset({str(self.root)!r}, kind={self.kind!r}, samples={len(self)}, "
+                f"shards={self.num_shards}, format={self.format!r})")
+
+
+def _read_ids(path: Path, expected: int) -> list[str]:
+    if not path.exists():
+        raise DataError(f"{path}: missing (the per-sample manifest; the dataset is incomplete)")
+    ids: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                ids.append(str(json.loads(line)["id"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DataError(f"{path}: line {lineno} is not a valid sample record ({_short(exc)})") from exc
+    if len(ids) != expected:
+        raise DataError(f"{path}: {len(ids)} records, dataset.json says {expected} samples")
+    return ids
+
+
+def read_dataset_info(root: str | Path) -> dict[str, Any]:
+    """Parse and sanity-check ``DIR/dataset.json`` (DataError naming the file otherwise)."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: dataset directory does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory")
+    path = root / DATASET_FILE
+    if not path.exists():
+        hint = " (an interrupted build? rerun `synth build` with --resume)" if (root / SHARDS_DIR).exists() else ""
+        raise DataError(f"{path}: missing, {root} is not a complete dataset{hint}")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable ({_short(exc)})") from exc
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    for key in ("shards", "num_samples", "class_names"):
+        if key not in info:
+            raise DataError(f"{path}: missing field {key!r}")
+    shards = info["shards"]
+    if not isinstance(shards, list) or not shards:
+        raise DataError(f"{path}: 'shards' must be a non-empty list")
+    expected_start = 0
+    for k, s in enumerate(shards):
+        try:
+            start, count, rel = int(s["start"]), int(s["count"]), str(s["path"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: shard entry {k} is malformed ({_short(exc)})") from exc
+        if start != expected_start or count <= 0:
+            raise DataError(f"{path}: shard {rel} covers [{start}, {start + count}), expected to start at "
+                            f"{expected_start} with a positive count")
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise DataError(f"{path}: shard path {rel!r} must be relative to the dataset directory")
+        format_of(rel)
+        expected_start += count
+    if expected_start != int(info["num_samples"]):
+        raise DataError(f"{path}: shards hold {expected_start} samples, num_samples says {info['num_samples']}")
+    return info
+
+
+def open_dataset(root: str | Path, *, check_files: bool = True) -> ShardDataset:
+    """Open a dataset directory (Zarr or HDF5 shards, detected from dataset.json)."""
+    root = Path(root)
+    info = read_dataset_info(root)
+    if check_files:
+        for s in info["shards"]:
+            p = root / s["path"]
+            if not p.exists():
+                raise DataError(f"{p}: shard missing")
+            if p.is_file() and p.stat().st_size == 0:
+                raise DataError(f"{p}: shard file is empty")
+    return ShardDataset(root, info)
