@@ -1,0 +1,108 @@
+"""Reading SAM checkpoints safely and loading them into an assembled model.
+
+Official checkpoints (``sam_vit_b_01ec64.pth`` ...) are plain state dicts with keys such as
+``image_encoder.pos_embed``. They are read with ``torch.load(..., weights_only=True)`` (no pickled
+code runs) and every failure becomes a one-line :class:`DataError`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from shared.errors import DataError
+
+from .pos_embed import adapt_position_tables
+from .registry import MODEL_SPECS, ModelSpec
+
+# Decoder parts whose shapes depend on the number of mask outputs; with `num_classes` (the
+# SAMed-style promptless head) checkpoint entries of another shape are skipped, i.e. re-initialised.
+HEAD_PREFIXES = ("mask_decoder.mask_tokens", "mask_decoder.output_hypernetworks_mlps",
+                 "mask_decoder.iou_prediction_head")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict of tensors from `path` (weights only), or raise a one-line DataError."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise DataError(f"checkpoint is not a file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, not a torch file, pickled code refused ...
+        msg = " ".join(str(exc).split())[:200]
+        raise DataError(f"cannot read checkpoint {path}: {type(exc).__name__}: {msg}") from None
+    # A few trainers wrap the state dict; accept the common wrappers.
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict) \
+                and not any(k.startswith("image_encoder.") for k in obj):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not obj or \
+            not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise DataError(f"cannot read checkpoint {path}: not a state dict of tensors")
+    return obj
+
+
+def guess_model(state: dict[str, torch.Tensor]) -> str | None:
+    """Name the registered model whose encoder width and depth match `state`, if any."""
+    pos = state.get("image_encoder.pos_embed")
+    if pos is None or pos.ndim != 4:
+        return None
+    width = pos.shape[-1]
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))}
+    depth = max(blocks) + 1 if blocks else 0
+    for spec in MODEL_SPECS.values():
+        if spec.encoder_embed_dim == width and spec.encoder_depth == depth:
+            return spec.name
+    return None
+
+
+def _describe(items: list[str], n: int = 3) -> str:
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def load_sam_state(sam: nn.Module, state: dict[str, torch.Tensor], spec: ModelSpec,
+                   path: str | Path, *, allow_head_reinit: bool = False) -> list[str]:
+    """Load `state` into `sam` (strict), resizing position tables to the model's input size.
+
+    With `allow_head_reinit` (promptless multi-class head) entries under :data:`HEAD_PREFIXES`
+    whose shapes differ are skipped and keep their random init; their keys are returned.
+    Anything else that does not fit raises a one-line DataError naming the first mismatches and,
+    when recognisable, the `--model` the checkpoint belongs to.
+    """
+    state = dict(state)
+    target = {k: v.shape for k, v in sam.state_dict().items()}
+    adapt_position_tables(state, target)
+
+    def wrong_model(problem: str) -> DataError:
+        guess = guess_model(state)
+        hint = f"; it looks like a {guess} checkpoint, use --model {guess}" \
+            if guess and guess != spec.name else ""
+        return DataError(f"checkpoint {path} does not fit --model {spec.name}: {problem}{hint}")
+
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({_describe(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_describe(unexpected)})")
+        raise wrong_model("; ".join(parts))
+
+    reinit, bad = [], []
+    for key, shape in target.items():
+        if state[key].shape != shape:
+            if allow_head_reinit and key.startswith(HEAD_PREFIXES):
+                reinit.append(key)
+                del state[key]
+            else:
+                bad.append(f"{key} {tuple(state[key].shape)} vs {tuple(shape)}")
+    if bad:
+        raise wrong_model(f"{len(bad)} tensors of another shape ({_describe(bad, 2)})")
+    sam.load_state_dict(state, strict=not reinit)
+    return reinit

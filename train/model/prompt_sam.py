@@ -1,0 +1,119 @@
+"""PromptSAM: the batched SAM forward used by fit, eval and predict.
+
+SAM's own ``Sam.forward`` takes lists of dicts and its ``MaskDecoder.predict_masks`` repeats the
+image embedding once per prompt of ONE image. Training needs one prompt set per image for a batch
+of images, so `decode` runs the decoder's modules on (B images, B prompt sets) without repeating.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from shared.errors import ConfigError
+
+
+class PromptSAM(nn.Module):
+    """Wraps a Sam built by `build_sam`.
+
+    Inputs are square single-channel images (B, 1, S, S) in [0, 1] with S = the model's img_size.
+    Points are (x, y) in input pixel coordinates (0..S-1, the pixel's index; SAM adds 0.5 to reach
+    its centre), point labels 1 = foreground, 0 = background.
+    `grad_checkpoint`: recompute encoder blocks in the backward pass (less memory, ~30% slower).
+    """
+
+    def __init__(self, sam: Sam, *, grad_checkpoint: bool = False) -> None:
+        super().__init__()
+        self.sam = sam
+        self.grad_checkpoint = grad_checkpoint
+        self.img_size = int(sam.image_encoder.img_size)
+
+    @property
+    def num_classes(self) -> int | None:
+        info = getattr(self.sam, "exemplar", None)
+        return None if info is None else info.num_classes
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,1,S,S) in [0,1] -> (B,3,S,S): x255, replicated to RGB, SAM mean/std normalised."""
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise ConfigError(f"images must be (B, 1, S, S), got {tuple(images.shape)}")
+        if images.shape[-2:] != (self.img_size, self.img_size):
+            raise ConfigError(f"images are {tuple(images.shape[-2:])}, the model expects "
+                              f"{self.img_size}x{self.img_size} (resize with train.resize)")
+        x = images * 255.0
+        return (x.expand(-1, 3, -1, -1) - self.sam.pixel_mean) / self.sam.pixel_std
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,1,S,S) in [0,1] -> image embeddings (B, C, S/p, S/p)."""
+        x = self.preprocess(images)
+        enc = self.sam.image_encoder
+        if not (self.grad_checkpoint and self.training and torch.is_grad_enabled()):
+            return enc(x)
+        # ImageEncoderViT.forward with each block recomputed in backward.
+        x = enc.patch_embed(x)
+        if enc.pos_embed is not None:
+            x = x + enc.pos_embed
+        for blk in enc.blocks:
+            x = checkpoint(blk, x, use_reentrant=False)
+        return enc.neck(x.permute(0, 3, 1, 2))
+
+    def _decode_masks(self, embeddings: torch.Tensor, sparse: torch.Tensor,
+                      dense: torch.Tensor) -> torch.Tensor:
+        """MaskDecoder.predict_masks for one prompt set per image: all mask tokens' low-res logits."""
+        dec = self.sam.mask_decoder
+        b = embeddings.shape[0]
+        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
+        tokens = torch.cat((output_tokens, sparse.to(output_tokens.dtype)), dim=1)
+        src = embeddings + dense
+        pos_src = self.sam.prompt_encoder.get_dense_pe().expand(b, -1, -1, -1)
+        _, c, h, w = src.shape
+        hs, src = dec.transformer(src, pos_src, tokens)
+        mask_tokens_out = hs[:, 1:1 + dec.num_mask_tokens, :]
+        src = src.transpose(1, 2).reshape(b, c, h, w)
+        upscaled = dec.output_upscaling(src)
+        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :])
+                                for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
+        _, c, h, w = upscaled.shape
+        return (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+
+    def _upsample(self, low_res: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(low_res, (self.img_size, self.img_size), mode="bilinear",
+                             align_corners=False)
+
+    def decode(self, embeddings: torch.Tensor, points: torch.Tensor,
+               point_labels: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B,C,h,w), points (B,P,2) xy pixels, labels (B,P) -> logits (B,1,S,S).
+
+        Single-mask output (SAM's multimask_output=False: the first mask token).
+        """
+        if points.ndim != 3 or points.shape[-1] != 2 or point_labels.shape != points.shape[:2] \
+                or points.shape[0] != embeddings.shape[0]:
+            raise ConfigError(f"points must be (B,P,2) with labels (B,P) for B={embeddings.shape[0]}, "
+                              f"got {tuple(points.shape)} and {tuple(point_labels.shape)}")
+        sparse, dense = self.sam.prompt_encoder(
+            points=(points.float(), point_labels), boxes=None, masks=None)
+        dense = dense.expand(embeddings.shape[0], -1, -1, -1)
+        low_res = self._decode_masks(embeddings, sparse, dense)[:, :1]
+        return self._upsample(low_res)
+
+    def forward(self, images: torch.Tensor, points: torch.Tensor,
+                point_labels: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images), points, point_labels)
+
+    def decode_promptless(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """SAMed-style: no prompt, all num_classes + 1 mask tokens -> logits (B, K+1, S, S)."""
+        if self.num_classes is None:
+            raise ConfigError("promptless output needs a model built with num_classes "
+                              "(build_sam(..., num_classes=K), train fit --prompt none)")
+        b = embeddings.shape[0]
+        prompt_encoder = self.sam.prompt_encoder
+        sparse = embeddings.new_zeros((b, 0, prompt_encoder.embed_dim))
+        dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+            b, -1, embeddings.shape[-2], embeddings.shape[-1])
+        return self._upsample(self._decode_masks(embeddings, sparse, dense))
+
+    def forward_promptless(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode_promptless(self.encode(images))
