@@ -1,0 +1,45 @@
+"""Training objective: 1.0 x cross-entropy + 0.8 x Dice (the paper's weights).
+
+- Binary (point prompt): logits (B, 1, H, W), target (B, H, W) or (B, 1, H, W) in {0, 1}.
+  CE = BCE-with-logits averaged over pixels; Dice = 1 - soft Dice of sigmoid(logits), computed
+  per sample and averaged (every target is non-empty: prompts are drawn from present classes).
+- Multi-class (promptless, SAMed style): logits (B, K+1, H, W), target (B, H, W) integer.
+  CE over the K+1 channels; Dice per class over the whole batch (as SAMed's DiceLoss), averaged
+  over the foreground classes 1..K (``include_background=True`` also averages class 0, which
+  is exactly SAMed's DiceLoss(num_classes + 1)).
+Soft Dice = (2 sum(p t) + smooth) / (sum p + sum t + smooth), smooth = 1e-5.
+Everything is computed in float32 (the logits may come from bf16 autocast).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _dice_loss(prob: torch.Tensor, target: torch.Tensor, dims: tuple[int, ...],
+               smooth: float) -> torch.Tensor:
+    inter = (prob * target).sum(dims)
+    denom = prob.sum(dims) + target.sum(dims)
+    return 1.0 - (2.0 * inter + smooth) / (denom + smooth)
+
+
+def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: float = 1.0,
+                 dice_weight: float = 0.8, *, include_background: bool = False,
+                 smooth: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (loss, ce, dice); loss = ce_weight * ce + dice_weight * dice."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        t = target.float().reshape(logits.shape)
+        ce = F.binary_cross_entropy_with_logits(logits, t)
+        dice = _dice_loss(torch.sigmoid(logits), t, (1, 2, 3), smooth).mean()
+    else:
+        t = target.long()
+        if t.ndim == 4:
+            t = t[:, 0]
+        k1 = logits.shape[1]
+        ce = F.cross_entropy(logits, t)
+        prob = torch.softmax(logits, dim=1)
+        onehot = F.one_hot(t, k1).permute(0, 3, 1, 2).float()
+        per_class = _dice_loss(prob, onehot, (0, 2, 3), smooth)
+        dice = per_class.mean() if include_background else per_class[1:].mean()
+    return ce_weight * ce + dice_weight * dice, ce, dice

@@ -1,0 +1,85 @@
+"""Point prompts: random training prompts and the evaluation points.
+
+Training (the paper): for each sample, a random class present in its label and a random pixel of
+that class; the target is that class's binary mask. Evaluation: one point per class, either the
+pixel farthest from the class border (`center_point`) or a random pixel (`random_point`).
+Points are (x, y) = (column, row) pixel indices.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+
+def present_classes(label: np.ndarray) -> np.ndarray:
+    """Sorted foreground class indices (> 0) present in `label`."""
+    counts = np.bincount(np.asarray(label).ravel(), minlength=1)
+    return np.flatnonzero(counts[1:]) + 1
+
+
+def random_point(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+    """A uniformly random (x, y) pixel of a non-empty boolean mask."""
+    flat = np.flatnonzero(np.asarray(mask).ravel())
+    if flat.size == 0:
+        raise ValueError("random_point: empty mask")
+    idx = int(flat[rng.integers(flat.size)])
+    w = mask.shape[1]
+    return idx % w, idx // w
+
+
+def center_point(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the mask pixel farthest from the class border (Euclidean distance transform).
+
+    The mask is zero-padded by one pixel first, so the image edge counts as border. Ties go to
+    the first pixel in row-major order (np.argmax), so the result is deterministic.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise ValueError("center_point: empty mask")
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    idx = int(np.argmax(dist))
+    return idx % mask.shape[1], idx // mask.shape[1]
+
+
+def sample_training_prompt(label: np.ndarray, rng: np.random.Generator
+                           ) -> tuple[int, tuple[int, int], np.ndarray] | None:
+    """(class index, (x, y), target mask uint8) for a random present class; None if no foreground."""
+    label = np.asarray(label)
+    classes = present_classes(label)
+    if classes.size == 0:
+        return None
+    cls = int(classes[rng.integers(classes.size)])
+    mask = label == cls
+    return cls, random_point(mask, rng), mask.astype(np.uint8)
+
+
+def sample_training_prompts(labels: torch.Tensor, num_classes: int,
+                            generator: torch.Generator | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched, on the labels' device: labels (B, H, W) integer with values in [0, num_classes].
+
+    Returns (classes (B,) long, points (B, 1, 2) float xy, point_labels (B, 1) long = 1,
+    targets (B, H, W) float {0, 1}). A sample without foreground gets class 0, a random pixel
+    and an all-zero target (callers may drop it: ``classes > 0``).
+    Uniform choices by argmax over random scores restricted to the allowed set.
+    """
+    b, h, w = labels.shape
+    labels = labels.long()
+    device = labels.device
+    flat = labels.reshape(b, -1)
+    present = torch.zeros(b, num_classes + 1, dtype=torch.bool, device=device)
+    present.scatter_(1, flat, True)
+    present[:, 0] = False
+    scores = torch.rand(b, num_classes + 1, generator=generator, device=device)
+    scores = torch.where(present, scores, torch.full_like(scores, -1.0))
+    classes = scores.argmax(1)
+    classes = torch.where(present.any(1), classes, torch.zeros_like(classes))
+    target = flat == classes[:, None]
+    pix = torch.rand(b, h * w, generator=generator, device=device)
+    pix = torch.where(target | (classes[:, None] == 0), pix, torch.full_like(pix, -1.0))
+    idx = pix.argmax(1)
+    points = torch.stack([idx % w, idx // w], dim=1).float()[:, None, :]
+    targets = (target & (classes[:, None] > 0)).reshape(b, h, w).float()
+    point_labels = torch.ones(b, 1, dtype=torch.long, device=device)
+    return classes, points, point_labels, targets
