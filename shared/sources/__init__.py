@@ -1,0 +1,60 @@
+"""Source readers: every supported dataset layout read into :class:`shared.volume.Volume`.
+
+>>> from shared.sources import open_source
+>>> src = open_source("brats", "/data/MICCAI_BraTS_2018_Data_Training")
+>>> vol = src.load(src.case_ids()[0])   # image float32 (S, R, C) in [0, 1], label uint8
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+from shared.sources.base import Source
+from shared.sources.io import preprocess_raw, read_nifti
+
+DATASETS = ("brats", "synapse", "transunet", "nifti", "demo-brain", "demo-abdomen", "demo")
+"""Names accepted by :func:`open_source` (``demo`` is an alias of ``demo-brain``)."""
+
+
+def open_source(dataset: str, root: str | Path | None = None, *, modality: str = "flair",
+                config: str | Path | None = None) -> Source:
+    """Open a dataset by name. ``root`` is ignored for the demo sources; ``modality`` applies to
+    ``brats``; ``config`` to ``nifti`` (default: ``source.json`` in the root)."""
+    if dataset in ("demo", "demo-brain"):
+        from shared.sources.demo import DemoBrainSource
+
+        return DemoBrainSource()
+    if dataset == "demo-abdomen":
+        from shared.sources.demo import DemoAbdomenSource
+
+        return DemoAbdomenSource()
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)})")
+    if root is None:
+        raise ConfigError(f"dataset {dataset!r} needs a root folder (--root PATH)")
+    if dataset == "brats":
+        from shared.sources.brats import BratsSource
+
+        return BratsSource(root, modality=modality)
+    if dataset == "synapse":
+        from shared.sources.synapse import SynapseSource
+
+        return SynapseSource(root)
+    if dataset == "transunet":
+        from shared.sources.transunet import TransUNetSource
+
+        return TransUNetSource(root)
+    from shared.sources.nifti import NiftiSource
+
+    return NiftiSource(root, config=config)
+
+
+def open_described(description: dict[str, Any]) -> Source:
+    """Re-open the source a manifest recorded with ``Source.describe()``."""
+    options = dict(description.get("options") or {})
+    kwargs = {k: options[k] for k in ("modality", "config") if k in options}
+    return open_source(description["name"], description.get("root"), **kwargs)
+
+
+__all__ = ["DATASETS", "Source", "open_described", "open_source", "preprocess_raw", "read_nifti"]

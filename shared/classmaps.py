@@ -1,0 +1,98 @@
+"""Class maps: how a source's raw label codes become task class indices.
+
+A :class:`ClassMap` holds the task's class names (index -> name, ``names[0] == "background"``) and
+the mapping from every raw code the source may contain to a task index. Raw codes not in the map
+are an error (a label file from another dataset, a corrupted file), never silently background.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from shared.errors import DataError
+
+SYNAPSE_ORGANS: tuple[str, ...] = (
+    "spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas",
+)
+"""The 8 organs of the standard Synapse evaluation, in the order TransUNet/SAMed use (indices 1-8)."""
+
+SYNAPSE_CLASS_NAMES: tuple[str, ...] = ("background",) + SYNAPSE_ORGANS
+BRATS_CLASS_NAMES: tuple[str, ...] = ("background", "tumour")
+
+# Synapse 13-organ codes -> the 8 evaluated organs. 5 oesophagus, 9 IVC, 10 portal/splenic vein,
+# 12/13 adrenals become background, as in TransUNet's preprocessing.
+SYNAPSE_13_TO_8: dict[int, int] = {
+    0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 0, 6: 5, 7: 6, 8: 7, 9: 0, 10: 0, 11: 8, 12: 0, 13: 0,
+}
+# BraTS: 1 necrosis / non-enhancing core, 2 oedema, 4 enhancing tumour (3 was used by BraTS
+# 2012-2016 for non-enhancing core). Whole tumour = label > 0.
+BRATS_WHOLE_TUMOUR: dict[int, int] = {0: 0, 1: 1, 2: 1, 3: 1, 4: 1}
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """Task class names plus the raw-code -> task-index mapping a source applies to its labels."""
+
+    names: tuple[str, ...]
+    codes: Mapping[int, int]  # raw code -> task index
+
+    def __post_init__(self) -> None:
+        if not self.names or self.names[0] != "background":
+            raise ValueError(f"class names must start with 'background', got {self.names}")
+        bad = {k: v for k, v in self.codes.items() if not 0 <= v < len(self.names)}
+        if bad:
+            raise ValueError(f"class map targets outside 0..{len(self.names) - 1}: {bad}")
+
+    @classmethod
+    def identity(cls, names: tuple[str, ...]) -> "ClassMap":
+        return cls(tuple(names), {i: i for i in range(len(names))})
+
+    def lut(self) -> np.ndarray:
+        """A lookup table over codes 0..max; 255 marks codes outside the map."""
+        lut = np.full(max(self.codes) + 1, 255, dtype=np.uint8)
+        for raw, task in self.codes.items():
+            lut[raw] = task
+        return lut
+
+    def apply(self, raw: np.ndarray, file: str) -> np.ndarray:
+        """Map raw label codes to task indices (uint8, same shape); DataError naming ``file`` on
+        non-integer codes or codes outside the map."""
+        if raw.dtype.kind == "f":
+            if not np.isfinite(raw).all():
+                raise DataError(f"{file}: label contains NaN or Inf values")
+            rounded = np.rint(raw)
+            if (rounded != raw).any():
+                raise DataError(f"{file}: label contains non-integer values (is this an image, not a label?)")
+            raw = rounded.astype(np.int64)
+        elif raw.dtype.kind not in "iub":
+            raise DataError(f"{file}: label has unsupported dtype {raw.dtype}")
+        lut = self.lut()
+        lo, hi = int(raw.min(initial=0)), int(raw.max(initial=0))
+        if lo < 0 or hi >= len(lut):
+            present = _present_codes(raw)
+            bad = [c for c in present if c < 0 or c >= len(lut) or lut[c] == 255]
+            raise DataError(f"{file}: label values {_fmt(bad)} are outside the class map "
+                            f"(allowed: {_fmt(sorted(self.codes))})")
+        small = raw if raw.dtype.kind in "ub" else raw.astype(np.intp)
+        counts = np.bincount(small.ravel(), minlength=len(lut))
+        bad = [int(c) for c in np.flatnonzero((counts > 0) & (lut[: len(counts)] == 255))]
+        if bad:
+            raise DataError(f"{file}: label values {_fmt(bad)} are outside the class map "
+                            f"(allowed: {_fmt(sorted(self.codes))})")
+        return lut[small]
+
+
+def _present_codes(raw: np.ndarray) -> list[int]:
+    return [int(v) for v in np.unique(raw)]
+
+
+def _fmt(values: list[int], limit: int = 10) -> str:
+    text = ", ".join(str(v) for v in values[:limit])
+    return text + (f", ... ({len(values)} values)" if len(values) > limit else "")
+
+
+BRATS_MAP = ClassMap(BRATS_CLASS_NAMES, BRATS_WHOLE_TUMOUR)
+SYNAPSE_MAP = ClassMap(SYNAPSE_CLASS_NAMES, SYNAPSE_13_TO_8)
+SYNAPSE8_MAP = ClassMap.identity(SYNAPSE_CLASS_NAMES)  # TransUNet data: already 0-8

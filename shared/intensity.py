@@ -1,0 +1,78 @@
+"""Intensity presets: how a raw scan becomes float32 values in [0, 1].
+
+A preset is a small JSON-able dict, recorded in every manifest so that `train predict` can apply
+exactly what synthesis applied:
+
+- ``{"kind": "clip", "low": L, "high": H}``: clip to [L, H] then scale linearly to [0, 1]
+  (CT: the TransUNet/Synapse window is L = -125, H = 275 HU).
+- ``{"kind": "minmax", "per": "slice"}``: each slice (along the NIfTI's third axis) scaled by its
+  own min and max, as the paper does for BraTS MRI; ``"per": "volume"`` uses the whole volume's.
+  A constant slice (or volume) becomes all 0.
+
+Named presets (``PRESETS``) can stand in for the dict in config files: ``"ct-abdomen"``,
+``"mri-slice-minmax"``, ``"volume-minmax"``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from shared.errors import ConfigError
+
+CT_ABDOMEN: dict[str, Any] = {"kind": "clip", "low": -125.0, "high": 275.0}
+SLICE_MINMAX: dict[str, Any] = {"kind": "minmax", "per": "slice"}
+VOLUME_MINMAX: dict[str, Any] = {"kind": "minmax", "per": "volume"}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "ct-abdomen": CT_ABDOMEN,
+    "mri-slice-minmax": SLICE_MINMAX,
+    "volume-minmax": VOLUME_MINMAX,
+}
+
+
+def validate_preset(preset: Any, where: str = "intensity preset") -> dict[str, Any]:
+    """Return a normalised copy of ``preset`` (a dict or a preset name); ConfigError if invalid."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ConfigError(f"{where}: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        return dict(PRESETS[preset])
+    if not isinstance(preset, dict) or "kind" not in preset:
+        raise ConfigError(f"{where}: expected a preset name or an object with 'kind' "
+                          f"('clip' or 'minmax'), got {preset!r}")
+    kind = preset["kind"]
+    if kind == "clip":
+        try:
+            low, high = float(preset["low"]), float(preset["high"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{where}: a 'clip' preset needs numeric 'low' and 'high', got {preset!r}") from None
+        if not np.isfinite([low, high]).all() or not low < high:
+            raise ConfigError(f"{where}: clip window needs finite low < high, got low={low}, high={high}")
+        return {"kind": "clip", "low": low, "high": high}
+    if kind == "minmax":
+        per = preset.get("per", "slice")
+        if per not in ("slice", "volume"):
+            raise ConfigError(f"{where}: 'minmax' preset 'per' must be 'slice' or 'volume', got {per!r}")
+        return {"kind": "minmax", "per": per}
+    raise ConfigError(f"{where}: unknown preset kind {kind!r} (expected 'clip' or 'minmax')")
+
+
+def apply_intensity(volume: np.ndarray, preset: dict[str, Any]) -> np.ndarray:
+    """Apply a preset to a (S, R, C) array (already slice-first); returns float32 in [0, 1]."""
+    preset = validate_preset(preset)
+    x = np.asarray(volume, dtype=np.float32)
+    if preset["kind"] == "clip":
+        low, high = np.float32(preset["low"]), np.float32(preset["high"])
+        out = np.clip(x, low, high)
+        out -= low
+        out /= high - low  # divide (not multiply by the inverse): bit-identical to TransUNet's data
+        return np.clip(out, 0.0, 1.0, out=out)
+    axes = (1, 2) if preset["per"] == "slice" else None
+    if x.ndim == 2:
+        axes = None
+    lo = x.min(axis=axes, keepdims=True)
+    span = x.max(axis=axes, keepdims=True) - lo
+    out = x - lo
+    np.divide(out, span, out=out, where=np.broadcast_to(span > 0, out.shape))
+    # a constant slice is already all 0 after subtracting its minimum: no division by zero
+    return np.clip(out, 0.0, 1.0, out=out)

@@ -1,0 +1,93 @@
+"""The Source interface every reader implements (see DESIGN.md, "Sources")."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.classmaps import ClassMap
+from shared.errors import DataError
+from shared.volume import Volume
+
+
+class Source:
+    """A labelled dataset on disk (or generated), read volume by volume.
+
+    Subclasses set ``name``, ``task``, ``classmap``, ``intensity`` and implement ``case_ids``,
+    ``load``, ``files`` and ``num_slices``.
+    """
+
+    name: str = ""
+    task: str = "single"  # "single" (one target) or "multi" (several organs)
+    classmap: ClassMap
+    intensity: dict[str, Any]
+
+    def __init__(self, root: str | Path | None, options: dict[str, Any] | None = None):
+        self.root = Path(root).resolve() if root is not None else None
+        self.options = dict(options or {})
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.classmap.names
+
+    def case_ids(self) -> list[str]:
+        raise NotImplementedError
+
+    def load(self, case_id: str) -> Volume:
+        raise NotImplementedError
+
+    def files(self, case_id: str) -> tuple[Path, ...]:
+        raise NotImplementedError
+
+    def num_slices(self, case_id: str) -> int:
+        """Number of slices of a case, cheaply (header only where the format allows)."""
+        return self.load(case_id).num_slices
+
+    def slice_files(self, case_id: str, slice_index: int) -> dict[str, Path | None]:
+        """The files an exemplar slice comes from: ``{"image_file": ..., "label_file": ...}``."""
+        files = self.files(case_id)
+        return {"image_file": files[0] if files else None, "label_file": files[-1] if files else None}
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able record sufficient to re-open this source with :func:`open_described`."""
+        return {
+            "name": self.name,
+            "root": str(self.root) if self.root is not None else None,
+            "options": dict(self.options),
+            "intensity": dict(self.intensity),
+            "class_names": list(self.class_names),
+            "task": self.task,
+        }
+
+    def check_case(self, case_id: str) -> None:
+        if case_id not in set(self.case_ids()):
+            raise DataError(f"{self.name} source at {self.root}: unknown case {case_id!r}")
+
+    def _volume(self, case_id: str, image: np.ndarray, label: np.ndarray, spacing, affine,
+                files: tuple[Path, ...], meta: dict | None = None) -> Volume:
+        return Volume(
+            volume_id=case_id,
+            image=image,
+            label=label,
+            spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+            affine=np.asarray(affine, dtype=np.float64),
+            source_files=tuple(str(f) for f in files),
+            class_names=self.class_names,
+            meta=dict(meta or {}),
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} root={self.root}>"
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DataError(f"{path}: {what} folder not found")
+    return path
+
+
+def check_shapes(image_shape: tuple, label_shape: tuple, image_file: Path, label_file: Path) -> None:
+    if tuple(image_shape) != tuple(label_shape):
+        raise DataError(f"{image_file}: image shape {tuple(image_shape)} does not match label "
+                        f"{label_file.name} shape {tuple(label_shape)}")

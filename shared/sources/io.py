@@ -1,0 +1,92 @@
+"""Reading scans: NIfTI with one-line errors, and the raw -> (S, R, C) [0, 1] preprocessing."""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.errors import DataError
+from shared.intensity import apply_intensity
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def strip_nifti_suffix(name: str) -> str | None:
+    """``img0001.nii.gz`` -> ``img0001``; None when the name is not a NIfTI file name."""
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def read_nifti(path: str | Path) -> tuple[np.ndarray, Any]:
+    """Read a NIfTI file fully; returns (array in NIfTI order, nibabel image).
+
+    Any failure (missing, not a NIfTI, truncated gzip, short data) becomes a one-line DataError
+    naming the file. The array keeps the on-disk dtype when there is no scaling.
+    """
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except (ImageFileError, EOFError, OSError, zlib.error, ValueError, TypeError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"{path}: unreadable or truncated NIfTI ({type(exc).__name__}: {reason})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {tuple(data.shape)}")
+    return data, img
+
+
+def nifti_shape(path: str | Path) -> tuple[int, int, int]:
+    """The NIfTI array shape from the header only (no voxel data read)."""
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    try:
+        shape = tuple(int(v) for v in nib.load(str(path)).shape)
+    except (ImageFileError, EOFError, OSError, zlib.error, ValueError) as exc:
+        raise DataError(f"{path}: unreadable NIfTI header ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+    return shape[:3]  # type: ignore[return-value]
+
+
+def check_finite(array: np.ndarray, file: str | Path) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise DataError(f"{file}: image contains {bad} NaN or Inf voxels")
+
+
+def to_slice_first(array: np.ndarray) -> np.ndarray:
+    """NIfTI (i, j, k) = (col, row, slice) order -> (slice, row, col), contiguous."""
+    return np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0))
+
+
+def preprocess_raw(raw: np.ndarray, intensity: dict, *, name: str = "scan") -> np.ndarray:
+    """A raw scan as read from NIfTI (i, j, k order) -> float32 (S, R, C) in [0, 1].
+
+    Transposes (2, 1, 0) and applies the intensity preset, exactly as the sources do, so a new
+    scan given to `train predict` is preprocessed like the training data. ``name`` is used in the
+    error message when the scan holds NaN/Inf or is not 3D.
+    """
+    raw = np.asarray(raw)
+    if raw.ndim == 4 and raw.shape[3] == 1:
+        raw = raw[..., 0]
+    if raw.ndim != 3:
+        raise DataError(f"{name}: expected a 3D volume, got shape {tuple(raw.shape)}")
+    check_finite(raw, name)
+    return apply_intensity(to_slice_first(raw), intensity)
+
+
+def nifti_geometry(img: Any) -> tuple[tuple[float, float, float], np.ndarray]:
+    """(spacing along (S, R, C) = zooms reversed, 4x4 affine) of a nibabel image."""
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    affine = np.asarray(img.affine, dtype=np.float64)
+    return (zooms[2], zooms[1], zooms[0]), affine

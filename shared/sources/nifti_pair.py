@@ -1,0 +1,22 @@
+"""Loading an image/label NIfTI pair into a Volume: shared by the brats, synapse and nifti sources."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.sources.base import Source, check_shapes
+from shared.sources.io import check_finite, nifti_geometry, read_nifti, to_slice_first
+from shared.intensity import apply_intensity
+from shared.volume import Volume
+
+
+def load_pair(source: Source, case_id: str, image_file: Path, label_file: Path,
+              meta: dict | None = None) -> Volume:
+    """Read, validate (shape, NaN/Inf, class map) and preprocess one image/label pair."""
+    raw_image, img = read_nifti(image_file)
+    raw_label, _ = read_nifti(label_file)
+    check_shapes(raw_image.shape, raw_label.shape, image_file, label_file)
+    check_finite(raw_image, image_file)
+    label = to_slice_first(source.classmap.apply(raw_label, str(label_file)))
+    image = apply_intensity(to_slice_first(raw_image), source.intensity)
+    spacing, affine = nifti_geometry(img)
+    return source._volume(case_id, image, label, spacing, affine, (image_file, label_file), meta)

@@ -1,0 +1,74 @@
+"""Synapse multi-atlas abdomen: ``RawData/Training/img/imgNNNN.nii.gz`` + ``label/labelNNNN.nii.gz``.
+
+HU clipped to [-125, 275] then scaled to [0, 1]; the 13 organ codes mapped to the 8 evaluated
+organs (1 spleen, 2 right kidney, 3 left kidney, 4 gallbladder, 5 liver, 6 stomach, 7 aorta,
+8 pancreas; everything else background). Case ids are the 4-digit numbers (``"0001"``).
+"""
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+
+from shared.classmaps import SYNAPSE_MAP
+from shared.errors import DataError
+from shared.intensity import CT_ABDOMEN
+from shared.sources.base import Source, require_dir
+from shared.sources.io import nifti_shape
+from shared.sources.nifti_pair import load_pair
+from shared.volume import Volume
+
+_IMG = re.compile(r"^img(\d+)\.nii(\.gz)?$")
+
+
+class SynapseSource(Source):
+    name = "synapse"
+    task = "multi"
+    classmap = SYNAPSE_MAP
+
+    def __init__(self, root: str | Path):
+        super().__init__(root, {})
+        self.intensity = dict(CT_ABDOMEN)
+        require_dir(self.root, "Synapse root")
+        self._cases
+
+    @cached_property
+    def _training(self) -> Path:
+        # accept the release root, RawData/ or RawData/Training/ itself
+        for base in (self.root / "RawData" / "Training", self.root / "Training", self.root):
+            if (base / "img").is_dir():
+                return base
+        raise DataError(f"{self.root}: no RawData/Training/img/ folder (expected the Synapse layout "
+                        "RawData/Training/img/imgNNNN.nii.gz with label/labelNNNN.nii.gz)")
+
+    @cached_property
+    def _cases(self) -> dict[str, tuple[Path, Path]]:
+        img_dir = self._training / "img"
+        label_dir = require_dir(self._training / "label", "Synapse label")
+        cases: dict[str, tuple[Path, Path]] = {}
+        for image in sorted(img_dir.iterdir()):
+            match = _IMG.match(image.name)
+            if not match:
+                continue
+            number = match.group(1)
+            label = label_dir / image.name.replace("img", "label", 1)
+            if not label.is_file():
+                raise DataError(f"{image}: image has no label (expected {label})")
+            cases[number] = (image, label)
+        if not cases:
+            raise DataError(f"{img_dir}: no imgNNNN.nii.gz files")
+        return cases
+
+    def case_ids(self) -> list[str]:
+        return sorted(self._cases)
+
+    def files(self, case_id: str) -> tuple[Path, ...]:
+        self.check_case(case_id)
+        return self._cases[case_id]
+
+    def num_slices(self, case_id: str) -> int:
+        return nifti_shape(self.files(case_id)[0])[2]
+
+    def load(self, case_id: str) -> Volume:
+        image, label = self.files(case_id)
+        return load_pair(self, case_id, image, label)
