@@ -1,0 +1,128 @@
+"""`train eval` and `train report`."""
+from __future__ import annotations
+
+import click
+
+from shared.cli_support import debug_option
+from shared.errors import ConfigError
+
+
+@click.command("eval")
+@click.option("--run", "run", type=click.Path(file_okay=False), default=None,
+              help="Run directory written by `train fit` (config.json + checkpoints/last.pt).")
+@click.option("--run-checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="With --run: evaluate this checkpoint of the run instead of checkpoints/last.pt.")
+@click.option("--model", "model_name", type=click.Choice(["tiny", "vit_b", "vit_l", "vit_h"]), default=None,
+              help="Zero-shot SAM (no --run): the SAM variant; evaluates the paper's \"SAM\" rows.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Official SAM weights (e.g. sam_vit_b_01ec64.pth). Zero-shot: the model's weights; "
+                   "with --run: overrides the base weights path recorded in the run.")
+@click.option("--img-size", type=int, default=None,
+              help="Zero-shot only: input size (default: the checkpoint's native size, 1024 for vit_*).")
+@click.option("--shards", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Packed test volumes (`synth pack --split test --out DIR`).")
+@click.option("--dataset", type=str, default=None,
+              help="Read test volumes from a source instead: brats, synapse, transunet, nifti, demo-brain, demo-abdomen.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
+              help="With --dataset: the dataset folder.")
+@click.option("--split", type=click.Choice(["test", "all", "train"]), default="test", show_default=True,
+              help="With --dataset: which volumes (data_manifests/splits).")
+@click.option("--modality", default="flair", show_default=True, help="With --dataset brats: the MRI modality.")
+@click.option("--config", "source_config", type=click.Path(dir_okay=False), default=None,
+              help="With --dataset nifti: the source.json describing the folder.")
+@click.option("--prompt", type=click.Choice(["center", "random", "none"]), default=None,
+              help="center: one point per slice and class, farthest from the class border (default for "
+                   "prompted runs); random: a seeded random pixel of the class; none: promptless "
+                   "(default for runs trained with --prompt none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random prompts.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Slices per encoder call.")
+@click.option("--decode-batch", type=int, default=64, show_default=True, help="Prompts per decoder call.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N] (bf16 autocast on CUDA).")
+@click.option("--num-threads", type=int, default=0, show_default=True, help="torch CPU threads (0: torch's default).")
+@click.option("--max-volumes", type=int, default=None, help="Evaluate only the first N volumes (smoke tests).")
+@click.option("--save-predictions", is_flag=True, help="Write OUT/predictions/<volume>.nii.gz (uint8 labels, source affine).")
+@click.option("--overlays", is_flag=True, help="Write OUT/overlays/*.png of the worst slices (GT green, prediction red).")
+@click.option("--overlay-count", type=int, default=8, show_default=True, help="How many worst slices --overlays draws.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing evaluation directory.")
+@click.option("--out", required=True, type=click.Path(file_okay=True), help="Evaluation directory to write.")
+@debug_option
+def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset, root, split, modality,
+          source_config, prompt, seed, batch_size, decode_batch, device, num_threads, max_volumes,
+          save_predictions, overlays, overlay_count, overwrite, out) -> None:
+    """Score a run (or zero-shot SAM) on test volumes: DSC and HD95 per volume and class.
+
+    \b
+    Model:  --run RUNDIR                  a trained run
+            --model M --checkpoint P      zero-shot SAM (no run)
+    Data:   --shards TESTDIR              packed test volumes (synth pack)
+            --dataset D --root PATH --split test|all   straight from the source folder
+
+    Each slice holding ground truth is encoded once; each class present in it gets one positive
+    point (see --prompt) and the per-class masks are combined (highest logit wins). Slices are
+    stacked back into volumes at the source resolution; DSC and HD95 (mm) are computed per volume
+    and class and averaged over volumes like the published tables.
+
+    Writes OUT/summary.json, OUT/cases.csv and OUT/table.md (paper format); see docs/evaluation.md.
+    """
+    from train.evaluate import (EvalOptions, evaluate, load_run_model, load_zero_shot,
+                                open_shards_testset, open_source_testset)
+
+    if (run is None) == (model_name is None):
+        raise ConfigError("give either --run RUNDIR or --model M (zero-shot SAM), not both or neither")
+    if (shards is None) == (dataset is None):
+        raise ConfigError("give either --shards TESTDIR or --dataset D (with --root PATH), not both or neither")
+    if run is None and run_checkpoint is not None:
+        raise ConfigError("--run-checkpoint needs --run")
+    if run is not None and img_size is not None:
+        raise ConfigError("--img-size is for zero-shot SAM; a run uses the size it was trained at")
+    if overlay_count < 1:
+        raise ConfigError(f"--overlay-count must be >= 1, got {overlay_count}")
+
+    if run is not None:
+        loaded = load_run_model(run, run_checkpoint, checkpoint)
+        where = f"--run {run}"
+    else:
+        loaded = load_zero_shot(model_name, checkpoint, img_size)
+        where = f"--model {model_name}"
+    if shards is not None:
+        testset = open_shards_testset(shards)
+        where += f" vs --shards {shards}"
+    else:
+        testset = open_source_testset(dataset, root, split, modality=modality, config=source_config)
+        where += f" vs --dataset {dataset}"
+    if prompt is None:
+        prompt = "none" if loaded.trained_prompt == "none" else "center"
+    opts = EvalOptions(prompt=prompt, seed=seed, batch_size=batch_size, decode_batch=decode_batch,
+                       device=device, save_predictions=save_predictions,
+                       overlays=overlay_count if overlays else 0, overwrite=overwrite,
+                       num_threads=num_threads, max_volumes=max_volumes)
+    result = evaluate(loaded, testset, out, opts, where=where, log=lambda m: click.echo(m, err=True))
+    from pathlib import Path
+
+    click.echo((Path(out) / "table.md").read_text(), nl=False)
+    rate = result.get("slices_per_s")
+    click.echo(f"{result['n_volumes']} volumes, {result['slices']} slices in {result['seconds']:.1f} s"
+               + (f" ({rate:.2f} slices/s)" if rate else "") + f"; results in {out}")
+
+
+@click.command("report")
+@click.argument("evaldirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--names", default=None,
+              help="Comma-separated row names, one per EVALDIR (default: the directory names).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the Markdown table to this file.")
+@debug_option
+def report(evaldirs, names, out_file) -> None:
+    """Put several evaluations side by side in one Markdown table (like the paper's Tables 1-6).
+
+    Rows are evaluations, columns DSC (%), HD95 (mm) and, for multi-organ tasks, per-organ DSC (%).
+    """
+    from pathlib import Path
+
+    from train.report import compare
+
+    name_list = [n.strip() for n in names.split(",")] if names else None
+    table = compare(list(evaldirs), name_list)
+    click.echo(table, nl=False)
+    if out_file:
+        Path(out_file).write_text(table)

@@ -1,0 +1,104 @@
+"""Evaluation reports: summary.json, cases.csv, table.md, and side-by-side tables (`train report`).
+
+Units follow the paper's tables: DSC in percent with two decimals, HD95 in mm with two decimals.
+``summary.json`` keeps DSC as a fraction 0-1 (``mean_dsc``) so programs need not divide by 100.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from shared.errors import DataError
+
+from .metrics import CaseScore, Summary
+
+CASES_COLUMNS = ("volume", "class", "dsc", "hd95", "gt_voxels", "pred_voxels", "note")
+
+
+def _num(x: float) -> float | None:
+    """JSON has no NaN: unscored numbers are written as null."""
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def summary_dict(summary: Summary, *, task: str, class_names: Sequence[str], **extra) -> dict:
+    """The content of summary.json (fractions for DSC, mm for HD95, null where not scored)."""
+    return {
+        "mean_dsc": _num(summary.mean_dsc),
+        "mean_hd95": _num(summary.mean_hd95),
+        "per_class": {name: {"dsc": _num(v["dsc"]), "hd95": _num(v["hd95"]), "n_volumes": v["n_volumes"]}
+                      for name, v in summary.per_class.items()},
+        "n_volumes": summary.n_volumes,
+        "task": task,
+        "class_names": list(class_names),
+        **extra,
+    }
+
+
+def cases_csv(rows: Iterable[CaseScore]) -> str:
+    """cases.csv: one row per volume and class; unscored numbers are written as NaN."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CASES_COLUMNS)
+    for r in rows:
+        writer.writerow([r.volume, r.class_name, f"{r.dsc:.6f}" if r.scored else "NaN",
+                         "NaN" if math.isnan(r.hd95) else f"{r.hd95:.4f}", r.gt_voxels, r.pred_voxels, r.note])
+    return buf.getvalue()
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100.0 * x:.2f}"
+
+
+def _mm(x: float | None) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
+
+
+def markdown_table(entries: Sequence[tuple[str, dict]]) -> str:
+    """A paper-style Markdown table from (method name, summary.json dict) pairs.
+
+    Columns: Method, DSC (%), HD95 (mm), then per-class DSC (%) when any entry is multi-class
+    (classes in order of first appearance; "–" where an entry lacks a class or it was not scored).
+    """
+    classes: list[str] = []
+    multi = any(len(s.get("per_class", {})) > 1 for _, s in entries)
+    if multi:
+        for _, s in entries:
+            for name in s.get("per_class", {}):
+                if name not in classes:
+                    classes.append(name)
+    header = ["Method", "DSC (%)", "HD95 (mm)"] + classes
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for name, s in entries:
+        per = s.get("per_class", {})
+        cells = [name, _pct(s.get("mean_dsc")), _mm(s.get("mean_hd95"))]
+        cells += [_pct(per[c]["dsc"]) if c in per else "–" for c in classes]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def read_summary(evaldir: str | Path) -> dict:
+    """summary.json of an evaluation directory, or a one-line DataError."""
+    path = Path(evaldir) / "summary.json"
+    if not path.is_file():
+        raise DataError(f"{evaldir}: not an evaluation directory (no summary.json; run `train eval --out {evaldir}`)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read summary ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict) or "mean_dsc" not in data or "per_class" not in data:
+        raise DataError(f"{path}: not a `train eval` summary (mean_dsc / per_class missing)")
+    return data
+
+
+def compare(evaldirs: Sequence[str | Path], names: Sequence[str] | None = None) -> str:
+    """Markdown table putting several evaluations side by side (`train report`)."""
+    if not evaldirs:
+        raise DataError("give at least one evaluation directory")
+    if names and len(names) != len(evaldirs):
+        raise DataError(f"--names gives {len(names)} names for {len(evaldirs)} evaluation directories")
+    names = list(names) if names else [Path(d).resolve().name for d in evaldirs]
+    return markdown_table([(n, read_summary(d)) for n, d in zip(names, evaldirs)])
