@@ -1,0 +1,196 @@
+"""Run directories and training checkpoints (atomic writes, resume checks, loading a trained model).
+
+A run directory (``train fit --out RUNDIR``)::
+
+    RUNDIR/config.json            {"train": TrainConfig, "dataset": {...}, "model": {...}, ...}
+    RUNDIR/metrics.jsonl          one JSON object per logged step
+    RUNDIR/checkpoints/last.pt    the latest checkpoint (see :func:`save_checkpoint`)
+    RUNDIR/checkpoints/step-000100.pt   with --checkpoint-every
+    RUNDIR/summary.json           written when a fit finishes
+
+Checkpoints hold only the trainable weights (LoRA, unfrozen heads; the whole model for `tiny`),
+so evaluating needs the base SAM checkpoint named in the config as well.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared.errors import ConfigError, DataError
+
+CHECKPOINT_FORMAT = "exemplar-sam-train/1"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+
+# Config fields a resumed run may not change (they change the model or what it learns from).
+IDENTITY_FIELDS = ("model", "checkpoint", "img_size", "lora_rank", "train_decoder", "prompt", "seed")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def last_checkpoint(rundir: Path) -> Path:
+    return Path(rundir) / CHECKPOINT_DIR / LAST
+
+
+def dataset_identity(ds, shards_dir: Path) -> dict[str, Any]:
+    """What a run records about its dataset (dataset.json summary + a content fingerprint).
+
+    ``content_sha256`` hashes the shard sha256 list from dataset.json, so a rebuilt dataset with
+    other samples is told apart even at the same path.
+    """
+    info = ds.info
+    shard_hashes = [str(s.get("sha256", "")) for s in info.get("shards", [])]
+    return {
+        "path": str(Path(shards_dir).resolve()),
+        "kind": info.get("kind"),
+        "task": ds.task,
+        "class_names": list(ds.class_names),
+        "num_samples": len(ds),
+        "num_shards": ds.num_shards,
+        "source": info.get("source"),
+        "fingerprint": info.get("fingerprint"),
+        "seed": info.get("seed"),
+        "content_sha256": hashlib.sha256("\n".join(shard_hashes).encode()).hexdigest(),
+    }
+
+
+def save_checkpoint(path: Path, *, step: int, samples_seen: int, config: dict, dataset: dict,
+                    trainable: dict[str, torch.Tensor], optimizer: dict, scheduler: dict,
+                    world_size: int, extra: dict | None = None) -> None:
+    """Write a training checkpoint atomically (tmp file + os.replace).
+
+    Contents: ``format``, ``step`` (optimizer steps done), ``samples_seen`` (the data position:
+    stream positions consumed), ``config``, ``dataset`` (identity), ``trainable`` (state dict),
+    ``optimizer``, ``scheduler``, ``world_size``, ``rng`` (torch CPU RNG state; training itself
+    draws no global randomness, recorded for completeness).
+    """
+    obj = {
+        "format": CHECKPOINT_FORMAT,
+        "step": int(step),
+        "samples_seen": int(samples_seen),
+        "config": config,
+        "dataset": dataset,
+        "trainable": {k: v.detach().to("cpu") for k, v in trainable.items()},
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "world_size": int(world_size),
+        "rng": {"torch": torch.get_rng_state()},
+        **(extra or {}),
+    }
+    atomic_torch_save(Path(path), obj)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a training checkpoint; one-line DataError if missing, unreadable or not ours."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:200]
+        raise DataError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {msg})") from None
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(f"{path}: not a `train fit` checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    for key in ("step", "samples_seen", "config", "trainable", "optimizer", "scheduler"):
+        if key not in obj:
+            raise DataError(f"{path}: checkpoint lacks {key!r}")
+    return obj
+
+
+def check_resume_compatible(saved: dict, config: dict, dataset: dict, path: Path) -> None:
+    """ConfigError/DataError (one line) when a resumed run would differ from the saved one."""
+    for name in IDENTITY_FIELDS:
+        if saved["config"].get(name) != config.get(name):
+            raise ConfigError(f"{path}: cannot resume, {name} was {saved['config'].get(name)!r} "
+                              f"and is now {config.get(name)!r}")
+    old = saved.get("dataset") or {}
+    for name in ("content_sha256", "num_samples", "class_names"):
+        if old.get(name) != dataset.get(name):
+            raise DataError(f"{path}: cannot resume, the dataset differs ({name}: was "
+                            f"{_short(old.get(name))}, now {_short(dataset.get(name))}; run saved from "
+                            f"{old.get('path')})")
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) < 60 else s[:57] + "..."
+
+
+def read_run_config(rundir: Path) -> dict[str, Any]:
+    path = Path(rundir) / CONFIG_FILE
+    if not path.exists():
+        raise DataError(f"{path}: missing, {rundir} is not a `train fit` run directory")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from None
+
+
+def load_trained_model(rundir: str | Path, checkpoint: str | Path | None = None,
+                       base_checkpoint: str | Path | None = None, device: str | torch.device = "cpu"):
+    """Rebuild the trained PromptSAM of a run (eval / predict): base SAM + saved trainable weights.
+
+    `checkpoint` defaults to RUNDIR/checkpoints/last.pt; `base_checkpoint` overrides the SAM
+    weights path recorded in config.json (for vit_*; e.g. the run moved to another machine).
+    Returns (model in eval mode, run config dict).
+    """
+    from train.config import config_from_dict
+    from train.model import PromptSAM, add_lora, build_sam, default_training, load_trainable_state
+
+    rundir = Path(rundir)
+    run = read_run_config(rundir)
+    cfg = config_from_dict(run["train"], str(rundir / CONFIG_FILE))
+    ckpt_path = Path(checkpoint) if checkpoint is not None else last_checkpoint(rundir)
+    saved = load_checkpoint(ckpt_path)
+    base = base_checkpoint if base_checkpoint is not None else cfg.checkpoint
+    sam = build_model(cfg, run["model"].get("num_classes"), base=base)
+    load_trainable_state(sam, saved["trainable"], str(ckpt_path))
+    model = PromptSAM(sam).to(device).eval()
+    return model, run
+
+
+def build_model(cfg, num_classes: int | None, base: str | Path | None = None):
+    """The Sam a config trains: tiny from random init (all trainable), vit_* + LoRA."""
+    from train.model import add_lora, build_sam, default_training
+
+    sam = build_sam(cfg.model, base if base is not None else cfg.checkpoint, cfg.img_size,
+                    num_classes=num_classes, seed=cfg.seed)
+    if default_training(cfg.model) == "lora":
+        add_lora(sam, cfg.lora_rank, train_decoder=cfg.train_decoder)
+    return sam

@@ -1,0 +1,105 @@
+"""`train fit`: fine-tune SAM (LoRA) or train the tiny model on a shard dataset."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from shared.cli_support import debug_option
+
+MODEL_CHOICES = ("tiny", "vit_b", "vit_l", "vit_h")
+
+
+@click.command("fit")
+@click.option("--shards", "shards", required=True, type=click.Path(path_type=Path),
+              help="Dataset directory written by `synth build` (dataset.json + shards/, Zarr or HDF5).")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Run directory: config.json, metrics.jsonl, checkpoints/last.pt, summary.json.")
+@click.option("--model", type=click.Choice(MODEL_CHOICES),
+              help="SAM variant. vit_* need --checkpoint and train LoRA (rank --lora-rank) only; "
+                   "tiny is a small CPU model trained fully from random init. [default: vit_b]")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="Official SAM checkpoint for vit_* (e.g. sam_vit_b_01ec64.pth).")
+@click.option("--img-size", type=int, help="Model input size in pixels (multiple of the patch size). "
+                                           "[default: 512 for vit_*, 128 for tiny]")
+@click.option("--steps", type=int, help="Optimizer steps to run (total, counting resumed ones).")
+@click.option("--epochs", type=float, help="Passes over the dataset instead of --steps "
+                                           "(rounded up to whole steps).")
+@click.option("--batch-size", type=int, help="Samples per step per process. [default: 8]")
+@click.option("--prompt", type=click.Choice(("point", "none")),
+              help="point: a random point of a random present class, binary target (the paper); "
+                   "none: SAMed-style promptless multi-class output. [default: point]")
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="JSON file of hyper-parameters (layout of train/configs/default.json); "
+                   "flags override it.")
+@click.option("--seed", type=int, help="Seed of the model init, the data order, prompts and augmentation.")
+@click.option("--lr", type=float, help="Peak learning rate (AdamW). [default: 1e-3]")
+@click.option("--lora-rank", type=int, help="LoRA rank for vit_*. [default: 4]")
+@click.option("--num-workers", type=int, help="DataLoader worker processes (0: a prefetch thread). [default: 2]")
+@click.option("--log-every", type=int, help="Write metrics.jsonl every N steps. [default: 10]")
+@click.option("--checkpoint-every", type=int,
+              help="Also keep checkpoints/step-NNNNNN.pt every N steps (0: only last.pt).")
+@click.option("--grad-checkpointing/--no-grad-checkpointing", default=None,
+              help="Recompute encoder blocks in backward (less memory, slower).")
+@click.option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N. [default: auto]")
+@click.option("--threads", "num_threads", type=int,
+              help="torch intra-op threads (0: all CPUs / processes per node on CPU).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from checkpoints/last.pt up to the new --steps/--epochs, "
+                   "with the data order of an uninterrupted run. Uses the saved config; flags that "
+                   "change the model or data (model, img-size, prompt, seed ...) are refused.")
+@click.option("--overwrite", is_flag=True, help="Start over in an --out that already holds a run.")
+@click.option("--log-sample-ids", is_flag=True,
+              help="Debug: every rank writes the sample ids it consumed and its final weight hash "
+                   "to RUNDIR/debug/.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@debug_option
+def fit(shards: Path, out: Path, model, checkpoint, img_size, steps, epochs, batch_size, prompt,
+        config_file, seed, lr, lora_rank, num_workers, log_every, checkpoint_every,
+        grad_checkpointing, device, num_threads, resume, overwrite, log_sample_ids,
+        no_progress) -> None:
+    """Train on a shard dataset: point-prompted LoRA fine-tuning of SAM (1.0 CE + 0.8 Dice,
+    AdamW with warm-up and exponential decay).
+
+    Hyper-parameters come from train/configs/default.json (with a per-model section, so
+    `--model tiny` gets the tiny recipe), then --config FILE, then flags; the resolved config is
+    saved as RUNDIR/config.json. Runs DDP under
+    `torchrun --nproc-per-node N -m train fit ...` (NCCL on GPUs, gloo on CPU).
+
+    Example: train fit --shards data/brats150 --model tiny --steps 150 --out runs/tiny
+    """
+    from shared.errors import ConfigError
+    from train.config import resolve_config
+    from train.fit import fit as run_fit
+    from train.fit import resume_config
+
+    if steps is not None and epochs is not None:
+        raise ConfigError("give either --steps or --epochs, not both")
+    overrides = {
+        "model": model, "checkpoint": None if checkpoint is None else str(checkpoint),
+        "img_size": img_size, "steps": steps, "epochs": epochs, "batch_size": batch_size,
+        "prompt": prompt, "seed": seed, "lr": lr, "lora_rank": lora_rank, "num_workers": num_workers,
+        "log_every": log_every, "checkpoint_every": checkpoint_every,
+        "grad_checkpointing": grad_checkpointing, "device": device, "num_threads": num_threads,
+    }
+    if resume:
+        if overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")
+        if config_file is not None:
+            raise ConfigError("--resume uses the run's saved config; pass only the flags to change (e.g. --steps)")
+        if steps is None and epochs is None:
+            raise ConfigError("--resume needs the new total --steps (or --epochs)")
+        cfg = resume_config(out, overrides)
+    else:
+        cfg = resolve_config(config_file, overrides)
+        if cfg.steps is None and cfg.epochs is None:
+            raise ConfigError("give --steps N or --epochs N (or set steps/epochs in --config)")
+    result = run_fit(cfg, shards, out, resume=resume, overwrite=overwrite,
+                     log_sample_ids=log_sample_ids, progress=not no_progress, echo=click.echo)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+        first = "n/a" if result.first_loss is None else f"{result.first_loss:.4f}"
+        click.echo(f"done: steps {result.start_step}->{result.steps}, loss {first} -> {loss}, "
+                   f"{result.seconds:.1f} s, {result.samples_per_s:.1f} samples/s, run {result.rundir}")

@@ -1,0 +1,308 @@
+"""Streaming training batches from shard datasets (Zarr or HDF5) with elastic determinism.
+
+The order (like MosaicML Streaming's, simplified):
+
+* The run reads an endless *sample stream*: epoch 0's order, then epoch 1's, ... Position ``p``
+  of the stream is sample ``order(p // N)[p % N]`` of an N-sample dataset.
+* An epoch's order is a seeded *shard-block shuffle*: the shards are permuted with
+  ``default_rng([seed, epoch])``, consecutive groups of ``shuffle_block_shards`` shards form
+  blocks, and the samples of each block are permuted with the same rng. Every sample appears once
+  per epoch; a worker needs only the shards of one or two blocks in memory.
+* Global step ``g`` of a run consumes the stream positions ``[g*B*W, (g+1)*B*W)`` (B the
+  per-process batch size, W the world size); rank ``r`` takes ``[g*B*W + r*B, g*B*W + (r+1)*B)``.
+  So the samples of a global step are the same for any W at a fixed global batch, nothing is
+  dropped or duplicated, and batches may straddle epoch boundaries.
+* The dataset yields whole batches. DataLoader worker ``w`` of ``nw`` builds batches
+  ``w, w+nw, ...``; the DataLoader's in-order round robin restores the batch order, so the
+  sequence does not depend on the worker count.
+* The data position is the number of samples consumed; a resumed run starts from it without
+  reading the skipped data. Prompts and augmentations draw from ``default_rng([seed, epoch,
+  sample_index, ...])``, so a resumed run sees exactly the inputs of an uninterrupted one.
+
+Errors in worker processes are passed back as an item and re-raised in the main process as the
+original one-line :class:`~shared.errors.ExemplarSamError`.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from shared.errors import DataError, ExemplarSamError
+from train.augment import apply_augment, sample_augment
+from train.config import AugmentConfig
+
+_PROMPT_STREAM = 1   # rng stream ids (third/fourth seed words) so prompts and augments are independent
+_AUGMENT_STREAM = 2
+
+
+class SampleOrder:
+    """The seeded epoch orders of a dataset: shard-block shuffle, see the module docstring."""
+
+    def __init__(self, shard_ranges: list[tuple[int, int]], seed: int, block_shards: int = 2):
+        self.shard_ranges = [(int(s), int(c)) for s, c in shard_ranges]
+        self.num_samples = sum(c for _, c in self.shard_ranges)
+        if self.num_samples == 0:
+            raise DataError("dataset holds no samples")
+        self.seed = int(seed)
+        self.block_shards = max(1, int(block_shards))
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        starts = np.array([s for s, _ in self.shard_ranges] + [self.num_samples])
+        self._shard_starts = starts
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Sample indices of epoch `epoch` in reading order (int64, a permutation of range(N))."""
+        if epoch in self._cache:
+            self._cache.move_to_end(epoch)
+            return self._cache[epoch]
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        perm = rng.permutation(len(self.shard_ranges))
+        parts = []
+        for b in range(0, len(perm), self.block_shards):
+            idx = np.concatenate([np.arange(self.shard_ranges[k][0], sum(self.shard_ranges[k]), dtype=np.int64)
+                                  for k in perm[b:b + self.block_shards]])
+            parts.append(rng.permutation(idx))
+        order = np.concatenate(parts)
+        self._cache[epoch] = order
+        while len(self._cache) > 2:
+            self._cache.popitem(last=False)
+        return order
+
+    def samples_at(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(epoch, sample index) of stream positions."""
+        positions = np.asarray(positions, dtype=np.int64)
+        epochs = positions // self.num_samples
+        samples = np.empty_like(positions)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            samples[sel] = self.epoch_order(int(e))[positions[sel] % self.num_samples]
+        return epochs, samples
+
+    def shard_of(self, samples: np.ndarray) -> np.ndarray:
+        """Shard number of each sample index (shards are contiguous and in index order)."""
+        return np.searchsorted(self._shard_starts, samples, side="right") - 1
+
+
+@dataclass
+class StreamSpec:
+    """Everything a worker needs to build batches (picklable; the dataset is opened per worker)."""
+
+    shards: str
+    img_size: int
+    batch_size: int
+    seed: int
+    prompt: str = "point"               # "point": binary target of a random class + one point; "none": full label
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    block_shards: int = 2
+    start_sample: int = 0               # stream position of batch 0 (the resume position)
+    num_batches: int | None = None      # None: endless
+    rank: int = 0
+    world_size: int = 1
+
+
+class ShardBatchStream(IterableDataset):
+    """Yields training batches (dicts of tensors) for this rank; see the module docstring.
+
+    A batch: ``image`` (B, 1, S, S) float32 in [0, 1]; ``target`` (B, S, S) float32 binary mask
+    (prompt "point") or int64 class map (prompt "none"); ``points`` (B, 1, 2) float32 xy in input
+    pixels and ``point_labels`` (B, 1) int64 (all 1) for "point"; ``class_index`` (B,) int64 (the
+    prompted class, 0 when the label has no foreground); ``position`` (B,) int64 stream positions;
+    ``ids`` list of sample ids; ``batch`` the batch number.
+    """
+
+    def __init__(self, spec: StreamSpec):
+        super().__init__()
+        if spec.prompt not in ("point", "none"):
+            raise ValueError(f"prompt must be 'point' or 'none', got {spec.prompt!r}")
+        if not 0 <= spec.rank < spec.world_size:
+            raise ValueError(f"rank {spec.rank} outside world size {spec.world_size}")
+        self.spec = spec
+        self._ds = None
+        self._pid: int | None = None
+        self._order: SampleOrder | None = None
+        self._cache: OrderedDict[int, list[dict]] = OrderedDict()
+
+    # -- opened lazily, in each worker ---------------------------------------------------------
+    def _open(self) -> None:
+        if self._ds is not None and self._pid != os.getpid():
+            # A forked DataLoader worker must not share the parent's open file handles (HDF5).
+            self._ds, self._order = None, None
+            self._cache.clear()
+        if self._ds is None:
+            from shared import open_dataset
+
+            self._pid = os.getpid()
+            self._ds = open_dataset(self.spec.shards)
+            ranges = [self._ds.shard_range(k) for k in range(self._ds.num_shards)]
+            self._order = SampleOrder(ranges, self.spec.seed, self.spec.block_shards)
+
+    @property
+    def order(self) -> SampleOrder:
+        self._open()
+        assert self._order is not None
+        return self._order
+
+    def positions(self, batch: int) -> np.ndarray:
+        """Stream positions of this rank's batch number `batch`."""
+        s = self.spec
+        first = s.start_sample + batch * s.batch_size * s.world_size + s.rank * s.batch_size
+        return np.arange(first, first + s.batch_size, dtype=np.int64)
+
+    def _shard(self, k: int) -> list[dict]:
+        if k in self._cache:
+            self._cache.move_to_end(k)
+            return self._cache[k]
+        samples = self._ds.read_shard(k)
+        self._cache[k] = samples
+        # One block plus the next one's first shard covers batches straddling a block boundary.
+        while len(self._cache) > self.spec.block_shards + 1:
+            self._cache.popitem(last=False)
+        return samples
+
+    def _sample(self, index: int) -> dict:
+        k = int(self.order.shard_of(np.array([index]))[0])
+        start, _ = self._ds.shard_range(k)
+        return self._shard(k)[index - start]
+
+    def make_batch(self, batch: int) -> dict[str, Any]:
+        """Build this rank's batch number `batch` (deterministic, independent of workers)."""
+        from train.prompts import sample_training_prompt
+        from train.resize import resize_image, resize_label
+
+        s = self.spec
+        pos = self.positions(batch)
+        epochs, indices = self.order.samples_at(pos)
+        size = s.img_size
+        images = np.empty((len(pos), 1, size, size), np.float32)
+        if s.prompt == "point":
+            targets = np.empty((len(pos), size, size), np.float32)
+        else:
+            targets = np.empty((len(pos), size, size), np.int64)
+        points = np.zeros((len(pos), 1, 2), np.float32)
+        classes = np.zeros(len(pos), np.int64)
+        ids = []
+        for i, (epoch, index) in enumerate(zip(epochs.tolist(), indices.tolist())):
+            sample = self._sample(index)
+            image = resize_image(sample["image"], size)
+            label = resize_label(sample["label"], size)
+            if s.augment.enabled():
+                params = sample_augment(s.augment, np.random.default_rng([s.seed, epoch, index, _AUGMENT_STREAM]))
+                image, label = apply_augment(image, label, params)
+            images[i, 0] = image
+            if s.prompt == "point":
+                rng = np.random.default_rng([s.seed, epoch, index, _PROMPT_STREAM])
+                prompt = sample_training_prompt(label, rng)
+                if prompt is None:  # no foreground: a random point, an empty target
+                    targets[i] = 0
+                    points[i, 0] = rng.integers(0, size, 2)
+                    classes[i] = 0
+                else:
+                    cls, (x, y), mask = prompt
+                    targets[i] = mask
+                    points[i, 0] = (x, y)
+                    classes[i] = cls
+            else:
+                targets[i] = label
+            ids.append(sample["id"])
+        out: dict[str, Any] = {
+            "image": torch.from_numpy(images),
+            "target": torch.from_numpy(targets),
+            "class_index": torch.from_numpy(classes),
+            "position": torch.from_numpy(pos),
+            "ids": ids,
+            "batch": batch,
+        }
+        if s.prompt == "point":
+            out["points"] = torch.from_numpy(points)
+            out["point_labels"] = torch.ones((len(pos), 1), dtype=torch.int64)
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        batch = worker
+        try:
+            self._open()
+            while self.spec.num_batches is None or batch < self.spec.num_batches:
+                yield self.make_batch(batch)
+                batch += num_workers
+        except ExemplarSamError as exc:
+            if info is None:
+                raise
+            # Re-raised cleanly (one line) by the main process instead of DataLoader's traceback dump.
+            yield {"error": (type(exc).__name__, str(exc))}
+
+
+def _reraise(item: dict[str, Any]) -> dict[str, Any]:
+    if "error" in item:
+        import shared.errors as errors
+
+        name, message = item["error"]
+        raise getattr(errors, name, DataError)(message)
+    return item
+
+
+class _ThreadPrefetcher:
+    """Build batches in a background thread (num_workers=0): the model does not wait on storage."""
+
+    def __init__(self, iterable, depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._done = object()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iterable,), daemon=True)
+        self._thread.start()
+
+    def _run(self, iterable) -> None:
+        try:
+            for item in iterable:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consumer
+            self._queue.put(exc)
+            return
+        self._queue.put(self._done)
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def batch_loader(stream: ShardBatchStream, num_workers: int = 0, prefetch_factor: int = 2,
+                 pin_memory: bool = False, prefetch_thread: bool = True) -> Iterator[dict[str, Any]]:
+    """Iterate `stream`'s batches in order: DataLoader workers, or a prefetch thread for num_workers=0."""
+    if num_workers > 0:
+        loader = DataLoader(stream, batch_size=None, num_workers=num_workers,
+                            prefetch_factor=prefetch_factor, pin_memory=pin_memory,
+                            persistent_workers=False)
+        for item in loader:
+            yield _reraise(item)
+    elif prefetch_thread:
+        pre = _ThreadPrefetcher(iter(stream), prefetch_factor)
+        try:
+            yield from pre
+        finally:
+            pre.close()
+    else:
+        yield from stream
