@@ -9,9 +9,9 @@ import torch
 from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
                                        TwoWayTransformer)
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, DataError
 
-from .checkpoint import load_sam_state, read_checkpoint
+from .checkpoint import guess_model, load_sam_state, read_checkpoint
 from .registry import MODEL_NAMES, MODEL_SPECS, ModelSpec
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -106,13 +106,21 @@ def build_sam(model: str, checkpoint: str | Path | None, img_size: int | None = 
         raise ConfigError(f"--model {model} needs --checkpoint PATH (an official SAM {model} "
                           "checkpoint, e.g. sam_vit_b_01ec64.pth)")
 
+    state = None
+    if checkpoint is not None:
+        # Read and identify the file before spending time and memory on a model it cannot fit.
+        state = read_checkpoint(checkpoint)
+        guess = guess_model(state)
+        if guess is not None and guess != model:
+            raise DataError(f"checkpoint {checkpoint} is a {guess} checkpoint, not {model}; "
+                            f"use --model {guess}")
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sam = assemble_sam(spec, img_size, num_classes)
 
     reinit: list[str] = []
-    if checkpoint is not None:
-        state = read_checkpoint(checkpoint)
+    if state is not None:
         reinit = load_sam_state(sam, state, spec, checkpoint,
                                 allow_head_reinit=num_classes is not None)
     sam.exemplar = SamInfo(model=model, img_size=img_size, num_classes=num_classes,

@@ -70,7 +70,7 @@ def load_sam_state(sam: nn.Module, state: dict[str, torch.Tensor], spec: ModelSp
     """Load `state` into `sam` (strict), resizing position tables to the model's input size.
 
     With `allow_head_reinit` (promptless multi-class head) entries under :data:`HEAD_PREFIXES`
-    whose shapes differ are skipped and keep their random init; their keys are returned.
+    whose shapes differ (or that the checkpoint lacks) are skipped and keep their random init; their keys are returned.
     Anything else that does not fit raises a one-line DataError naming the first mismatches and,
     when recognisable, the `--model` the checkpoint belongs to.
     """
@@ -84,7 +84,10 @@ def load_sam_state(sam: nn.Module, state: dict[str, torch.Tensor], spec: ModelSp
             if guess and guess != spec.name else ""
         return DataError(f"checkpoint {path} does not fit --model {spec.name}: {problem}{hint}")
 
-    missing = [k for k in target if k not in state]
+    reinit = []
+    if allow_head_reinit:   # more mask tokens than the checkpoint has: extra MLPs stay random
+        reinit = [k for k in target if k not in state and k.startswith(HEAD_PREFIXES)]
+    missing = [k for k in target if k not in state and k not in reinit]
     unexpected = [k for k in state if k not in target]
     if missing or unexpected:
         parts = []
@@ -94,8 +97,10 @@ def load_sam_state(sam: nn.Module, state: dict[str, torch.Tensor], spec: ModelSp
             parts.append(f"{len(unexpected)} unexpected keys ({_describe(unexpected)})")
         raise wrong_model("; ".join(parts))
 
-    reinit, bad = [], []
+    bad = []
     for key, shape in target.items():
+        if key not in state:
+            continue
         if state[key].shape != shape:
             if allow_head_reinit and key.startswith(HEAD_PREFIXES):
                 reinit.append(key)

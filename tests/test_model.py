@@ -1,0 +1,258 @@
+"""train.model: official-checkpoint loading (random-init vit_b written by the test), resizing,
+LoRA, trainable-state round trip, bad checkpoints, and the tiny model."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from segment_anything import sam_model_registry
+
+from shared.errors import ConfigError, DataError
+from train.losses import ce_dice_loss
+from train.model import (PromptSAM, add_lora, build_sam, count_parameters, load_trainable_state,
+                         trainable_state_dict)
+
+# LoRA rank 4 on vit_b: encoder 12 blocks x (A: 2r x 768 + B: 2*768 x r) = 147,456; decoder
+# q/v of 2 layers x (self 256->256, two cross 256->128) + final cross = 23,552.
+VIT_B_LORA4 = 147_456 + 23_552
+VIT_B_DECODER = 4_058_340   # all mask-decoder parameters
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def vit_b_ckpt(tmp_path_factory):
+    """An 'official' checkpoint: segment_anything's own vit_b builder, random init, torch.save."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        ref = sam_model_registry["vit_b"]()
+        # rel-pos tables are zero-initialised; give them values so resizing is observable
+        for blk in ref.image_encoder.blocks:
+            torch.nn.init.normal_(blk.attn.rel_pos_h, std=0.02)
+            torch.nn.init.normal_(blk.attn.rel_pos_w, std=0.02)
+    path = tmp_path_factory.mktemp("ckpt") / "sam_vit_b_random.pth"
+    state = ref.state_dict()
+    torch.save(state, path)
+    return path, {k: v.shape for k, v in state.items()}, state
+
+
+@pytest.fixture(scope="module")
+def vit_b_512(vit_b_ckpt):
+    return build_sam("vit_b", vit_b_ckpt[0], 512)
+
+
+def _inputs(size, b=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(b, 1, size, size, generator=g)
+    points = torch.randint(0, size, (b, 2, 2), generator=g).float()
+    labels = torch.tensor([[1, 0]] * b)
+    return images, points, labels
+
+
+def test_vit_b_1024_loads_official_state(vit_b_ckpt):
+    path, shapes, state = vit_b_ckpt
+    sam = build_sam("vit_b", path, 1024)
+    got = sam.state_dict()
+    assert {k: v.shape for k, v in got.items()} == shapes   # same architecture as the registry
+    for key in ("image_encoder.pos_embed", "image_encoder.blocks.3.attn.qkv.weight",
+                "mask_decoder.iou_prediction_head.layers.2.bias"):
+        assert torch.equal(got[key], state[key])
+    assert sam.exemplar.model == "vit_b" and sam.exemplar.img_size == 1024
+
+
+def test_vit_b_512_resizes_position_tables(vit_b_ckpt, vit_b_512):
+    _, _, state = vit_b_ckpt
+    enc = vit_b_512.image_encoder
+    assert enc.pos_embed.shape == (1, 32, 32, 768)
+    want = F.interpolate(state["image_encoder.pos_embed"].permute(0, 3, 1, 2), (32, 32),
+                         mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    assert torch.allclose(enc.pos_embed, want)
+    for i, blk in enumerate(enc.blocks):
+        length = 63 if i in (2, 5, 8, 11) else 27      # global blocks: 2*32-1; windows: 2*14-1
+        assert blk.attn.rel_pos_h.shape == (length, 64)
+        if length == 27:
+            assert torch.equal(blk.attn.rel_pos_h, state[f"image_encoder.blocks.{i}.attn.rel_pos_h"])
+    logits = PromptSAM(vit_b_512)(*_inputs(512))
+    assert logits.shape == (1, 1, 512, 512) and torch.isfinite(logits).all()
+
+
+def test_lora_equals_base_and_counts(vit_b_512):
+    base = PromptSAM(vit_b_512)
+    lora_sam = copy.deepcopy(vit_b_512)
+    add_lora(lora_sam, rank=4)
+    model = PromptSAM(lora_sam)
+    inputs = _inputs(512)
+    with torch.no_grad():
+        want = base(*inputs)
+        got = model(*inputs)
+        model.eval()
+        got_eval = model(*inputs)
+    assert torch.allclose(got, want, atol=1e-6) and torch.allclose(got_eval, want, atol=1e-6)
+
+    count = count_parameters(model)
+    assert count.trainable == VIT_B_LORA4
+    names = [n for n, p in lora_sam.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    assert sum("image_encoder" in n for n in names) == 24 and sum("mask_decoder" in n for n in names) == 28
+
+    full = copy.deepcopy(vit_b_512)
+    add_lora(full, rank=4, train_decoder="full")
+    assert count_parameters(full).trainable == 147_456 + VIT_B_DECODER
+
+
+def test_trainable_state_round_trip(vit_b_512, tmp_path):
+    sam = copy.deepcopy(vit_b_512)
+    add_lora(sam, rank=4)
+    with torch.no_grad():
+        for name, p in sam.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.01)
+    model = PromptSAM(sam)
+    model.train()
+    model.eval()                                   # mode switches must not touch the weights
+    state = trainable_state_dict(model)
+    assert all("lora_" in k for k in state if not k.endswith("gaussian_matrix"))
+    torch.save(state, tmp_path / "last.pt")
+
+    fresh = copy.deepcopy(vit_b_512)
+    add_lora(fresh, rank=4)
+    load_trainable_state(fresh, torch.load(tmp_path / "last.pt", weights_only=True))
+    inputs = _inputs(512)
+    with torch.no_grad():
+        assert torch.equal(PromptSAM(fresh).eval()(*inputs), model(*inputs))
+        assert not torch.equal(PromptSAM(vit_b_512)(*inputs), model(*inputs))
+
+    other = copy.deepcopy(vit_b_512)
+    add_lora(other, rank=8)
+    with pytest.raises(DataError, match="last.pt: trained weights do not fit") as err:
+        load_trainable_state(other, state, source=str(tmp_path / "last.pt"))
+    assert "\n" not in str(err.value)
+
+
+def test_promptless_head_from_checkpoint(vit_b_ckpt):
+    sam = build_sam("vit_b", vit_b_ckpt[0], 256, num_classes=8)
+    reinit = sam.exemplar.reinitialised
+    assert "mask_decoder.mask_tokens.weight" in reinit
+    assert all(k.startswith("mask_decoder.") for k in reinit)
+    add_lora(sam, rank=4)
+    trainable = [n for n, p in sam.named_parameters() if p.requires_grad]
+    assert "mask_decoder.mask_tokens.weight" in trainable
+    images, _, _ = _inputs(256, b=2)
+    with torch.no_grad():
+        out = PromptSAM(sam).forward_promptless(images)
+    assert out.shape == (2, 9, 256, 256)
+
+
+def test_bad_checkpoints(vit_b_ckpt, tmp_path):
+    path = vit_b_ckpt[0]
+    errors = []
+    with pytest.raises(DataError, match="checkpoint not found") as e:
+        build_sam("vit_b", tmp_path / "nope.pth", 512)
+    errors.append(e)
+    truncated = tmp_path / "truncated.pth"
+    data = path.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cannot read checkpoint .*truncated.pth") as e:
+        build_sam("vit_b", truncated, 512)
+    errors.append(e)
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    with pytest.raises(DataError, match="cannot read checkpoint") as e:
+        build_sam("vit_b", text, 512)
+    errors.append(e)
+    with pytest.raises(DataError, match="is a vit_b checkpoint, not vit_l; use --model vit_b") as e:
+        build_sam("vit_l", path, 512)
+    errors.append(e)
+    # a vit_b state dict with a tensor of another shape (e.g. another tool's variant)
+    state = dict(vit_b_ckpt[2])
+    state["mask_decoder.iou_token.weight"] = torch.zeros(1, 128)
+    odd = tmp_path / "odd.pth"
+    torch.save(state, odd)
+    with pytest.raises(DataError, match="does not fit --model vit_b: 1 tensors of another shape") as e:
+        build_sam("vit_b", odd, 512)
+    errors.append(e)
+    for e in errors:
+        assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="needs --checkpoint"):
+        build_sam("vit_b", None, 512)
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        build_sam("vit_b", path, 500)
+    with pytest.raises(ConfigError, match="unknown --model"):
+        build_sam("vit_x", path, 512)
+
+
+def test_tiny_build_is_seeded_and_leaves_global_rng():
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    a = build_sam("tiny", None, 64, seed=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = build_sam("tiny", None, 64, seed=3)
+    c = build_sam("tiny", None, 64, seed=4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["image_encoder.patch_embed.proj.weight"],
+                           sc["image_encoder.patch_embed.proj.weight"])
+    assert a.exemplar.img_size == 64 and build_sam("tiny", None).exemplar.img_size == 128
+
+
+def test_tiny_checkpoint_and_shapes(tmp_path):
+    model = PromptSAM(build_sam("tiny", None, 128, seed=1))
+    images, points, labels = _inputs(128, b=3)
+    emb = model.encode(images)
+    assert emb.shape == (3, 64, 16, 16)
+    assert model.decode(emb, points, labels).shape == (3, 1, 128, 128)
+    state = trainable_state_dict(model)          # full training: every weight + the PE buffer
+    assert len(state) == len(model.sam.state_dict())
+    torch.save(model.sam.state_dict(), tmp_path / "tiny.pt")
+    again = PromptSAM(build_sam("tiny", tmp_path / "tiny.pt", 128, seed=99))
+    with torch.no_grad():
+        assert torch.equal(again(images, points, labels), model(images, points, labels))
+    with pytest.raises(ConfigError, match="expects 128x128"):
+        model.encode(torch.rand(1, 1, 64, 64))
+
+
+def test_grad_checkpoint_same_gradients():
+    images, points, labels = _inputs(64, b=2)
+    grads = []
+    for flag in (False, True):
+        model = PromptSAM(build_sam("tiny", None, 64, seed=0), grad_checkpoint=flag).train()
+        model(images, points, labels).square().mean().backward()
+        grads.append(model.sam.image_encoder.blocks[0].attn.qkv.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_tiny_overfits_disks():
+    """Bright disks on noise, a point at each centre: Dice > 0.8 within 100 steps."""
+    size, rng = 64, np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    images, masks, points = [], [], []
+    for _ in range(4):
+        cx, cy, r = rng.integers(16, 48), rng.integers(16, 48), rng.integers(6, 14)
+        mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+        images.append(rng.random((size, size)) * 0.5 + 0.5 * mask)
+        masks.append(mask)
+        points.append([[cx, cy]])
+    x = torch.tensor(np.array(images), dtype=torch.float32)[:, None]
+    t = torch.tensor(np.array(masks), dtype=torch.float32)
+    p = torch.tensor(points, dtype=torch.float32)
+    lab = torch.ones(4, 1, dtype=torch.long)
+    model = PromptSAM(build_sam("tiny", None, size, seed=0)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(100):
+        loss, _, _ = ce_dice_loss(model(x, p, lab), t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = (model.eval()(x, p, lab)[:, 0] > 0).float()
+    dice = (2 * (pred * t).sum() / (pred.sum() + t.sum())).item()
+    assert dice > 0.8, dice
