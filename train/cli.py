@@ -10,7 +10,6 @@ COMMANDS = {
     "eval": "train.commands.eval_cmd:eval_",
     "report": "train.commands.eval_cmd:report",
     "predict": "train.commands.predict_cmd:predict",
-    "experiment": "train.commands.experiment_cmd:experiment",
 }
 
 
