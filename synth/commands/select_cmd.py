@@ -1,0 +1,73 @@
+"""``synth select``: choose exemplar slices and the background pool, write them as a JSON list."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from shared.cli_support import debug_option
+
+DATASET_CHOICES = ["brats", "synapse", "transunet", "nifti", "demo", "demo-brain", "demo-abdomen"]
+
+
+@click.command("select")
+@click.option("--dataset", required=True, type=click.Choice(DATASET_CHOICES),
+              help="Source layout: brats (BraTS 2018 HGG|LGG folders), synapse (RawData/Training "
+                   "img/label), transunet (train_npz / test_vol_h5), nifti (images/ + labels/ with "
+                   "a config), demo-brain / demo-abdomen (procedural phantoms; demo = demo-brain).")
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder (not needed for the demo sources).")
+@click.option("--modality", type=click.Choice(["t1", "t1ce", "t2", "flair"]), default="flair",
+              show_default=True, help="BraTS modality to read.")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="nifti source config (classes, intensity preset); default ROOT/source.json.")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True,
+              help="Which cases feed exemplars and backgrounds: the training part of the split, "
+                   "the test part, or every case.")
+@click.option("--split-file", type=click.Path(path_type=Path), default=None,
+              help='Your own split, JSON {"train": [...], "test": [...]} of case ids '
+                   "(default: the dataset's recorded split, see docs/sources.md).")
+@click.option("--exemplars", "spec", required=True, metavar="N|P%",
+              help="How many exemplar slices: a count (150) or a percentage of the eligible "
+                   "slices (1%, 0.5%).")
+@click.option("--min-pixels", type=int, default=10, show_default=True,
+              help="A slice is eligible when it holds at least this many foreground pixels "
+                   "(multi-organ: an organ counts as present from this many pixels).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="FILE.json",
+              help="Where to write the exemplar list.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar while scanning volumes.")
+@debug_option
+def select(dataset: str, root: Path | None, modality: str, config: Path | None, split: str,
+           split_file: Path | None, spec: str, min_pixels: int, seed: int, out: Path,
+           overwrite: bool, progress: bool) -> None:
+    """Choose exemplar slices (and the background pool) and write them to FILE.json.
+
+    Single-target tasks (tumour): a seeded random choice among slices with at least
+    --min-pixels foreground pixels. Multi-organ tasks: the paper's "most organs" rule
+    (N = 1: best slice overall; N < volumes: N volumes by seed, best slice of each;
+    N = k x volumes: k best of each). Reuse the list with `synth build --exemplar-list FILE.json`.
+
+    Example: synth select --dataset brats --root BraTS2018 --exemplars 1% --out brats_1pct.json
+    """
+    from shared.errors import DataError
+    from shared.sources import open_source
+    from shared.splits import resolve_split
+    from synth.selection import ExemplarSpec, select_exemplars
+
+    exemplar_spec = ExemplarSpec.parse(spec)  # fail on a bad spec before reading any data
+    if out.exists() and not overwrite:
+        raise DataError(f"{out}: already exists (pass --overwrite to replace it)")
+    source = open_source(dataset, root, modality=modality, config=config)
+    cases = resolve_split(source, split, split_file)
+    result = select_exemplars(source, cases, exemplar_spec, seed, min_pixels, split=split, progress=progress)
+    if split_file is not None:
+        result.selection["split_file"] = str(split_file.resolve())
+    result.to_json(out, overwrite=overwrite)
+    totals = result.class_totals()
+    classes = ", ".join(f"{name} {totals.get(name, 0)} px" for name in source.class_names[1:] if name in totals)
+    click.echo(f"{len(result.exemplars)} exemplars ({result.rule}, {result.selection['eligible_slices']} "
+               f"eligible slices in {len(cases)} case(s), split {split}); classes: {classes}; "
+               f"background pool {len(result.background_pool)} slices -> {out}")

@@ -1,0 +1,418 @@
+"""Exemplar selection: which labelled slices the synthesis may copy from.
+
+Rules (``spec`` is ``"N"`` or ``"P%"``; P% means P percent of the eligible slices, rounded half
+up, at least 1):
+
+- Single-target tasks (``source.task == "single"``, e.g. whole tumour): a seeded random choice,
+  without replacement, among the slices with at least ``min_pixels`` foreground pixels (the
+  paper: 75 / 150 / 450 of BraTS 2018's 14,662 such slices at 0.5 / 1 / 3 %).
+- Multi-organ tasks (``"multi"``), the paper's "most organs" rule. Each volume's eligible slices
+  (at least one organ with ``min_pixels`` pixels) are ranked by the number of organs present
+  (an organ counts when it has ``min_pixels`` pixels), ties by foreground area, then by slice
+  index. N = 1 gives the best slice over all volumes. Otherwise selection goes in rounds: round r
+  takes the r-th best slice of every volume; when fewer picks remain than volumes in a round,
+  those volumes are chosen by seed. So N < V picks N volumes by seed and the best slice of each,
+  N = k x V the k best slices of every volume, and any other N = k x V + r the k best of every
+  volume plus the (k+1)-th best of r volumes chosen by seed. A volume that runs out of eligible
+  slices drops out of later rounds.
+
+Asking for more exemplars than eligible slices is a DataError with the numbers.
+
+The background pool: slices of the chosen cases with no foreground at all and real content,
+i.e. at least ``BACKGROUND_MIN_CONTENT`` (5 %) of the slice's pixels brighter than the slice's
+minimum by more than ``CONTENT_DELTA`` (0.02 of the [0, 1] range): brain tissue or a body cross
+section, not an empty slab.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from shared.errors import ConfigError, DataError
+from shared.volume import Volume
+
+SCHEMA_VERSION = 1
+BACKGROUND_MIN_CONTENT = 0.05
+CONTENT_DELTA = 0.02
+RULES = {"single": "random-slices", "multi": "most-organs"}
+
+
+# ---------------------------------------------------------------- spec
+@dataclass(frozen=True)
+class ExemplarSpec:
+    """``--exemplars`` parsed: a count (``"150"``) or a percentage of eligible slices (``"1%"``)."""
+
+    text: str
+    count: int | None = None
+    percent: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | int) -> "ExemplarSpec":
+        raw = str(text).strip()
+        if re.fullmatch(r"\d+", raw):
+            n = int(raw)
+            if n < 1:
+                raise ConfigError(f"--exemplars {raw}: need at least 1 exemplar")
+            return cls(raw, count=n)
+        match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*%", raw)
+        if match:
+            p = float(match.group(1))
+            if not 0 < p <= 100:
+                raise ConfigError(f"--exemplars {raw}: a percentage must be in (0, 100]")
+            return cls(raw, percent=p)
+        raise ConfigError(f"--exemplars {raw!r}: expected a count (e.g. 150) or a percentage of the "
+                          "eligible slices (e.g. 1% or 0.5%)")
+
+    def resolve(self, eligible: int) -> int:
+        if self.count is not None:
+            return self.count
+        return max(1, int(math.floor(self.percent / 100.0 * eligible + 0.5)))
+
+
+# ---------------------------------------------------------------- per-volume statistics
+@dataclass
+class VolumeScan:
+    """Per-slice statistics of one volume: pixel counts per class and content fraction."""
+
+    volume_id: str
+    counts: np.ndarray  # (S, num_classes) int64
+    content: np.ndarray  # (S,) float, fraction of pixels above the slice background level
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def foreground(self) -> np.ndarray:
+        return self.counts[:, 1:].sum(axis=1)
+
+    def organs(self, min_pixels: int) -> np.ndarray:
+        return (self.counts[:, 1:] >= min_pixels).sum(axis=1)
+
+    def background_slices(self) -> np.ndarray:
+        return np.flatnonzero((self.foreground == 0) & (self.content >= BACKGROUND_MIN_CONTENT))
+
+
+def scan_volume(volume: Volume) -> VolumeScan:
+    """Class pixel counts and content fraction for every slice, vectorised over the volume."""
+    num_classes = len(volume.class_names)
+    S = volume.num_slices
+    flat = volume.label.reshape(S, -1).astype(np.int64) + (np.arange(S, dtype=np.int64) * num_classes)[:, None]
+    counts = np.bincount(flat.ravel(), minlength=S * num_classes).reshape(S, num_classes)
+    img = volume.image.reshape(S, -1)
+    level = img.min(axis=1, keepdims=True) + CONTENT_DELTA
+    content = (img > level).mean(axis=1)
+    return VolumeScan(volume.volume_id, counts, content)
+
+
+def scan_source(source, case_ids: Iterable[str], *, progress: bool = False) -> list[VolumeScan]:
+    case_ids = list(case_ids)
+    iterator: Iterable[str] = case_ids
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(case_ids, desc=f"scanning {source.name}", unit="vol", leave=False)
+    return [scan_volume(source.load(c)) for c in iterator]
+
+
+# ---------------------------------------------------------------- rules
+def pick_random(scans: list[VolumeScan], n: int, seed: int, min_pixels: int) -> list[tuple[str, int]]:
+    eligible = [(s.volume_id, int(k)) for s in scans for k in np.flatnonzero(s.foreground >= min_pixels)]
+    _check_enough(n, len(eligible), min_pixels, scans)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(eligible), size=n, replace=False)
+    return sorted(eligible[i] for i in chosen)
+
+
+def rank_slices(scan: VolumeScan, min_pixels: int) -> list[int]:
+    """Eligible slices of a volume, best first: most organs, then largest foreground, then index."""
+    organs, area = scan.organs(min_pixels), scan.foreground
+    eligible = np.flatnonzero(organs > 0)
+    order = np.lexsort((eligible, -area[eligible], -organs[eligible]))
+    return [int(k) for k in eligible[order]]
+
+
+def pick_most_organs(scans: list[VolumeScan], n: int, seed: int, min_pixels: int) -> list[tuple[str, int]]:
+    ranked = {s.volume_id: rank_slices(s, min_pixels) for s in scans}
+    total = sum(len(r) for r in ranked.values())
+    _check_enough(n, total, min_pixels, scans)
+    if n == 1:
+        by_id = {s.volume_id: s for s in scans}
+        best = min(((v, r[0]) for v, r in ranked.items() if r),
+                   key=lambda vk: (-by_id[vk[0]].organs(min_pixels)[vk[1]], -by_id[vk[0]].foreground[vk[1]],
+                                   vk[0], vk[1]))
+        return [best]
+    rng = np.random.default_rng(seed)
+    picks: list[tuple[str, int]] = []
+    volumes = sorted(ranked)
+    rnd = 0
+    while len(picks) < n:
+        available = [v for v in volumes if len(ranked[v]) > rnd]
+        remaining = n - len(picks)
+        if remaining < len(available):
+            available = sorted(available[i] for i in rng.choice(len(available), size=remaining, replace=False))
+        picks.extend((v, ranked[v][rnd]) for v in available)
+        rnd += 1
+    return sorted(picks)
+
+
+def _check_enough(n: int, eligible: int, min_pixels: int, scans: list[VolumeScan]) -> None:
+    if n > eligible:
+        raise DataError(f"asked for {n} exemplars but only {eligible} slices of the {len(scans)} chosen "
+                        f"case(s) hold >= {min_pixels} foreground pixels")
+
+
+# ---------------------------------------------------------------- the list
+@dataclass
+class ExemplarList:
+    """The chosen exemplar slices plus the background pool (see DESIGN.md, "Exemplar list")."""
+
+    dataset: dict[str, Any]
+    split: str
+    spec: str
+    seed: int
+    rule: str
+    exemplars: list[dict[str, Any]]
+    background_pool: list[dict[str, Any]]
+    cases: list[str] = field(default_factory=list)
+    selection: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def pairs(self) -> list[tuple[str, int]]:
+        return [(e["volume"], int(e["slice"])) for e in self.exemplars]
+
+    def background_pairs(self) -> list[tuple[str, int]]:
+        return [(e["volume"], int(e["slice"])) for e in self.background_pool]
+
+    def class_totals(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for e in self.exemplars:
+            for name, count in e.get("classes", {}).items():
+                totals[name] = totals.get(name, 0) + int(count)
+        return totals
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "dataset": self.dataset,
+            "split": self.split,
+            "cases": self.cases,
+            "spec": self.spec,
+            "seed": self.seed,
+            "rule": self.rule,
+            "selection": self.selection,
+            "exemplars": self.exemplars,
+            "background_pool": self.background_pool,
+        }
+
+    def to_json(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write atomically (temporary name, then rename); refuses to replace a file unless asked."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise DataError(f"{path}: already exists (pass --overwrite to replace it)")
+        if path.parent and not path.parent.is_dir():
+            raise DataError(f"{path.parent}: output folder does not exist")
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_json(cls, path: str | Path, source=None) -> "ExemplarList":
+        """Read a list (written by ``synth select``, or hand-written with just ``volume``/``slice``
+        per entry). With ``source``, every entry is checked: unknown volume or slice out of range
+        is a DataError naming the file and the entry."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"{path}: exemplar list not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+        if isinstance(data, list):  # a bare list of {volume, slice}
+            data = {"exemplars": data}
+        if not isinstance(data, dict) or not isinstance(data.get("exemplars"), list) or not data["exemplars"]:
+            raise DataError(f"{path}: expected an object with a non-empty 'exemplars' list")
+        entries = []
+        for i, entry in enumerate(data["exemplars"]):
+            if not isinstance(entry, dict) or not isinstance(entry.get("volume"), str) \
+                    or not isinstance(entry.get("slice"), int) or isinstance(entry.get("slice"), bool):
+                raise DataError(f"{path}: exemplars[{i}] needs 'volume' (string) and 'slice' (integer), got {entry!r}")
+            entries.append(dict(entry))
+        pool = data.get("background_pool", [])
+        for i, entry in enumerate(pool):
+            if not isinstance(entry, dict) or not isinstance(entry.get("volume"), str) or not isinstance(entry.get("slice"), int):
+                raise DataError(f"{path}: background_pool[{i}] needs 'volume' and 'slice', got {entry!r}")
+        out = cls(dataset=data.get("dataset", {}), split=data.get("split", "user"), spec=str(data.get("spec", len(entries))),
+                  seed=int(data.get("seed", 0)), rule=data.get("rule", "user"), exemplars=entries,
+                  background_pool=list(pool), cases=list(data.get("cases", [])),
+                  selection=dict(data.get("selection", {})), schema_version=int(data.get("schema_version", SCHEMA_VERSION)))
+        if source is not None:
+            out.validate(source, path)
+        return out
+
+    def validate(self, source, path: str | Path = "exemplar list") -> None:
+        """Unknown volumes, slices out of range or duplicates -> DataError naming the entry."""
+        known = set(source.case_ids())
+        sizes: dict[str, int] = {}
+        seen: set[tuple[str, int]] = set()
+        for what, entries in (("exemplars", self.exemplars), ("background_pool", self.background_pool)):
+            for i, entry in enumerate(entries):
+                volume, k = entry["volume"], int(entry["slice"])
+                if volume not in known:
+                    raise DataError(f"{path}: {what}[{i}] names volume {volume!r}, which {source.name} at "
+                                    f"{source.root} does not have")
+                if volume not in sizes:
+                    sizes[volume] = source.num_slices(volume)
+                if not 0 <= k < sizes[volume]:
+                    raise DataError(f"{path}: {what}[{i}] slice {k} is out of range for {volume} "
+                                    f"({sizes[volume]} slices)")
+                if what == "exemplars":
+                    if (volume, k) in seen:
+                        raise DataError(f"{path}: {what}[{i}] ({volume}, slice {k}) is listed twice")
+                    seen.add((volume, k))
+
+    def verify_hashes(self, source, path: str | Path = "exemplar list") -> None:
+        """DataError when a source file differs from the sha256 recorded for an exemplar."""
+        hasher = _Hasher(source)
+        for i, entry in enumerate(self.exemplars):
+            recorded = entry.get("sha256") or {}
+            current = hasher.slice_record(entry["volume"], int(entry["slice"]))[1]
+            for key, digest in recorded.items():
+                if current.get(key) != digest:
+                    raise DataError(f"{path}: exemplars[{i}] ({entry['volume']}, slice {entry['slice']}): "
+                                    f"{key} sha256 differs from the recorded one (different data?)")
+
+    def complete(self, source, *, min_pixels: int = 1, progress: bool = False) -> "ExemplarList":
+        """Fill in what a hand-written list lacks (classes, sha256, background pool) from the data;
+        an exemplar without any foreground is a DataError."""
+        self.validate(source)
+        volumes = sorted({v for v, _ in self.pairs()} | set(self.cases))
+        scans = {s.volume_id: s for s in scan_source(source, volumes, progress=progress)}
+        hasher = _Hasher(source)
+        for i, entry in enumerate(self.exemplars):
+            scan, k = scans[entry["volume"]], int(entry["slice"])
+            if scan.foreground[k] < min_pixels:
+                raise DataError(f"exemplars[{i}] ({entry['volume']}, slice {k}) has {int(scan.foreground[k])} "
+                                f"foreground pixels (< {min_pixels}): nothing to copy")
+            entry.setdefault("classes", _classes(scan, k, source.class_names))
+            files, digests = hasher.slice_record(entry["volume"], k)
+            entry.setdefault("files", files)
+            entry.setdefault("sha256", digests)
+        if not self.dataset:
+            self.dataset = source.describe()
+        if not self.cases:
+            self.cases = volumes
+        if not self.background_pool:
+            self.background_pool = [{"volume": s.volume_id, "slice": int(k)}
+                                    for s in scans.values() for k in s.background_slices()]
+        return self
+
+
+def _classes(scan: VolumeScan, k: int, class_names: tuple[str, ...]) -> dict[str, int]:
+    return {class_names[c]: int(scan.counts[k, c]) for c in range(1, len(class_names)) if scan.counts[k, c] > 0}
+
+
+class _Hasher:
+    """sha256 of the files an exemplar comes from (cached per file); generated sources hash arrays."""
+
+    def __init__(self, source):
+        self.source = source
+        self._cache: dict[str, str] = {}
+
+    def file(self, path: Path) -> str:
+        key = str(path)
+        if key not in self._cache:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            self._cache[key] = digest.hexdigest()
+        return self._cache[key]
+
+    def slice_record(self, volume: str, k: int) -> tuple[dict[str, str], dict[str, str]]:
+        files = self.source.slice_files(volume, k)
+        if files.get("image_file") is None:  # generated (demo): hash the volume's arrays
+            key = f"generated:{self.source.name}/{volume}"
+            if key not in self._cache:
+                vol = self.source.load(volume)
+                self._cache[key] = json.dumps([hashlib.sha256(vol.image.tobytes()).hexdigest(),
+                                               hashlib.sha256(vol.label.tobytes()).hexdigest()])
+            image_hash, label_hash = json.loads(self._cache[key])
+            return ({"image_file": f"{key}/image", "label_file": f"{key}/label"},
+                    {"image_file": image_hash, "label_file": label_hash})
+        root = self.source.root
+        names = {k2: _relative(p, root) for k2, p in files.items()}
+        return names, {k2: self.file(p) for k2, p in files.items()}
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root)) if root is not None else str(path)
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------- entry point
+def select_exemplars(source, case_ids: list[str], spec: str | int | ExemplarSpec, seed: int = 0,
+                     min_pixels: int = 10, *, split: str = "train", progress: bool = False,
+                     scans: list[VolumeScan] | None = None) -> ExemplarList:
+    """Choose exemplar slices among ``case_ids`` by the task's rule and compute the background pool.
+
+    ``scans`` (from :func:`scan_source`) can be passed to avoid reading the volumes again.
+    """
+    if not isinstance(spec, ExemplarSpec):
+        spec = ExemplarSpec.parse(spec)
+    if min_pixels < 1:
+        raise ConfigError(f"--min-pixels {min_pixels}: must be at least 1")
+    if not case_ids:
+        raise DataError(f"no cases chosen from {source.name} at {source.root} (empty split)")
+    if scans is None:
+        scans = scan_source(source, case_ids, progress=progress)
+    by_id = {s.volume_id: s for s in scans}
+    if source.task == "single":
+        eligible = sum(int((s.foreground >= min_pixels).sum()) for s in scans)
+        n = spec.resolve(eligible)
+        picks = pick_random(scans, n, seed, min_pixels)
+    else:
+        eligible = sum(len(rank_slices(s, min_pixels)) for s in scans)
+        n = spec.resolve(eligible)
+        picks = pick_most_organs(scans, n, seed, min_pixels)
+    hasher = _Hasher(source)
+    exemplars = []
+    for volume, k in picks:
+        scan = by_id[volume]
+        files, digests = hasher.slice_record(volume, k)
+        exemplars.append({
+            "volume": volume,
+            "slice": k,
+            "classes": _classes(scan, k, source.class_names),
+            "foreground_pixels": int(scan.foreground[k]),
+            "organs": int(scan.organs(min_pixels)[k]),
+            "files": files,
+            "sha256": digests,
+        })
+    pool = [{"volume": s.volume_id, "slice": int(k)} for s in scans for k in s.background_slices()]
+    selection = {
+        "min_pixels": min_pixels,
+        "eligible_slices": eligible,
+        "requested": n,
+        "percent": spec.percent,
+        "background_rule": {"no_foreground": True, "min_content_fraction": BACKGROUND_MIN_CONTENT,
+                            "content_delta": CONTENT_DELTA},
+        "per_case": [{"volume": s.volume_id, "slices": s.num_slices,
+                      "eligible": int((s.foreground >= min_pixels).sum()) if source.task == "single"
+                      else int((s.organs(min_pixels) > 0).sum()),
+                      "background": int(len(s.background_slices()))} for s in scans],
+    }
+    return ExemplarList(dataset=source.describe(), split=split, spec=spec.text, seed=int(seed),
+                        rule=RULES[source.task], exemplars=exemplars, background_pool=pool,
+                        cases=sorted(case_ids), selection=selection)
