@@ -1,0 +1,118 @@
+"""train.prompts, train.losses, train.resize on known inputs."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from train.losses import ce_dice_loss
+from train.prompts import (center_point, present_classes, random_point, sample_training_prompt,
+                           sample_training_prompts)
+from train.resize import resize_image, resize_label, scale_points, upsample_logits
+
+
+def test_center_point_known_shapes():
+    mask = np.zeros((20, 30), bool)
+    mask[2:9, 5:20] = True                      # 7 rows x 15 cols: centre row 5, cols 8..16 tie
+    assert center_point(mask) == (8, 5)         # first in row-major order among the ties
+    disk = np.zeros((41, 41), bool)
+    yy, xx = np.mgrid[:41, :41]
+    disk[(xx - 25) ** 2 + (yy - 12) ** 2 <= 64] = True
+    assert center_point(disk) == (25, 12)
+    edge = np.zeros((10, 10), bool)
+    edge[:, :4] = True                          # touches the image edge: the edge is border too
+    x, y = center_point(edge)
+    assert (x, y) == (1, 1)                     # distance 2 from left pad, right border, top pad
+    ring = np.zeros((21, 21), bool)             # C shape: the point must lie inside the mask
+    ring[(np.hypot(*np.mgrid[-10:11, -10:11]) >= 6) & (np.hypot(*np.mgrid[-10:11, -10:11]) <= 10)] = True
+    ring[8:13, 15:] = False
+    x, y = center_point(ring)
+    assert ring[y, x]
+    with pytest.raises(ValueError):
+        center_point(np.zeros((4, 4), bool))
+
+
+def test_random_and_training_prompts_only_on_present_classes():
+    label = np.zeros((32, 32), np.uint8)
+    label[3:8, 4:10] = 2
+    label[20:30, 20:22] = 5
+    assert present_classes(label).tolist() == [2, 5]
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(200):
+        cls, (x, y), target = sample_training_prompt(label, rng)
+        seen.add(cls)
+        assert label[y, x] == cls
+        assert np.array_equal(target, (label == cls).astype(np.uint8))
+    assert seen == {2, 5}
+    assert sample_training_prompt(np.zeros((5, 5), np.uint8), rng) is None
+    a = [sample_training_prompt(label, np.random.default_rng(1))[1] for _ in range(2)]
+    assert a[0] == a[1]                          # reproducible from the seed
+    x, y = random_point(label == 5, rng)
+    assert label[y, x] == 5
+
+
+def test_batched_prompts():
+    labels = torch.zeros(3, 16, 16, dtype=torch.uint8)
+    labels[0, 2:5, 2:5] = 1
+    labels[0, 10:12, 10:14] = 3
+    labels[1, 8:9, 0:16] = 2
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(50):
+        classes, points, plabels, targets = sample_training_prompts(labels, 3, g)
+        assert classes[2] == 0 and targets[2].sum() == 0          # no foreground
+        assert classes[1] == 2
+        seen.add(int(classes[0]))
+        for i in range(2):
+            x, y = points[i, 0].long().tolist()
+            assert labels[i, y, x] == classes[i]
+            assert torch.equal(targets[i], (labels[i] == classes[i]).float())
+        assert plabels.shape == (3, 1) and (plabels == 1).all()
+    assert seen == {1, 3}
+
+
+def test_binary_loss_values():
+    logits = torch.zeros(2, 1, 4, 4)
+    target = torch.zeros(2, 4, 4)
+    target[:, :2] = 1                            # half the pixels
+    loss, ce, dice = ce_dice_loss(logits, target)
+    assert ce.item() == pytest.approx(math.log(2), abs=1e-6)
+    # p = 0.5 everywhere: Dice = 2 * 4 / (8 + 8) = 0.5
+    assert dice.item() == pytest.approx(0.5, abs=1e-5)
+    assert loss.item() == pytest.approx(math.log(2) + 0.8 * 0.5, abs=1e-5)
+    perfect = (target * 40 - 20)[:, None]
+    loss, ce, dice = ce_dice_loss(perfect, target)
+    assert loss.item() < 1e-6
+    _, _, dice_w = ce_dice_loss(logits, target, ce_weight=0.0)
+    assert dice_w.item() == pytest.approx(0.5, abs=1e-5)
+
+
+def test_multiclass_loss_values():
+    target = torch.tensor([[[0, 1], [2, 2]]])    # (1, 2, 2), classes 0..2
+    logits = torch.zeros(1, 3, 2, 2)
+    loss, ce, dice = ce_dice_loss(logits, target)
+    assert ce.item() == pytest.approx(math.log(3), abs=1e-6)
+    # p = 1/3: class 1 Dice = (2/3) / (4/3 + 1) = 2/7; class 2 = (4/3) / (4/3 + 2) = 2/5
+    assert dice.item() == pytest.approx(1 - (2 / 7 + 2 / 5) / 2, abs=1e-5)
+    _, _, dice_bg = ce_dice_loss(logits, target, include_background=True)
+    assert dice_bg.item() == pytest.approx(1 - (2 / 7 + 2 / 7 + 2 / 5) / 3, abs=1e-5)
+    good = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 30
+    assert ce_dice_loss(good, target)[0].item() < 1e-5
+
+
+def test_resize_helpers():
+    img = np.arange(16, dtype=np.float32).reshape(4, 4)
+    assert resize_image(img, 8).shape == (8, 8) and resize_image(img, 8).dtype == np.float32
+    lbl = np.zeros((4, 6), np.uint8)
+    lbl[:, 3:] = 7
+    out = resize_label(lbl, 12)
+    assert set(np.unique(out)) == {0, 7} and out.dtype == np.uint8
+    # pixel centres: (0, 0) in 4x4 -> 0.5 in 8x8 -> 0.5; the last pixel maps to the last centre
+    assert scale_points([[0, 0], [3, 3]], (4, 4), 8).tolist() == [[0.5, 0.5], [6.5, 6.5]]
+    assert scale_points([[1, 0]], (4, 2), 4).tolist() == [[2.5, 0.0]]
+    logits = torch.randn(2, 3, 8, 8)
+    assert upsample_logits(logits, (16, 12)).shape == (2, 3, 16, 12)
+    assert upsample_logits(logits, (8, 8)) is logits
