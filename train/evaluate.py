@@ -134,6 +134,7 @@ class LoadedModel:
     class_names: tuple[str, ...] | None  # None for zero-shot SAM: taken from the dataset
     trained_prompt: str | None  # "point" / "none" for runs, None for zero-shot
     info: dict = field(default_factory=dict)  # recorded under "model" in summary.json
+    run_config: dict = field(default_factory=dict)  # RUNDIR/config.json ({} for zero-shot)
 
 
 def load_zero_shot(model: str, checkpoint: str | Path | None, img_size: int | None = None) -> LoadedModel:
@@ -176,7 +177,7 @@ def load_run_model(rundir: str | Path, checkpoint: str | Path | None = None,
             "lora_rank": train_cfg.get("lora_rank"), "trained_prompt": train_cfg.get("prompt"),
             "zero_shot": False}
     return LoadedModel(model.eval(), rundir.resolve().name, tuple(names) if names else None,
-                       train_cfg.get("prompt"), info)
+                       train_cfg.get("prompt"), info, run)
 
 
 def check_classes(loaded: LoadedModel, testset: TestSet, where: str) -> None:

@@ -61,7 +61,8 @@ def markdown_table(entries: Sequence[tuple[str, dict]]) -> str:
     """A paper-style Markdown table from (method name, summary.json dict) pairs.
 
     Columns: Method, DSC (%), HD95 (mm), then per-class DSC (%) when any entry is multi-class
-    (classes in order of first appearance; "–" where an entry lacks a class or it was not scored).
+    (classes in order of first appearance, underscores shown as spaces; "–" where an entry lacks a
+    class or it was not scored).
     """
     classes: list[str] = []
     multi = any(len(s.get("per_class", {})) > 1 for _, s in entries)
@@ -70,7 +71,7 @@ def markdown_table(entries: Sequence[tuple[str, dict]]) -> str:
             for name in s.get("per_class", {}):
                 if name not in classes:
                     classes.append(name)
-    header = ["Method", "DSC (%)", "HD95 (mm)"] + classes
+    header = ["Method", "DSC (%)", "HD95 (mm)"] + [c.replace("_", " ") for c in classes]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     for name, s in entries:
         per = s.get("per_class", {})

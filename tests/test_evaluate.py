@@ -1,0 +1,202 @@
+"""`train eval` / `train report` end to end with a tiny run: sources vs packed shards, reports,
+per-organ tables, prompt modes, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from evalkit import make_tiny_run, pack_volumes
+from shared.cli_support import run_cli
+from shared.sources import open_source
+from train.cli import cli
+
+
+def run_train(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run the `train` CLI in-process; (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        run_cli(cli, [str(a) for a in args])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def summary(evaldir) -> dict:
+    return json.loads((evaldir / "summary.json").read_text())
+
+
+def cases(evaldir) -> list[dict]:
+    with open(evaldir / "cases.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def brain_run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("runs") / "tiny-brain", open_source("demo-brain"))
+
+
+def test_demo_source_and_packed_shards_give_the_same_numbers(brain_run, tmp_path, capsys):
+    packed = pack_volumes(tmp_path / "packed", "demo-brain", None, "test")
+    a, b = tmp_path / "ev_source", tmp_path / "ev_shards"
+    code, out, err = run_train(["eval", "--run", brain_run, "--dataset", "demo-brain", "--split", "test",
+                                "--out", a, "--num-threads", "1"], capsys)
+    assert code == 0, err
+    assert "| Method | DSC (%) | HD95 (mm) |" in out and "slices/s" in out
+    code, out, err = run_train(["eval", "--run", brain_run, "--shards", packed, "--out", b,
+                                "--num-threads", "1"], capsys)
+    assert code == 0, err
+    sa, sb = summary(a), summary(b)
+    for key in ("mean_dsc", "mean_hd95", "per_class", "n_volumes", "slices"):
+        assert sa[key] == sb[key], key
+    assert cases(a) == cases(b)
+    assert sa["n_volumes"] >= 1 and 0.0 <= sa["mean_dsc"] <= 1.0 and sa["mean_hd95"] > 0
+    assert sa["prompt"] == "center" and sa["run"].endswith("tiny-brain")
+    assert sa["dataset"]["kind"] == "source" and sb["dataset"]["kind"] == "shards"
+    rows = cases(a)
+    assert {r["class"] for r in rows} == {"tumour"} and all(int(r["gt_voxels"]) > 0 for r in rows)
+    table = (a / "table.md").read_text().splitlines()
+    assert table[0] == "| Method | DSC (%) | HD95 (mm) |"
+    assert table[2].startswith("| tiny-brain | ") and f"{100 * sa['mean_dsc']:.2f}" in table[2]
+
+
+def test_random_prompts_are_seeded_and_none_needs_a_promptless_run(brain_run, tmp_path, capsys):
+    outs = []
+    for name, seed in (("r1", 5), ("r2", 5), ("r3", 6)):
+        code, _, err = run_train(["eval", "--run", brain_run, "--dataset", "demo-brain", "--split", "test",
+                                  "--prompt", "random", "--seed", seed, "--out", tmp_path / name], capsys)
+        assert code == 0, err
+        outs.append(cases(tmp_path / name))
+    assert outs[0] == outs[1]
+    assert outs[0] != outs[2]
+    code, _, err = run_train(["eval", "--run", brain_run, "--dataset", "demo-brain", "--prompt", "none",
+                              "--out", tmp_path / "none"], capsys)
+    assert code == 2 and err.startswith("error: ") and "promptless" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "none").exists()
+
+
+def test_promptless_run_predicts_every_slice(tmp_path, capsys):
+    run = make_tiny_run(tmp_path / "tiny-none", open_source("demo-brain"), prompt="none")
+    code, _, err = run_train(["eval", "--run", run, "--dataset", "demo-brain", "--split", "test",
+                              "--out", tmp_path / "ev"], capsys)
+    assert code == 0, err
+    s = summary(tmp_path / "ev")
+    assert s["prompt"] == "none"
+    n_slices = sum(open_source("demo-brain").num_slices(v) for v in
+                   __import__("shared.splits", fromlist=["resolve_split"]).resolve_split(open_source("demo-brain"), "test"))
+    assert s["slices"] == n_slices
+
+
+@pytest.mark.shared_data
+def test_synapse_sample_per_organ_table_predictions_and_overlays(tmp_path, capsys, synapse_root):
+    import nibabel as nib
+
+    src = open_source("synapse", synapse_root)
+    run = make_tiny_run(tmp_path / "tiny-synapse", src)
+    ev = tmp_path / "ev"
+    code, out, err = run_train(["eval", "--run", run, "--dataset", "synapse", "--root", synapse_root,
+                                "--split", "all", "--out", ev, "--save-predictions", "--overlays",
+                                "--overlay-count", "3"], capsys)
+    assert code == 0, err
+    s = summary(ev)
+    organs = list(src.class_names[1:])
+    assert len(organs) == 8 and list(s["per_class"]) == organs
+    header = (ev / "table.md").read_text().splitlines()[0]
+    assert header.startswith("| Method | DSC (%) | HD95 (mm) | spleen | right kidney |")
+    assert header.count("|") == 3 + 8 + 1
+    assert len(cases(ev)) == 8 * s["n_volumes"]
+    # mean DSC is the mean of the per-organ means
+    per = [v["dsc"] for v in s["per_class"].values() if v["dsc"] is not None]
+    assert s["mean_dsc"] == pytest.approx(float(np.mean(per)))
+    # predictions: source affine, NIfTI order, task indices
+    case = src.case_ids()[0]
+    pred = nib.load(ev / "predictions" / f"{case}.nii.gz")
+    lab = nib.load(src.files(case)[-1])
+    assert pred.shape == lab.shape and np.allclose(pred.affine, lab.affine)
+    assert pred.get_data_dtype() == np.uint8 and int(np.asarray(pred.dataobj).max()) <= 8
+    pngs = sorted((ev / "overlays").glob("*.png"))
+    assert len(pngs) == 3 and pngs[0].name.startswith("01_")
+    # report: two evaluations side by side
+    code, out, err = run_train(["report", ev, ev, "--names", "a,b", "--out", tmp_path / "t.md"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == header and lines[2].startswith("| a | ") and lines[3].startswith("| b | ")
+    assert (tmp_path / "t.md").read_text() == out
+
+
+@pytest.mark.shared_data
+def test_brats_source_and_packed_test_split_agree(tmp_path, capsys, brats_root):
+    src = open_source("brats", brats_root)
+    run = make_tiny_run(tmp_path / "tiny-brats", src)
+    packed = pack_volumes(tmp_path / "packed", "brats", brats_root, "test")
+    a, b = tmp_path / "a", tmp_path / "b"
+    for extra, out in ((["--dataset", "brats", "--root", brats_root, "--split", "test"], a),
+                       (["--shards", packed], b)):
+        code, _, err = run_train(["eval", "--run", run, *extra, "--out", out, "--batch-size", "16"], capsys)
+        assert code == 0, err
+    assert cases(a) == cases(b)
+    sa = summary(a)
+    assert sa["n_volumes"] == 1 and sa["slices"] > 50
+    assert summary(b)["mean_dsc"] == sa["mean_dsc"] and summary(b)["mean_hd95"] == sa["mean_hd95"]
+
+
+def test_bad_inputs_give_one_line_errors(brain_run, tmp_path, capsys):
+    def fails(args, *needles):
+        code, _, err = run_train(args, capsys)
+        assert code != 0 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        for n in needles:
+            assert n in err, err
+
+    # a run directory without a checkpoint
+    empty = tmp_path / "norun"
+    empty.mkdir()
+    (empty / "config.json").write_text((brain_run / "config.json").read_text())
+    fails(["eval", "--run", empty, "--dataset", "demo-brain", "--out", tmp_path / "x"], "no checkpoint")
+    # classes of the dataset differ from the run's
+    fails(["eval", "--run", brain_run, "--dataset", "demo-abdomen", "--out", tmp_path / "x"],
+          "do not match", "tumour", "spleen")
+    # both or neither model / data
+    fails(["eval", "--dataset", "demo-brain", "--out", tmp_path / "x"], "--run")
+    fails(["eval", "--run", brain_run, "--out", tmp_path / "x"], "--shards")
+    # not a packed-volumes directory
+    fails(["eval", "--run", brain_run, "--shards", tmp_path, "--out", tmp_path / "x"], "dataset.json")
+    # an existing non-empty output directory is not overwritten
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "notes.txt").write_text("mine")
+    fails(["eval", "--run", brain_run, "--dataset", "demo-brain", "--out", tmp_path / "keep"], "not empty")
+    assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
+    fails(["report", tmp_path / "keep"], "summary.json")
+
+
+def test_volumes_without_foreground_are_skipped(brain_run, tmp_path, capsys):
+    from train.evaluate import EvalOptions, EvalVolume, TestSet, evaluate, load_run_model
+
+    src = open_source("demo-brain")
+    vol = src.load(src.case_ids()[0])
+    empty = EvalVolume("blank", vol.image, np.zeros_like(vol.label), vol.spacing, vol.affine)
+    full = EvalVolume(vol.volume_id, vol.image, vol.label, vol.spacing, vol.affine)
+    volumes = {"blank": empty, vol.volume_id: full}
+    messages = []
+    ts = TestSet({"kind": "test"}, src.class_names, src.task, list(volumes), volumes.__getitem__)
+    result = evaluate(load_run_model(brain_run), ts, tmp_path / "ev", EvalOptions(), log=messages.append)
+    assert result["n_volumes"] == 1 and result["skipped_volumes"] == ["blank"]
+    assert any("blank" in m and "skipped" in m for m in messages)
+    from shared.errors import DataError
+
+    only_blank = TestSet({"kind": "test"}, src.class_names, src.task, ["blank"], volumes.__getitem__)
+    with pytest.raises(DataError, match="no volume with foreground"):
+        evaluate(load_run_model(brain_run), only_blank, tmp_path / "ev2", EvalOptions(), log=messages.append)
+    assert not (tmp_path / "ev2").exists()
+
+
+def test_combine_class_logits_highest_wins():
+    from train.evaluate import combine_class_logits
+
+    logits = np.array([[[1.0, -1.0, 3.0]], [[2.0, -0.5, -1.0]]], np.float32)
+    pred = combine_class_logits([2, 5], logits, (1, 3))
+    assert pred.tolist() == [[5, 0, 2]]
+    assert math.isnan(float("nan"))
