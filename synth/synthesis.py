@@ -1,0 +1,577 @@
+"""Exemplar-guided cut-paste synthesis (paper Eq. 1-3): one pure, replayable function per sample.
+
+API (what ``synth build`` calls per sample, and ``synth verify --replay`` per record)::
+
+    bank = SliceBank(exemplars={SliceRef(vol, k): (image, label), ...},   # float32 HxW [0,1], uint8 HxW
+                     backgrounds={SliceRef(vol, k): image, ...},
+                     class_names=("background", "tumour"))
+    config = load_config()                 # synth/configs/synthesis.json, or load_config(user_file)
+    image, label, record = synthesize(index, seed, bank, config, task)   # task: "single" | "multi"
+    image2, label2 = replay(json.loads(json.dumps(record)), bank, config)  # bit-identical
+
+A sample depends only on (seed, index, bank contents and order, config, task): its random stream is
+``np.random.default_rng([seed, index])``, so worker count and call order do not matter.
+
+Single target (tumour):  Is = T(Ie) where T(Ye) > 0, else T'(Ib);  Ys = T(Ye).
+Multi-organ: a base exemplar is drawn; every organ k present in it (optionally taken from another
+exemplar containing k, see ``mix_prob``) is transformed about its own centroid with its own T_k and
+pasted, largest first (later = smaller organs overwrite), onto one T'(Ib).
+The record (JSON) holds the background ref and its parameters, and per pasted object its exemplar
+ref, class, centre and every sampled parameter; :func:`replay` renders from those recorded values
+only. See docs/synthesis.md for the rules (placement, clamping, shapes, overlap).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+
+from shared.errors import ConfigError, DataError
+from synth.transforms import (
+    TransformParams,
+    TransformRanges,
+    apply_photometric,
+    blur_pad,
+    forward_affine,
+    inverse_matrix,
+    sample_params,
+    transformed_bbox,
+    warp_image,
+    warp_label,
+)
+
+RECORD_VERSION = 1
+TASKS = ("single", "multi")
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "synthesis.json"
+_MAX_POINTS = 256  # object pixels sampled for the "inside the background's body" check
+
+
+# =============================================================================================
+# Slice references and the in-memory bank
+# =============================================================================================
+
+@dataclass(frozen=True)
+class SliceRef:
+    """One 2D slice of a source volume: ``{"volume": id, "slice": k}`` in JSON."""
+
+    volume: str
+    slice: int
+
+    def to_json(self) -> dict:
+        return {"volume": self.volume, "slice": int(self.slice)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "SliceRef":
+        try:
+            return cls(str(d["volume"]), int(d["slice"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"bad slice reference {d!r}: expected {{'volume': str, 'slice': int}}") from exc
+
+    def __str__(self) -> str:
+        return f"{self.volume}[{self.slice}]"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """Where an object (one class, or all foreground) sits in its exemplar slice."""
+
+    count: int  # pixels
+    bbox: tuple[int, int, int, int]  # y0, y1, x0, x1 inclusive
+    center: tuple[float, float]  # centroid (x, y), pixels
+    points: np.ndarray  # (N, 2) float64 (x, y), a deterministic subsample of its pixels
+
+
+class SliceBank:
+    """Exemplar slices (image + label) and background slices (image) held in memory.
+
+    ``exemplar_refs`` / ``background_refs`` keep the order given (the exemplar list's order); random
+    draws index into these lists, so the same bank contents in the same order give the same samples.
+    """
+
+    def __init__(self, exemplars: Mapping[SliceRef, tuple[np.ndarray, np.ndarray]],
+                 backgrounds: Mapping[SliceRef, np.ndarray], class_names: tuple[str, ...]):
+        self.class_names = tuple(class_names)
+        if len(self.class_names) < 2 or self.class_names[0] != "background":
+            raise DataError(f"class names must start with 'background' and name at least one class, got {self.class_names}")
+        n = len(self.class_names)
+        self._exemplars: dict[SliceRef, tuple[np.ndarray, np.ndarray]] = {}
+        self._counts: dict[SliceRef, np.ndarray] = {}
+        for ref, (img, lab) in exemplars.items():
+            img = _check_image(img, f"exemplar {ref}")
+            lab = np.asarray(lab)
+            if lab.dtype != np.uint8 or lab.shape != img.shape:
+                raise DataError(f"exemplar {ref}: label must be uint8 with the image's shape {img.shape}, "
+                                f"got {lab.dtype} {lab.shape}")
+            counts = np.bincount(lab.ravel(), minlength=n)
+            if counts.size > n:
+                raise DataError(f"exemplar {ref}: label value {counts.size - 1} outside the class set 0..{n - 1}")
+            self._exemplars[ref] = (img, np.ascontiguousarray(lab))
+            self._counts[ref] = counts
+        self._backgrounds = {ref: _check_image(img, f"background {ref}") for ref, img in backgrounds.items()}
+        self.exemplar_refs: list[SliceRef] = list(self._exemplars)
+        self.background_refs: list[SliceRef] = list(self._backgrounds)
+        if not self.exemplar_refs:
+            raise DataError("no exemplar slices to synthesize from")
+        if not self.background_refs:
+            raise DataError("empty background pool: no slice without foreground to paste onto")
+        self._objects: dict[tuple[SliceRef, int | None], ObjectInfo] = {}
+        self._with_class: dict[tuple[int | None, int], list[SliceRef]] = {}
+        self._content_bbox: dict[tuple[SliceRef, float], tuple[int, int, int, int] | None] = {}
+        self._content_mask: dict[tuple[SliceRef, float], np.ndarray] = {}
+        self._coverage: dict[tuple[SliceRef, SliceRef, float], float] = {}
+
+    def exemplar(self, ref: SliceRef) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return self._exemplars[ref]
+        except KeyError:
+            raise DataError(f"exemplar slice {ref} is not in the exemplar bank") from None
+
+    def background(self, ref: SliceRef) -> np.ndarray:
+        try:
+            return self._backgrounds[ref]
+        except KeyError:
+            raise DataError(f"background slice {ref} is not in the background pool") from None
+
+    def class_counts(self, ref: SliceRef) -> np.ndarray:
+        self.exemplar(ref)
+        return self._counts[ref]
+
+    def exemplars_with(self, cls: int | None, min_pixels: int = 1) -> list[SliceRef]:
+        """Exemplars (in bank order) with at least ``min_pixels`` of class ``cls`` (None: of any
+        single foreground class)."""
+        key = (cls, min_pixels)
+        if key not in self._with_class:
+            if cls is None:
+                refs = [r for r in self.exemplar_refs if (self._counts[r][1:] >= min_pixels).any()]
+            else:
+                refs = [r for r in self.exemplar_refs if self._counts[r][cls] >= min_pixels]
+            self._with_class[key] = refs
+        return self._with_class[key]
+
+    def object_info(self, ref: SliceRef, cls: int | None) -> ObjectInfo:
+        """Geometry of class ``cls`` (None: all foreground) in an exemplar slice."""
+        key = (ref, cls)
+        info = self._objects.get(key)
+        if info is None:
+            _, lab = self.exemplar(ref)
+            mask = lab > 0 if cls is None else lab == cls
+            ys, xs = np.nonzero(mask)
+            if ys.size == 0:
+                raise DataError(f"exemplar slice {ref} has no pixels of class {cls}")
+            step = max(1, -(-ys.size // _MAX_POINTS))
+            pts = np.stack([xs[::step], ys[::step]], axis=1).astype(np.float64)
+            info = ObjectInfo(int(ys.size), (int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())),
+                              (float(xs.mean()), float(ys.mean())), pts)
+            self._objects[key] = info
+        return info
+
+    def content_mask(self, ref: SliceRef, threshold: float) -> np.ndarray:
+        """A background slice's content (body/head): pixels above ``threshold``."""
+        key = (ref, threshold)
+        if key not in self._content_mask:
+            self._content_mask[key] = self.background(ref) > threshold
+        return self._content_mask[key]
+
+    def coverage(self, exemplar: SliceRef, background: SliceRef, threshold: float) -> float:
+        """Fraction of an exemplar's foreground that falls on a background slice's content, by
+        relative position (how well the background's anatomy matches the exemplar's); cached."""
+        key = (exemplar, background, threshold)
+        value = self._coverage.get(key)
+        if value is None:
+            value = _coverage(self.object_info(exemplar, None).points, self.exemplar(exemplar)[0].shape,
+                              self.content_mask(background, threshold))
+            self._coverage[key] = value
+        return value
+
+    def content_bbox(self, ref: SliceRef, threshold: float) -> tuple[int, int, int, int] | None:
+        """Bounding box (y0, y1, x0, x1) of a background slice's content (pixels > threshold)."""
+        key = (ref, threshold)
+        if key not in self._content_bbox:
+            img = self.background(ref)
+            rows = np.flatnonzero((img > threshold).any(axis=1))
+            cols = np.flatnonzero((img > threshold).any(axis=0))
+            self._content_bbox[key] = (None if rows.size == 0 else
+                                       (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])))
+        return self._content_bbox[key]
+
+
+def _check_image(img: np.ndarray, what: str) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim != 2 or img.shape[0] < 2 or img.shape[1] < 2:
+        raise DataError(f"{what}: expected a 2D slice, got shape {img.shape}")
+    if img.dtype != np.float32:
+        img = img.astype(np.float32)
+    if img.size and (not np.isfinite(img).all() or img.min() < -1e-4 or img.max() > 1 + 1e-4):
+        raise DataError(f"{what}: image values must be finite and in [0, 1] (got {img.min():.4g}..{img.max():.4g})")
+    return np.ascontiguousarray(np.clip(img, 0.0, 1.0))
+
+
+# =============================================================================================
+# Config
+# =============================================================================================
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how objects are pasted (not random; the rules around the random draws)."""
+
+    content_threshold: float = 0.02  # background "body" = pixels above this (after T')
+    min_inside: float = 0.9  # accept a translation when this fraction of the object lands on body
+    max_tries: int = 8  # translations tried (then no shift, then the best of all)
+    background_candidates: int = 4  # pool slices drawn; the one covering the exemplar's object best is used
+    feather: bool = True  # blend a 1-pixel ring outside each pasted object 50/50
+    mix_prob: float = 0.0  # multi: probability that organ k comes from another exemplar containing k
+    min_object_pixels: int = 1  # objects smaller than this in their exemplar are not pasted
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    object: TransformRanges  # T: each pasted object (tumour / organ), about its own centre
+    background: TransformRanges  # T': the background slice, about the image centre
+    placement: Placement
+
+    def to_dict(self) -> dict:
+        return {"object": self.object.to_dict(), "background": self.background.to_dict(),
+                "placement": self.placement.to_dict()}
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """All ranges and rules of the synthesis; recorded in dataset.json (``to_json()``)."""
+
+    single: TaskConfig
+    multi: TaskConfig
+    version: int = 1
+
+    def task(self, name: str) -> TaskConfig:
+        if name not in TASKS:
+            raise ConfigError(f"unknown synthesis task {name!r}: expected one of {', '.join(TASKS)}")
+        return getattr(self, name)
+
+    def to_json(self) -> dict:
+        return {"version": self.version, "single": self.single.to_dict(), "multi": self.multi.to_dict()}
+
+    @classmethod
+    def from_json(cls, data: Any, origin: str = "<config>") -> "SynthesisConfig":
+        """Validate a config dict; missing keys take the defaults, unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{origin}: a synthesis config must be a JSON object, got {type(data).__name__}")
+        merged = _merge(_default_raw(), data, origin, "")
+        if merged.get("version") != 1:
+            raise ConfigError(f"{origin}: version: unsupported synthesis config version {merged.get('version')!r} (expected 1)")
+        return cls(single=_task_config(merged["single"], origin, "single"),
+                   multi=_task_config(merged["multi"], origin, "multi"), version=1)
+
+
+def load_config(path: str | Path | None = None) -> SynthesisConfig:
+    """The defaults (synth/configs/synthesis.json), or a user JSON file overriding any subset of them."""
+    if path is None:
+        return SynthesisConfig.from_json(_default_raw(), str(DEFAULT_CONFIG_PATH))
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: synthesis config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read synthesis config ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    return SynthesisConfig.from_json(data, str(path))
+
+
+_DEFAULT_RAW: dict | None = None
+
+
+def _default_raw() -> dict:
+    global _DEFAULT_RAW  # read-only cache of a packaged file, not state
+    if _DEFAULT_RAW is None:
+        _DEFAULT_RAW = json.loads(DEFAULT_CONFIG_PATH.read_text())
+    return json.loads(json.dumps(_DEFAULT_RAW))
+
+
+def _merge(base: dict, over: dict, origin: str, prefix: str) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        where = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(f"{origin}: unknown key {where!r} (known: {', '.join(sorted(base))})")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: {where} must be an object")
+            out[key] = _merge(base[key], value, origin, where + ".")
+        else:
+            out[key] = value
+    return out
+
+
+def _number(v: Any, origin: str, where: str, lo: float | None = None, hi: float | None = None) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(f"{origin}: {where} must be a number, got {v!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ConfigError(f"{origin}: {where} must be in [{lo}, {hi}], got {v!r}")
+    return float(v)
+
+
+def _range(v: Any, origin: str, where: str, lo: float | None = None, hi: float | None = None,
+           positive: bool = False) -> tuple[float, float]:
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise ConfigError(f"{origin}: {where} must be a [low, high] pair, got {v!r}")
+    a, b = (_number(x, origin, where, lo, hi) for x in v)
+    if a > b:
+        raise ConfigError(f"{origin}: {where} low {a} is above high {b}")
+    if positive and a <= 0:
+        raise ConfigError(f"{origin}: {where} must be > 0, got {a}")
+    return a, b
+
+
+def _ranges(d: dict, origin: str, where: str) -> TransformRanges:
+    w = where + "."
+    return TransformRanges(
+        scale=_range(d["scale"], origin, w + "scale", 0.1, 10.0, positive=True),
+        rotation=_range(d["rotation"], origin, w + "rotation", -180.0, 180.0),
+        flip_h_prob=_number(d["flip_h_prob"], origin, w + "flip_h_prob", 0.0, 1.0),
+        flip_v_prob=_number(d["flip_v_prob"], origin, w + "flip_v_prob", 0.0, 1.0),
+        max_shift=_number(d["max_shift"], origin, w + "max_shift", 0.0, 0.5),
+        blur_prob=_number(d["blur_prob"], origin, w + "blur_prob", 0.0, 1.0),
+        blur_sigma=_range(d["blur_sigma"], origin, w + "blur_sigma", 0.0, 10.0),
+        gain=_range(d["gain"], origin, w + "gain", 0.0, 10.0),
+        gamma=_range(d["gamma"], origin, w + "gamma", 0.05, 20.0, positive=True),
+        shift=_range(d["shift"], origin, w + "shift", -1.0, 1.0),
+    )
+
+
+def _task_config(d: dict, origin: str, where: str) -> TaskConfig:
+    p = d["placement"]
+    w = where + ".placement."
+    tries = p["max_tries"]
+    if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
+        raise ConfigError(f"{origin}: {w}max_tries must be an integer >= 1, got {tries!r}")
+    n_bg = p["background_candidates"]
+    if isinstance(n_bg, bool) or not isinstance(n_bg, int) or not 1 <= n_bg <= 64:
+        raise ConfigError(f"{origin}: {w}background_candidates must be an integer in [1, 64], got {n_bg!r}")
+    min_px = p["min_object_pixels"]
+    if isinstance(min_px, bool) or not isinstance(min_px, int) or min_px < 1:
+        raise ConfigError(f"{origin}: {w}min_object_pixels must be an integer >= 1, got {min_px!r}")
+    if not isinstance(p["feather"], bool):
+        raise ConfigError(f"{origin}: {w}feather must be true or false, got {p['feather']!r}")
+    placement = Placement(
+        content_threshold=_number(p["content_threshold"], origin, w + "content_threshold", 0.0, 0.99),
+        min_inside=_number(p["min_inside"], origin, w + "min_inside", 0.0, 1.0),
+        max_tries=tries, background_candidates=n_bg, feather=p["feather"],
+        mix_prob=_number(p["mix_prob"], origin, w + "mix_prob", 0.0, 1.0),
+        min_object_pixels=min_px)
+    return TaskConfig(object=_ranges(d["object"], origin, where + ".object"),
+                      background=_ranges(d["background"], origin, where + ".background"),
+                      placement=placement)
+
+
+# =============================================================================================
+# Synthesis
+# =============================================================================================
+
+def synthesize(index: int, seed: int, bank: SliceBank, config: SynthesisConfig,
+               task: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Sample ``index`` of the dataset with ``seed``: image float32 HxW in [0, 1], label uint8 HxW,
+    and its JSON-able record. Depends only on its arguments (not on call order or worker count)."""
+    tc = config.task(task)
+    pl = tc.placement
+    seed, index = int(seed), int(index)
+    rng = np.random.default_rng([seed, index])
+
+    # 1. Exemplar (the base: the tumour's slice, or the slice whose organs are pasted).
+    usable = bank.exemplars_with(None, pl.min_object_pixels)
+    if not usable:
+        raise DataError(f"no exemplar slice has an object of >= {pl.min_object_pixels} pixels to paste")
+    base = usable[int(rng.integers(len(usable)))]
+
+    # 2. Background: of `background_candidates` random pool slices, the one whose content (body)
+    # covers most of the base exemplar's foreground at its own position (similar anatomy).
+    cand_idx = rng.integers(len(bank.background_refs), size=pl.background_candidates)
+    bg_ref, bg_match = None, -1.0
+    for i in cand_idx:
+        ref = bank.background_refs[int(i)]
+        score = bank.coverage(base, ref, pl.content_threshold)
+        if score > bg_match:
+            bg_ref, bg_match = ref, score
+    bg_src = bank.background(bg_ref)
+    shape = bg_src.shape
+    bg_params = sample_params(rng, tc.background, shape)
+    bg_center = ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
+    bg_params = _clamp_background(bg_params, bg_center, shape, bank.content_bbox(bg_ref, pl.content_threshold),
+                                  tc.background.max_shift)
+    image = _render_background(bg_src, bg_params, bg_center)
+    content = image > pl.content_threshold
+
+    # 3. Objects: draw all parameters first (fixed draw order), then paste.
+    if task == "single":
+        wanted: list[tuple[int | None, SliceRef]] = [(None, base)]
+    else:
+        wanted = []
+        counts = bank.class_counts(base)
+        for k in range(1, len(bank.class_names)):
+            if counts[k] < pl.min_object_pixels:
+                continue
+            u = float(rng.random())
+            others = bank.exemplars_with(k, pl.min_object_pixels)
+            j = int(rng.integers(len(others)))
+            wanted.append((k, others[j] if u < pl.mix_prob else base))
+
+    objects = []
+    for cls, ref in wanted:
+        info = bank.object_info(ref, cls)
+        src_shape = bank.exemplar(ref)[0].shape
+        params = sample_params(rng, tc.object, shape)
+        extra = rng.uniform(-1.0, 1.0, size=(pl.max_tries - 1, 2))
+        params, inside = _place(info, params, extra, src_shape, shape, content, pl, tc.object.max_shift)
+        classes = ([int(c) for c in np.flatnonzero(bank.class_counts(ref)[1:]) + 1] if cls is None else [cls])
+        objects.append({"ref": ref.to_json(), "class": cls, "classes": classes, "pixels": info.count,
+                        "center": [info.center[0], info.center[1]], "src_shape": [int(src_shape[0]), int(src_shape[1])],
+                        "params": params.to_dict(), "inside": inside})
+    # Overlap rule: larger objects first, so smaller organs (pasted later) stay visible.
+    objects.sort(key=lambda o: (-o["pixels"], o["class"] or 0))
+
+    label = np.zeros(shape, dtype=np.uint8)
+    for obj in objects:
+        _paste_record(image, label, obj, bank, pl.feather)
+
+    record = {"version": RECORD_VERSION, "task": task, "seed": [seed, index], "shape": [int(shape[0]), int(shape[1])],
+              "exemplar": base.to_json(),
+              "background": {"ref": bg_ref.to_json(), "center": [bg_center[0], bg_center[1]],
+                             "params": bg_params.to_dict(), "match": bg_match},
+              "objects": objects}
+    return image, label, record
+
+
+def replay(record: dict, bank: SliceBank, config: SynthesisConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Render a sample from its recorded parameters (no re-sampling); bit-identical to :func:`synthesize`."""
+    try:
+        if record.get("version") != RECORD_VERSION:
+            raise DataError(f"sample record version {record.get('version')!r} is not supported (expected {RECORD_VERSION})")
+        tc = config.task(record["task"])
+        bg = record["background"]
+        bg_src = bank.background(SliceRef.from_json(bg["ref"]))
+        if list(bg_src.shape) != list(record["shape"]):
+            raise DataError(f"background {bg['ref']} has shape {bg_src.shape}, the record says {record['shape']}")
+        image = _render_background(bg_src, TransformParams.from_dict(bg["params"]), tuple(bg["center"]))
+        label = np.zeros(bg_src.shape, dtype=np.uint8)
+        for obj in record["objects"]:
+            _paste_record(image, label, obj, bank, tc.placement.feather)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"sample record {record.get('seed')!r} is malformed ({type(exc).__name__}: {exc})") from None
+    return image, label
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _coverage(points: np.ndarray, src_shape: tuple[int, int], mask: np.ndarray) -> float:
+    """Fraction of exemplar pixels (x, y), mapped into ``mask``'s frame by relative position, on ``mask``."""
+    h, w = mask.shape
+    d = np.array([w / src_shape[1], h / src_shape[0]])
+    q = np.rint((points + 0.5) * d - 0.5).astype(np.intp)
+    q[:, 0] = np.clip(q[:, 0], 0, w - 1)
+    q[:, 1] = np.clip(q[:, 1], 0, h - 1)
+    return float(mask[q[:, 1], q[:, 0]].mean())
+
+
+def _clamp(t: float, lo: float, hi: float) -> float:
+    return t if lo > hi else min(max(t, lo), hi)
+
+
+def _shift_bounds(extent: tuple[float, float, float, float], shape: tuple[int, int],
+                  max_shift: float) -> tuple[float, float, float, float]:
+    """Translations keeping an extent (x0, y0, x1, y1) inside the frame, within +-max_shift."""
+    x0, y0, x1, y1 = extent
+    h, w = shape
+    mx, my = max_shift * w, max_shift * h
+    return max(-mx, -0.5 - x0), min(mx, w - 0.5 - x1), max(-my, -0.5 - y0), min(my, h - 0.5 - y1)
+
+
+def _clamp_background(params: TransformParams, center: tuple[float, float], shape: tuple[int, int],
+                      content: tuple[int, int, int, int] | None, max_shift: float) -> TransformParams:
+    """Keep the background's content (e.g. the head) inside the frame by clamping the translation."""
+    if content is None:
+        return params
+    a, b = forward_affine(params, center, shape, shape, with_translation=False)
+    lx, hx, ly, hy = _shift_bounds(transformed_bbox(a, b, content), shape, max_shift)
+    return params.replace(tx=_clamp(params.tx, lx, hx), ty=_clamp(params.ty, ly, hy))
+
+
+def _place(info: ObjectInfo, params: TransformParams, extra: np.ndarray, src_shape: tuple[int, int],
+           shape: tuple[int, int], content: np.ndarray, pl: Placement,
+           max_shift: float) -> tuple[TransformParams, float]:
+    """Choose the translation: the drawn one, then ``extra`` candidates, then no shift, each clamped
+    so the object's box stays in the frame; the first with >= min_inside of the object on the
+    background's content wins, else the best. Returns the final params and that fraction."""
+    h, w = shape
+    a, b = forward_affine(params, info.center, src_shape, shape, with_translation=False)
+    lx, hx, ly, hy = _shift_bounds(transformed_bbox(a, b, info.bbox), shape, max_shift)
+    pts = info.points @ a.T + b
+    cands = [(params.tx, params.ty)] + [(float(u) * max_shift * w, float(v) * max_shift * h) for u, v in extra]
+    cands.append((0.0, 0.0))
+    best, best_frac = None, -1.0
+    for tx, ty in cands:
+        tx, ty = _clamp(tx, lx, hx), _clamp(ty, ly, hy)
+        q = np.rint(pts + (tx, ty)).astype(np.intp)
+        ok = (q[:, 0] >= 0) & (q[:, 0] < w) & (q[:, 1] >= 0) & (q[:, 1] < h)
+        inside = np.zeros(len(q), dtype=bool)
+        inside[ok] = content[q[ok, 1], q[ok, 0]]
+        frac = float(inside.mean())
+        if frac > best_frac:
+            best, best_frac = (tx, ty), frac
+        if frac >= pl.min_inside:
+            break
+    return params.replace(tx=best[0], ty=best[1]), best_frac
+
+
+def _render_background(src: np.ndarray, params: TransformParams, center: tuple[float, float]) -> np.ndarray:
+    a, b = forward_affine(params, center, src.shape, src.shape)
+    img = warp_image(src, inverse_matrix(a, b), (src.shape[1], src.shape[0]))
+    return apply_photometric(img, params)
+
+
+def _paste_record(image: np.ndarray, label: np.ndarray, obj: dict, bank: SliceBank, feather: bool) -> None:
+    ref = SliceRef.from_json(obj["ref"])
+    src_img, src_lab = bank.exemplar(ref)
+    if list(src_img.shape) != list(obj["src_shape"]):
+        raise DataError(f"exemplar {ref} has shape {src_img.shape}, the record says {obj['src_shape']}")
+    cls = obj["class"]
+    cls = None if cls is None else int(cls)
+    _paste(image, label, src_img, src_lab, bank.object_info(ref, cls).bbox, cls,
+           TransformParams.from_dict(obj["params"]), (float(obj["center"][0]), float(obj["center"][1])), feather)
+
+
+def _paste(image: np.ndarray, label: np.ndarray, src_img: np.ndarray, src_lab: np.ndarray,
+           bbox: tuple[int, int, int, int], cls: int | None, params: TransformParams,
+           center: tuple[float, float], feather: bool) -> None:
+    """Warp one object into a window around its destination and paste it where its label lands."""
+    h, w = image.shape
+    a, b = forward_affine(params, center, src_img.shape, image.shape)
+    x0, y0, x1, y1 = transformed_bbox(a, b, bbox)
+    pad = blur_pad(params.blur_sigma) + 2
+    wx0, wy0 = max(int(math.floor(x0)) - pad, 0), max(int(math.floor(y0)) - pad, 0)
+    wx1, wy1 = min(int(math.ceil(x1)) + pad, w - 1), min(int(math.ceil(y1)) + pad, h - 1)
+    if wx0 > wx1 or wy0 > wy1:
+        return  # entirely outside the frame
+    size = (wx1 - wx0 + 1, wy1 - wy0 + 1)
+    by0, by1, bx0, bx1 = bbox
+    crop = src_lab[by0:by1 + 1, bx0:bx1 + 1]
+    if cls is not None:
+        crop = (crop == cls).astype(np.uint8) * np.uint8(cls)
+    lab = warp_label(np.ascontiguousarray(crop), inverse_matrix(a, b, (wx0, wy0), (bx0, by0)), size)
+    mask = lab > 0
+    if not mask.any():
+        return
+    obj = apply_photometric(warp_image(src_img, inverse_matrix(a, b, (wx0, wy0)), size), params)
+    win = image[wy0:wy1 + 1, wx0:wx1 + 1]
+    if feather:
+        ring = cv2.dilate(mask.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool) & ~mask
+        win[ring] = np.float32(0.5) * (win[ring] + obj[ring])
+    np.copyto(win, obj, where=mask)
+    np.copyto(label[wy0:wy1 + 1, wx0:wx1 + 1], lab, where=mask)

@@ -1,0 +1,212 @@
+"""Random transforms T / T' of the synthesis (paper Eq. 1-3): sample parameters first, apply second.
+
+TorchIO style: :func:`sample_params` draws a :class:`TransformParams` (plain floats and bools,
+JSON-exact) from :class:`TransformRanges` with a caller-supplied ``np.random.Generator``; the
+``apply`` functions below are pure functions of (array, params) with no randomness, so a sample can
+be regenerated from its recorded parameters bit for bit.
+
+Geometry: one combined 2x3 affine per object (frame resampling, flip, scale, rotation about the
+object's centre, translation), applied with ``cv2.warpAffine`` (INTER_LINEAR for images,
+INTER_NEAREST for labels, constant 0 outside the source). Coordinates are (x = column, y = row)
+with pixel centres on integers, OpenCV's convention. Rotation angles are degrees, positive =
+counter-clockwise as displayed (``cv2.getRotationMatrix2D``'s convention). Order of operations on
+an image: geometry, then Gaussian blur, then intensity ``clip(gain * x ** gamma + shift, 0, 1)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TransformRanges:
+    """Ranges from which one random transform is drawn. Ranges are ``(low, high)``, inclusive.
+
+    ``scale`` and ``gamma`` are drawn log-uniformly (so 0.8..1.25 is symmetric about 1), the others
+    uniformly. ``max_shift`` bounds the translation as a fraction of the output width/height.
+    A blur is applied with probability ``blur_prob``; otherwise ``blur_sigma`` is recorded as 0.
+    """
+
+    scale: tuple[float, float] = (1.0, 1.0)
+    rotation: tuple[float, float] = (0.0, 0.0)  # degrees
+    flip_h_prob: float = 0.0  # mirror left-right (about the object's centre)
+    flip_v_prob: float = 0.0  # mirror up-down
+    max_shift: float = 0.0  # fraction of output size
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.5, 1.0)  # pixels
+    gain: tuple[float, float] = (1.0, 1.0)
+    gamma: tuple[float, float] = (1.0, 1.0)
+    shift: tuple[float, float] = (0.0, 0.0)  # added after gain/gamma, in [0, 1] intensity units
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class TransformParams:
+    """One drawn transform. Everything a pure apply function needs, as JSON-exact Python scalars."""
+
+    scale: float = 1.0
+    rotation: float = 0.0  # degrees, counter-clockwise as displayed
+    flip_h: bool = False
+    flip_v: bool = False
+    tx: float = 0.0  # translation in output pixels (x = columns)
+    ty: float = 0.0  # (y = rows)
+    blur_sigma: float = 0.0  # 0 = no blur
+    gain: float = 1.0
+    gamma: float = 1.0
+    shift: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {f: getattr(self, f) for f in _PARAM_FIELDS}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TransformParams":
+        kw = {}
+        for f in fields(cls):
+            v = d[f.name]
+            kw[f.name] = bool(v) if f.type in ("bool", bool) else float(v)
+        return cls(**kw)
+
+    def replace(self, **kw) -> "TransformParams":
+        return dataclasses.replace(self, **kw)
+
+
+_PARAM_FIELDS = tuple(f.name for f in fields(TransformParams))
+
+
+def _uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+    lo, hi = lo_hi
+    return float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+
+
+def _log_uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+    lo, hi = lo_hi
+    if hi <= lo:
+        return float(lo)
+    # Clamp: exp(log(x)) may round a hair outside [lo, hi].
+    return float(min(max(math.exp(rng.uniform(math.log(lo), math.log(hi))), lo), hi))
+
+
+def sample_params(rng: np.random.Generator, ranges: TransformRanges, out_shape: tuple[int, int]) -> TransformParams:
+    """Draw one transform. Always consumes the same number of random values, whatever the ranges,
+    so changing one range does not reshuffle the others."""
+    h, w = out_shape
+    scale = _log_uniform(rng, ranges.scale)
+    rotation = _uniform(rng, ranges.rotation)
+    flip_h = bool(rng.random() < ranges.flip_h_prob)
+    flip_v = bool(rng.random() < ranges.flip_v_prob)
+    sx, sy = rng.uniform(-1.0, 1.0, size=2)
+    tx, ty = float(sx * ranges.max_shift * w), float(sy * ranges.max_shift * h)
+    blur_on = bool(rng.random() < ranges.blur_prob)
+    sigma = _uniform(rng, ranges.blur_sigma)
+    gain = _uniform(rng, ranges.gain)
+    gamma = _log_uniform(rng, ranges.gamma)
+    shift = _uniform(rng, ranges.shift)
+    return TransformParams(scale=scale, rotation=rotation, flip_h=flip_h, flip_v=flip_v, tx=tx, ty=ty,
+                           blur_sigma=sigma if blur_on else 0.0, gain=gain, gamma=gamma, shift=shift)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+# ---------------------------------------------------------------------------------------------
+
+def forward_affine(params: TransformParams, center: tuple[float, float], src_shape: tuple[int, int],
+                   dst_shape: tuple[int, int], *, with_translation: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The forward map ``p_dst = A @ p_src + b`` (float64) of an object transform.
+
+    The source frame is first resampled to the destination frame in relative coordinates (pixel
+    edges align: ``q = (p + 0.5) * dst/src - 0.5``); then flip, scale and rotation act about the
+    object's centre ``center`` (x, y in source pixels, mapped into the destination frame), and the
+    translation (tx, ty) is added.
+    """
+    hs, ws = src_shape
+    hd, wd = dst_shape
+    d = np.array([wd / ws, hd / hs], dtype=np.float64)
+    e = 0.5 * d - 0.5
+    c = np.asarray(center, dtype=np.float64) * d + e  # centre in destination coordinates
+    theta = math.radians(params.rotation)
+    cos, sin = math.cos(theta), math.sin(theta)
+    # Counter-clockwise as displayed (y points down): same as cv2.getRotationMatrix2D.
+    rot = np.array([[cos, sin], [-sin, cos]], dtype=np.float64)
+    flip = np.array([-1.0 if params.flip_h else 1.0, -1.0 if params.flip_v else 1.0])
+    m = rot * params.scale * flip[None, :]  # R @ S @ F
+    a = m * d[None, :]  # ... @ D
+    t = np.array([params.tx, params.ty]) if with_translation else np.zeros(2)
+    b = c + t + m @ (e - c)
+    return a, b
+
+
+def transformed_bbox(a: np.ndarray, b: np.ndarray, bbox: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+    """Extent (x0, y0, x1, y1) in destination pixels of a source pixel box (y0, y1, x0, x1 inclusive)."""
+    y0, y1, x0, x1 = bbox
+    corners = np.array([[x0 - 0.5, y0 - 0.5], [x1 + 0.5, y0 - 0.5], [x0 - 0.5, y1 + 0.5], [x1 + 0.5, y1 + 0.5]])
+    p = corners @ a.T + b
+    return float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()), float(p[:, 1].max())
+
+
+def inverse_matrix(a: np.ndarray, b: np.ndarray, dst_offset: tuple[int, int] = (0, 0),
+                   src_offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """2x3 matrix for ``cv2.warpAffine(..., WARP_INVERSE_MAP)`` rendering the destination window whose
+    top-left pixel is ``dst_offset`` (x, y), reading a source crop whose top-left is ``src_offset``."""
+    ai = np.linalg.inv(a)
+    o = np.asarray(dst_offset, dtype=np.float64)
+    s = np.asarray(src_offset, dtype=np.float64)
+    return np.hstack([ai, (ai @ (o - b) - s)[:, None]])
+
+
+_WARP_IMAGE = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+_WARP_LABEL = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+
+
+def warp_image(src: np.ndarray, inv: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Linear resampling of a float32 image; 0 outside the source."""
+    return cv2.warpAffine(src, inv, size_wh, flags=_WARP_IMAGE, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def warp_label(src: np.ndarray, inv: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resampling of a uint8 label (only values already present can appear); 0 outside."""
+    return cv2.warpAffine(src, inv, size_wh, flags=_WARP_LABEL, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Intensity
+# ---------------------------------------------------------------------------------------------
+
+def blur_pad(sigma: float) -> int:
+    """Pixels a Gaussian blur of ``sigma`` reaches (OpenCV's kernel radius for float images)."""
+    return 0 if sigma <= 0 else int(round(sigma * 4)) + 1
+
+
+def apply_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0:
+        return img
+    return cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
+
+
+def apply_intensity(img: np.ndarray, gain: float, gamma: float, shift: float) -> np.ndarray:
+    """``clip(gain * img ** gamma + shift, 0, 1)`` in float32, in place when ``img`` is writeable.
+
+    0 stays 0 when shift is 0 (so a black MRI background stays black). Inputs are >= 0 (bank
+    images are clipped to [0, 1]; linear warps and Gaussian blurs keep them so). ``np.power`` beats
+    ``cv2.pow`` on real slices with many zeros; both are elementwise (thread-count independent).
+    """
+    out = img if img.flags.writeable else img.copy()
+    if gamma != 1.0:
+        np.power(out, np.float32(gamma), out=out)
+    if gain != 1.0:
+        out *= np.float32(gain)
+    if shift != 0.0:
+        out += np.float32(shift)
+    cv2.min(out, 1.0, dst=out)
+    cv2.max(out, 0.0, dst=out)
+    return out
+
+
+def apply_photometric(img: np.ndarray, params: TransformParams) -> np.ndarray:
+    """Blur then intensity, as recorded in ``params``."""
+    return apply_intensity(apply_blur(img, params.blur_sigma), params.gain, params.gamma, params.shift)
