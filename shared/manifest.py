@@ -66,8 +66,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, dumps(obj, indent=2) + "\n")
+def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
+    """Atomic JSON write; ``indent=None`` for machine-only files (json's C encoder, ~10x faster)."""
+    write_text_atomic(path, dumps(obj, indent=indent) + "\n")
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> None:

@@ -1,0 +1,249 @@
+"""``synth build`` / ``synth pack`` / ``synth merge``: write datasets as Zarr/HDF5 shards + manifests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from shared.cli_support import debug_option
+
+DATASET_CHOICES = ["brats", "synapse", "transunet", "nifti", "demo", "demo-brain", "demo-abdomen"]
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def source_options(split_default: str):
+    """--dataset/--root/--modality/--config/--split/--split-file, named exactly as in `synth select`."""
+    def deco(f):
+        opts = [
+            click.option("--dataset", required=True, type=click.Choice(DATASET_CHOICES),
+                         help="Source layout: brats (BraTS 2018 HGG|LGG folders), synapse (RawData/Training "
+                              "img/label), transunet (train_npz / test_vol_h5), nifti (images/ + labels/ with "
+                              "a config), demo-brain / demo-abdomen (procedural phantoms; demo = demo-brain)."),
+            click.option("--root", type=click.Path(path_type=Path), default=None,
+                         help="Dataset folder (not needed for the demo sources)."),
+            click.option("--modality", type=click.Choice(["t1", "t1ce", "t2", "flair"]), default="flair",
+                         show_default=True, help="BraTS modality to read."),
+            click.option("--config", "source_config", type=click.Path(path_type=Path), default=None,
+                         help="nifti source config (classes, intensity preset); default ROOT/source.json."),
+            click.option("--split", type=click.Choice(["train", "test", "all"]), default=split_default,
+                         show_default=True, help="Which cases to read: the training part of the dataset's "
+                                                 "split, the test part, or every case."),
+            click.option("--split-file", type=click.Path(path_type=Path), default=None,
+                         help='Your own split, JSON {"train": [...], "test": [...]} of case ids '
+                              "(default: the dataset's recorded split, see docs/sources.md)."),
+        ]
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+    return deco
+
+
+def output_options(dtype_default: str):
+    def deco(f):
+        opts = [
+            click.option("--out", required=True, type=click.Path(path_type=Path), metavar="DIR",
+                         help="Dataset folder to write (shards/, dataset.json, samples.jsonl)."),
+            click.option("--format", "fmt", type=click.Choice(["zarr", "hdf5"]), default="zarr", show_default=True,
+                         help="Shard format: Zarr v3 groups (shards/shard-00000.zarr) or HDF5 files (.h5)."),
+            click.option("--dtype", "image_dtype", type=click.Choice(["float16", "float32"]), default=dtype_default,
+                         show_default=True, help="Stored image dtype (labels are always uint8)."),
+            click.option("--shard-size", type=int, default=256, show_default=True,
+                         help="Samples per shard (the last shard may be shorter). Also the unit of work "
+                              "of a worker and of --part."),
+            click.option("--workers", type=int, default=None,
+                         help="Worker processes (default: the number of CPUs). The output does not depend on it."),
+            click.option("--overwrite", is_flag=True,
+                         help="Replace an existing dataset in DIR (only dataset files are removed)."),
+            click.option("--resume", is_flag=True,
+                         help="Continue an interrupted build into DIR with the same options: shards whose "
+                              "sha256 checks are kept, the rest rebuilt."),
+            click.option("--progress/--no-progress", default=True, show_default=True,
+                         help="Show a progress bar (samples/s) while building."),
+        ]
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+    return deco
+
+
+def _workers(workers: int | None) -> int:
+    from shared.errors import ConfigError
+
+    if workers is None:
+        return _default_workers()
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    return workers
+
+
+def _abs(p: Path | None) -> str | None:
+    return None if p is None else str(Path(p).resolve())
+
+
+@click.command("build")
+@source_options("train")
+@click.option("--exemplars", "spec", default=None, metavar="N|P%",
+              help="Select exemplars here: a count (150) or a percentage of the eligible slices (1%), "
+                   "by the rule of `synth select`. Give this or --exemplar-list.")
+@click.option("--exemplar-list", type=click.Path(path_type=Path), default=None, metavar="FILE.json",
+              help="Use the exemplars (and background pool) of a `synth select` output, or a hand-written "
+                   "list of {volume, slice}.")
+@click.option("--min-pixels", type=int, default=10, show_default=True,
+              help="Selection: a slice is eligible when it holds at least this many foreground pixels.")
+@click.option("--exclude-exemplar", "exclude", multiple=True, metavar="CASE:SLICE",
+              help="Drop this exemplar before synthesis (repeatable), e.g. one found mislabelled with "
+                   "`synth trace`.")
+@click.option("--num-samples", type=int, default=None,
+              help="Samples to synthesize (default: 4500 for brats and single-target sources, 1800 for "
+                   "synapse/transunet and multi-organ sources, whatever the exemplar count).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the synthesis (sample i uses the stream (seed, i)) and of the exemplar selection.")
+@click.option("--synthesis-config", type=click.Path(path_type=Path), default=None, metavar="FILE.json",
+              help="Override the transform ranges of synth/configs/synthesis.json (any subset of keys); "
+                   "the full resolved config is recorded in dataset.json.")
+@click.option("--no-synthesis", is_flag=True,
+              help="Pack the exemplar slices themselves (the paper's 'w/o data synthesis' ablation); "
+                   "ids e0000, e0001, ...")
+@click.option("--all-slices", is_flag=True,
+              help="Pack every slice of the split (the paper's 'Full Set' upper bound); ids CASE:SLICE. "
+                   "No exemplars needed.")
+@click.option("--part", default=None, metavar="i/n",
+              help="Build only part i of n (shard-aligned, 0-based), e.g. one task of a Slurm job array; "
+                   "join the parts with `synth merge`.")
+@output_options("float16")
+@debug_option
+def build(dataset, root, modality, source_config, split, split_file, spec, exemplar_list, min_pixels, exclude,
+          num_samples, seed, synthesis_config, no_synthesis, all_slices, part, out, fmt, image_dtype, shard_size,
+          workers, overwrite, resume, progress) -> None:
+    """Synthesize a training set from a few exemplars into shards with provenance manifests.
+
+    Each sample pastes transformed exemplar objects (tumour / organs) onto a transformed background
+    slice. Output: DIR/shards/ (Zarr v3 or HDF5; image float16, label uint8), DIR/dataset.json
+    (config, seed, source fingerprint, exemplars, shard hashes) and DIR/samples.jsonl (one
+    provenance record per sample). Sample i depends only on (seed, i, exemplars, background pool,
+    config): --workers 1 and --workers 8 write identical bytes.
+
+    \b
+    Examples:
+      synth build --dataset brats --root BraTS2018 --split all --exemplars 150 --out ds/brats150
+      synth build --dataset synapse --root Synapse --exemplars 1 --format hdf5 --out ds/syn1
+      synth build --dataset demo-brain --exemplars 20 --out ds/demo
+      synth build ... --part 3/8 --out parts/p3     # then: synth merge parts/p* --out ds/full
+    """
+    from shared.errors import ConfigError
+    from synth.build import BuildConfig, Part, run_job
+    from synth.jobs import prepare_exemplar_job, prepare_slices_job
+
+    if no_synthesis and all_slices:
+        raise ConfigError("--no-synthesis and --all-slices exclude each other")
+    kind = "all-slices" if all_slices else "exemplars" if no_synthesis else "synthesized"
+    if all_slices and (spec or exemplar_list or exclude):
+        raise ConfigError("--all-slices packs every slice; --exemplars/--exemplar-list/--exclude-exemplar do not apply")
+    if kind != "synthesized" and (num_samples is not None or synthesis_config is not None):
+        raise ConfigError(f"--num-samples and --synthesis-config apply to synthesis, not to "
+                          f"{'--all-slices' if all_slices else '--no-synthesis'}")
+    if kind != "all-slices" and (spec is None) == (exemplar_list is None):
+        raise ConfigError("give exactly one of --exemplars N|P% and --exemplar-list FILE.json")
+    part_ = Part.parse(part)
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    n_workers = _workers(workers)
+    cfg = BuildConfig(kind=kind, dataset="demo-brain" if dataset == "demo" else dataset, root=_abs(root),
+                      modality=modality, source_config=_abs(source_config), split=split,
+                      split_file=_abs(split_file), exemplars=spec, exemplar_list=_abs(exemplar_list),
+                      min_pixels=min_pixels if kind != "all-slices" else None,
+                      exclude_exemplars=sorted(exclude), num_samples=num_samples, seed=seed,
+                      shard_size=shard_size, format=fmt, image_dtype=image_dtype,
+                      synthesis_config=_abs(synthesis_config))
+    cfg.check()
+    _check_out_early(out, overwrite, resume)
+    if kind == "all-slices":
+        job = prepare_slices_job(cfg, out, workers=n_workers, progress=progress)
+    else:
+        job = prepare_exemplar_job(cfg, out, workers=n_workers, progress=progress)
+    summary = run_job(job, workers=n_workers, part=part_, overwrite=overwrite, resume=resume, progress=progress)
+    click.echo(summary.line())
+
+
+def _check_out_early(out: Path, overwrite: bool, resume: bool) -> None:
+    """Fail before reading any data when DIR obviously cannot be used (run_job checks again, locked)."""
+    from shared.errors import DataError
+    from synth.build import LOCK_FILE
+
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    if out.is_dir() and not overwrite and not resume and any(e.name != LOCK_FILE for e in out.iterdir()):
+        raise DataError(f"{out}: already exists and is not empty (use --overwrite to replace it, "
+                        f"or --resume to continue an interrupted build)")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DataError(f"{out}: cannot create the output folder ({parent} is a file)")
+
+
+@click.command("pack")
+@source_options("test")
+@output_options("float32")
+@debug_option
+def pack(dataset, root, modality, source_config, split, split_file, out, fmt, image_dtype, shard_size, workers,
+         overwrite, resume, progress) -> None:
+    """Pack whole volumes (default: the test split) into shards for `train eval`.
+
+    One sample per slice, in slice order, id CASE:SLICE; dataset.json lists each volume's sample
+    range, slice indices, spacing, affine and shape, so evaluation from DIR (`open_dataset(DIR)
+    .volume_arrays(v)`) equals evaluation from the source folder. Images are float32 by default,
+    the exact preprocessed values.
+
+    \b
+    Example:
+      synth pack --dataset synapse --root Synapse --split test --out ds/synapse_test
+    """
+    from synth.build import BuildConfig, run_job
+    from synth.jobs import prepare_slices_job
+
+    if resume and overwrite:
+        from shared.errors import ConfigError
+
+        raise ConfigError("--resume and --overwrite exclude each other")
+    n_workers = _workers(workers)
+    cfg = BuildConfig(kind="volumes", dataset="demo-brain" if dataset == "demo" else dataset, root=_abs(root),
+                      modality=modality, source_config=_abs(source_config), split=split,
+                      split_file=_abs(split_file), shard_size=shard_size, format=fmt, image_dtype=image_dtype)
+    cfg.check()
+    _check_out_early(out, overwrite, resume)
+    job = prepare_slices_job(cfg, out, workers=n_workers, progress=progress)
+    summary = run_job(job, workers=n_workers, overwrite=overwrite, resume=resume, progress=progress)
+    click.echo(summary.line().replace("built", "packed", 1))
+
+
+@click.command("merge")
+@click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="Dataset folder to write the joined dataset to.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset in DIR.")
+@click.option("--move", is_flag=True, help="Move the shards out of the part folders instead of copying them.")
+@debug_option
+def merge(parts, out, overwrite, move) -> None:
+    """Join the parts of a dataset built with `synth build --part i/n` into one dataset.
+
+    The parts must come from the same command (same config, seed, exemplars, source files) and
+    together cover every sample exactly once; each shard's sha256 is checked before it is copied.
+    The result is byte-identical to a build without --part.
+
+    \b
+    Example:
+      synth merge parts/p0 parts/p1 parts/p2 parts/p3 --out ds/brats150
+    """
+    from synth.build import merge_parts
+
+    summary = merge_parts(list(parts), out, overwrite=overwrite, move=move)
+    click.echo(f"merged {len(parts)} part(s): {summary.num_samples} samples, "
+               f"{summary.bytes_written / 1e6:.1f} MB in {summary.seconds:.2f} s -> {out}")
