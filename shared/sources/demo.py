@@ -54,6 +54,7 @@ class _DemoSource(Source):
 
     def __init__(self) -> None:
         super().__init__(None, {"generator_version": GENERATOR_VERSION})
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # all cases fit in ~40 MB
 
     def case_ids(self) -> list[str]:
         return [f"{self.kind}_{i:02d}" for i in range(self.n_cases)]
@@ -72,8 +73,10 @@ class _DemoSource(Source):
 
     def load(self, case_id: str) -> Volume:
         self.check_case(case_id)
-        raw, label = self.generate(case_id)
-        image = apply_intensity(raw, self.intensity)
+        if case_id not in self._cache:
+            raw, label = self.generate(case_id)
+            self._cache[case_id] = (apply_intensity(raw, self.intensity), label)
+        image, label = (a.copy() for a in self._cache[case_id])  # callers may modify their copy
         sz, sy, sx = self.spacing
         affine = np.diag([sx, sy, sz, 1.0])  # NIfTI (i, j, k) = (col, row, slice)
         return self._volume(case_id, image, label, self.spacing, affine, (),
