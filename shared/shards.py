@@ -524,6 +524,10 @@ def read_dataset_info(root: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: unreadable ({_short(exc)})") from exc
     if not isinstance(info, dict):
         raise DataError(f"{path}: expected a JSON object")
+    part = info.get("part")
+    if isinstance(part, dict):
+        raise DataError(f"{path}: this folder is part {part.get('index')}/{part.get('count')} of a dataset "
+                        f"(samples [{part.get('start')}, {part.get('stop')})); join the parts with `synth merge`")
     for key in ("shards", "num_samples", "class_names"):
         if key not in info:
             raise DataError(f"{path}: missing field {key!r}")
