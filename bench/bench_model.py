@@ -1,0 +1,147 @@
+"""Model speed on CPU: the tiny SAM's training step and per-slice inference.
+
+Times, with ``torch.set_num_threads(--threads)`` (default 2, the project machine):
+
+* train step: forward + CE/Dice loss + backward + AdamW step at batch ``--batch-size`` (8),
+  ``--img-size`` (128), one random point per sample, full training (tiny's default);
+* eval per slice: encode one slice and decode one point prompt, no grad (what `train eval` does
+  per slice and class), at batch 1 and as a batch of 8 slices (time per slice);
+* optionally (``--vit-b``) the same eval forward for a randomly initialised vit_b at 512 with
+  LoRA, to size CPU evaluation of real checkpoints.
+
+Timings are the median over ``--steps`` repetitions after 2 warm-up steps; the load average is
+printed because other processes share the CPU (compare numbers taken under similar load).
+
+Usage:  python bench/bench_model.py [--threads 2] [--steps 20] [--vit-b] [--append]
+``--append`` adds the table to BENCHMARKS.md (re-read just before writing, so sections other
+tools add meanwhile are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from train.losses import ce_dice_loss  # noqa: E402
+from train.model import PromptSAM, add_lora, build_sam, count_parameters  # noqa: E402
+
+
+def _timed(fn, steps: int) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _inputs(batch: int, size: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 1, size, size, generator=g)
+    points = torch.randint(0, size, (batch, 1, 2), generator=g).float()
+    labels = torch.ones(batch, 1, dtype=torch.long)
+    target = (torch.rand(batch, size, size, generator=g) > 0.7).float()
+    return images, points, labels, target
+
+
+def bench_train_step(model: PromptSAM, batch: int, size: int, steps: int) -> float:
+    images, points, labels, target = _inputs(batch, size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    model.train()
+
+    def step():
+        loss, _, _ = ce_dice_loss(model(images, points, labels), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return _timed(step, steps)
+
+
+def bench_eval(model: PromptSAM, batch: int, size: int, steps: int) -> float:
+    images, points, labels, _ = _inputs(batch, size, seed=1)
+    model.eval()
+
+    def fwd():
+        with torch.inference_mode():
+            model(images, points, labels)
+    return _timed(fwd, steps) / batch
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--img-size", type=int, default=128)
+    ap.add_argument("--vit-b", action="store_true", help="also time vit_b (random init) eval at 512")
+    ap.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+
+    rows = []
+    tiny = PromptSAM(build_sam("tiny", None, args.img_size))
+    n = count_parameters(tiny).total
+    step = bench_train_step(tiny, args.batch_size, args.img_size, args.steps)
+    rows.append((f"tiny ({n / 1e6:.2f}M, full training)", f"train step, batch {args.batch_size}",
+                 args.img_size, step * 1000, args.batch_size / step))
+    for b in (1, args.batch_size):
+        t = bench_eval(tiny, b, args.img_size, args.steps)
+        rows.append(("tiny", f"eval forward, batch {b}", args.img_size, t * 1000, 1 / t))
+    if args.vit_b:
+        sam = build_sam("vit_b", None, 512, allow_random=True)
+        add_lora(sam, rank=4)
+        vit = PromptSAM(sam)
+        t = bench_eval(vit, 1, 512, max(3, args.steps // 5))
+        rows.append(("vit_b + LoRA r4 (random init)", "eval forward, batch 1", 512, t * 1000, 1 / t))
+    load_after = os.getloadavg()[0]
+
+    header = "| model | what | img | ms per step / per slice | samples/s |\n|---|---|---|---|---|"
+    lines = [header] + [f"| {m} | {w} | {s} | {ms:.1f} | {rate:.1f} |" for m, w, s, ms, rate in rows]
+    table = "\n".join(lines)
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    note = (f"{when}; {machine()}; torch threads {args.threads}; median of {args.steps} after "
+            f"2 warm-up; load average {load_before:.1f} before / {load_after:.1f} after "
+            "(other processes share the CPU)")
+    print(table)
+    print(note)
+    if args.append:
+        path = ROOT / "BENCHMARKS.md"
+        section = f"\n## Model speed (bench/bench_model.py)\n\n{note}\n\n{table}\n"
+        # Append only (open in 'a' mode) so sections written meanwhile by other tools survive.
+        if not path.exists():
+            with path.open("x") as f:
+                f.write("# Benchmarks\n")
+        with path.open("a") as f:
+            f.write(section)
+        print(f"appended to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
