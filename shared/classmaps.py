@@ -75,13 +75,15 @@ class ClassMap:
             bad = [c for c in present if c < 0 or c >= len(lut) or lut[c] == 255]
             raise DataError(f"{file}: label values {_fmt(bad)} are outside the class map "
                             f"(allowed: {_fmt(sorted(self.codes))})")
-        small = raw if raw.dtype.kind in "ub" else raw.astype(np.intp)
-        counts = np.bincount(small.ravel(), minlength=len(lut))
-        bad = [int(c) for c in np.flatnonzero((counts > 0) & (lut[: len(counts)] == 255))]
-        if bad:
+        # Fancy indexing keeps the input's memory order (NIfTI arrays are Fortran-ordered), so this
+        # is one fast pass; codes without a mapping show up as 255 and are reported.
+        mapped = lut[raw if raw.dtype.kind in "ub" else raw.astype(np.intp)]
+        unmapped = mapped == 255
+        if unmapped.any():
+            bad = _present_codes(raw[unmapped])
             raise DataError(f"{file}: label values {_fmt(bad)} are outside the class map "
                             f"(allowed: {_fmt(sorted(self.codes))})")
-        return lut[small]
+        return mapped
 
 
 def _present_codes(raw: np.ndarray) -> list[int]:

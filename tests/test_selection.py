@@ -196,6 +196,9 @@ def test_bad_lists_name_the_file_and_entry(tmp_path, synapse_root):
         path.write_text(json.dumps(content))
         with pytest.raises(DataError, match=match):
             ExemplarList.from_json(path, src)
+    with pytest.raises(DataError, match="made for dataset 'synapse', not 'demo-abdomen'"):
+        ExemplarList.from_json(Path(__file__).resolve().parents[1] / "data_manifests/exemplars/synapse_sample_1.json",
+                               open_source("demo-abdomen"))
     with pytest.raises(DataError, match="exemplar list not found"):
         ExemplarList.from_json(tmp_path / "nope.json", src)
 
