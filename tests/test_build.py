@@ -1,0 +1,266 @@
+"""`synth build` / `pack` / `merge` end to end on the demo source (and one real-data build)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared import open_dataset
+from shared.cli_support import run_cli
+from shared.hashing import sha256_path
+
+PROJECT = Path(__file__).resolve().parents[1]
+# the demo's 2-case test split keeps each build to ~1 s (the phantoms are generated on every read)
+SMALL = ["--dataset", "demo-brain", "--split", "test", "--exemplars", "12", "--num-samples", "40",
+         "--shard-size", "8", "--seed", "3", "--no-progress"]
+
+
+def synth(*args: str) -> tuple[int, str]:
+    """Run the synth CLI in-process; returns (exit code, stdout + stderr)."""
+    from synth.cli import cli
+
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run_cli(cli, [str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue() + err.getvalue()
+
+
+def ok(*args: str) -> str:
+    code, text = synth(*args)
+    assert code == 0, text
+    return text
+
+
+def fail(*args: str) -> str:
+    code, text = synth(*args)
+    assert code != 0, text
+    assert "Traceback" not in text
+    return text
+
+
+def same_dataset(a: Path, b: Path) -> None:
+    """Byte-identical manifests and shards (the shard sha256 covers every file of a shard)."""
+    assert (a / "dataset.json").read_bytes() == (b / "dataset.json").read_bytes()
+    assert (a / "samples.jsonl").read_bytes() == (b / "samples.jsonl").read_bytes()
+    info = json.loads((a / "dataset.json").read_text())
+    for s in info["shards"]:
+        assert sha256_path(a / s["path"]) == sha256_path(b / s["path"]) == s["sha256"]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single") / "ds"
+    ok("build", *SMALL, "--workers", "1", "--out", out)
+    return out
+
+
+def test_build_reads_back(single: Path):
+    ds = open_dataset(single)
+    assert len(ds) == 40 and ds.num_shards == 5 and ds.kind == "synthesized"
+    assert ds.class_names == ("background", "tumour") and ds.task == "single"
+    info = ds.info
+    for key in ("schema_version", "tool_version", "config", "seed", "source", "fingerprint", "exemplars",
+                "background_pool", "shards", "num_samples"):
+        assert key in info
+    assert info["config"]["synthesis"]["single"]["object"]["scale"]  # full config recorded
+    assert len(info["exemplars"]) == 12 and info["background_pool"]
+    assert info["fingerprint"]["arrays"]  # generated source: hashes of the arrays
+    records = [json.loads(line) for line in (single / "samples.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [f"s{i:06d}" for i in range(40)]
+    for i in (0, 17, 39):
+        s = ds[i]
+        assert s["image"].dtype == np.float32 and 0 <= s["image"].min() and s["image"].max() <= 1
+        assert s["label"].dtype == np.uint8 and s["label"].max() < len(ds.class_names)  # labels in the class set
+        assert sum(records[i]["class_pixels"].values()) == s["label"].size
+        assert records[i]["class_pixels"]["tumour"] == int((s["label"] == 1).sum())
+        syn = records[i]["synthesis"]
+        assert syn["seed"] == [3, i] and syn["objects"] and syn["background"]["ref"]
+    assert not (single / ".build").exists() and not (single / ".lock").exists()
+
+
+def test_workers_identical(single: Path, tmp_path: Path):
+    ok("build", *SMALL, "--workers", "2", "--out", tmp_path / "w2")
+    same_dataset(single, tmp_path / "w2")
+
+
+def test_parts_merge_equal_single(single: Path, tmp_path: Path):
+    for i in range(3):
+        ok("build", *SMALL, "--workers", "1", "--part", f"{i}/3", "--out", tmp_path / f"p{i}")
+    text = fail("verify", tmp_path / "p0")
+    assert "part 0/3" in text and "synth merge" in text
+    text = fail("merge", tmp_path / "p0", tmp_path / "p2", "--out", tmp_path / "bad")
+    assert "missing" in text
+    ok("merge", tmp_path / "p2", tmp_path / "p0", tmp_path / "p1", "--out", tmp_path / "merged")
+    same_dataset(single, tmp_path / "merged")
+    # a part from a different build is refused
+    other = [a if a != "3" else "4" for a in SMALL]
+    ok("build", *other, "--workers", "1", "--part", "1/3", "--out", tmp_path / "q1")
+    text = fail("merge", tmp_path / "p0", tmp_path / "q1", tmp_path / "p2", "--out", tmp_path / "bad2")
+    assert "different configuration" in text and "seed" in text
+    text = fail("build", *SMALL, "--part", "7/9", "--out", tmp_path / "p7")
+    assert "only 5 shard" in text
+
+
+def test_resume_after_kill(single: Path, tmp_path: Path):
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "synth", "build", *SMALL, "--workers", "1", "--out", str(out)]
+    args[args.index("40")] = "400"  # long enough to be killed mid-way
+    proc = subprocess.Popen(args, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(list((out / ".build").glob("shard-*.json"))) < 3:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the build finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (out / "dataset.json").exists() and (out / ".lock").exists()
+    text = fail("build", *SMALL, "--out", out)  # without --resume: refused
+    assert "--resume" in text
+    text = fail("build", *[a if a != "3" else "5" for a in SMALL], "--resume", "--out", out)
+    assert "different configuration" in text and "seed" in text
+    assert "stale lock" in text  # the killed build's lock is taken over
+    # damage one finished shard: resume must rebuild it, keep the others
+    first = sorted((out / "shards").glob("shard-*.zarr"))[0]
+    (first / "zarr.json").write_text((first / "zarr.json").read_text() + " ")
+    args40 = [a for a in SMALL]
+    text = ok("build", *[a if a != "40" else "400" for a in args40], "--workers", "2", "--resume", "--out", out)
+    assert "keeping" in text and "rebuilding 1" in text
+    ok("build", *[a if a != "40" else "400" for a in args40], "--workers", "1", "--out", tmp_path / "fresh")
+    same_dataset(tmp_path / "fresh", out)
+    text = ok("build", *[a if a != "40" else "400" for a in args40], "--resume", "--out", out)
+    assert "already complete" in text
+
+
+def test_output_safety(single: Path, tmp_path: Path):
+    text = fail("build", *SMALL, "--out", single)
+    assert "already exists" in text and "--overwrite" in text
+    out = tmp_path / "ow"
+    ok("build", *SMALL, "--out", out)
+    ok("build", *SMALL, "--overwrite", "--out", out)
+    (out / "notes.txt").write_text("mine")
+    text = fail("build", *SMALL, "--overwrite", "--out", out)
+    assert "notes.txt" in text and (out / "notes.txt").exists()
+    # unwritable output: a path below a regular file (root ignores chmod, this fails for everyone)
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    text = fail("build", *SMALL, "--out", blocker / "sub")
+    assert "afile" in text
+    text = fail("build", *SMALL, "--out", blocker)
+    assert "not a folder" in text
+    # a concurrent build (live pid in the lock) is refused
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
+    text = fail("build", *SMALL, "--out", busy)
+    assert "another build" in text
+
+
+def test_bad_inputs(tmp_path: Path):
+    lst = tmp_path / "list.json"
+    lst.write_text(json.dumps({"exemplars": [{"volume": "brain_01", "slice": 20}, {"volume": "nope", "slice": 3}]}))
+    base = ["--dataset", "demo-brain", "--num-samples", "8", "--no-progress"]
+    text = fail("build", *base, "--exemplar-list", lst, "--out", tmp_path / "a")
+    assert "list.json" in text and "nope" in text
+    lst.write_text(json.dumps({"exemplars": [{"volume": "brain_01", "slice": 999}]}))
+    text = fail("build", *base, "--exemplar-list", lst, "--out", tmp_path / "a")
+    assert "999" in text and "out of range" in text
+    text = fail("build", *base, "--split", "all", "--exemplars", "5", "--exclude-exemplar", "brain_00:0",
+                "--out", tmp_path / "a")
+    assert "brain_00:0" in text and "not in the exemplar list" in text
+    text = fail("build", *base, "--exemplars", "5", "--exemplar-list", lst, "--out", tmp_path / "a")
+    assert "exactly one" in text
+    text = fail("build", *base, "--exemplars", "lots", "--out", tmp_path / "a")
+    assert "lots" in text
+    text = fail("build", *base, "--exemplars", "5", "--part", "3/2", "--out", tmp_path / "a")
+    assert "--part" in text
+    assert not (tmp_path / "a" / "dataset.json").exists()
+
+
+def test_exclude_exemplar_and_list(single: Path, tmp_path: Path):
+    info = json.loads((single / "dataset.json").read_text())
+    ex = info["exemplars"][0]
+    ref = f"{ex['volume']}:{ex['slice']}"
+    ok("build", *SMALL, "--exclude-exemplar", ref, "--out", tmp_path / "ex")
+    ds = open_dataset(tmp_path / "ex")
+    assert len(ds.info["exemplars"]) == 11 and ref in ds.info["config"]["exclude_exemplars"]
+    code, text = synth("trace", tmp_path / "ex", "--exemplar", ref)
+    assert code != 0 and "excluded" in text
+    # the same exemplars from a list file give the same dataset as selecting them here
+    lst = tmp_path / "list.json"
+    lst.write_text(json.dumps({"exemplars": info["exemplars"], "background_pool": info["background_pool"]}))
+    args = [a for a in SMALL if a not in ("--exemplars", "12")]
+    ok("build", *args, "--exemplar-list", lst, "--out", tmp_path / "fromlist")
+    a = [json.loads(x)["sha256"] for x in (single / "samples.jsonl").read_text().splitlines()]
+    b = [json.loads(x)["sha256"] for x in (tmp_path / "fromlist" / "samples.jsonl").read_text().splitlines()]
+    assert a == b
+
+
+def test_no_synthesis_all_slices_pack_hdf5(tmp_path: Path):
+    from shared.sources import open_source
+    from shared.splits import resolve_split
+
+    ok("build", "--dataset", "demo-abdomen", "--split", "all", "--exemplars", "3", "--no-synthesis",
+       "--format", "hdf5", "--no-progress", "--out", tmp_path / "ex")
+    ds = open_dataset(tmp_path / "ex")
+    assert ds.kind == "exemplars" and len(ds) == 3 and ds.format == "hdf5"
+    assert [ds[i]["id"] for i in range(3)] == ["e0000", "e0001", "e0002"]
+    src = open_source("demo-abdomen")
+    e = ds.info["exemplars"][1]
+    vol = src.load(e["volume"])
+    np.testing.assert_array_equal(ds[1]["label"], vol.label[e["slice"]])
+    np.testing.assert_allclose(ds[1]["image"], vol.image[e["slice"]], atol=1e-3)  # float16
+
+    ok("pack", "--dataset", "demo-abdomen", "--no-progress", "--shard-size", "20", "--out", tmp_path / "pk")
+    ds = open_dataset(tmp_path / "pk")
+    cases = resolve_split(src, "test")
+    assert ds.kind == "volumes" and [v["id"] for v in ds.volumes] == cases
+    for v in ds.volumes:
+        vol = src.load(v["id"])
+        img, lbl = ds.volume_arrays(v["id"])
+        np.testing.assert_array_equal(img, vol.image)  # float32: exact
+        np.testing.assert_array_equal(lbl, vol.label)
+        assert v["spacing"] == list(vol.spacing) and v["shape"] == list(vol.image.shape)
+        assert np.allclose(v["affine"], vol.affine) and v["slices"] == list(range(vol.num_slices))
+    assert ds[0]["id"] == f"{cases[0]}:0"
+    ok("verify", tmp_path / "pk", "--replay", "3", "--no-progress")
+
+    ok("build", "--dataset", "demo-brain", "--split", "test", "--all-slices", "--no-progress", "--out",
+       tmp_path / "all")
+    ds = open_dataset(tmp_path / "all")
+    brain = open_source("demo-brain")
+    assert ds.kind == "all-slices" and len(ds) == sum(brain.num_slices(c) for c in resolve_split(brain, "test"))
+
+
+@pytest.mark.shared_data
+def test_real_brats_build(brats_root: Path, tmp_path: Path):
+    out = tmp_path / "brats"
+    text = ok("build", "--dataset", "brats", "--root", brats_root, "--split", "all", "--exemplars", "150",
+              "--num-samples", "300", "--no-progress", "--out", out)
+    assert "300 samples" in text and "samples/s" in text and "MB written" in text
+    ds = open_dataset(out)
+    assert len(ds) == 300 and len(ds.info["exemplars"]) == 150
+    assert set(ds.info["fingerprint"]["files"]) >= {f"HGG/{c}/{c}_seg.nii.gz" for c in
+                                                    {e["volume"] for e in ds.info["exemplars"]}}
+    s = ds[5]
+    assert s["image"].shape == (240, 240) and s["label"].max() == 1
+    text = ok("verify", out, "--replay", "5", "--no-progress")
+    assert "5 replayed bit-identical" in text
