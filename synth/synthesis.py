@@ -26,7 +26,7 @@ import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import cv2
 import numpy as np
@@ -37,10 +37,10 @@ from synth.transforms import (
     TransformRanges,
     apply_photometric,
     blur_pad,
+    apply_blur,
+    apply_intensity,
     forward_affine,
-    inverse_matrix,
     sample_params,
-    transformed_bbox,
     warp_image,
     warp_label,
 )
@@ -124,6 +124,7 @@ class SliceBank:
         self._content_bbox: dict[tuple[SliceRef, float], tuple[int, int, int, int] | None] = {}
         self._content_mask: dict[tuple[SliceRef, float], np.ndarray] = {}
         self._coverage: dict[tuple[SliceRef, SliceRef, float], float] = {}
+        self._flat: dict[tuple[SliceRef, tuple[int, int]], np.ndarray] = {}
 
     def exemplar(self, ref: SliceRef) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -183,10 +184,25 @@ class SliceBank:
         key = (exemplar, background, threshold)
         value = self._coverage.get(key)
         if value is None:
-            value = _coverage(self.object_info(exemplar, None).points, self.exemplar(exemplar)[0].shape,
-                              self.content_mask(background, threshold))
+            mask = self.content_mask(background, threshold)
+            idx = self._flat_points(exemplar, mask.shape)
+            value = np.count_nonzero(mask.ravel()[idx]) / idx.size
             self._coverage[key] = value
         return value
+
+    def _flat_points(self, ref: SliceRef, shape: tuple[int, int]) -> np.ndarray:
+        """Flat indices, in a frame of ``shape``, of an exemplar's foreground sample points mapped by
+        relative position (pixel edges aligned)."""
+        key = (ref, shape)
+        idx = self._flat.get(key)
+        if idx is None:
+            h, w = shape
+            sh, sw = self.exemplar(ref)[0].shape
+            pts = self.object_info(ref, None).points
+            x = np.clip(np.rint((pts[:, 0] + 0.5) * (w / sw) - 0.5), 0, w - 1).astype(np.intp)
+            y = np.clip(np.rint((pts[:, 1] + 0.5) * (h / sh) - 0.5), 0, h - 1).astype(np.intp)
+            idx = self._flat[key] = y * w + x
+        return idx
 
     def content_bbox(self, ref: SliceRef, threshold: float) -> tuple[int, int, int, int] | None:
         """Bounding box (y0, y1, x0, x1) of a background slice's content (pixels > threshold)."""
@@ -380,6 +396,13 @@ def synthesize(index: int, seed: int, bank: SliceBank, config: SynthesisConfig,
                task: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """Sample ``index`` of the dataset with ``seed``: image float32 HxW in [0, 1], label uint8 HxW,
     and its JSON-able record. Depends only on its arguments (not on call order or worker count)."""
+    return _synthesize(index, seed, bank, config, task, _render_background, _paste_record)
+
+
+def _synthesize(index: int, seed: int, bank: SliceBank, config: SynthesisConfig, task: str,
+                render_background: Callable, paste_record: Callable) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The sampling, with the two rendering steps passed in (bench/naive_synthesis.py passes
+    scipy.ndimage versions to time a straightforward implementation of the same draws)."""
     tc = config.task(task)
     pl = tc.placement
     seed, index = int(seed), int(index)
@@ -406,7 +429,7 @@ def synthesize(index: int, seed: int, bank: SliceBank, config: SynthesisConfig,
     bg_center = ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
     bg_params = _clamp_background(bg_params, bg_center, shape, bank.content_bbox(bg_ref, pl.content_threshold),
                                   tc.background.max_shift)
-    image = _render_background(bg_src, bg_params, bg_center)
+    image = render_background(bg_src, bg_params, bg_center, bank.content_bbox(bg_ref, 0.0))
     content = image > pl.content_threshold
 
     # 3. Objects: draw all parameters first (fixed draw order), then paste.
@@ -439,7 +462,7 @@ def synthesize(index: int, seed: int, bank: SliceBank, config: SynthesisConfig,
 
     label = np.zeros(shape, dtype=np.uint8)
     for obj in objects:
-        _paste_record(image, label, obj, bank, pl.feather)
+        paste_record(image, label, obj, bank, pl.feather)
 
     record = {"version": RECORD_VERSION, "task": task, "seed": [seed, index], "shape": [int(shape[0]), int(shape[1])],
               "exemplar": base.to_json(),
@@ -459,7 +482,9 @@ def replay(record: dict, bank: SliceBank, config: SynthesisConfig) -> tuple[np.n
         bg_src = bank.background(SliceRef.from_json(bg["ref"]))
         if list(bg_src.shape) != list(record["shape"]):
             raise DataError(f"background {bg['ref']} has shape {bg_src.shape}, the record says {record['shape']}")
-        image = _render_background(bg_src, TransformParams.from_dict(bg["params"]), tuple(bg["center"]))
+        bg_ref = SliceRef.from_json(bg["ref"])
+        image = _render_background(bg_src, TransformParams.from_dict(bg["params"]),
+                                   (float(bg["center"][0]), float(bg["center"][1])), bank.content_bbox(bg_ref, 0.0))
         label = np.zeros(bg_src.shape, dtype=np.uint8)
         for obj in record["objects"]:
             _paste_record(image, label, obj, bank, tc.placement.feather)
@@ -469,16 +494,6 @@ def replay(record: dict, bank: SliceBank, config: SynthesisConfig) -> tuple[np.n
 
 
 # ---------------------------------------------------------------------------------------------
-
-def _coverage(points: np.ndarray, src_shape: tuple[int, int], mask: np.ndarray) -> float:
-    """Fraction of exemplar pixels (x, y), mapped into ``mask``'s frame by relative position, on ``mask``."""
-    h, w = mask.shape
-    d = np.array([w / src_shape[1], h / src_shape[0]])
-    q = np.rint((points + 0.5) * d - 0.5).astype(np.intp)
-    q[:, 0] = np.clip(q[:, 0], 0, w - 1)
-    q[:, 1] = np.clip(q[:, 1], 0, h - 1)
-    return float(mask[q[:, 1], q[:, 0]].mean())
-
 
 def _clamp(t: float, lo: float, hi: float) -> float:
     return t if lo > hi else min(max(t, lo), hi)
@@ -498,8 +513,8 @@ def _clamp_background(params: TransformParams, center: tuple[float, float], shap
     """Keep the background's content (e.g. the head) inside the frame by clamping the translation."""
     if content is None:
         return params
-    a, b = forward_affine(params, center, shape, shape, with_translation=False)
-    lx, hx, ly, hy = _shift_bounds(transformed_bbox(a, b, content), shape, max_shift)
+    fwd = forward_affine(params, center, shape, shape, with_translation=False)
+    lx, hx, ly, hy = _shift_bounds(fwd.bbox(content), shape, max_shift)
     return params.replace(tx=_clamp(params.tx, lx, hx), ty=_clamp(params.ty, ly, hy))
 
 
@@ -508,32 +523,44 @@ def _place(info: ObjectInfo, params: TransformParams, extra: np.ndarray, src_sha
            max_shift: float) -> tuple[TransformParams, float]:
     """Choose the translation: the drawn one, then ``extra`` candidates, then no shift, each clamped
     so the object's box stays in the frame; the first with >= min_inside of the object on the
-    background's content wins, else the best. Returns the final params and that fraction."""
+    background's content wins, else the first best. Returns the final params and that fraction."""
     h, w = shape
-    a, b = forward_affine(params, info.center, src_shape, shape, with_translation=False)
-    lx, hx, ly, hy = _shift_bounds(transformed_bbox(a, b, info.bbox), shape, max_shift)
-    pts = info.points @ a.T + b
-    cands = [(params.tx, params.ty)] + [(float(u) * max_shift * w, float(v) * max_shift * h) for u, v in extra]
-    cands.append((0.0, 0.0))
-    best, best_frac = None, -1.0
-    for tx, ty in cands:
-        tx, ty = _clamp(tx, lx, hx), _clamp(ty, ly, hy)
-        q = np.rint(pts + (tx, ty)).astype(np.intp)
-        ok = (q[:, 0] >= 0) & (q[:, 0] < w) & (q[:, 1] >= 0) & (q[:, 1] < h)
-        inside = np.zeros(len(q), dtype=bool)
-        inside[ok] = content[q[ok, 1], q[ok, 0]]
-        frac = float(inside.mean())
-        if frac > best_frac:
-            best, best_frac = (tx, ty), frac
-        if frac >= pl.min_inside:
-            break
-    return params.replace(tx=best[0], ty=best[1]), best_frac
+    fwd = forward_affine(params, info.center, src_shape, shape, with_translation=False)
+    lx, hx, ly, hy = _shift_bounds(fwd.bbox(info.bbox), shape, max_shift)
+    mx, my = max_shift * w, max_shift * h
+    cands = [(params.tx, params.ty)] + [(u * mx, v * my) for u, v in extra.tolist()] + [(0.0, 0.0)]
+    cands = [(_clamp(tx, lx, hx), _clamp(ty, ly, hy)) for tx, ty in cands]
+    # All candidates at once: (M, N) destination pixels of the N sample points.
+    pts = fwd.apply(info.points)
+    t = np.array(cands)
+    qx = np.rint(pts[None, :, 0] + t[:, 0:1]).astype(np.intp)
+    qy = np.rint(pts[None, :, 1] + t[:, 1:2]).astype(np.intp)
+    ok = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
+    hit = content.ravel()[np.where(ok, qy * w + qx, 0)] & ok
+    frac = np.count_nonzero(hit, axis=1) / hit.shape[1]
+    good = np.flatnonzero(frac >= pl.min_inside)
+    j = int(good[0]) if good.size else int(np.argmax(frac))
+    return params.replace(tx=cands[j][0], ty=cands[j][1]), float(frac[j])
 
 
-def _render_background(src: np.ndarray, params: TransformParams, center: tuple[float, float]) -> np.ndarray:
-    a, b = forward_affine(params, center, src.shape, src.shape)
-    img = warp_image(src, inverse_matrix(a, b), (src.shape[1], src.shape[0]))
-    return apply_photometric(img, params)
+def _render_background(src: np.ndarray, params: TransformParams, center: tuple[float, float],
+                       nonzero: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """T'(background). ``nonzero`` (y0, y1, x0, x1: the source's nonzero box) lets the intensity
+    step skip the exactly-zero surround (same result: gain * 0 ** gamma = 0 when shift is 0)."""
+    h, w = src.shape
+    fwd = forward_affine(params, center, src.shape, src.shape)
+    img = apply_blur(warp_image(src, fwd.inverse_matrix(), (w, h)), params.blur_sigma)
+    if nonzero is None or params.shift != 0.0:
+        return apply_intensity(img, params.gain, params.gamma, params.shift)
+    x0, y0, x1, y1 = fwd.bbox(nonzero)
+    # Reach of linear interpolation (half a source pixel, times the scale) and of the blur.
+    pad = 2 + int(math.ceil(params.scale)) + blur_pad(params.blur_sigma)
+    wx0, wy0 = max(int(math.floor(x0)) - pad, 0), max(int(math.floor(y0)) - pad, 0)
+    wx1, wy1 = min(int(math.ceil(x1)) + pad, w - 1), min(int(math.ceil(y1)) + pad, h - 1)
+    if wx0 <= wx1 and wy0 <= wy1:
+        win = img[wy0:wy1 + 1, wx0:wx1 + 1]
+        win[...] = apply_intensity(np.ascontiguousarray(win), params.gain, params.gamma, 0.0)
+    return img
 
 
 def _paste_record(image: np.ndarray, label: np.ndarray, obj: dict, bank: SliceBank, feather: bool) -> None:
@@ -552,8 +579,8 @@ def _paste(image: np.ndarray, label: np.ndarray, src_img: np.ndarray, src_lab: n
            center: tuple[float, float], feather: bool) -> None:
     """Warp one object into a window around its destination and paste it where its label lands."""
     h, w = image.shape
-    a, b = forward_affine(params, center, src_img.shape, image.shape)
-    x0, y0, x1, y1 = transformed_bbox(a, b, bbox)
+    fwd = forward_affine(params, center, src_img.shape, image.shape)
+    x0, y0, x1, y1 = fwd.bbox(bbox)
     pad = blur_pad(params.blur_sigma) + 2
     wx0, wy0 = max(int(math.floor(x0)) - pad, 0), max(int(math.floor(y0)) - pad, 0)
     wx1, wy1 = min(int(math.ceil(x1)) + pad, w - 1), min(int(math.ceil(y1)) + pad, h - 1)
@@ -564,11 +591,11 @@ def _paste(image: np.ndarray, label: np.ndarray, src_img: np.ndarray, src_lab: n
     crop = src_lab[by0:by1 + 1, bx0:bx1 + 1]
     if cls is not None:
         crop = (crop == cls).astype(np.uint8) * np.uint8(cls)
-    lab = warp_label(np.ascontiguousarray(crop), inverse_matrix(a, b, (wx0, wy0), (bx0, by0)), size)
+    lab = warp_label(np.ascontiguousarray(crop), fwd.inverse_matrix((wx0, wy0), (bx0, by0)), size)
     mask = lab > 0
     if not mask.any():
         return
-    obj = apply_photometric(warp_image(src_img, inverse_matrix(a, b, (wx0, wy0)), size), params)
+    obj = apply_photometric(warp_image(src_img, fwd.inverse_matrix((wx0, wy0)), size), params)
     win = image[wy0:wy1 + 1, wx0:wx1 + 1]
     if feather:
         ring = cv2.dilate(mask.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool) & ~mask

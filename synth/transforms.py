@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -79,84 +80,112 @@ class TransformParams:
 _PARAM_FIELDS = tuple(f.name for f in fields(TransformParams))
 
 
-def _uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+def _lin(u: float, lo_hi: tuple[float, float]) -> float:
     lo, hi = lo_hi
-    return float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+    return float(lo + (hi - lo) * u) if hi > lo else float(lo)
 
 
-def _log_uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+def _log(u: float, lo_hi: tuple[float, float]) -> float:
     lo, hi = lo_hi
     if hi <= lo:
         return float(lo)
     # Clamp: exp(log(x)) may round a hair outside [lo, hi].
-    return float(min(max(math.exp(rng.uniform(math.log(lo), math.log(hi))), lo), hi))
+    return float(min(max(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u), lo), hi))
+
+
+N_DRAWS = 11  # uniforms consumed by one sample_params call, whatever the ranges
 
 
 def sample_params(rng: np.random.Generator, ranges: TransformRanges, out_shape: tuple[int, int]) -> TransformParams:
-    """Draw one transform. Always consumes the same number of random values, whatever the ranges,
-    so changing one range does not reshuffle the others."""
+    """Draw one transform from one batch of ``N_DRAWS`` uniforms (fixed, so changing one range or
+    probability never reshuffles the other parameters)."""
     h, w = out_shape
-    scale = _log_uniform(rng, ranges.scale)
-    rotation = _uniform(rng, ranges.rotation)
-    flip_h = bool(rng.random() < ranges.flip_h_prob)
-    flip_v = bool(rng.random() < ranges.flip_v_prob)
-    sx, sy = rng.uniform(-1.0, 1.0, size=2)
-    tx, ty = float(sx * ranges.max_shift * w), float(sy * ranges.max_shift * h)
-    blur_on = bool(rng.random() < ranges.blur_prob)
-    sigma = _uniform(rng, ranges.blur_sigma)
-    gain = _uniform(rng, ranges.gain)
-    gamma = _log_uniform(rng, ranges.gamma)
-    shift = _uniform(rng, ranges.shift)
-    return TransformParams(scale=scale, rotation=rotation, flip_h=flip_h, flip_v=flip_v, tx=tx, ty=ty,
-                           blur_sigma=sigma if blur_on else 0.0, gain=gain, gamma=gamma, shift=shift)
+    u = rng.random(N_DRAWS).tolist()
+    return TransformParams(
+        scale=_log(u[0], ranges.scale),
+        rotation=_lin(u[1], ranges.rotation),
+        flip_h=u[2] < ranges.flip_h_prob,
+        flip_v=u[3] < ranges.flip_v_prob,
+        tx=(2.0 * u[4] - 1.0) * ranges.max_shift * w,
+        ty=(2.0 * u[5] - 1.0) * ranges.max_shift * h,
+        blur_sigma=_lin(u[7], ranges.blur_sigma) if u[6] < ranges.blur_prob else 0.0,
+        gain=_lin(u[8], ranges.gain),
+        gamma=_log(u[9], ranges.gamma),
+        shift=_lin(u[10], ranges.shift),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Geometry
 # ---------------------------------------------------------------------------------------------
 
+class Affine(NamedTuple):
+    """A forward map ``p_dst = A @ p_src + b`` in plain floats (2x2 numpy is slower than the math)."""
+
+    a00: float
+    a01: float
+    a10: float
+    a11: float
+    b0: float
+    b1: float
+
+    @property
+    def a(self) -> np.ndarray:
+        return np.array([[self.a00, self.a01], [self.a10, self.a11]])
+
+    @property
+    def b(self) -> np.ndarray:
+        return np.array([self.b0, self.b1])
+
+    def translated(self, tx: float, ty: float) -> "Affine":
+        return self._replace(b0=self.b0 + tx, b1=self.b1 + ty)
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        """(N, 2) points (x, y) -> their images."""
+        x, y = points[:, 0], points[:, 1]
+        return np.stack([self.a00 * x + self.a01 * y + self.b0, self.a10 * x + self.a11 * y + self.b1], axis=1)
+
+    def bbox(self, box: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+        """Extent (x0, y0, x1, y1) in destination pixels of a source pixel box (y0, y1, x0, x1 inclusive)."""
+        y0, y1, x0, x1 = box
+        xs, ys = (x0 - 0.5, x1 + 0.5), (y0 - 0.5, y1 + 0.5)
+        px = [self.a00 * x + self.a01 * y + self.b0 for x in xs for y in ys]
+        py = [self.a10 * x + self.a11 * y + self.b1 for x in xs for y in ys]
+        return min(px), min(py), max(px), max(py)
+
+    def inverse_matrix(self, dst_offset: tuple[int, int] = (0, 0), src_offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """2x3 matrix for ``cv2.warpAffine(..., WARP_INVERSE_MAP)`` rendering the destination window
+        whose top-left pixel is ``dst_offset`` (x, y), reading a source crop whose top-left is ``src_offset``."""
+        det = self.a00 * self.a11 - self.a01 * self.a10
+        i00, i01, i10, i11 = self.a11 / det, -self.a01 / det, -self.a10 / det, self.a00 / det
+        ox, oy = dst_offset[0] - self.b0, dst_offset[1] - self.b1
+        return np.array([[i00, i01, i00 * ox + i01 * oy - src_offset[0]],
+                         [i10, i11, i10 * ox + i11 * oy - src_offset[1]]])
+
+
 def forward_affine(params: TransformParams, center: tuple[float, float], src_shape: tuple[int, int],
-                   dst_shape: tuple[int, int], *, with_translation: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The forward map ``p_dst = A @ p_src + b`` (float64) of an object transform.
+                   dst_shape: tuple[int, int], *, with_translation: bool = True) -> Affine:
+    """The forward map of an object transform.
 
     The source frame is first resampled to the destination frame in relative coordinates (pixel
     edges align: ``q = (p + 0.5) * dst/src - 0.5``); then flip, scale and rotation act about the
     object's centre ``center`` (x, y in source pixels, mapped into the destination frame), and the
-    translation (tx, ty) is added.
+    translation (tx, ty) is added: ``p_dst = c + t + R S F (q - c)``.
     """
     hs, ws = src_shape
     hd, wd = dst_shape
-    d = np.array([wd / ws, hd / hs], dtype=np.float64)
-    e = 0.5 * d - 0.5
-    c = np.asarray(center, dtype=np.float64) * d + e  # centre in destination coordinates
+    dx, dy = wd / ws, hd / hs
+    ex, ey = 0.5 * dx - 0.5, 0.5 * dy - 0.5
+    cx, cy = center[0] * dx + ex, center[1] * dy + ey  # centre in destination coordinates
     theta = math.radians(params.rotation)
-    cos, sin = math.cos(theta), math.sin(theta)
-    # Counter-clockwise as displayed (y points down): same as cv2.getRotationMatrix2D.
-    rot = np.array([[cos, sin], [-sin, cos]], dtype=np.float64)
-    flip = np.array([-1.0 if params.flip_h else 1.0, -1.0 if params.flip_v else 1.0])
-    m = rot * params.scale * flip[None, :]  # R @ S @ F
-    a = m * d[None, :]  # ... @ D
-    t = np.array([params.tx, params.ty]) if with_translation else np.zeros(2)
-    b = c + t + m @ (e - c)
-    return a, b
-
-
-def transformed_bbox(a: np.ndarray, b: np.ndarray, bbox: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
-    """Extent (x0, y0, x1, y1) in destination pixels of a source pixel box (y0, y1, x0, x1 inclusive)."""
-    y0, y1, x0, x1 = bbox
-    corners = np.array([[x0 - 0.5, y0 - 0.5], [x1 + 0.5, y0 - 0.5], [x0 - 0.5, y1 + 0.5], [x1 + 0.5, y1 + 0.5]])
-    p = corners @ a.T + b
-    return float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()), float(p[:, 1].max())
-
-
-def inverse_matrix(a: np.ndarray, b: np.ndarray, dst_offset: tuple[int, int] = (0, 0),
-                   src_offset: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """2x3 matrix for ``cv2.warpAffine(..., WARP_INVERSE_MAP)`` rendering the destination window whose
-    top-left pixel is ``dst_offset`` (x, y), reading a source crop whose top-left is ``src_offset``."""
-    ai = np.linalg.inv(a)
-    o = np.asarray(dst_offset, dtype=np.float64)
-    s = np.asarray(src_offset, dtype=np.float64)
-    return np.hstack([ai, (ai @ (o - b) - s)[:, None]])
+    cos, sin = math.cos(theta) * params.scale, math.sin(theta) * params.scale
+    fx = -1.0 if params.flip_h else 1.0
+    fy = -1.0 if params.flip_v else 1.0
+    # R S F, counter-clockwise as displayed (y points down), as cv2.getRotationMatrix2D.
+    m00, m01, m10, m11 = cos * fx, sin * fy, -sin * fx, cos * fy
+    tx, ty = (params.tx, params.ty) if with_translation else (0.0, 0.0)
+    return Affine(m00 * dx, m01 * dy, m10 * dx, m11 * dy,
+                  cx + tx + m00 * (ex - cx) + m01 * (ey - cy), cy + ty + m10 * (ex - cx) + m11 * (ey - cy))
 
 
 _WARP_IMAGE = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP

@@ -326,3 +326,41 @@ def test_real_synapse_organs_near_their_positions(synapse_root) -> None:
             assert (np.abs(_centroid(visible) - np.array(obj["center"])) <= bound).all()
             checked += 1
     assert checked >= 30
+
+
+def test_naive_baseline_draws_the_same_samples(tmp_path) -> None:
+    """bench/naive_synthesis.py (scipy.ndimage, whole frames) agrees with the OpenCV path: an
+    independent check of the affine conventions, frame resampling included."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "naive_synthesis.py"
+    spec = importlib.util.spec_from_file_location("naive_synthesis", path)
+    naive = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(naive)
+    for task, bank in (("single", brain_bank()), ("multi", abdomen_bank(bg_shapes=((128, 128), (90, 140))))):
+        for i in range(4):
+            a, la, ra = synthesize(i, 0, bank, CONFIG, task)
+            b, lb, rb = naive.naive_synthesize(i, 0, bank, CONFIG, task)
+            assert ra == rb
+            assert np.abs(a - b).max() < 1e-3 and (la == lb).mean() > 0.999
+    stats = naive.build_naive(brain_bank(), CONFIG, "single", 3, 0, tmp_path)
+    assert stats["samples"] == 3 and len(list(tmp_path.glob("*.npz"))) == 3
+    with np.load(tmp_path / "sample_000001.npz") as z:
+        assert z["image"].dtype == np.float16 and json.loads(str(z["record"]))["seed"] == [0, 1]
+
+
+def test_background_intensity_window_matches_full_frame(brain: SliceBank) -> None:
+    """T' applies gamma/gain only inside the (transformed) nonzero box of the background: the
+    same bytes as applying it to the whole frame."""
+    from synth.synthesis import _render_background
+    from synth.transforms import TransformParams
+
+    ref = brain.background_refs[0]
+    src = brain.background(ref)
+    nonzero = brain.content_bbox(ref, 0.0)
+    c = ((src.shape[1] - 1) / 2, (src.shape[0] - 1) / 2)
+    for p in (TransformParams(scale=1.05, rotation=9.0, tx=3.0, gain=1.1, gamma=0.8),
+              TransformParams(scale=0.95, rotation=-4.0, flip_h=True, blur_sigma=0.9, gain=0.9, gamma=1.2),
+              TransformParams(scale=3.0, rotation=45.0, gamma=0.7)):
+        assert _render_background(src, p, c, nonzero).tobytes() == _render_background(src, p, c, None).tobytes()

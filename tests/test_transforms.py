@@ -14,9 +14,7 @@ from synth.transforms import (
     apply_intensity,
     apply_photometric,
     forward_affine,
-    inverse_matrix,
     sample_params,
-    transformed_bbox,
     warp_image,
     warp_label,
 )
@@ -49,33 +47,42 @@ def test_sampling_is_seeded_and_fixed_length() -> None:
     # Changing a probability does not reshuffle the other draws.
     other = TransformRanges(**{**RANGES.__dict__, "blur_prob": 0.0})
     c = sample_params(np.random.default_rng([1, 2]), other, (64, 64))
-    assert c.blur_sigma == 0.0 and c.replace(blur_sigma=a.blur_sigma) == a
+    assert c.blur_sigma == 0.0 and (a.blur_sigma == 0.0 or c.replace(blur_sigma=a.blur_sigma) == a)
+    assert sample_params(np.random.default_rng([1, 2]), TransformRanges(), (64, 64)) == TransformParams(
+        tx=0.0, ty=0.0)  # default ranges: identity
 
 
 def test_identity_transform_is_identity() -> None:
-    a, b = forward_affine(TransformParams(), (10.0, 20.0), (50, 60), (50, 60))
-    assert np.allclose(a, np.eye(2)) and np.allclose(b, 0)
+    fwd = forward_affine(TransformParams(), (10.0, 20.0), (50, 60), (50, 60))
+    assert np.allclose(fwd.a, np.eye(2)) and np.allclose(fwd.b, 0)
     img = np.random.default_rng(0).random((50, 60), dtype=np.float32)
-    out = warp_image(img, inverse_matrix(a, b), (60, 50))
+    out = warp_image(img, fwd.inverse_matrix(), (60, 50))
     assert np.allclose(out, img, atol=1e-6)
 
 
 def test_centre_is_fixed_and_translation_adds() -> None:
     c = (30.0, 12.0)
     p = TransformParams(scale=1.2, rotation=37.0, flip_h=True, flip_v=True, tx=3.0, ty=-2.0)
-    a, b = forward_affine(p, c, (64, 80), (64, 80))
-    assert np.allclose(a @ np.array(c) + b, np.array(c) + [3.0, -2.0])
+    fwd = forward_affine(p, c, (64, 80), (64, 80))
+    assert np.allclose(fwd.a @ np.array(c) + fwd.b, np.array(c) + [3.0, -2.0])
+    assert np.allclose(fwd.apply(np.array([c])), [[c[0] + 3.0, c[1] - 2.0]])
+    # the inverse matrix inverts
+    inv = fwd.inverse_matrix()
+    q = fwd.apply(np.array([[5.0, 7.0]]))[0]
+    assert np.allclose(inv[:, :2] @ q + inv[:, 2], [5.0, 7.0])
     # counter-clockwise as displayed: the point right of the centre moves up (smaller row)
-    a, b = forward_affine(TransformParams(rotation=90.0), c, (64, 80), (64, 80))
-    assert np.allclose(a @ np.array([c[0] + 5, c[1]]) + b, [c[0], c[1] - 5])
+    fwd = forward_affine(TransformParams(rotation=90.0), c, (64, 80), (64, 80))
+    assert np.allclose(fwd.apply(np.array([[c[0] + 5, c[1]]])), [[c[0], c[1] - 5]])
+    # same convention as cv2.getRotationMatrix2D (scale and angle about a centre)
+    fwd = forward_affine(TransformParams(rotation=25.0, scale=1.3), c, (64, 80), (64, 80))
+    assert np.allclose(np.hstack([fwd.a, fwd.b[:, None]]), cv2.getRotationMatrix2D(c, 25.0, 1.3))
 
 
 def test_frame_resampling_uses_relative_coordinates() -> None:
-    a, b = forward_affine(TransformParams(), (0.0, 0.0), (100, 50), (200, 100))
+    fwd = forward_affine(TransformParams(), (0.0, 0.0), (100, 50), (200, 100))
     # pixel edges align: source pixel (x, y) centre -> ((x + .5) * 2 - .5, (y + .5) * 2 - .5)
-    assert np.allclose(a @ np.array([0.0, 0.0]) + b, [0.5, 0.5])
-    assert np.allclose(a @ np.array([49.0, 99.0]) + b, [98.5, 198.5])
-    x0, y0, x1, y1 = transformed_bbox(a, b, (0, 99, 0, 49))
+    assert np.allclose(fwd.apply(np.array([[0.0, 0.0], [49.0, 99.0]])), [[0.5, 0.5], [98.5, 198.5]])
+    x0, y0, x1, y1 = fwd.bbox((0, 99, 0, 49))
     assert np.allclose([x0, y0, x1, y1], [-0.5, -0.5, 99.5, 199.5])
 
 
@@ -83,9 +90,9 @@ def test_window_rendering_matches_full_frame() -> None:
     rng = np.random.default_rng(0)
     img = rng.random((64, 64), dtype=np.float32)
     p = TransformParams(scale=1.1, rotation=20.0, tx=2.5, ty=-1.5)
-    a, b = forward_affine(p, (32.0, 30.0), img.shape, img.shape)
-    full = warp_image(img, inverse_matrix(a, b), (64, 64))
-    win = warp_image(img, inverse_matrix(a, b, (10, 20)), (30, 25))
+    fwd = forward_affine(p, (32.0, 30.0), img.shape, img.shape)
+    full = warp_image(img, fwd.inverse_matrix(), (64, 64))
+    win = warp_image(img, fwd.inverse_matrix((10, 20)), (30, 25))
     assert np.allclose(win, full[20:45, 10:40], atol=1e-5)
 
 
@@ -94,8 +101,8 @@ def test_label_warp_only_produces_existing_values() -> None:
     lab[10:30, 10:30] = 3
     lab[35:50, 20:60] = 7
     for rot in (0.0, 13.0, 45.0):
-        a, b = forward_affine(TransformParams(scale=0.87, rotation=rot, tx=1.3), (32.0, 32.0), lab.shape, lab.shape)
-        out = warp_label(lab, inverse_matrix(a, b), (64, 64))
+        fwd = forward_affine(TransformParams(scale=0.87, rotation=rot, tx=1.3), (32.0, 32.0), lab.shape, lab.shape)
+        out = warp_label(lab, fwd.inverse_matrix(), (64, 64))
         assert set(np.unique(out).tolist()) <= {0, 3, 7} and (out == 7).any()
 
 
@@ -120,13 +127,13 @@ def test_image_ops_stay_in_unit_range_and_keep_black() -> None:
 def test_ops_do_not_depend_on_opencv_threads() -> None:
     img = np.random.default_rng(0).random((300, 280), dtype=np.float32)
     p = TransformParams(scale=1.07, rotation=-12.0, flip_h=True, tx=4.2, ty=-3.3, blur_sigma=0.8, gain=1.05, gamma=0.9)
-    a, b = forward_affine(p, (140.0, 150.0), img.shape, img.shape)
+    fwd = forward_affine(p, (140.0, 150.0), img.shape, img.shape)
     before = cv2.getNumThreads()
     try:
         outs = []
         for n in (1, 4):
             cv2.setNumThreads(n)
-            outs.append(apply_photometric(warp_image(img, inverse_matrix(a, b), (280, 300)), p).tobytes())
+            outs.append(apply_photometric(warp_image(img, fwd.inverse_matrix(), (280, 300)), p).tobytes())
     finally:
         cv2.setNumThreads(before)
     assert outs[0] == outs[1]
