@@ -90,6 +90,17 @@ def test_build_reads_back(single: Path):
         syn = records[i]["synthesis"]
         assert syn["seed"] == [3, i] and syn["objects"] and syn["background"]["ref"]
     assert not (single / ".build").exists() and not (single / ".lock").exists()
+    validate_manifests(single)
+
+
+def validate_manifests(ds: Path) -> None:
+    """dataset.json and every samples.jsonl record match the JSON Schemas in data_manifests/."""
+    pytest.importorskip("jsonschema")
+    from shared.manifest import validate
+
+    validate(json.loads((ds / "dataset.json").read_text()), "dataset")
+    for line in (ds / "samples.jsonl").read_text().splitlines():
+        validate(json.loads(line), "sample")
 
 
 def test_workers_identical(single: Path, tmp_path: Path):
@@ -242,6 +253,8 @@ def test_no_synthesis_all_slices_pack_hdf5(tmp_path: Path):
         assert np.allclose(v["affine"], vol.affine) and v["slices"] == list(range(vol.num_slices))
     assert ds[0]["id"] == f"{cases[0]}:0"
     ok("verify", tmp_path / "pk", "--replay", "3", "--no-progress")
+    validate_manifests(tmp_path / "pk")
+    validate_manifests(tmp_path / "ex")
 
     ok("build", "--dataset", "demo-brain", "--split", "test", "--all-slices", "--no-progress", "--out",
        tmp_path / "all")
