@@ -48,6 +48,7 @@ from synth.transforms import (
 RECORD_VERSION = 1
 TASKS = ("single", "multi")
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "synthesis.json"
+_KERNEL3 = np.ones((3, 3), np.uint8)
 _MAX_POINTS = 256  # object pixels sampled for the "inside the background's body" check
 
 
@@ -430,7 +431,6 @@ def _synthesize(index: int, seed: int, bank: SliceBank, config: SynthesisConfig,
     bg_params = _clamp_background(bg_params, bg_center, shape, bank.content_bbox(bg_ref, pl.content_threshold),
                                   tc.background.max_shift)
     image = render_background(bg_src, bg_params, bg_center, bank.content_bbox(bg_ref, 0.0))
-    content = image > pl.content_threshold
 
     # 3. Objects: draw all parameters first (fixed draw order), then paste.
     if task == "single":
@@ -452,7 +452,7 @@ def _synthesize(index: int, seed: int, bank: SliceBank, config: SynthesisConfig,
         src_shape = bank.exemplar(ref)[0].shape
         params = sample_params(rng, tc.object, shape)
         extra = rng.uniform(-1.0, 1.0, size=(pl.max_tries - 1, 2))
-        params, inside = _place(info, params, extra, src_shape, shape, content, pl, tc.object.max_shift)
+        params, inside = _place(info, params, extra, src_shape, image, pl, tc.object.max_shift)
         classes = ([int(c) for c in np.flatnonzero(bank.class_counts(ref)[1:]) + 1] if cls is None else [cls])
         objects.append({"ref": ref.to_json(), "class": cls, "classes": classes, "pixels": info.count,
                         "center": [info.center[0], info.center[1]], "src_shape": [int(src_shape[0]), int(src_shape[1])],
@@ -519,28 +519,40 @@ def _clamp_background(params: TransformParams, center: tuple[float, float], shap
 
 
 def _place(info: ObjectInfo, params: TransformParams, extra: np.ndarray, src_shape: tuple[int, int],
-           shape: tuple[int, int], content: np.ndarray, pl: Placement,
-           max_shift: float) -> tuple[TransformParams, float]:
+           background: np.ndarray, pl: Placement, max_shift: float) -> tuple[TransformParams, float]:
     """Choose the translation: the drawn one, then ``extra`` candidates, then no shift, each clamped
     so the object's box stays in the frame; the first with >= min_inside of the object on the
-    background's content wins, else the first best. Returns the final params and that fraction."""
+    background's content (T'(Ib) > content_threshold) wins, else the first best. Returns the
+    final params and that fraction."""
+    shape = background.shape
     h, w = shape
     fwd = forward_affine(params, info.center, src_shape, shape, with_translation=False)
     lx, hx, ly, hy = _shift_bounds(fwd.bbox(info.bbox), shape, max_shift)
     mx, my = max_shift * w, max_shift * h
     cands = [(params.tx, params.ty)] + [(u * mx, v * my) for u, v in extra.tolist()] + [(0.0, 0.0)]
     cands = [(_clamp(tx, lx, hx), _clamp(ty, ly, hy)) for tx, ty in cands]
-    # All candidates at once: (M, N) destination pixels of the N sample points.
     pts = fwd.apply(info.points)
+    # The drawn translation usually lands on tissue: test it alone first, then all the others.
+    frac = _inside_fractions(pts, cands[:1], background, pl.content_threshold)
+    if frac[0] < pl.min_inside:
+        frac = np.concatenate([frac, _inside_fractions(pts, cands[1:], background, pl.content_threshold)])
+    good = np.flatnonzero(frac >= pl.min_inside)
+    j = int(good[0]) if good.size else int(np.argmax(frac))
+    p = params.to_dict()
+    p["tx"], p["ty"] = cands[j]
+    return TransformParams(**p), float(frac[j])
+
+
+def _inside_fractions(pts: np.ndarray, cands: list[tuple[float, float]], background: np.ndarray,
+                      threshold: float) -> np.ndarray:
+    """For each translation, the fraction of the (N, 2) points that land on background content."""
+    h, w = background.shape
     t = np.array(cands)
     qx = np.rint(pts[None, :, 0] + t[:, 0:1]).astype(np.intp)
     qy = np.rint(pts[None, :, 1] + t[:, 1:2]).astype(np.intp)
     ok = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
-    hit = content.ravel()[np.where(ok, qy * w + qx, 0)] & ok
-    frac = np.count_nonzero(hit, axis=1) / hit.shape[1]
-    good = np.flatnonzero(frac >= pl.min_inside)
-    j = int(good[0]) if good.size else int(np.argmax(frac))
-    return params.replace(tx=cands[j][0], ty=cands[j][1]), float(frac[j])
+    hit = (background.ravel()[np.where(ok, qy * w + qx, 0)] > threshold) & ok
+    return hit.sum(axis=1) / hit.shape[1]
 
 
 def _render_background(src: np.ndarray, params: TransformParams, center: tuple[float, float],
@@ -598,7 +610,7 @@ def _paste(image: np.ndarray, label: np.ndarray, src_img: np.ndarray, src_lab: n
     obj = apply_photometric(warp_image(src_img, fwd.inverse_matrix((wx0, wy0)), size), params)
     win = image[wy0:wy1 + 1, wx0:wx1 + 1]
     if feather:
-        ring = cv2.dilate(mask.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool) & ~mask
+        ring = cv2.dilate(mask.view(np.uint8), _KERNEL3).view(bool) & ~mask
         win[ring] = np.float32(0.5) * (win[ring] + obj[ring])
     np.copyto(win, obj, where=mask)
     np.copyto(label[wy0:wy1 + 1, wx0:wx1 + 1], lab, where=mask)

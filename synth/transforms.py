@@ -67,17 +67,14 @@ class TransformParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TransformParams":
-        kw = {}
-        for f in fields(cls):
-            v = d[f.name]
-            kw[f.name] = bool(v) if f.type in ("bool", bool) else float(v)
-        return cls(**kw)
+        return cls(**{f: (bool(d[f]) if f in _BOOL_FIELDS else float(d[f])) for f in _PARAM_FIELDS})
 
     def replace(self, **kw) -> "TransformParams":
         return dataclasses.replace(self, **kw)
 
 
 _PARAM_FIELDS = tuple(f.name for f in fields(TransformParams))
+_BOOL_FIELDS = frozenset(("flip_h", "flip_v"))
 
 
 def _lin(u: float, lo_hi: tuple[float, float]) -> float:
