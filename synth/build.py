@@ -224,10 +224,16 @@ def record_to_dict(record: Any) -> dict[str, Any]:
 
 
 def class_pixels(label: np.ndarray, class_names: Sequence[str], sample_id: str) -> dict[str, int]:
-    counts = np.bincount(label.ravel(), minlength=len(class_names))
-    if counts.size > len(class_names):
-        bad = int(np.flatnonzero(counts[len(class_names):])[0] + len(class_names))
-        raise DataError(f"sample {sample_id}: label value {bad} outside the class set {tuple(class_names)}")
+    """Pixels per class; a label value outside the class set is a DataError naming the sample."""
+    n = len(class_names)
+    top = int(label.max()) if label.size else 0
+    if top >= n:
+        raise DataError(f"sample {sample_id}: label value {top} outside the class set {tuple(class_names)}")
+    if n <= 16:  # a few compares beat bincount's cast of the whole slice to int64 (~4x)
+        fg = [int(np.count_nonzero(label == c)) for c in range(1, n)]
+        counts = [label.size - sum(fg), *fg]
+    else:
+        counts = np.bincount(label.ravel(), minlength=n).tolist()
     return {name: int(c) for name, c in zip(class_names, counts)}
 
 
@@ -372,7 +378,8 @@ def build_shard(k: int, progress: Callable[[int], None] | None = None) -> dict[s
     start, count = job["plan"][k]
     rel = shard_relpath(k, job["format"])
     records = []
-    with ShardWriter(out / rel, fmt=job["format"], image_dtype=job["image_dtype"], overwrite=True) as writer:
+    with ShardWriter(out / rel, fmt=job["format"], image_dtype=job["image_dtype"], overwrite=True,
+                     capacity=count) as writer:
         for j in range(count):
             i = start + j
             sid = producer.sample_id(i)

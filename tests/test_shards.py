@@ -157,3 +157,15 @@ def test_broken_datasets(tmp_path: Path):
     (tmp_path / "c" / "dataset.json").write_text(json.dumps(info))
     with pytest.raises(DataError, match="num_samples"):
         open_dataset(tmp_path / "c")
+
+
+@pytest.mark.parametrize("shapes", [[(40, 48)] * 5, [(40, 48), (40, 48), (30, 20), (40, 48), (40, 48)]])
+def test_capacity_buffer_same_bytes(tmp_path: Path, shapes):
+    """The preallocated fast path (capacity) writes exactly what the list path writes."""
+    images, labels = _samples(len(shapes), shapes=shapes)
+    images[1] = images[1].astype(np.float64) * 1.3 - 0.1  # clipping, other input dtype
+    a = write_shard(tmp_path / "a" / shard_relpath(0, "zarr"), images, labels)
+    with ShardWriter(tmp_path / "b" / shard_relpath(0, "zarr"), capacity=len(shapes)) as w:
+        w.add_many(images, labels)
+        b = w.close()
+    assert a.sha256 == b.sha256 and a.sample_sha256 == b.sample_sha256
