@@ -1,0 +1,170 @@
+"""Build throughput: `synth build` (shards) vs the straightforward scipy + one-npz-per-sample version.
+
+For each preset, on the real sample data:
+
+* ``brats``: BraTS 2018 sample (4 cases, FLAIR, whole tumour), ``--split all --exemplars 150``,
+  4500 samples (the paper's size);
+* ``synapse``: Synapse sample (1 CT), ``--split all --exemplars 1``, 1800 samples;
+
+it runs, side by side in one go:
+
+1. ``synth build`` end to end in a fresh process with ``--workers`` = all CPUs (wall time includes
+   interpreter start, imports, reading and scanning the volumes, synthesis, float16 conversion,
+   hashing, Zarr writing and the manifests);
+2. the same with ``--workers 1`` (the per-worker rate);
+3. ``bench/naive_synthesis.build_naive``: the same random draws rendered with scipy.ndimage, one
+   ``np.savez_compressed`` file per sample, one process, on ``--naive-samples`` samples (it is
+   slow; its rate is per sample, so a subset is enough), with the bank already in memory.
+
+Rates compare the build phase (samples / seconds after the bank is loaded): "build s" is what
+`synth build` reports for its shard phase; "wall s" is the whole command.
+
+Usage:  python bench/bench_build.py [--presets brats,synapse] [--naive-samples 300] [--append]
+``--append`` adds the table to BENCHMARKS.md with the date and machine.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PRESETS = {
+    "brats": {"dataset": "brats", "root": "brats2018_sample", "exemplars": "150", "num_samples": 4500},
+    "synapse": {"dataset": "synapse", "root": "synapse_sample", "exemplars": "1", "num_samples": 1800},
+}
+SUMMARY = re.compile(r"built (\d+) samples in ([\d.]+) s, (\d+) samples/s, ([\d.]+) MB written")
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("EXEMPLAR_SAM_DATA", ROOT.parent / "shared" / "data")).resolve()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def ncpu() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def run_ours(preset: dict, out: Path, workers: int, fmt: str) -> dict:
+    cmd = [sys.executable, "-m", "synth", "build", "--dataset", preset["dataset"],
+           "--root", str(data_root() / preset["root"]), "--split", "all", "--exemplars", preset["exemplars"],
+           "--num-samples", str(preset["num_samples"]), "--workers", str(workers), "--format", fmt,
+           "--no-progress", "--out", str(out)]
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1], "load": load}
+    m = SUMMARY.search(proc.stdout)
+    n, build_s, _rate, mb = int(m.group(1)), float(m.group(2)), int(m.group(3)), float(m.group(4))
+    return {"samples": n, "wall": wall, "build": build_s, "rate": n / build_s, "mb": mb, "mbps": mb / build_s,
+            "load": load}
+
+
+def run_naive(preset: dict, out: Path, n: int) -> dict:
+    import cv2
+
+    from bench.naive_synthesis import build_naive
+    from synth.build import BuildConfig
+    from synth.jobs import prepare_exemplar_job
+
+    cv2.setNumThreads(1)
+    cfg = BuildConfig(kind="synthesized", dataset=preset["dataset"], root=str(data_root() / preset["root"]),
+                      split="all", exemplars=preset["exemplars"], num_samples=preset["num_samples"])
+    try:
+        job = prepare_exemplar_job(cfg, out / "unused", workers=ncpu(), progress=False)
+    except Exception as exc:  # the same failure as ours: reported in the table
+        return {"error": " ".join(str(exc).split())}
+    producer = job.producer
+    load = os.getloadavg()[0]
+    stats = build_naive(producer.bank, producer.config, producer.task, n=n, seed=0, out_dir=out / "npz")
+    mb = stats["bytes"] / 1e6
+    return {"samples": stats["samples"], "wall": None, "build": stats["seconds"], "rate": stats["samples_per_s"],
+            "mb": mb, "mbps": mb / stats["seconds"], "load": load}
+
+
+def fmt_row(preset: str, method: str, workers: int, r: dict) -> str:
+    if "error" in r:
+        return f"| {preset} | {method} | {workers} | failed: {r['error'][:120]} | | | | | |"
+    wall = f"{r['wall']:.2f}" if r.get("wall") is not None else "-"
+    return (f"| {preset} | {method} | {workers} | {r['samples']} | {wall} | {r['build']:.2f} | {r['rate']:.0f} | "
+            f"{r['mb']:.1f} | {r['mbps']:.1f} | {r['load']:.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--presets", default="brats,synapse", help="comma-separated: brats, synapse")
+    ap.add_argument("--workers", type=int, default=ncpu(), help="workers of the parallel run (default: all CPUs)")
+    ap.add_argument("--naive-samples", type=int, default=300, help="samples for the straightforward version")
+    ap.add_argument("--format", default="zarr", choices=["zarr", "hdf5"])
+    ap.add_argument("--append", action="store_true", help="append the results to BENCHMARKS.md")
+    args = ap.parse_args()
+    if not data_root().is_dir():
+        sys.exit(f"real sample data not found at {data_root()} (set EXEMPLAR_SAM_DATA)")
+    header = ("| preset | method | workers | samples | wall s | build s | samples/s | MB written | MB/s | load avg |\n"
+              "|---|---|---|---|---|---|---|---|---|---|")
+    rows, notes = [], []
+    tmp = Path(tempfile.mkdtemp(prefix="bench_build_"))
+    try:
+        for name in [p.strip() for p in args.presets.split(",") if p.strip()]:
+            preset = PRESETS[name]
+            ours_w = run_ours(preset, tmp / f"{name}_w{args.workers}", args.workers, args.format)
+            rows.append(fmt_row(name, f"synth build ({args.format} shards)", args.workers, ours_w))
+            print(rows[-1], flush=True)
+            ours_1 = run_ours(preset, tmp / f"{name}_w1", 1, args.format)
+            rows.append(fmt_row(name, f"synth build ({args.format} shards)", 1, ours_1))
+            print(rows[-1], flush=True)
+            naive = run_naive(preset, tmp / f"{name}_naive", args.naive_samples)
+            rows.append(fmt_row(name, "naive (scipy.ndimage + one npz per sample)", 1, naive))
+            print(rows[-1], flush=True)
+            if "error" not in ours_1 and "error" not in naive:
+                notes.append(f"{name}: one worker {ours_1['rate'] / naive['rate']:.1f}x the straightforward "
+                             f"version's samples/s; {args.workers} workers {preset['num_samples']} samples in "
+                             f"{ours_w.get('wall', float('nan')):.2f} s wall end to end")
+            shutil.rmtree(tmp / f"{name}_w1", ignore_errors=True)
+            shutil.rmtree(tmp / f"{name}_naive", ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    machine = (f"{platform.node()}: {cpu_model()}, {ncpu()} CPUs, Python {platform.python_version()}, "
+               f"{platform.system()} {platform.release()}")
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = "\n".join([header, *rows]) + "\n"
+    print()
+    print(text)
+    for n in notes:
+        print(n)
+    if args.append:
+        section = (f"\n## Build throughput (`python bench/bench_build.py`), {when}\n\n"
+                   f"Machine: {machine}. Load average (1 min) at the start of each run in the last column: "
+                   f"the machine is shared, a load above the CPU count slows every figure.\n\n{text}\n"
+                   + "".join(f"- {n}\n" for n in notes))
+        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
+            f.write(section)
+        print(f"appended to {ROOT / 'BENCHMARKS.md'}")
+
+
+if __name__ == "__main__":
+    main()
