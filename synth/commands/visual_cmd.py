@@ -23,8 +23,10 @@ def _out_option(f):
 @_out_option
 @click.option("--size", type=click.IntRange(64, 1024), default=256, show_default=True,
               help="Panel size in pixels (the longer side of each slice).")
+@click.option("--source-root", type=click.Path(path_type=Path), default=None,
+              help="Where the source data lives now, if it moved since the build.")
 @debug_option
-def show(directory: Path, sample: str, out: Path, size: int) -> None:
+def show(directory: Path, sample: str, out: Path, size: int, source_root: Path | None) -> None:
     """Draw one sample of dataset DIR: its exemplar slice(s) with their labels, the background slice,
     the result with its label overlaid, and every recorded transform parameter.
 
@@ -54,7 +56,10 @@ def show(directory: Path, sample: str, out: Path, size: int) -> None:
         panel = visual.titled(visual.overlay(item["image"], item["label"], size=size), title)
         fig = visual.vstack([panel, visual.text_panel(lines, panel.shape[1])])
     else:
-        exemplars, background, warning = _source_slices(ds.info, synth_rec)
+        description = dict(ds.info.get("source") or {})
+        if source_root is not None:
+            description["root"] = str(source_root)
+        exemplars, background, warning = _source_slices(description, synth_rec)
         if warning:
             click.echo(f"warning: {warning}; drawing the sample and its parameters only", err=True)
         fig = visual.show_figure(exemplars, background, (title, item["image"], item["label"]), synth_rec, names, size)
@@ -133,7 +138,7 @@ def _read_record(directory: Path, i: int) -> dict | None:
     raise DataError(f"{path}: has no record for sample {i}")
 
 
-def _source_slices(info: dict, rec: dict) -> tuple[list, tuple, str | None]:
+def _source_slices(description: dict, rec: dict) -> tuple[list, tuple, str | None]:
     """(exemplar panels, background panel, warning) re-read from the dataset's recorded source."""
     import numpy as np
 
@@ -148,7 +153,7 @@ def _source_slices(info: dict, rec: dict) -> tuple[list, tuple, str | None]:
     bg = (rec["background"]["ref"]["volume"], int(rec["background"]["ref"]["slice"]))
     shape = tuple(rec["shape"])
     try:
-        source = open_described(info["source"])
+        source = open_described(description)
         volumes: dict[str, Any] = {}
 
         def vol(case: str):
