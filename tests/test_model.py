@@ -98,6 +98,9 @@ def test_lora_equals_base_and_counts(vit_b_512):
         got_eval = model(*inputs)
     assert torch.allclose(got, want, atol=1e-6) and torch.allclose(got_eval, want, atol=1e-6)
 
+    qkv = lora_sam.image_encoder.blocks[0].attn.qkv
+    assert "lora_ind" in dict(qkv.named_buffers())          # moves with .to(device)
+    assert not any(k.endswith("lora_ind") for k in lora_sam.state_dict())
     count = count_parameters(model)
     assert count.trainable == VIT_B_LORA4
     names = [n for n, p in lora_sam.named_parameters() if p.requires_grad]

@@ -73,8 +73,12 @@ def _copy_base(old: nn.Linear, new: nn.Linear) -> nn.Linear:
         new.weight.copy_(old.weight)
         if old.bias is not None:
             new.bias.copy_(old.bias)
-    if hasattr(new, "lora_ind"):   # a plain tensor attribute in loralib, not a buffer
-        new.lora_ind = new.lora_ind.to(old.weight.device)
+    if hasattr(new, "lora_ind"):
+        # loralib keeps this index as a plain attribute, which .to(device) would not move;
+        # a non-persistent buffer moves with the model and stays out of state dicts.
+        ind = new.lora_ind.to(old.weight.device)
+        del new.lora_ind
+        new.register_buffer("lora_ind", ind, persistent=False)
     return new
 
 
