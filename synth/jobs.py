@@ -163,9 +163,10 @@ def prepare_exemplar_job(cfg: BuildConfig, out: Path, *, workers: int, progress:
         where = f"the selection {cfg.exemplars} of {source.name}"
     exemplars = _apply_excludes(listing.exemplars, cfg.exclude_exemplars, where)
     if cfg.kind == "synthesized" and not listing.background_pool:
+        more = "more cases (--split all)" if cfg.split != "all" and cfg.exemplar_list is None else "more cases"
         raise DataError(f"{where}: empty background pool (no slice of the {len(listing.cases) or 'chosen'} case(s) "
                         f"is free of foreground and has body content); synthesis needs at least one background "
-                        f"slice: use more cases (--split all) or an --exemplar-list with a background_pool")
+                        f"slice: use {more} or an --exemplar-list with a background_pool")
     slices = {(r["case"], k): v for r in results for k, v in r["slices"].items()}
     meta = {"spec": listing.spec, "seed": listing.seed, "rule": listing.rule, "split": listing.split,
             "cases": listing.cases, "selection": listing.selection,

@@ -66,7 +66,7 @@ def info(dataset_dir: Path, as_json: bool, show_shards: bool) -> None:
         click.echo(json.dumps(s, indent=2))
         return
     click.echo(f"{s['root']}: {s['kind']} dataset of {s['num_samples']} samples, task {s['task']}, "
-               f"source {s['source']} ({s['source_root']}), seed {s['seed']}")
+               f"source {s['source']} ({s['source_root'] or 'generated'}), seed {s['seed']}")
     click.echo(f"shards: {s['num_shards']} x {s['format']} ({s['image_dtype']} images), {s['total_mb']:.1f} MB "
                f"(per shard min {s['shard_mb']['min']:.2f} / mean {s['shard_mb']['mean']:.2f} / "
                f"max {s['shard_mb']['max']:.2f} MB)")
