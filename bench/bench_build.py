@@ -16,8 +16,11 @@ it runs, side by side in one go:
    ``np.savez_compressed`` file per sample, one process, on ``--naive-samples`` samples (it is
    slow; its rate is per sample, so a subset is enough), with the bank already in memory.
 
-Rates compare the build phase (samples / seconds after the bank is loaded): "build s" is what
-`synth build` reports for its shard phase; "wall s" is the whole command.
+Rates compare the build phase (samples / seconds once the bank is in memory): "build s" is the
+shard phase (what `synth build` reports), "wall s" the whole command, "CPU s" user + system CPU
+time of all processes and threads (less sensitive than wall time to other work on a shared
+machine; "samples/CPU-s" compares implementations independently of the load).
+The one-worker shard phase and the naive version run in this process on the same bank.
 
 Usage:  python bench/bench_build.py [--presets brats,synapse] [--naive-samples 300] [--append]
 ``--append`` adds the table to BENCHMARKS.md with the date and machine.
@@ -68,50 +71,72 @@ def ncpu() -> int:
 
 
 def run_ours(preset: dict, out: Path, workers: int, fmt: str) -> dict:
+    """`synth build` end to end in a fresh process (wall and CPU of the process and its workers)."""
+    import resource
+
     cmd = [sys.executable, "-m", "synth", "build", "--dataset", preset["dataset"],
            "--root", str(data_root() / preset["root"]), "--split", "all", "--exemplars", preset["exemplars"],
            "--num-samples", str(preset["num_samples"]), "--workers", str(workers), "--format", fmt,
            "--no-progress", "--out", str(out)]
     load = os.getloadavg()[0]
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1], "load": load}
     m = SUMMARY.search(proc.stdout)
-    n, build_s, _rate, mb = int(m.group(1)), float(m.group(2)), int(m.group(3)), float(m.group(4))
+    n, build_s, mb = int(m.group(1)), float(m.group(2)), float(m.group(4))
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     return {"samples": n, "wall": wall, "build": build_s, "rate": n / build_s, "mb": mb, "mbps": mb / build_s,
-            "load": load}
+            "cpu": cpu, "load": load}
 
 
-def run_naive(preset: dict, out: Path, n: int) -> dict:
+def prepare(preset: dict, out: Path):
     import cv2
 
-    from bench.naive_synthesis import build_naive
     from synth.build import BuildConfig
     from synth.jobs import prepare_exemplar_job
 
     cv2.setNumThreads(1)
     cfg = BuildConfig(kind="synthesized", dataset=preset["dataset"], root=str(data_root() / preset["root"]),
                       split="all", exemplars=preset["exemplars"], num_samples=preset["num_samples"])
-    try:
-        job = prepare_exemplar_job(cfg, out / "unused", workers=ncpu(), progress=False)
-    except Exception as exc:  # the same failure as ours: reported in the table
-        return {"error": " ".join(str(exc).split())}
+    return prepare_exemplar_job(cfg, out, workers=ncpu(), progress=False)
+
+
+def run_ours_one_worker(job) -> dict:
+    """The shard phase of `synth build` on one worker, in this process (bank already loaded)."""
+    from synth.build import run_job
+
+    load = os.getloadavg()[0]
+    c0, t0 = time.process_time(), time.perf_counter()
+    summary = run_job(job, workers=1, progress=False)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0  # process_time includes zarr's threads
+    mb = summary.bytes_written / 1e6
+    return {"samples": summary.built, "wall": None, "build": wall, "rate": summary.built / wall, "mb": mb,
+            "mbps": mb / wall, "cpu": cpu, "load": load}
+
+
+def run_naive(job, out: Path, n: int) -> dict:
+    from bench.naive_synthesis import build_naive
+
     producer = job.producer
     load = os.getloadavg()[0]
+    c0 = time.process_time()
     stats = build_naive(producer.bank, producer.config, producer.task, n=n, seed=0, out_dir=out / "npz")
+    cpu = time.process_time() - c0
     mb = stats["bytes"] / 1e6
     return {"samples": stats["samples"], "wall": None, "build": stats["seconds"], "rate": stats["samples_per_s"],
-            "mb": mb, "mbps": mb / stats["seconds"], "load": load}
+            "mb": mb, "mbps": mb / stats["seconds"], "cpu": cpu, "load": load}
 
 
 def fmt_row(preset: str, method: str, workers: int, r: dict) -> str:
     if "error" in r:
-        return f"| {preset} | {method} | {workers} | failed: {r['error'][:120]} | | | | | |"
+        return f"| {preset} | {method} | {workers} | failed: {r['error'][:160]} | | | | | | | | |"
     wall = f"{r['wall']:.2f}" if r.get("wall") is not None else "-"
     return (f"| {preset} | {method} | {workers} | {r['samples']} | {wall} | {r['build']:.2f} | {r['rate']:.0f} | "
-            f"{r['mb']:.1f} | {r['mbps']:.1f} | {r['load']:.1f} |")
+            f"{r['cpu']:.2f} | {r['samples'] / r['cpu']:.0f} | {r['mb']:.1f} | {r['mbps']:.1f} | {r['load']:.1f} |")
 
 
 def main() -> None:
@@ -124,26 +149,36 @@ def main() -> None:
     args = ap.parse_args()
     if not data_root().is_dir():
         sys.exit(f"real sample data not found at {data_root()} (set EXEMPLAR_SAM_DATA)")
-    header = ("| preset | method | workers | samples | wall s | build s | samples/s | MB written | MB/s | load avg |\n"
-              "|---|---|---|---|---|---|---|---|---|---|")
+    header = ("| preset | method | workers | samples | wall s | build s | samples/s | CPU s | samples/CPU-s "
+              "| MB written | MB/s | load avg |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows, notes = [], []
     tmp = Path(tempfile.mkdtemp(prefix="bench_build_"))
     try:
         for name in [p.strip() for p in args.presets.split(",") if p.strip()]:
             preset = PRESETS[name]
             ours_w = run_ours(preset, tmp / f"{name}_w{args.workers}", args.workers, args.format)
-            rows.append(fmt_row(name, f"synth build ({args.format} shards)", args.workers, ours_w))
+            rows.append(fmt_row(name, f"synth build, end to end ({args.format})", args.workers, ours_w))
             print(rows[-1], flush=True)
-            ours_1 = run_ours(preset, tmp / f"{name}_w1", 1, args.format)
-            rows.append(fmt_row(name, f"synth build ({args.format} shards)", 1, ours_1))
+            shutil.rmtree(tmp / f"{name}_w{args.workers}", ignore_errors=True)
+            try:
+                job = prepare(preset, tmp / f"{name}_w1")
+            except Exception as exc:  # e.g. the Synapse sample's empty background pool
+                err = {"error": " ".join(str(exc).split())}
+                rows.append(fmt_row(name, "synth build, shard phase", 1, err))
+                rows.append(fmt_row(name, "naive (scipy.ndimage + one npz per sample)", 1, err))
+                print(rows[-1], flush=True)
+                continue
+            ours_1 = run_ours_one_worker(job)
+            rows.append(fmt_row(name, f"synth build, shard phase ({args.format})", 1, ours_1))
             print(rows[-1], flush=True)
-            naive = run_naive(preset, tmp / f"{name}_naive", args.naive_samples)
+            naive = run_naive(job, tmp / f"{name}_naive", args.naive_samples)
             rows.append(fmt_row(name, "naive (scipy.ndimage + one npz per sample)", 1, naive))
             print(rows[-1], flush=True)
-            if "error" not in ours_1 and "error" not in naive:
-                notes.append(f"{name}: one worker {ours_1['rate'] / naive['rate']:.1f}x the straightforward "
-                             f"version's samples/s; {args.workers} workers {preset['num_samples']} samples in "
-                             f"{ours_w.get('wall', float('nan')):.2f} s wall end to end")
+            notes.append(f"{name}: one worker {ours_1['rate'] / naive['rate']:.1f}x the straightforward version's "
+                         f"samples/s ({(ours_1['samples'] / ours_1['cpu']) / (naive['samples'] / naive['cpu']):.1f}x "
+                         f"per CPU-second)"
+                         + (f"; {args.workers} workers: {preset['num_samples']} samples in {ours_w['wall']:.2f} s wall "
+                            f"end to end" if "error" not in ours_w else ""))
             shutil.rmtree(tmp / f"{name}_w1", ignore_errors=True)
             shutil.rmtree(tmp / f"{name}_naive", ignore_errors=True)
     finally:
