@@ -194,6 +194,14 @@ def _replay(ds: ShardDataset, records: list[dict[str, Any]], k: int, seed: int, 
         except DataError as exc:
             report.replay_mismatches[rec["id"]] = f"cannot replay ({exc})"
         report.replayed.append(rec["id"])
+    if report.replay_mismatches:
+        from synth.build import environment
+
+        now, then = environment(), info.get("environment") or {}
+        changed = [f"{k} {then.get(k)} -> {now.get(k)}" for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k)]
+        if changed:
+            report.problems.append("note: the replay ran with other library versions than the build "
+                                   f"({', '.join(changed)}); resampling code may differ")
 
 
 def _ref(d: dict[str, Any]) -> tuple[str, int]:

@@ -607,6 +607,7 @@ def dataset_info(job: Job, shards: list[dict[str, Any]], key: str, *, part: dict
         "exemplars": job.exemplars,
         "background_pool": job.background_pool,
         "build_key": key,
+        "environment": environment(),
         "num_samples": job.num_samples if part is None else part["stop"] - part["start"],
         "shards": shards,
     }
@@ -623,6 +624,21 @@ def dataset_info(job: Job, shards: list[dict[str, Any]], key: str, *, part: dict
                 raise DataError(f"{job.out}: no geometry recorded for volume(s) {', '.join(missing[:3])}")
         info["volumes"] = vols
     return info
+
+
+def environment() -> dict[str, str]:
+    """Versions of the libraries whose code decides the bytes (resampling, codecs): byte-identity
+    of rebuilds and replays holds for equal versions."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    env = {"python": platform.python_version()}
+    for dist in ("numpy", "opencv-python-headless", "scipy", "zarr", "numcodecs", "h5py"):
+        try:
+            env[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return env
 
 
 # --------------------------------------------------------------------------------------------
@@ -653,6 +669,10 @@ def merge_parts(parts: Sequence[Path], out: Path, *, overwrite: bool = False, mo
                 diff = _diff_keys(_identity_of(i0), _identity_of(info))
                 raise DataError(f"merge: {p} was built with a different configuration than {p0} "
                                 f"(differs in: {', '.join(diff[:6]) or 'build key'})")
+    envs = {dumps(info.get("environment")) for _, info in infos}
+    if len(envs) > 1:
+        log("note: the parts were built with different library versions (dataset.json 'environment'); "
+            "the merged dataset records the first part's")
     infos.sort(key=lambda x: x[1]["part"]["start"])
     total = infos[0][1]["part"]["total"]
     pos = 0
