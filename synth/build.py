@@ -26,6 +26,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -401,7 +402,13 @@ def build_shard(k: int, progress: Callable[[int], None] | None = None) -> dict[s
 
 
 def _pool_build_shard(k: int) -> dict[str, Any]:
-    return build_shard(k)
+    counter = _JOB.get("counter")
+
+    def tick(n: int) -> None:
+        with counter.get_lock():
+            counter.value += n
+
+    return build_shard(k, progress=tick if counter is not None else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,10 +573,30 @@ def _run_shards(job: Job, plan, todo: list[int], *, workers: int, progress: bool
             else:
                 ctx = mp.get_context("spawn")
                 init_arg = jobdict
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(init_arg,)) as pool:
-                for res in pool.imap_unordered(_pool_build_shard, todo):
-                    written += res["bytes"]
-                    bar.update(res["count"])
+            # per-sample progress from the workers: a shared counter, polled by a thread
+            counter = ctx.Value("q", 0)
+            _JOB["counter"] = counter
+            if init_arg is not None:
+                init_arg["counter"] = counter
+            stop = threading.Event()
+            seen = [0]
+
+            def poll() -> None:
+                while not stop.wait(0.2):
+                    value = counter.value
+                    bar.update(value - seen[0])
+                    seen[0] = value
+
+            poller = threading.Thread(target=poll, daemon=True)
+            poller.start()
+            try:
+                with ctx.Pool(workers, initializer=_init_worker, initargs=(init_arg,)) as pool:
+                    for res in pool.imap_unordered(_pool_build_shard, todo):
+                        written += res["bytes"]
+            finally:
+                stop.set()
+                poller.join()
+            bar.update(counter.value - seen[0])
     finally:
         bar.close()
         _JOB.clear()
