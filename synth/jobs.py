@@ -18,6 +18,11 @@ from shared.hashing import sha256_array, sha256_file
 from synth.build import (BuildConfig, Job, Log, SliceProducer, SynthesisProducer, _stderr, default_num_samples)
 
 
+# Up to this many cases, the scan keeps every candidate exemplar slice in memory (one read per
+# volume); above it, only the chosen exemplars are read again after selection (bounded memory).
+KEEP_CANDIDATES_MAX_CASES = 16
+
+
 def parse_slice_ref(text: str, option: str = "--exclude-exemplar") -> tuple[str, int]:
     """``CASE:SLICE`` -> (case, slice)."""
     case, sep, k = str(text).rpartition(":")
@@ -39,7 +44,8 @@ def _relpath(path: Path, root: Path | None) -> str:
 
 def _read_case(args: tuple) -> dict[str, Any]:
     """Worker: load one volume; return its scan, the slices asked for and its fingerprint."""
-    source, case, want_scan, fg_min, slices = args
+    source, case, want_scan, fg_min, slices = args[:5]
+    keep_candidates = args[5] if len(args) > 5 else True
     vol = source.load(case)
     out: dict[str, Any] = {"case": case, "num_slices": vol.num_slices}
     wanted = set(slices or ())
@@ -48,8 +54,10 @@ def _read_case(args: tuple) -> dict[str, Any]:
 
         scan = scan_volume(vol)
         out["scan"] = scan
-        # candidate exemplar slices (selection happens in the parent) and the background slices
-        wanted |= {int(k) for k in np.flatnonzero(scan.foreground >= fg_min)}
+        # the background slices (the whole pool goes into the bank) and, for small datasets, the
+        # candidate exemplar slices (selection happens in the parent; saves a second read)
+        if keep_candidates:
+            wanted |= {int(k) for k in np.flatnonzero(scan.foreground >= fg_min)}
         wanted |= {int(k) for k in scan.background_slices()}
     out["slices"] = {k: (np.ascontiguousarray(vol.image[k]), np.ascontiguousarray(vol.label[k]))
                      for k in sorted(wanted) if 0 <= k < vol.num_slices}
@@ -155,7 +163,8 @@ def prepare_exemplar_job(cfg: BuildConfig, out: Path, *, workers: int, progress:
     else:
         spec = ExemplarSpec.parse(cfg.exemplars)
         cases = resolve_split(source, cfg.split, cfg.split_file)
-        tasks = [(source, case, True, min_pixels, ()) for case in cases]
+        keep = len(cases) <= KEEP_CANDIDATES_MAX_CASES
+        tasks = [(source, case, True, min_pixels, (), keep) for case in cases]
         results = read_cases(source, tasks, workers, progress, f"scanning {source.name}")
         seed = cfg.seed if cfg.selection_seed is None else cfg.selection_seed
         listing = select_exemplars(source, cases, spec, seed, min_pixels, split=cfg.split,
@@ -168,6 +177,9 @@ def prepare_exemplar_job(cfg: BuildConfig, out: Path, *, workers: int, progress:
                         f"is free of foreground and has body content); synthesis needs at least one background "
                         f"slice: use {more} or an --exemplar-list with a background_pool")
     slices = {(r["case"], k): v for r in results for k, v in r["slices"].items()}
+    missing = [(e["volume"], int(e["slice"])) for e in exemplars if (e["volume"], int(e["slice"])) not in slices]
+    if missing:  # large datasets: read the chosen exemplar slices now
+        slices.update(load_slices(source, missing, workers, progress))
     meta = {"spec": listing.spec, "seed": listing.seed, "rule": listing.rule, "split": listing.split,
             "cases": listing.cases, "selection": listing.selection,
             "path": str(cfg.exemplar_list) if cfg.exemplar_list else None,
@@ -227,7 +239,10 @@ def prepare_slices_job(cfg: BuildConfig, out: Path, *, workers: int, progress: b
         refs.extend((case, k) for k in range(n))
     ids = [f"{c}:{k}" for c, k in refs]
     cfg.num_samples = len(refs)
-    fingerprint = _fingerprint([_hash_case(source, c) for c in cases])
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # hashlib and file reads release the GIL
+        fingerprint = _fingerprint(list(pool.map(lambda c: _hash_case(source, c), cases)))
     return Job(out=out, config=cfg, producer=SliceProducer(cfg.kind, source, refs, ids), num_samples=len(refs),
                class_names=tuple(source.class_names), task=source.task, source=source.describe(),
                fingerprint=fingerprint, exemplar_list_meta={"split": cfg.split, "cases": cases},

@@ -277,3 +277,12 @@ def test_real_brats_build(brats_root: Path, tmp_path: Path):
     assert s["image"].shape == (240, 240) and s["label"].max() == 1
     text = ok("verify", out, "--replay", "5", "--no-progress")
     assert "5 replayed bit-identical" in text
+
+
+def test_large_dataset_path_same_samples(single: Path, tmp_path: Path, monkeypatch):
+    """Above KEEP_CANDIDATES_MAX_CASES the chosen exemplars are re-read after selection: same output."""
+    import synth.jobs
+
+    monkeypatch.setattr(synth.jobs, "KEEP_CANDIDATES_MAX_CASES", 0)
+    ok("build", *SMALL, "--workers", "2", "--out", tmp_path / "big")
+    same_dataset(single, tmp_path / "big")
