@@ -9,10 +9,12 @@ Times, with ``torch.set_num_threads(--threads)`` (default 2, the project machine
 * optionally (``--vit-b``) the same eval forward for a randomly initialised vit_b at 512 with
   LoRA, to size CPU evaluation of real checkpoints.
 
-Timings are the median over ``--steps`` repetitions after 2 warm-up steps; the load average is
-printed because other processes share the CPU (compare numbers taken under similar load).
+Timings: median and minimum wall time and median process CPU time over ``--steps`` repetitions
+after 2 warm-up steps, for each ``--threads`` count (default 1 and 2). Other processes may share
+the CPU: the load average is printed, the minimum is the least disturbed run, and on a loaded
+machine one thread is often faster than two.
 
-Usage:  python bench/bench_model.py [--threads 2] [--steps 20] [--vit-b] [--append]
+Usage:  python bench/bench_model.py [--threads 1,2] [--steps 20] [--vit-b] [--append]
 ``--append`` adds the table to BENCHMARKS.md (re-read just before writing, so sections other
 tools add meanwhile are kept).
 """
@@ -36,15 +38,24 @@ from train.losses import ce_dice_loss  # noqa: E402
 from train.model import PromptSAM, add_lora, build_sam, count_parameters  # noqa: E402
 
 
-def _timed(fn, steps: int) -> float:
+class Timing(tuple):
+    """(median wall, min wall, median process CPU time) in seconds."""
+
+
+def _timed(fn, steps: int) -> Timing:
     for _ in range(2):
         fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return Timing((statistics.median(wall), min(wall), statistics.median(cpu)))
+
+
+def _per(t: Timing, n: int) -> Timing:
+    return Timing(tuple(v / n for v in t))
 
 
 def _inputs(batch: int, size: int, seed: int = 0):
@@ -56,7 +67,7 @@ def _inputs(batch: int, size: int, seed: int = 0):
     return images, points, labels, target
 
 
-def bench_train_step(model: PromptSAM, batch: int, size: int, steps: int) -> float:
+def bench_train_step(model: PromptSAM, batch: int, size: int, steps: int) -> Timing:
     images, points, labels, target = _inputs(batch, size)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
@@ -70,14 +81,14 @@ def bench_train_step(model: PromptSAM, batch: int, size: int, steps: int) -> flo
     return _timed(step, steps)
 
 
-def bench_eval(model: PromptSAM, batch: int, size: int, steps: int) -> float:
+def bench_eval(model: PromptSAM, batch: int, size: int, steps: int) -> Timing:
     images, points, labels, _ = _inputs(batch, size, seed=1)
     model.eval()
 
     def fwd():
         with torch.inference_mode():
             model(images, points, labels)
-    return _timed(fwd, steps) / batch
+    return _per(_timed(fwd, steps), batch)
 
 
 def machine() -> str:
@@ -94,38 +105,45 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--img-size", type=int, default=128)
     ap.add_argument("--vit-b", action="store_true", help="also time vit_b (random init) eval at 512")
     ap.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    threads = [int(t) for t in str(args.threads).split(",")]
     load_before = os.getloadavg()[0]
 
     rows = []
     tiny = PromptSAM(build_sam("tiny", None, args.img_size))
     n = count_parameters(tiny).total
-    step = bench_train_step(tiny, args.batch_size, args.img_size, args.steps)
-    rows.append((f"tiny ({n / 1e6:.2f}M, full training)", f"train step, batch {args.batch_size}",
-                 args.img_size, step * 1000, args.batch_size / step))
-    for b in (1, args.batch_size):
-        t = bench_eval(tiny, b, args.img_size, args.steps)
-        rows.append(("tiny", f"eval forward, batch {b}", args.img_size, t * 1000, 1 / t))
+    vit = None
     if args.vit_b:
         sam = build_sam("vit_b", None, 512, allow_random=True)
         add_lora(sam, rank=4)
         vit = PromptSAM(sam)
-        t = bench_eval(vit, 1, 512, max(3, args.steps // 5))
-        rows.append(("vit_b + LoRA r4 (random init)", "eval forward, batch 1", 512, t * 1000, 1 / t))
+    for th in threads:
+        torch.set_num_threads(th)
+        t = bench_train_step(tiny, args.batch_size, args.img_size, args.steps)
+        rows.append((f"tiny ({n / 1e6:.2f}M, full training)", f"train step, batch {args.batch_size}",
+                     args.img_size, th, t))
+        for b in (1, args.batch_size):
+            rows.append(("tiny", f"eval forward per slice, batch {b}", args.img_size, th,
+                         bench_eval(tiny, b, args.img_size, args.steps)))
+        if vit is not None:
+            rows.append(("vit_b + LoRA r4 (random init)", "eval forward per slice, batch 1", 512, th,
+                         bench_eval(vit, 1, 512, max(3, args.steps // 5))))
     load_after = os.getloadavg()[0]
 
-    header = "| model | what | img | ms per step / per slice | samples/s |\n|---|---|---|---|---|"
-    lines = [header] + [f"| {m} | {w} | {s} | {ms:.1f} | {rate:.1f} |" for m, w, s, ms, rate in rows]
+    header = ("| model | what | img | threads | ms median | ms min | CPU ms median | samples/s (median) |\n"
+              "|---|---|---|---|---|---|---|---|")
+    lines = [header] + [f"| {m} | {w} | {s} | {th} | {1e3 * t[0]:.1f} | {1e3 * t[1]:.1f} | "
+                        f"{1e3 * t[2]:.1f} | {(args.batch_size if 'train' in w else 1) / t[0]:.1f} |"
+                        for m, w, s, th, t in rows]
     table = "\n".join(lines)
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    note = (f"{when}; {machine()}; torch threads {args.threads}; median of {args.steps} after "
+    note = (f"{when}; {machine()}; median/min of {args.steps} after "
             f"2 warm-up; load average {load_before:.1f} before / {load_after:.1f} after "
             "(other processes share the CPU)")
     print(table)
