@@ -136,7 +136,8 @@ def test_brats_source_and_packed_test_split_agree(tmp_path, capsys, brats_root):
     a, b = tmp_path / "a", tmp_path / "b"
     for extra, out in ((["--dataset", "brats", "--root", brats_root, "--split", "test"], a),
                        (["--shards", packed], b)):
-        code, _, err = run_train(["eval", "--run", run, *extra, "--out", out, "--batch-size", "16"], capsys)
+        code, _, err = run_train(["eval", "--run", run, *extra, "--out", out, "--batch-size", "16",
+                                     "--num-threads", "1"], capsys)
         assert code == 0, err
     assert cases(a) == cases(b)
     sa = summary(a)

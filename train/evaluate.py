@@ -407,8 +407,9 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
 
     out, tmp = prepare_outdir(out, opts.overwrite)
     ok = False
+    threads = torch.get_num_threads()
     try:
-        if opts.num_threads > 0:
+        if opts.num_threads > 0:  # restored below: no process-wide side effect for API callers
             torch.set_num_threads(opts.num_threads)
         device = pick_device(opts.device)
         model.to(device).eval()
@@ -470,6 +471,7 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
         ok = True
         return result
     finally:
+        torch.set_num_threads(threads)
         if not ok and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -38,7 +38,7 @@ from shared.errors import ConfigError
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Slices per encoder call.")
 @click.option("--decode-batch", type=int, default=64, show_default=True, help="Prompts per decoder call.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N] (bf16 autocast on CUDA).")
-@click.option("--num-threads", type=int, default=0, show_default=True, help="torch CPU threads (0: torch's default).")
+@click.option("--num-threads", type=int, default=0, show_default=True, help="torch CPU threads (0: torch's default, one per core; on a machine busy with other jobs 1 can be much faster).")
 @click.option("--max-volumes", type=int, default=None, help="Evaluate only the first N volumes (smoke tests).")
 @click.option("--save-predictions", is_flag=True, help="Write OUT/predictions/<volume>.nii.gz (uint8 labels, source affine).")
 @click.option("--overlays", is_flag=True, help="Write OUT/overlays/*.png of the worst slices (GT green, prediction red).")
