@@ -280,8 +280,12 @@ def combine_class_logits(classes: Sequence[int], logits: np.ndarray, hw: tuple[i
 
 
 def predict_volume(inf: Inference, vol: EvalVolume, num_classes: int, prompt: str, seed: int,
-                   progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
-    """Label map (S, R, C) for one volume and the number of slices run through the encoder."""
+                   progress: Callable[[int], None] | None = None,
+                   prompts_out: dict | None = None) -> tuple[np.ndarray, int]:
+    """Label map (S, R, C) for one volume and the number of slices run through the encoder.
+
+    `prompts_out`, if given, receives {slice: [(class, x, y), ...]} (points at source resolution).
+    """
     import torch
 
     from train.resize import scale_points
@@ -304,6 +308,8 @@ def predict_volume(inf: Inference, vol: EvalVolume, num_classes: int, prompt: st
                 present = np.unique(vol.label[k])
                 for c in present[(present > 0) & (present <= num_classes)]:
                     xy = prompt_point(vol.label[k] == c, prompt, seed, vkey, int(k), int(c))
+                    if prompts_out is not None:
+                        prompts_out.setdefault(int(k), []).append((int(c), *xy))
                     emb_idx.append(j)
                     pts.append(scale_points(np.asarray([xy], np.float64), (H, W), inf.img_size))
                     owners.append((j, int(c)))
@@ -436,14 +442,15 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
                     raise DataError(f"{vid}: label value {int(vol.label.max())} is outside the "
                                     f"dataset's {num_classes} classes")
                 t0 = time.perf_counter()
-                pred, n = predict_volume(inf, vol, num_classes, opts.prompt, opts.seed, bar.update)
+                prompts: dict = {}
+                pred, n = predict_volume(inf, vol, num_classes, opts.prompt, opts.seed, bar.update, prompts)
                 model_seconds += time.perf_counter() - t0
                 n_slices += n
                 rows.extend(score_volume(vid, pred, vol.label, vol.spacing, testset.class_names))
                 if opts.save_predictions:
                     _save_prediction(tmp / "predictions" / f"{vid}.nii.gz", pred, vol.affine)
                 if opts.overlays > 0:
-                    counter = _collect_worst(worst, counter, opts.overlays, vol, pred)
+                    counter = _collect_worst(worst, counter, opts.overlays, vol, pred, prompts)
         bar.close()
         if not rows:
             raise DataError(f"{where}: no volume with foreground to score "
@@ -487,7 +494,8 @@ def _save_prediction(path: Path, pred: np.ndarray, affine: np.ndarray) -> None:
     nib.save(img, str(path))
 
 
-def _collect_worst(heap: list, counter: int, n: int, vol: EvalVolume, pred: np.ndarray) -> int:
+def _collect_worst(heap: list, counter: int, n: int, vol: EvalVolume, pred: np.ndarray,
+                   prompts: dict) -> int:
     """Keep the n slices with the lowest foreground Dice (ties: larger ground truth first)."""
     d = slice_dice(pred, vol.label)
     gt_area = (vol.label > 0).reshape(len(d), -1).sum(1)
@@ -496,7 +504,7 @@ def _collect_worst(heap: list, counter: int, n: int, vol: EvalVolume, pred: np.n
         key = (-float(d[k]), int(gt_area[k]))
         item = (key, counter, {"volume": vol.volume_id, "slice": int(k), "dice": float(d[k]),
                                "image": vol.image[k].copy(), "label": vol.label[k].copy(),
-                               "pred": pred[k].copy()})
+                               "pred": pred[k].copy(), "points": prompts.get(int(k), [])})
         counter += 1
         if len(heap) < n:
             heapq.heappush(heap, item)

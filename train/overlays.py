@@ -1,7 +1,8 @@
 """PNG overlays of the worst slices: ground truth and prediction contours over the image.
 
 Ground truth is drawn in green, the prediction in red (one colour each, all classes; class
-regions of the prediction are also tinted with a per-class colour so organs can be told apart).
+regions of the prediction are also tinted with a per-class colour so organs can be told apart),
+and the prompt points as yellow crosses.
 A title bar names the volume, the slice and its Dice; a legend names the colours.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 GT_BGR = (60, 220, 60)
 PRED_BGR = (40, 40, 240)
+POINT_BGR = (0, 230, 255)  # prompt points: yellow crosses
 # Tints for predicted classes 1..K (BGR), cycled.
 CLASS_BGR = [(255, 140, 0), (0, 200, 255), (255, 0, 200), (0, 255, 160), (180, 120, 255),
              (0, 128, 255), (255, 255, 0), (160, 160, 255), (128, 255, 0), (255, 96, 96)]
@@ -20,8 +22,11 @@ MIN_SIDE = 384  # small slices are enlarged so contours and text stay readable
 
 
 def render_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, title: str,
-                   class_names: Sequence[str]) -> np.ndarray:
-    """BGR uint8 picture of one slice with contours, a title bar and a legend."""
+                   class_names: Sequence[str], points: Sequence[tuple] = ()) -> np.ndarray:
+    """BGR uint8 picture of one slice with contours, prompt points, a title bar and a legend.
+
+    `points`: (class, x, y) prompt points at the slice's resolution.
+    """
     import cv2
 
     h, w = image.shape
@@ -41,9 +46,15 @@ def render_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, title
             contours, _ = cv2.findContours((mask == c).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
             cv2.drawContours(canvas, contours, -1, colour, thickness)
 
+    for _, x, y in points:
+        centre = (int(round((x + 0.5) * scale)), int(round((y + 0.5) * scale)))
+        cv2.drawMarker(canvas, centre, POINT_BGR, cv2.MARKER_CROSS, 6 * scale + 4, thickness + 1)
+
     font, fs = cv2.FONT_HERSHEY_SIMPLEX, 0.5
     classes_here = sorted({int(c) for c in np.unique(np.concatenate([label.ravel(), pred.ravel()])) if c > 0})
     legend = [("ground truth", GT_BGR), ("prediction", PRED_BGR)]
+    if len(points):
+        legend.append(("prompt point", POINT_BGR))
     legend += [(class_names[c] if c < len(class_names) else str(c), CLASS_BGR[(c - 1) % len(CLASS_BGR)])
                for c in classes_here]
     bar_h = 26 + 20 * ((len(legend) + 2) // 3)
@@ -65,7 +76,8 @@ def write_overlays(directory: Path, items: Sequence[dict], class_names: Sequence
     paths = []
     for rank, it in enumerate(items, 1):
         title = f"#{rank} {it['volume']} slice {it['slice']}  Dice {100 * it['dice']:.1f}%"
-        picture = render_overlay(it["image"], it["label"], it["pred"], title, class_names)
+        picture = render_overlay(it["image"], it["label"], it["pred"], title, class_names,
+                                 it.get("points", ()))
         path = directory / f"{rank:02d}_{it['volume']}_slice{it['slice']:03d}.png"
         if not cv2.imwrite(str(path), picture):
             raise OSError(f"{path}: cannot write PNG")
