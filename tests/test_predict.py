@@ -129,3 +129,37 @@ def test_predict_bad_input(setup, tmp_path, capsys):
     code, _, err = run_train(["predict", "--run", tmp_path, "--image", setup["scan"], "--points", "x.json",
                               "--out", tmp_path / "o.nii.gz"], capsys)
     assert code == 2 and "not a `train fit` run" in err
+
+
+@pytest.mark.shared_data
+def test_predict_equals_eval_on_synapse_with_center_points(tmp_path, capsys, synapse_root):
+    """Clicking each organ's centre point gives exactly `train eval`'s prediction on those slices:
+    same preprocessing (CT window from the run), index conventions and class combination."""
+    from train.prompts import center_point
+
+    src = open_source("synapse", synapse_root)
+    run = make_tiny_run(tmp_path / "run", src)
+    ev = tmp_path / "ev"
+    code, _, err = run_train(["eval", "--run", run, "--dataset", "synapse", "--root", synapse_root, "--split", "all",
+                              "--save-predictions", "--out", ev, "--num-threads", "1"], capsys)
+    assert code == 0, err
+    case = src.case_ids()[0]
+    vol = src.load(case)  # (S, R, C) = (k, j, i)
+    ks = [k for k in range(vol.num_slices) if len(np.unique(vol.label[k])) >= 4][::4][:3]
+    assert ks
+    points: dict[str, list] = {}
+    for k in ks:
+        for c in np.unique(vol.label[k])[1:]:
+            x, y = center_point(vol.label[k] == c)
+            points.setdefault(src.class_names[c], []).append([int(x), int(y), int(k)])
+    (tmp_path / "p.json").write_text(json.dumps(points))
+    image_file = src.files(case)[0]
+    code, _, err = run_train(["predict", "--run", run, "--image", image_file, "--points", tmp_path / "p.json",
+                              "--out", tmp_path / "m.nii.gz"], capsys)
+    assert code == 0, err
+    mine = np.asarray(nib.load(tmp_path / "m.nii.gz").dataobj)
+    theirs = np.asarray(nib.load(ev / "predictions" / f"{case}.nii.gz").dataobj)
+    assert mine.shape == theirs.shape == nib.load(image_file).shape
+    for k in ks:
+        assert np.array_equal(mine[:, :, k], theirs[:, :, k]), k
+    assert len(np.unique(mine)) > 2  # several organs predicted
