@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 
 import numpy as np
 import pytest
@@ -86,8 +85,10 @@ def test_promptless_run_predicts_every_slice(tmp_path, capsys):
     assert code == 0, err
     s = summary(tmp_path / "ev")
     assert s["prompt"] == "none"
-    n_slices = sum(open_source("demo-brain").num_slices(v) for v in
-                   __import__("shared.splits", fromlist=["resolve_split"]).resolve_split(open_source("demo-brain"), "test"))
+    from shared.splits import resolve_split
+
+    src = open_source("demo-brain")
+    n_slices = sum(src.num_slices(v) for v in resolve_split(src, "test"))
     assert s["slices"] == n_slices
 
 
@@ -200,4 +201,17 @@ def test_combine_class_logits_highest_wins():
     logits = np.array([[[1.0, -1.0, 3.0]], [[2.0, -0.5, -1.0]]], np.float32)
     pred = combine_class_logits([2, 5], logits, (1, 3))
     assert pred.tolist() == [[5, 0, 2]]
-    assert math.isnan(float("nan"))
+    assert combine_class_logits([], np.zeros((0, 1, 3), np.float32), (1, 3)).tolist() == [[0, 0, 0]]
+
+
+def test_zero_shot_takes_classes_from_the_dataset(tmp_path, capsys):
+    ev = tmp_path / "zs"
+    code, out, err = run_train(["eval", "--model", "tiny", "--img-size", "64", "--dataset", "demo-abdomen",
+                                "--split", "test", "--out", ev, "--num-threads", "1"], capsys)
+    assert code == 0, err
+    s = summary(ev)
+    assert s["model"]["zero_shot"] is True and s["run"] is None and s["method"] == "SAM (tiny, zero-shot)"
+    assert list(s["per_class"]) == list(open_source("demo-abdomen").class_names[1:])
+    assert "| SAM (tiny, zero-shot) |" in out
+    code, _, err = run_train(["eval", "--model", "vit_b", "--dataset", "demo-brain", "--out", tmp_path / "x"], capsys)
+    assert code == 2 and "--checkpoint" in err and len(err.strip().splitlines()) == 1
