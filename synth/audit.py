@@ -157,6 +157,7 @@ def _replay(ds: ShardDataset, records: list[dict[str, Any]], k: int, seed: int, 
     slices = load_slices(source, sorted(refs), workers, progress)
     dtype = ds.image_dtype
     if ds.kind == "synthesized":
+        from synth.background import background_image
         from synth.synthesis import SliceBank, SliceRef, SynthesisConfig, replay
 
         config = SynthesisConfig.from_json(info["config"]["synthesis"], str(ds.root / "dataset.json"))
@@ -169,7 +170,7 @@ def _replay(ds: ShardDataset, records: list[dict[str, Any]], k: int, seed: int, 
             if syn.get("exemplar"):
                 ex_refs.add(_ref(syn["exemplar"]))
         bank = SliceBank(exemplars={SliceRef(v, s): slices[(v, s)] for v, s in sorted(ex_refs)},
-                         backgrounds={SliceRef(v, s): slices[(v, s)][0] for v, s in sorted(bg_refs)},
+                         backgrounds={SliceRef(v, s): background_image(*slices[(v, s)]) for v, s in sorted(bg_refs)},
                          class_names=ds.class_names)
 
         def regenerate(rec):

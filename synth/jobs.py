@@ -193,11 +193,12 @@ def prepare_exemplar_job(cfg: BuildConfig, out: Path, *, workers: int, progress:
         ids = [f"e{i:04d}" for i in range(len(refs))]
         cfg.num_samples = len(refs)
         return Job(producer=_PreloadedSlices("exemplars", refs, ids, slices), num_samples=len(refs), **common)
+    from synth.background import background_image
     from synth.synthesis import SliceBank, SliceRef
 
     bank = SliceBank(
         exemplars={SliceRef(v, k): slices[(v, k)] for v, k in ((e["volume"], int(e["slice"])) for e in exemplars)},
-        backgrounds={SliceRef(v, k): slices[(v, k)][0]
+        backgrounds={SliceRef(v, k): background_image(*slices[(v, k)])
                      for v, k in ((e["volume"], int(e["slice"])) for e in listing.background_pool)},
         class_names=tuple(source.class_names))
     if cfg.num_samples is None:

@@ -42,6 +42,7 @@ from shared.volume import Volume
 SCHEMA_VERSION = 1
 BACKGROUND_MIN_CONTENT = 0.05
 CONTENT_DELTA = 0.02
+FALLBACK_POOL_FRACTION = 0.25  # share of a volume's slices used when none is free of foreground
 RULES = {"single": "random-slices", "multi": "most-organs"}
 
 
@@ -321,9 +322,30 @@ class ExemplarList:
         if not self.cases:
             self.cases = volumes
         if not self.background_pool:
-            self.background_pool = [{"volume": s.volume_id, "slice": int(k)}
-                                    for s in scans.values() for k in s.background_slices()]
+            self.background_pool = background_pool(list(scans.values()), set(self.pairs()))
         return self
+
+
+def background_pool(scans: list[VolumeScan], exemplar_pairs: set[tuple[str, int]]) -> list[dict[str, Any]]:
+    """Slices free of foreground with real content; if the chosen cases have none, the fallback.
+
+    Fallback (e.g. a CT cropped to the abdomen, with an organ in every slice): per volume, the
+    ``FALLBACK_POOL_FRACTION`` of its content slices with the least foreground, exemplar slices
+    excluded. Their labelled pixels are erased by inpainting when the bank is built
+    (``synth.background.background_image``); each such entry records ``erased_pixels``.
+    """
+    strict = [{"volume": s.volume_id, "slice": int(k)} for s in scans for k in s.background_slices()]
+    if strict:
+        return strict
+    pool = []
+    for scan in scans:
+        candidates = [int(k) for k in np.flatnonzero(scan.content >= BACKGROUND_MIN_CONTENT)
+                      if (scan.volume_id, int(k)) not in exemplar_pairs]
+        candidates.sort(key=lambda k: (int(scan.foreground[k]), k))
+        keep = max(1, int(round(FALLBACK_POOL_FRACTION * len(candidates)))) if candidates else 0
+        pool += [{"volume": scan.volume_id, "slice": k, "erased_pixels": int(scan.foreground[k])}
+                 for k in sorted(candidates[:keep])]
+    return pool
 
 
 def _classes(scan: VolumeScan, k: int, class_names: tuple[str, ...]) -> dict[str, int]:
@@ -409,13 +431,15 @@ def select_exemplars(source, case_ids: list[str], spec: str | int | ExemplarSpec
             "files": files,
             "sha256": digests,
         })
-    pool = [{"volume": s.volume_id, "slice": int(k)} for s in scans for k in s.background_slices()]
+    pool = background_pool(scans, set(picks))
     selection = {
         "min_pixels": min_pixels,
         "eligible_slices": eligible,
         "requested": n,
         "percent": spec.percent,
-        "background_rule": {"no_foreground": True, "min_content_fraction": BACKGROUND_MIN_CONTENT,
+        "background_rule": {"no_foreground": not any("erased_pixels" in e for e in pool),
+                            "fallback_fraction_erased": FALLBACK_POOL_FRACTION,
+                            "min_content_fraction": BACKGROUND_MIN_CONTENT,
                             "content_delta": CONTENT_DELTA},
         "per_case": [{"volume": s.volume_id, "slices": s.num_slices,
                       "eligible": int((s.foreground >= min_pixels).sum()) if source.task == "single"

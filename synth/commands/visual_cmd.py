@@ -162,7 +162,9 @@ def _source_slices(description: dict, rec: dict) -> tuple[list, tuple, str | Non
             return volumes[case]
 
         exemplars = [(f"exemplar {c}[{k}]", vol(c).image[k], vol(c).label[k]) for c, k in refs]
-        background = (f"background {bg[0]}[{bg[1]}]", vol(bg[0]).image[bg[1]])
+        from synth.background import background_image
+
+        background = (f"background {bg[0]}[{bg[1]}]", background_image(vol(bg[0]).image[bg[1]], vol(bg[0]).label[bg[1]]))
         return exemplars, background, None
     except (ExemplarSamError, OSError, KeyError, IndexError) as exc:
         blank = np.zeros(shape, np.float32)
