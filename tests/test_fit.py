@@ -115,6 +115,15 @@ def test_resume_equals_straight_run(ds, tmp_path, capsys):
     assert code == 2 and "dataset differs" in err
 
 
+def test_grad_checkpointing_computes_the_same(ds, tmp_path, capsys):
+    base = ["fit", "--shards", str(ds), "--steps", "2", "--log-every", "1", *FAST]
+    assert _run([*base, "--out", str(tmp_path / "a")], capsys)[0] == 0
+    assert _run([*base, "--out", str(tmp_path / "b"), "--grad-checkpointing"], capsys)[0] == 0
+    a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
+    assert [m["loss"] for m in a] == pytest.approx([m["loss"] for m in b], rel=1e-4)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["train"]["grad_checkpointing"] is True
+
+
 def test_promptless_multiclass_and_epochs(tmp_path, capsys):
     ds3 = make_dataset(tmp_path / "ds3", n=10, shard_size=4, num_classes=3, fmt="hdf5")
     run = tmp_path / "run"
