@@ -53,15 +53,17 @@ VIT_H = ModelSpec("vit_h", 1280, 32, 16, (7, 15, 23, 31))
 # A small SAM for CPU demos, tests and experiments, trained from random init (no pretrained weights
 # exist for it). Patch 8 gives a 16x16 token grid at 128 px; global attention everywhere (the grid
 # is small), relative positions on; the decoder is SAM's two-way transformer at width 64.
+# Width 96 / MLP ratio 2 learned as well as width 128 / ratio 4 on a procedural point-prompt task
+# (held-out Dice 0.715 vs 0.709 after 400 steps) at 0.72x the step time (docs/model.md).
 TINY_CONFIG = ModelSpec(
     "tiny",
-    encoder_embed_dim=128,
+    encoder_embed_dim=96,
     encoder_depth=4,
     encoder_num_heads=4,
     encoder_global_attn_indexes=(0, 1, 2, 3),
     patch_size=8,
     window_size=0,
-    mlp_ratio=4.0,
+    mlp_ratio=2.0,
     prompt_embed_dim=64,
     mask_in_chans=16,
     decoder_depth=2,
