@@ -286,3 +286,20 @@ def test_large_dataset_path_same_samples(single: Path, tmp_path: Path, monkeypat
     monkeypatch.setattr(synth.jobs, "KEEP_CANDIDATES_MAX_CASES", 0)
     ok("build", *SMALL, "--workers", "2", "--out", tmp_path / "big")
     same_dataset(single, tmp_path / "big")
+
+
+def test_synthesis_config_override(tmp_path: Path):
+    cfg = tmp_path / "syn.json"
+    cfg.write_text(json.dumps({"single": {"object": {"scale": [1.0, 1.0], "rotation": [0.0, 0.0]}}}))
+    args = [a if a != "40" else "8" for a in SMALL]
+    ok("build", *args, "--synthesis-config", cfg, "--out", tmp_path / "ds")
+    info = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert info["config"]["synthesis"]["single"]["object"]["scale"] == [1.0, 1.0]
+    assert info["config"]["synthesis"]["single"]["background"]["rotation"]  # defaults kept, in full
+    for line in (tmp_path / "ds" / "samples.jsonl").read_text().splitlines():
+        params = json.loads(line)["synthesis"]["objects"][0]["params"]
+        assert params["scale"] == 1.0 and params["rotation"] == 0.0
+    ok("verify", tmp_path / "ds", "--replay", "8", "--no-progress")
+    cfg.write_text(json.dumps({"single": {"object": {"scael": [1.0, 1.0]}}}))
+    text = fail("build", *args, "--synthesis-config", cfg, "--out", tmp_path / "bad")
+    assert "syn.json" in text and "scael" in text
