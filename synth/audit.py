@@ -74,7 +74,8 @@ def _check_records(ds: ShardDataset, records: list[dict[str, Any]], report: Veri
 
 def verify_dataset(root: str | Path, *, replay: int = 0, seed: int = 0, source_root: str | Path | None = None,
                    workers: int = 1, progress: bool = True) -> VerifyReport:
-    """Re-hash every shard and sample of ``root``; replay ``replay`` random samples."""
+    """Re-hash every shard and sample of ``root`` (shards spread over ``workers`` processes);
+    replay ``replay`` random samples."""
     from tqdm import tqdm
 
     root = Path(root)
@@ -84,41 +85,73 @@ def verify_dataset(root: str | Path, *, replay: int = 0, seed: int = 0, source_r
     _check_records(ds, records, report)
     if report.problems:
         return report
-    classes = len(ds.class_names)
     bar = tqdm(total=len(ds), desc="verifying", unit="sample", disable=not progress)
+    _VERIFY.update(ds=ds, records=records)
     try:
-        for k in range(ds.num_shards):
-            entry = ds.shards[k]
-            path = ds.shard_path(k)
-            start, count = ds.shard_range(k)
-            if not path.exists():
-                report.bad_shards.append(entry["path"])
-                for j in range(count):
-                    report.bad_samples[records[start + j]["id"]] = f"shard {entry['path']} is missing"
+        workers = max(1, min(workers, ds.num_shards))
+        if workers == 1:
+            results = map(_verify_shard, range(ds.num_shards))
+            for bad_shard, bad, count in results:
+                _collect(report, bad_shard, bad)
                 bar.update(count)
-                continue
-            if sha256_path(path) != entry.get("sha256"):
-                report.bad_shards.append(entry["path"])
-            try:
-                image, label, size = ds.shard_arrays(k)
-                samples = ((j, image[j], label[j], size[j]) for j in range(count))
-                _check_samples(samples, records, start, ds.image_dtype, classes, report)
-            except DataError:
-                # a chunk does not decode (checksum): find which samples, one by one
-                for j in range(count):
-                    try:
-                        im, lb, sz = ds._handle(k).read(j)
-                    except DataError as exc:
-                        report.bad_samples[records[start + j]["id"]] = f"unreadable ({exc})"
-                        continue
-                    _check_samples([(j, im, lb, sz)], records, start, ds.image_dtype, classes, report)
-            bar.update(count)
+        else:
+            import multiprocessing as mp
+
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            init = None if method == "fork" else (str(root),)
+            with mp.get_context(method).Pool(workers, initializer=_verify_init, initargs=(init,)) as pool:
+                for bad_shard, bad, count in pool.imap(_verify_shard, range(ds.num_shards)):
+                    _collect(report, bad_shard, bad)
+                    bar.update(count)
     finally:
         bar.close()
+        _VERIFY.clear()
     if replay > 0:
         _replay(ds, records, replay, seed, source_root, workers, progress, report)
     ds.close()
     return report
+
+
+_VERIFY: dict[str, Any] = {}  # the dataset and records being verified (inherited by forked workers)
+
+
+def _verify_init(args: tuple | None) -> None:
+    if args is not None:  # spawn: reopen here
+        _VERIFY.update(ds=open_dataset(args[0], check_files=False), records=read_samples(args[0]))
+
+
+def _collect(report: VerifyReport, bad_shard: str | None, bad: dict[str, str]) -> None:
+    if bad_shard:
+        report.bad_shards.append(bad_shard)
+    report.bad_samples.update(bad)
+
+
+def _verify_shard(k: int) -> tuple[str | None, dict[str, str], int]:
+    """(shard path if its sha256 differs, {sample id: problem}, samples) for shard k."""
+    ds: ShardDataset = _VERIFY["ds"]
+    records = _VERIFY["records"]
+    entry = ds.shards[k]
+    path = ds.shard_path(k)
+    start, count = ds.shard_range(k)
+    classes = len(ds.class_names)
+    part = VerifyReport(ds.root)
+    if not path.exists():
+        return entry["path"], {records[start + j]["id"]: f"shard {entry['path']} is missing" for j in range(count)}, count
+    bad_shard = entry["path"] if sha256_path(path) != entry.get("sha256") else None
+    try:
+        image, label, size = ds.shard_arrays(k)
+        samples = ((j, image[j], label[j], size[j]) for j in range(count))
+        _check_samples(samples, records, start, ds.image_dtype, classes, part)
+    except DataError:
+        # a chunk does not decode (checksum): find which samples, one by one
+        for j in range(count):
+            try:
+                im, lb, sz = ds._handle(k).read(j)
+            except DataError as exc:
+                part.bad_samples[records[start + j]["id"]] = f"unreadable ({exc})"
+                continue
+            _check_samples([(j, im, lb, sz)], records, start, ds.image_dtype, classes, part)
+    return bad_shard, part.bad_samples, count
 
 
 def _check_samples(samples: Iterable, records, start: int, dtype: str, num_classes: int, report: VerifyReport) -> None:

@@ -19,10 +19,12 @@ from shared.cli_support import debug_option
 @click.option("--source-root", type=click.Path(path_type=Path), default=None,
               help="Where the source data lives now, if it moved since the build (its files must be "
                    "unchanged: their sha256 is checked against the dataset's fingerprint).")
-@click.option("--workers", type=int, default=1, show_default=True, help="Processes reading source volumes for --replay.")
+@click.option("--workers", type=int, default=None,
+              help="Processes re-hashing shards and reading source volumes for --replay (default: the number of CPUs).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @debug_option
-def verify(dataset_dir: Path, replay: int, seed: int, source_root: Path | None, workers: int, progress: bool) -> None:
+def verify(dataset_dir: Path, replay: int, seed: int, source_root: Path | None, workers: int | None,
+           progress: bool) -> None:
     """Re-hash every shard and sample of DIR against dataset.json and samples.jsonl.
 
     Prints OK, or the ids of the samples that do not match and exits with status 1.
@@ -36,8 +38,10 @@ def verify(dataset_dir: Path, replay: int, seed: int, source_root: Path | None, 
 
     if replay < 0:
         raise ConfigError(f"--replay must be >= 0, got {replay}")
+    from synth.commands.build_cmd import _workers
+
     report = verify_dataset(dataset_dir, replay=replay, seed=seed, source_root=source_root,
-                            workers=max(1, workers), progress=progress)
+                            workers=_workers(workers), progress=progress)
     for line in report.lines()[:50]:
         click.echo(line, err=True)
     if len(report.lines()) > 50:
