@@ -177,8 +177,9 @@ def prepare_exemplar_job(cfg: BuildConfig, out: Path, *, workers: int, progress:
                         f"is free of foreground and has body content); synthesis needs at least one background "
                         f"slice: use {more} or an --exemplar-list with a background_pool")
     slices = {(r["case"], k): v for r in results for k, v in r["slices"].items()}
-    missing = [(e["volume"], int(e["slice"])) for e in exemplars if (e["volume"], int(e["slice"])) not in slices]
-    if missing:  # large datasets: read the chosen exemplar slices now
+    wanted = [(e["volume"], int(e["slice"])) for e in exemplars + list(listing.background_pool)]
+    missing = sorted({r for r in wanted if r not in slices})
+    if missing:  # large datasets (or a fallback background pool): read the chosen slices now
         slices.update(load_slices(source, missing, workers, progress))
     meta = {"spec": listing.spec, "seed": listing.seed, "rule": listing.rule, "split": listing.split,
             "cases": listing.cases, "selection": listing.selection,

@@ -303,3 +303,18 @@ def test_synthesis_config_override(tmp_path: Path):
     cfg.write_text(json.dumps({"single": {"object": {"scael": [1.0, 1.0]}}}))
     text = fail("build", *args, "--synthesis-config", cfg, "--out", tmp_path / "bad")
     assert "syn.json" in text and "scael" in text
+
+
+@pytest.mark.shared_data
+def test_real_synapse_build(synapse_root: Path, tmp_path: Path, monkeypatch):
+    """1 exemplar, organs in every slice (fallback background pool); also the re-read path."""
+    import synth.jobs
+
+    monkeypatch.setattr(synth.jobs, "KEEP_CANDIDATES_MAX_CASES", 0)
+    out = tmp_path / "syn"
+    ok("build", "--dataset", "synapse", "--root", synapse_root, "--split", "all", "--exemplars", "1",
+       "--num-samples", "64", "--shard-size", "32", "--no-progress", "--out", out)
+    ds = open_dataset(out)
+    assert len(ds) == 64 and ds.task == "multi" and len(ds.class_names) == 9
+    assert all(ds[i]["label"].max() < 9 for i in range(0, 64, 9))
+    assert "5 replayed bit-identical" in ok("verify", out, "--replay", "5", "--no-progress")
