@@ -194,3 +194,28 @@ def test_bad_input_is_one_line(ds, tmp_path, capsys):
     code, _, err = _run(["fit", "--shards", str(ds), "--out", str(tmp_path / "r9"), *FAST], capsys)
     _one_line_error(code, err)
     assert "--steps" in err
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(ds, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "train", "fit", "--shards", str(ds), "--out", str(run), "--steps", "5000",
+           "--log-every", "1", *FAST]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 60
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists()
+                                          and len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "interrupted: saved step" in out and "Traceback" not in err
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert 3 <= ck["step"] < 5000 and ck["samples_seen"] == 4 * ck["step"]
+    assert max(m["step"] for m in _metrics(run)) == ck["step"]

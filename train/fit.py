@@ -11,6 +11,8 @@ import hashlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +127,22 @@ def prepare_rundir(out: Path, *, resume: bool, overwrite: bool) -> None:
             for p in ckdir.glob("*.pt"):
                 p.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics logged after the checkpoint a run resumes from (they will be logged again)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    from train.checkpointing import atomic_write_bytes
+
+    atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
 
 
 def _weights_digest(state: dict[str, torch.Tensor]) -> str:
@@ -263,6 +281,8 @@ def _fit(cfg: TrainConfig, shards: Path, out: Path, di: DistInfo, *, resume: boo
     batches = batch_loader(stream, cfg.num_workers, cfg.prefetch_factor,
                            pin_memory=device.type == "cuda")
 
+    if di.is_main and resume:
+        _truncate_metrics(out / METRICS_FILE, start_step)
     metrics_file = open(out / METRICS_FILE, "a") if di.is_main else None
     ids_file = None
     if log_sample_ids:
@@ -291,6 +311,19 @@ def _fit(cfg: TrainConfig, shards: Path, out: Path, di: DistInfo, *, resume: boo
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                         world_size=world)
 
+    # Ctrl-C (one process): finish the current step, save last.pt, then stop.
+    interrupted = False
+    restore_sigint = lambda: None  # noqa: E731
+    if world == 1 and threading.current_thread() is threading.main_thread():
+        def on_sigint(_signum, _frame):
+            nonlocal interrupted
+            if interrupted:            # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            interrupted = True
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        restore_sigint = lambda: signal.signal(signal.SIGINT, previous)  # noqa: E731
+
     try:
         for batch in batches:
             images = batch["image"].to(device, non_blocking=True)
@@ -302,6 +335,9 @@ def _fit(cfg: TrainConfig, shards: Path, out: Path, di: DistInfo, *, resume: boo
                 else:
                     logits = forward(images, batch["points"].to(device), batch["point_labels"].to(device))
             loss, ce, dice = ce_dice_loss(logits.float(), target, cfg.ce_weight, cfg.dice_weight)
+            if not math.isfinite(loss.item()):  # before the step: no NaN reaches a checkpoint
+                raise DataError(f"training diverged at step {step + 1} (loss {loss.item()}); "
+                                "lower --lr or check the dataset")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -337,10 +373,12 @@ def _fit(cfg: TrainConfig, shards: Path, out: Path, di: DistInfo, *, resume: boo
             if di.is_main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != total_steps:
                 checkpoint(out / CHECKPOINT_DIR / f"step-{step:06d}.pt")
                 checkpoint(last_checkpoint(out))
-            if not math.isfinite(loss.item()):
-                raise DataError(f"training diverged at step {step} (loss {loss.item()}); "
-                                "lower --lr or check the dataset")
+            if interrupted:
+                checkpoint(last_checkpoint(out))
+                say(f"\ninterrupted: saved step {step} to {last_checkpoint(out)}; continue with --resume")
+                raise KeyboardInterrupt
     finally:
+        restore_sigint()
         if bar is not None:
             bar.close()
         if metrics_file is not None:
