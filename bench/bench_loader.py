@@ -188,7 +188,8 @@ def main() -> None:
         base = rows[-1][3]
         workers = "1 process, no workers" if args.workers == 0 else f"{args.workers} DataLoader workers"
         lines = [
-            f"### Loader throughput at img-size {args.img_size} ({dt.date.today().isoformat()}, bench/bench_loader.py)",
+            f"## Loader throughput at img-size {args.img_size} (`python bench/bench_loader.py`), "
+            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
             "",
             f"Machine: {machine()}; {workers}, {args.threads} thread(s), batch {args.batch_size}; "
             f"{n} real BraTS FLAIR slices ({slices[0][1].shape[0]}x{slices[0][1].shape[1]}) with tumour; "
