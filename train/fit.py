@@ -171,6 +171,7 @@ def fit(cfg: TrainConfig, shards: str | Path, out: str | Path, *, resume: bool =
     shards = Path(shards)
     device_kind = "cuda" if (cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
     dist_info = setup_distributed(device_kind)
+    threads_before = torch.get_num_threads()  # set_threads changes a process-wide setting
     try:
         return _fit(cfg, shards, out, dist_info, resume=resume, overwrite=overwrite,
                     log_sample_ids=log_sample_ids, progress=progress, echo=echo,
@@ -178,6 +179,7 @@ def fit(cfg: TrainConfig, shards: str | Path, out: str | Path, *, resume: bool =
                     count_parameters=count_parameters, load_trainable_state=load_trainable_state,
                     trainable_state_dict=trainable_state_dict)
     finally:
+        torch.set_num_threads(threads_before)
         if dist_info.initialised_here:
             import torch.distributed as dist
 
