@@ -215,3 +215,19 @@ def test_zero_shot_takes_classes_from_the_dataset(tmp_path, capsys):
     assert "| SAM (tiny, zero-shot) |" in out
     code, _, err = run_train(["eval", "--model", "vit_b", "--dataset", "demo-brain", "--out", tmp_path / "x"], capsys)
     assert code == 2 and "--checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_source_options_with_shards_are_refused(tmp_path):
+    """--split/--root/--modality/--config only mean something with --dataset; with --shards they are an error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    train = Path(sys.executable).with_name("train")
+    shards = tmp_path / "test"
+    shards.mkdir()
+    result = subprocess.run([str(train), "eval", "--model", "tiny", "--shards", str(shards), "--split", "all",
+                             "--out", str(tmp_path / "e")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "--split only apply with --dataset" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
