@@ -14,10 +14,9 @@ from typing import Any
 from shared.classmaps import ClassMap
 from shared.errors import ConfigError, DataError
 from shared.intensity import validate_preset
-from shared.sources.base import Source, require_dir
-from shared.sources.io import nifti_shape, strip_nifti_suffix
-from shared.sources.nifti_pair import load_pair
-from shared.volume import Volume
+from shared.sources.base import require_dir
+from shared.sources.io import strip_nifti_suffix
+from shared.sources.nifti_pair import PairedNiftiSource
 
 DEFAULT_CONFIG_NAMES = ("source.json", "source.yaml", "source.yml")
 _KEYS = {"images", "labels", "classes", "label_values", "intensity", "task", "image_suffix", "label_suffix"}
@@ -86,7 +85,7 @@ def parse_classmap(config: dict[str, Any], where: Path) -> ClassMap:
     return ClassMap(names, codes)
 
 
-class NiftiSource(Source):
+class NiftiSource(PairedNiftiSource):
     name = "nifti"
 
     def __init__(self, root: str | Path, *, config: str | Path | None = None):
@@ -135,19 +134,6 @@ class NiftiSource(Source):
             raise DataError(f"{self.image_dir}: no NIfTI images (*{self.image_suffix}.nii.gz or .nii)")
         return cases
 
-    def case_ids(self) -> list[str]:
-        return sorted(self._cases)
-
-    def files(self, case_id: str) -> tuple[Path, ...]:
-        self.check_case(case_id)
-        return self._cases[case_id]
-
-    def num_slices(self, case_id: str) -> int:
-        return nifti_shape(self.files(case_id)[0])[2]
-
-    def load(self, case_id: str) -> Volume:
-        image, label = self.files(case_id)
-        return load_pair(self, case_id, image, label)
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()

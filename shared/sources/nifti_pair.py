@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.sources.base import Source, check_shapes
-from shared.sources.io import check_finite, nifti_geometry, read_nifti, to_slice_first
+from shared.sources.io import check_finite, nifti_geometry, nifti_shape, read_nifti, to_slice_first
 from shared.intensity import apply_intensity
 from shared.volume import Volume
 
@@ -20,3 +20,23 @@ def load_pair(source: Source, case_id: str, image_file: Path, label_file: Path,
     image = apply_intensity(to_slice_first(raw_image), source.intensity)
     spacing, affine = nifti_geometry(img)
     return source._volume(case_id, image, label, spacing, affine, (image_file, label_file), meta)
+
+
+class PairedNiftiSource(Source):
+    """A source whose cases are (image, label) NIfTI pairs found by ``_cases`` (synapse, nifti)."""
+
+    _cases: dict[str, tuple[Path, Path]]  # case id -> (image file, label file); a cached_property
+
+    def case_ids(self) -> list[str]:
+        return sorted(self._cases)
+
+    def files(self, case_id: str) -> tuple[Path, ...]:
+        self.check_case(case_id)
+        return self._cases[case_id]
+
+    def num_slices(self, case_id: str) -> int:
+        return nifti_shape(self.files(case_id)[0])[2]
+
+    def load(self, case_id: str) -> Volume:
+        image, label = self.files(case_id)
+        return load_pair(self, case_id, image, label)

@@ -13,15 +13,13 @@ from pathlib import Path
 from shared.classmaps import SYNAPSE_MAP
 from shared.errors import DataError
 from shared.intensity import CT_ABDOMEN
-from shared.sources.base import Source, require_dir
-from shared.sources.io import nifti_shape
-from shared.sources.nifti_pair import load_pair
-from shared.volume import Volume
+from shared.sources.base import require_dir
+from shared.sources.nifti_pair import PairedNiftiSource
 
 _IMG = re.compile(r"^img(\d+)\.nii(\.gz)?$")
 
 
-class SynapseSource(Source):
+class SynapseSource(PairedNiftiSource):
     name = "synapse"
     task = "multi"
     classmap = SYNAPSE_MAP
@@ -59,16 +57,3 @@ class SynapseSource(Source):
             raise DataError(f"{img_dir}: no imgNNNN.nii.gz files")
         return cases
 
-    def case_ids(self) -> list[str]:
-        return sorted(self._cases)
-
-    def files(self, case_id: str) -> tuple[Path, ...]:
-        self.check_case(case_id)
-        return self._cases[case_id]
-
-    def num_slices(self, case_id: str) -> int:
-        return nifti_shape(self.files(case_id)[0])[2]
-
-    def load(self, case_id: str) -> Volume:
-        image, label = self.files(case_id)
-        return load_pair(self, case_id, image, label)
