@@ -1,0 +1,100 @@
+"""The fast storage paths of shared/shards.py give exactly what the plain numpy / zarr paths give."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import shared.shards as shards
+from shared import open_dataset
+from shared.hashing import sha256_tree, tree_files
+from shared.shards import to_stored
+
+
+def _f16_bits(x: np.ndarray) -> np.ndarray:
+    out = np.empty(x.shape, np.float16)
+    shards._store_into(x, out)
+    return out.view(np.uint16)
+
+
+def test_float16_store_matches_numpy():
+    """OpenCV's float32 -> float16 (used by the writer) == numpy's astype on [0, 1]: a stride over
+    every float32 bit pattern in [0, 1], every float16 rounding midpoint and its float32 neighbours."""
+    top = int(np.float32(1.0).view(np.uint32))
+    bits = np.arange(0, top + 1, 61, dtype=np.uint32)
+    h = np.arange(0, int(np.float16(1.0).view(np.uint16)) + 1, dtype=np.uint16).view(np.float16).astype(np.float32)
+    mid = ((h[:-1].astype(np.float64) + h[1:]) / 2).astype(np.float32)  # exact in float32
+    mb = mid.view(np.uint32)
+    edge = np.concatenate([mb - 1, mb, mb + 1]).view(np.float32)
+    for x in (bits.view(np.float32), edge, np.array([0.0, 1.0, 1e-45, 6.1e-5], np.float32)):
+        x2 = x.reshape(1, -1)
+        np.testing.assert_array_equal(_f16_bits(x2), x2.astype(np.float16).view(np.uint16))
+    # clipping and the sign of zero
+    x = np.array([[-0.0, -1e-9, -3.0, 1.0000001, 7.0, 0.5]], np.float32)
+    np.testing.assert_array_equal(to_stored(x), np.array([[0, 0, 0, 1, 1, 0.5]], np.float16))
+    assert not np.signbit(to_stored(x)).any()
+    # other dtypes keep numpy's path, float32 storage is a clip
+    y = np.array([[0.1, 1.5, -2.0]], np.float64)
+    np.testing.assert_array_equal(to_stored(y), np.clip(y, 0, 1).astype(np.float16))
+    np.testing.assert_array_equal(to_stored(x, "float32"), np.clip(x, 0, 1))
+
+
+@pytest.mark.parametrize("n,h,w,dtype", [(5, 40, 48, np.float16), (3, 30, 20, np.float32), (1, 7, 9, np.float16),
+                                         (40, 240, 240, np.float16)])
+def test_direct_zarr_encoder_is_byte_identical(tmp_path: Path, monkeypatch, n, h, w, dtype):
+    """The shard data encoded without zarr's pipeline is byte for byte what zarr writes itself."""
+    taken = []
+    real_sharded, real_plain = shards._write_sharded_direct, shards._write_plain_direct
+    monkeypatch.setattr(shards, "_write_sharded_direct", lambda *a: taken.append(real_sharded(*a)) or taken[-1])
+    monkeypatch.setattr(shards, "_write_plain_direct", lambda *a: taken.append(real_plain(*a)) or taken[-1])
+    rng = np.random.default_rng(n)
+    images = np.zeros((n, h, w), dtype)
+    images[:, 2:h - 3, 3:w - 2] = rng.random((n, h - 5, w - 5)).astype(dtype)
+    labels = (images > 0.8).astype(np.uint8) + (images > 0.95)
+    labels[0] = 0  # an all-background chunk
+    sizes = np.full((n, 2), (h, w), np.int32)
+    sizes[-1] = (h - 1, w - 2)
+    a, b = tmp_path / "direct.zarr", tmp_path / "zarr.zarr"
+    shards._write_zarr(a, images, labels, sizes, direct=True)
+    assert taken == [True, True, True]  # image, label, size all went through the direct encoder
+    shards._write_zarr(b, images, labels, sizes, direct=False)
+    assert [p.relative_to(a).as_posix() for p in tree_files(a)] == [p.relative_to(b).as_posix() for p in tree_files(b)]
+    for pa in tree_files(a):
+        assert pa.read_bytes() == (b / pa.relative_to(a)).read_bytes(), pa.relative_to(a)
+    assert sha256_tree(a) == sha256_tree(b)
+    import zarr
+
+    g = zarr.open_group(str(a), mode="r", zarr_format=3)
+    np.testing.assert_array_equal(g["image"][:], images)
+    np.testing.assert_array_equal(g["label"][n - 1], labels[n - 1])  # one inner chunk on its own
+    np.testing.assert_array_equal(g["size"][:], sizes)
+
+
+def test_unknown_layout_falls_back_to_zarr(tmp_path: Path, monkeypatch):
+    """If zarr's metadata is not the layout the encoder knows, zarr writes the data itself."""
+    monkeypatch.setattr(shards, "_DEFAULT_KEYS", {"name": "v2"})
+    images = np.random.default_rng(0).random((3, 10, 12)).astype(np.float16)
+    labels = (images > 0.5).astype(np.uint8)
+    path = tmp_path / "shards" / "shard-00000.zarr"
+    res = shards.write_shard(path, list(images), list(labels))
+    monkeypatch.undo()
+    ref = shards.write_shard(tmp_path / "ref" / "shard-00000.zarr", list(images), list(labels))
+    assert res.sha256 == ref.sha256
+
+
+def test_written_dataset_reads_back(tmp_path: Path):
+    images = [np.random.default_rng(i).random((24, 30), dtype=np.float32) for i in range(4)]
+    labels = [(im > 0.7).astype(np.uint8) for im in images]
+    res = shards.write_shard(tmp_path / shards.shard_relpath(0, "zarr"), images, labels)
+    from shared.manifest import write_dataset
+
+    info = {"schema_version": 1, "kind": "synthesized", "class_names": ["background", "a"], "task": "single",
+            "num_samples": 4, "image_dtype": "float16",
+            "shards": [{"path": shards.shard_relpath(0, "zarr"), "start": 0, "count": 4, "sha256": res.sha256,
+                        "bytes": res.bytes}]}
+    write_dataset(tmp_path, info, [{"id": f"s{i:06d}", "shard": 0, "index": i} for i in range(4)])
+    ds = open_dataset(tmp_path)
+    for i in range(4):
+        np.testing.assert_array_equal(ds[i]["image"], images[i].astype(np.float16).astype(np.float32))
+        np.testing.assert_array_equal(ds[i]["label"], labels[i])
