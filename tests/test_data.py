@@ -11,7 +11,7 @@ import torch
 from shared.errors import DataError
 from train.augment import apply_augment, sample_augment
 from train.config import AugmentConfig
-from train.data import SampleOrder, training_prompt, ShardBatchStream, StreamSpec, batch_loader
+from train.data import SampleOrder, ShardBatchStream, StreamSpec, batch_loader
 from train_datasets import make_dataset
 
 N, SHARD = 24, 5
@@ -142,17 +142,3 @@ def test_corrupt_shard_is_a_one_line_data_error(tmp_path, workers):
     assert "Traceback" not in str(err.value)
 
 
-def test_fast_training_prompt_matches_the_prompts_module():
-    from train.prompts import sample_training_prompt
-
-    rng = np.random.default_rng(1)
-    for k in range(30):
-        label = (rng.random((24, 20)) * (k % 5) ** 1.5).astype(np.uint8)
-        if k % 7 == 0:
-            label[:] = 0
-        a = sample_training_prompt(label, np.random.default_rng(k))
-        b = training_prompt(label, np.random.default_rng(k))
-        if a is None:
-            assert b is None
-            continue
-        assert a[0] == b[0] and tuple(a[1]) == tuple(b[1]) and np.array_equal(a[2], b[2])

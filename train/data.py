@@ -39,30 +39,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from shared.errors import DataError, ExemplarSamError
 from train.augment import apply_augment, sample_augment
 from train.config import AugmentConfig
+from train.prompts import sample_training_prompt
 
 _PROMPT_STREAM = 1   # rng stream ids (third/fourth seed words) so prompts and augments are independent
 _AUGMENT_STREAM = 2
-
-
-def training_prompt(label: np.ndarray, rng: np.random.Generator):
-    """:func:`train.prompts.sample_training_prompt` with a faster class census, same draws.
-
-    ``present_classes`` there counts with ``np.bincount`` (~1 ms on a 512 x 512 label, the loader's
-    largest cost); labels hold few classes, so testing ``label == c`` for c <= label.max() is ~10x
-    faster. Returns the same (class, (x, y), mask) for the same rng (tests/test_data.py checks it).
-    """
-    from train.prompts import present_classes, random_point
-
-    top = int(label.max()) if label.size else 0
-    if top > 32:
-        classes = present_classes(label)
-    else:
-        classes = np.array([c for c in range(1, top + 1) if (label == c).any()], dtype=np.int64)
-    if classes.size == 0:
-        return None
-    cls = int(classes[rng.integers(classes.size)])
-    mask = label == cls
-    return cls, random_point(mask, rng), mask.view(np.uint8)
 
 
 class SampleOrder:
@@ -223,7 +203,7 @@ class ShardBatchStream(IterableDataset):
             images[i, 0] = image
             if s.prompt == "point":
                 rng = np.random.default_rng([s.seed, epoch, index, _PROMPT_STREAM])
-                prompt = training_prompt(label, rng)
+                prompt = sample_training_prompt(label, rng)
                 if prompt is None:  # no foreground: a random point, an empty target
                     targets[i] = 0
                     points[i, 0] = rng.integers(0, size, 2)

@@ -55,7 +55,7 @@ def sample_training_prompt(label: np.ndarray, rng: np.random.Generator
         return None
     cls = int(classes[rng.integers(classes.size)])
     mask = label == cls
-    return cls, random_point(mask, rng), mask.astype(np.uint8)
+    return cls, random_point(mask, rng), mask.view(np.uint8)  # a view: no copy per sample
 
 
 def sample_training_prompts(labels: torch.Tensor, num_classes: int,
