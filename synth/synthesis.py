@@ -42,6 +42,7 @@ from synth.transforms import (
     forward_affine,
     sample_params,
     warp_image,
+    warp_image_window,
     warp_label,
 )
 
@@ -85,6 +86,7 @@ class ObjectInfo:
     bbox: tuple[int, int, int, int]  # y0, y1, x0, x1 inclusive
     center: tuple[float, float]  # centroid (x, y), pixels
     points: np.ndarray  # (N, 2) float64 (x, y), a deterministic subsample of its pixels
+    crop: np.ndarray | None = None  # uint8 label inside bbox, C-contiguous (only class ``cls`` kept, as ``cls``)
 
 
 class SliceBank:
@@ -167,8 +169,12 @@ class SliceBank:
                 raise DataError(f"exemplar slice {ref} has no pixels of class {cls}")
             step = max(1, -(-ys.size // _MAX_POINTS))
             pts = np.stack([xs[::step], ys[::step]], axis=1).astype(np.float64)
-            info = ObjectInfo(int(ys.size), (int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())),
-                              (float(xs.mean()), float(ys.mean())), pts)
+            y0, y1, x0, x1 = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+            crop = lab[y0:y1 + 1, x0:x1 + 1]
+            if cls is not None:
+                crop = (crop == cls).astype(np.uint8) * np.uint8(cls)
+            info = ObjectInfo(int(ys.size), (y0, y1, x0, x1), (float(xs.mean()), float(ys.mean())), pts,
+                              np.ascontiguousarray(crop))
             self._objects[key] = info
         return info
 
@@ -524,54 +530,75 @@ def _place(info: ObjectInfo, params: TransformParams, extra: np.ndarray, src_sha
     so the object's box stays in the frame; the first with >= min_inside of the object on the
     background's content (T'(Ib) > content_threshold) wins, else the first best. Returns the
     final params and that fraction."""
-    shape = background.shape
-    h, w = shape
-    fwd = forward_affine(params, info.center, src_shape, shape, with_translation=False)
-    lx, hx, ly, hy = _shift_bounds(fwd.bbox(info.bbox), shape, max_shift)
-    mx, my = max_shift * w, max_shift * h
-    cands = [(params.tx, params.ty)] + [(u * mx, v * my) for u, v in extra.tolist()] + [(0.0, 0.0)]
-    cands = [(_clamp(tx, lx, hx), _clamp(ty, ly, hy)) for tx, ty in cands]
-    pts = fwd.apply(info.points)
+    h, w = background.shape
+    fwd = forward_affine(params, info.center, src_shape, (h, w), with_translation=False)
+    lx, hx, ly, hy = _shift_bounds(fwd.bbox(info.bbox), (h, w), max_shift)
+    px, py = fwd.apply_xy(info.points[:, 0], info.points[:, 1])
+    flat = background.ravel()
+    # When both clamps apply, the object's box (its pixel centres +- 0.5, mapped) stays inside the
+    # frame, so its rounded points are valid pixels: no bounds test needed.
+    bounded = lx <= hx and ly <= hy
+    thr = pl.content_threshold
     # The drawn translation usually lands on tissue: test it alone first, then all the others.
-    frac = _inside_fractions(pts, cands[:1], background, pl.content_threshold)
-    if frac[0] < pl.min_inside:
-        frac = np.concatenate([frac, _inside_fractions(pts, cands[1:], background, pl.content_threshold)])
+    tx, ty = _clamp(params.tx, lx, hx), _clamp(params.ty, ly, hy)
+    first = float(_inside_fractions(px, py, np.array([tx]), np.array([ty]), flat, w, h, thr, bounded)[0])
+    if first >= pl.min_inside:
+        return params.with_translation(tx, ty), first
+    txs = np.concatenate(([tx], extra[:, 0] * (max_shift * w), [0.0]))
+    tys = np.concatenate(([ty], extra[:, 1] * (max_shift * h), [0.0]))
+    if lx <= hx:
+        np.minimum(np.maximum(txs, lx, out=txs), hx, out=txs)
+    if ly <= hy:
+        np.minimum(np.maximum(tys, ly, out=tys), hy, out=tys)
+    frac = np.empty(txs.size)
+    frac[0] = first
+    frac[1:] = _inside_fractions(px, py, txs[1:], tys[1:], flat, w, h, thr, bounded)
     good = np.flatnonzero(frac >= pl.min_inside)
     j = int(good[0]) if good.size else int(np.argmax(frac))
-    p = params.to_dict()
-    p["tx"], p["ty"] = cands[j]
-    return TransformParams(**p), float(frac[j])
+    return params.with_translation(float(txs[j]), float(tys[j])), float(frac[j])
 
 
-def _inside_fractions(pts: np.ndarray, cands: list[tuple[float, float]], background: np.ndarray,
-                      threshold: float) -> np.ndarray:
-    """For each translation, the fraction of the (N, 2) points that land on background content."""
-    h, w = background.shape
-    t = np.array(cands)
-    qx = np.rint(pts[None, :, 0] + t[:, 0:1]).astype(np.intp)
-    qy = np.rint(pts[None, :, 1] + t[:, 1:2]).astype(np.intp)
-    ok = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
-    hit = (background.ravel()[np.where(ok, qy * w + qx, 0)] > threshold) & ok
+def _inside_fractions(px: np.ndarray, py: np.ndarray, txs: np.ndarray, tys: np.ndarray, flat: np.ndarray,
+                      w: int, h: int, threshold: float, bounded: bool = False) -> np.ndarray:
+    """For each translation (txs[k], tys[k]), the fraction of the points (px, py) that land on
+    background content (``flat``: the background raveled, ``h`` x ``w``). ``bounded``: the caller
+    guarantees every translated point rounds to a pixel of the frame."""
+    qx = np.rint(px[None, :] + txs[:, None]).astype(np.intp)
+    qy = np.rint(py[None, :] + tys[:, None]).astype(np.intp)
+    if bounded:
+        qy *= w
+        qy += qx
+        hit = flat.take(qy, mode="clip") > threshold  # (clip: never needed, just no wrap-around)
+    else:
+        ok = (qx.view(np.uintp) < w) & (qy.view(np.uintp) < h)  # negatives wrap to huge unsigned values
+        hit = (flat[np.where(ok, qy * w + qx, 0)] > threshold) & ok
     return hit.sum(axis=1) / hit.shape[1]
 
 
 def _render_background(src: np.ndarray, params: TransformParams, center: tuple[float, float],
                        nonzero: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """T'(background). ``nonzero`` (y0, y1, x0, x1: the source's nonzero box) lets the intensity
-    step skip the exactly-zero surround (same result: gain * 0 ** gamma = 0 when shift is 0)."""
+    """T'(background). ``nonzero`` (y0, y1, x0, x1: the source's nonzero box) lets warp, blur and
+    intensity run on the window the content lands in only: outside it the warped, blurred image is
+    exactly 0, so the frame there is ``clip(gain * 0 ** gamma + shift) = clip(shift)``. The window
+    reaches past the content by the linear interpolation (half a source pixel, times the scale) and
+    the blur, so the blur's reflected border inside the window only ever sees those zeros; the warp
+    gives each pixel the value the whole-frame warp gives it (``warp_image_window``). So the result
+    is the same bytes as with ``nonzero=None`` (the whole frame is the window)."""
     h, w = src.shape
     fwd = forward_affine(params, center, src.shape, src.shape)
-    img = apply_blur(warp_image(src, fwd.inverse_matrix(), (w, h)), params.blur_sigma)
-    if nonzero is None or params.shift != 0.0:
-        return apply_intensity(img, params.gain, params.gamma, params.shift)
-    x0, y0, x1, y1 = fwd.bbox(nonzero)
-    # Reach of linear interpolation (half a source pixel, times the scale) and of the blur.
-    pad = 2 + int(math.ceil(params.scale)) + blur_pad(params.blur_sigma)
-    wx0, wy0 = max(int(math.floor(x0)) - pad, 0), max(int(math.floor(y0)) - pad, 0)
-    wx1, wy1 = min(int(math.ceil(x1)) + pad, w - 1), min(int(math.ceil(y1)) + pad, h - 1)
+    if nonzero is None:
+        wx0, wy0, wx1, wy1 = 0, 0, w - 1, h - 1
+    else:
+        x0, y0, x1, y1 = fwd.bbox(nonzero)
+        pad = 2 + int(math.ceil(params.scale)) + blur_pad(params.blur_sigma)
+        wx0, wy0 = max(int(math.floor(x0)) - pad, 0), max(int(math.floor(y0)) - pad, 0)
+        wx1, wy1 = min(int(math.ceil(x1)) + pad, w - 1), min(int(math.ceil(y1)) + pad, h - 1)
+    outside = min(max(params.shift, 0.0), 1.0)  # what a black pixel becomes
+    img = np.full((h, w), outside, dtype=np.float32) if outside else np.zeros((h, w), dtype=np.float32)
     if wx0 <= wx1 and wy0 <= wy1:
-        win = img[wy0:wy1 + 1, wx0:wx1 + 1]
-        win[...] = apply_intensity(np.ascontiguousarray(win), params.gain, params.gamma, 0.0)
+        win = warp_image_window(src, fwd.inverse_matrix(), (wx0, wy0), (wx1 - wx0 + 1, wy1 - wy0 + 1))
+        img[wy0:wy1 + 1, wx0:wx1 + 1] = apply_intensity(apply_blur(win, params.blur_sigma), params.gain,
+                                                          params.gamma, params.shift)
     return img
 
 
@@ -582,14 +609,18 @@ def _paste_record(image: np.ndarray, label: np.ndarray, obj: dict, bank: SliceBa
         raise DataError(f"exemplar {ref} has shape {src_img.shape}, the record says {obj['src_shape']}")
     cls = obj["class"]
     cls = None if cls is None else int(cls)
-    _paste(image, label, src_img, src_lab, bank.object_info(ref, cls).bbox, cls,
-           TransformParams.from_dict(obj["params"]), (float(obj["center"][0]), float(obj["center"][1])), feather)
+    info = bank.object_info(ref, cls)
+    _paste(image, label, src_img, src_lab, info.bbox, cls,
+           TransformParams.from_dict(obj["params"]), (float(obj["center"][0]), float(obj["center"][1])), feather,
+           crop=info.crop)
 
 
 def _paste(image: np.ndarray, label: np.ndarray, src_img: np.ndarray, src_lab: np.ndarray,
            bbox: tuple[int, int, int, int], cls: int | None, params: TransformParams,
-           center: tuple[float, float], feather: bool) -> None:
-    """Warp one object into a window around its destination and paste it where its label lands."""
+           center: tuple[float, float], feather: bool, crop: np.ndarray | None = None) -> None:
+    """Warp one object into a window around its destination and paste it where its label lands.
+    ``crop``: the object's label inside ``bbox`` as :meth:`SliceBank.object_info` caches it (else
+    cut here)."""
     h, w = image.shape
     fwd = forward_affine(params, center, src_img.shape, image.shape)
     x0, y0, x1, y1 = fwd.bbox(bbox)
@@ -600,17 +631,25 @@ def _paste(image: np.ndarray, label: np.ndarray, src_img: np.ndarray, src_lab: n
         return  # entirely outside the frame
     size = (wx1 - wx0 + 1, wy1 - wy0 + 1)
     by0, by1, bx0, bx1 = bbox
-    crop = src_lab[by0:by1 + 1, bx0:bx1 + 1]
-    if cls is not None:
-        crop = (crop == cls).astype(np.uint8) * np.uint8(cls)
-    lab = warp_label(np.ascontiguousarray(crop), fwd.inverse_matrix((wx0, wy0), (bx0, by0)), size)
-    mask = lab > 0
-    if not mask.any():
+    if crop is None:
+        crop = src_lab[by0:by1 + 1, bx0:bx1 + 1]
+        if cls is not None:
+            crop = (crop == cls).astype(np.uint8) * np.uint8(cls)
+        crop = np.ascontiguousarray(crop)
+    lab = warp_label(crop, fwd.inverse_matrix((wx0, wy0), (bx0, by0)), size)
+    if not cv2.countNonZero(lab):
         return
+    mask = lab > 0
     obj = apply_photometric(warp_image(src_img, fwd.inverse_matrix((wx0, wy0)), size), params)
     win = image[wy0:wy1 + 1, wx0:wx1 + 1]
     if feather:
-        ring = cv2.dilate(mask.view(np.uint8), _KERNEL3).view(bool) & ~mask
-        win[ring] = np.float32(0.5) * (win[ring] + obj[ring])
-    np.copyto(win, obj, where=mask)
+        # the object inside the mask, the 50/50 mean on the 1-pixel ring around it: one masked copy
+        # over the dilated mask instead of four boolean-indexed gathers/scatters
+        near = cv2.dilate(mask.view(np.uint8), _KERNEL3).view(bool)
+        blend = win + obj
+        blend *= np.float32(0.5)
+        np.copyto(blend, obj, where=mask)
+        np.copyto(win, blend, where=near)
+    else:
+        np.copyto(win, obj, where=mask)
     np.copyto(label[wy0:wy1 + 1, wx0:wx1 + 1], lab, where=mask)
