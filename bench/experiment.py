@@ -22,9 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,32 +65,47 @@ def tool(name: str) -> str:
 
 
 class Runner:
-    def __init__(self, out: Path, dry_run: bool = False):
+    """Runs the grid's steps. With jobs > 1 each step's output goes to OUT/logs/<step>.log."""
+
+    def __init__(self, out: Path, dry_run: bool = False, jobs: int = 1):
         self.out = out
         self.dry_run = dry_run
+        self.jobs = jobs
         self.log_path = out / "log.jsonl"
         self.timings: dict[str, float] = {}
+        self._lock = threading.Lock()
 
-    def run(self, key: str, argv: list[str], done_marker: Path) -> None:
-        """Run a step unless its completion marker exists; record the command and wall time."""
+    def run(self, key: str, argv: list[str], done_marker: Path, output_dir: Path | None = None) -> None:
+        """Run a step unless its completion marker exists; record the command and wall time.
+
+        output_dir: the folder the step writes (removed first if an interrupted run left it)."""
         if done_marker.exists():
             print(f"[skip] {key}: {done_marker} exists", flush=True)
             return
         print(f"[run ] {key}: {' '.join(argv)}", flush=True)
         if self.dry_run:
             return
-        target = done_marker.parent if done_marker.parent != self.out else None
-        if target is not None and target.exists():
-            shutil.rmtree(target)  # an incomplete output of an interrupted step
+        if output_dir is not None and output_dir.exists():
+            shutil.rmtree(output_dir)  # an incomplete output of an interrupted step
         start = time.perf_counter()
-        result = subprocess.run(argv, cwd=PROJECT_ROOT)
+        if self.jobs > 1:
+            step_log = self.out / "logs" / f"{key}.log"
+            step_log.parent.mkdir(parents=True, exist_ok=True)
+            with step_log.open("w") as fh:
+                result = subprocess.run(argv, cwd=PROJECT_ROOT, stdout=fh, stderr=subprocess.STDOUT)
+        else:
+            step_log = None
+            result = subprocess.run(argv, cwd=PROJECT_ROOT)
         seconds = time.perf_counter() - start
-        self.timings[key] = seconds
-        with self.log_path.open("a") as fh:
-            fh.write(json.dumps({"step": key, "argv": argv, "seconds": round(seconds, 2),
-                                 "returncode": result.returncode}) + "\n")
+        with self._lock:
+            self.timings[key] = seconds
+            with self.log_path.open("a") as fh:
+                fh.write(json.dumps({"step": key, "argv": argv, "seconds": round(seconds, 2),
+                                     "returncode": result.returncode}) + "\n")
+        where = f"see {step_log}" if step_log else "see the output above"
         if result.returncode != 0:
-            raise SystemExit(f"experiment step {key!r} failed (exit {result.returncode}); see the output above")
+            raise SystemExit(f"experiment step {key!r} failed (exit {result.returncode}); {where}")
+        print(f"[done] {key}: {seconds:.0f} s", flush=True)
 
 
 def fit_flags(fit: dict) -> list[str]:
@@ -102,9 +120,11 @@ def fit_flags(fit: dict) -> list[str]:
     return flags
 
 
-def run_grid(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: bool, steps: int | None) -> Path:
+def run_grid(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: bool, steps: int | None,
+             jobs: int = 1) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    runner = Runner(out, dry_run)
+    runner = Runner(out, dry_run, jobs)
+    grid_start = time.perf_counter()
     root = cfg.root.replace("{data}", str(data_root))
     source = ["--dataset", cfg.dataset, "--root", root]
     split_file: list[str] = []
@@ -118,7 +138,7 @@ def run_grid(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: bool, s
 
     test_dir = out / "data" / "test"
     runner.run("pack-test", [synth, "pack", *source, "--split", cfg.test_split, *split_file,
-                             "--out", str(test_dir)], test_dir / "dataset.json")
+                             "--out", str(test_dir)], test_dir / "dataset.json", test_dir)
 
     trainsets: list[tuple[str, str, Path]] = []  # (count, arm, shard dir)
     for count in cfg.exemplar_counts:
@@ -133,40 +153,59 @@ def run_grid(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: bool, s
             extra = ["--num-samples", str(cfg.num_samples)] if cfg.num_samples else []
             runner.run(f"build-synth-{tag}", [synth, "build", *source, "--split", cfg.train_split, *split_file,
                                               "--exemplar-list", str(exemplar_list), "--seed", str(cfg.seed),
-                                              *extra, "--out", str(shards)], shards / "dataset.json")
+                                              *extra, "--out", str(shards)], shards / "dataset.json", shards)
             trainsets.append((count, "synthesized", shards))
         if "exemplars" in cfg.arms:
             shards = out / "data" / f"exemplars_{tag}"
             runner.run(f"build-exemplars-{tag}", [synth, "build", *source, "--split", cfg.train_split, *split_file,
                                                   "--exemplar-list", str(exemplar_list), "--no-synthesis",
-                                                  "--out", str(shards)], shards / "dataset.json")
+                                                  "--out", str(shards)], shards / "dataset.json", shards)
             trainsets.append((count, "exemplars only", shards))
     if "full" in cfg.arms:
         shards = out / "data" / "full"
         runner.run("build-full", [synth, "build", *source, "--split", cfg.train_split, *split_file,
-                                  "--all-slices", "--out", str(shards)], shards / "dataset.json")
+                                  "--all-slices", "--out", str(shards)], shards / "dataset.json", shards)
         trainsets.append(("all", "full set", shards))
 
-    rows = []
-    for count, arm, shards in trainsets:
+    # Training and evaluation: one task per training set, `jobs` of them at a time.
+    thread_flags_fit: list[str] = []
+    thread_flags_eval: list[str] = []
+    if jobs > 1:
+        threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+        thread_flags_fit = ["--threads", str(threads)]
+        thread_flags_eval = ["--num-threads", str(threads)]
+
+    def train_and_eval(count: str, arm: str, shards: Path):
         run_dir = out / "runs" / shards.name
-        runner.run(f"fit-{shards.name}", [train, "fit", "--shards", str(shards), *fit_flags(fit),
-                                          "--seed", str(cfg.seed), "--out", str(run_dir)],
-                   run_dir / "DONE")
-        if not dry_run and not (run_dir / "DONE").exists():
-            (run_dir / "DONE").write_text("fit finished\n")
-        evals = {}
-        for prompt in cfg.prompts:
-            eval_dir = out / "evals" / f"{shards.name}_{prompt}"
-            runner.run(f"eval-{shards.name}-{prompt}", [train, "eval", "--run", str(run_dir), "--shards", str(test_dir),
-                                                        "--prompt", prompt, "--seed", str(cfg.seed),
-                                                        "--out", str(eval_dir)], eval_dir / "summary.json")
-            evals[prompt] = eval_dir
-        rows.append((count, arm, shards, run_dir, evals))
+        fit_argv = [train, "fit", "--shards", str(shards), *fit_flags(fit), "--seed", str(cfg.seed),
+                    *thread_flags_fit, "--no-progress", "--out", str(run_dir)]
+        recipe = " ".join(fit_flags(fit)) + f" --seed {cfg.seed}"
+        done = run_dir / "DONE"
+        evals = {p: out / "evals" / f"{shards.name}_{p}" for p in cfg.prompts}
+        if done.exists() and done.read_text().strip() != recipe:
+            # a finished run of another recipe (e.g. a --steps check): redo it and its evaluations
+            print(f"[redo] fit-{shards.name}: recipe changed ({done.read_text().strip()!r} -> {recipe!r})", flush=True)
+            if not dry_run:
+                shutil.rmtree(run_dir)
+                for eval_dir in evals.values():
+                    shutil.rmtree(eval_dir, ignore_errors=True)
+        runner.run(f"fit-{shards.name}", fit_argv, done, run_dir)
+        if not dry_run and not done.exists():
+            done.write_text(recipe + "\n")
+        for prompt, eval_dir in evals.items():
+            runner.run(f"eval-{shards.name}-{prompt}",
+                       [train, "eval", "--run", str(run_dir), "--shards", str(test_dir), "--prompt", prompt,
+                        "--seed", str(cfg.seed), *thread_flags_eval, "--out", str(eval_dir)],
+                       eval_dir / "summary.json", eval_dir)
+        return (count, arm, shards, run_dir, evals)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(train_and_eval, *t) for t in trainsets]
+        rows = [f.result() for f in futures]
 
     if dry_run:
         return out / "table.md"
-    table = render_table(cfg, rows, runner, fit)
+    table = render_table(cfg, rows, runner, fit, time.perf_counter() - grid_start, jobs)
     (out / "table.md").write_text(table)
     print(table)
     return out / "table.md"
@@ -177,17 +216,14 @@ def _train_samples(shards: Path) -> int:
 
 
 def _fit_seconds(run_dir: Path) -> float | None:
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists():
+    """Training wall time from the run's summary.json (written by `train fit` at the end)."""
+    summary = run_dir / "summary.json"
+    if not summary.exists():
         return None
-    last = None
-    for line in metrics.read_text().splitlines():
-        if line.strip():
-            last = json.loads(line)
-    return None if last is None else last.get("elapsed_s")
+    return json.loads(summary.read_text()).get("seconds")
 
 
-def render_table(cfg: ExperimentConfig, rows, runner: Runner, fit: dict) -> str:
+def render_table(cfg: ExperimentConfig, rows, runner: Runner, fit: dict, wall_s: float, jobs: int) -> str:
     first_summary = json.loads((next(iter(rows[0][4].values())) / "summary.json").read_text())
     classes = [c for c in first_summary.get("per_class", {})]
     multi = len(classes) > 1
@@ -210,9 +246,15 @@ def render_table(cfg: ExperimentConfig, rows, runner: Runner, fit: dict) -> str:
         if multi:
             per_class = summaries[cfg.prompts[0]]["per_class"]
             cells += [f"{100 * per_class[c]['dsc']:.2f}" if per_class[c].get("dsc") is not None else "n/a" for c in classes]
-        seconds = runner.timings.get(f"fit-{shards.name}") or _fit_seconds(run_dir)
+        seconds = _fit_seconds(run_dir) or runner.timings.get(f"fit-{shards.name}")
         cells.append(f"{seconds:.0f}" if seconds else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
+    skipped = not runner.timings
+    lines += ["", f"Fit (s): `train fit` wall time. Machine: {platform.node() or 'unknown'}, "
+                  f"{len(os.sched_getaffinity(0))} CPUs, {platform.processor() or platform.machine()}; "
+                  f"`--jobs {jobs}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+                  + ("all steps reused from earlier invocations." if skipped else
+                     f"this invocation {wall_s / 60:.1f} min wall ({len(runner.timings)} steps run).")]
     if cfg.notes:
         lines += ["", cfg.notes]
     return "\n".join(lines) + "\n"
@@ -232,12 +274,15 @@ def main(argv: list[str] | None = None) -> None:
                              "(default: $EXEMPLAR_SAM_DATA or ../shared/data)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/experiment-<name>)")
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's training steps (quick checks)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="train/evaluate this many training sets at once, each with CPUs/jobs torch threads "
+                             "(step output then goes to OUT/logs/); the data steps always run one at a time")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     args = parser.parse_args(argv)
     cfg = ExperimentConfig.load(args.config)
     out = args.out or PROJECT_ROOT / "runs" / f"experiment-{cfg.name}"
     start = time.perf_counter()
-    table = run_grid(cfg, args.data_root.resolve(), out.resolve(), args.dry_run, args.steps)
+    table = run_grid(cfg, args.data_root.resolve(), out.resolve(), args.dry_run, args.steps, args.jobs)
     print(f"experiment {cfg.name}: {time.perf_counter() - start:.0f} s, table at {table}")
 
 
