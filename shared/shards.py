@@ -25,6 +25,7 @@ import bisect
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -268,6 +269,18 @@ def _write_zarr(path: Path, images: np.ndarray, labels: np.ndarray, sizes: np.nd
     from zarr.codecs import BloscCodec, Crc32cCodec
 
     n, h, w = images.shape
+    key = (images.shape, images.dtype.str, labels.dtype.str, sizes.shape, sizes.dtype.str)
+    cached = _ZARR_METADATA.get(key) if direct else None
+    if (cached is not None and images.flags.c_contiguous and labels.flags.c_contiguous and sizes.any()
+            and sys.byteorder == "little"):
+        # same layout as a shard zarr already wrote in this process: its zarr.json files, our data
+        for rel, text in cached.items():
+            (path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (path / rel).write_bytes(text)
+        _encode_sharded(path / "image", images, _ZARR_IMAGE_CODEC)
+        _encode_sharded(path / "label", labels, _ZARR_LABEL_CODEC)
+        _encode_plain(path / "size", sizes)
+        return
     group = zarr.open_group(store=str(path), mode="w", zarr_format=3,
                             attributes={"exemplar_sam_shard": SHARD_LAYOUT_VERSION, "count": int(n)})
     # write_empty_chunks: store every chunk, skipping zarr's per-chunk "all fill value?" scan;
@@ -291,6 +304,14 @@ def _write_zarr(path: Path, images: np.ndarray, labels: np.ndarray, sizes: np.nd
         with zarr.config.set({"codec_pipeline.batch_size": max(1, n)}):
             for arr, data in fallback:
                 arr[...] = data
+    elif direct:
+        # zarr's metadata for this layout, reused for the next shards (~10 ms of zarr calls each)
+        _ZARR_METADATA[key] = {f.relative_to(path).as_posix(): f.read_bytes()
+                               for f in sorted(path.rglob("zarr.json"))}
+
+
+# zarr.json files per layout (shapes, dtypes), as zarr wrote them in this process: derived bytes.
+_ZARR_METADATA: dict[tuple, dict[str, bytes]] = {}
 
 
 _LITTLE = {"name": "bytes", "configuration": {"endian": "little"}}
@@ -305,11 +326,6 @@ def _write_sharded_direct(folder: Path, arr: Any, data: np.ndarray, codec: dict[
     """Encode ``data`` (N, H, W) as the single shard of ``arr`` (inner chunks (1, H, W): bytes,
     Blosc, crc32c; index at the end: bytes + crc32c), as zarr's sharding codec does. False (nothing
     written) if the metadata differs from that layout."""
-    import sys
-
-    import google_crc32c
-    from numcodecs import blosc
-
     n, h, w = data.shape
     itemsize = data.dtype.itemsize
     meta = _meta(arr)
@@ -326,6 +342,17 @@ def _write_sharded_direct(folder: Path, arr: Any, data: np.ndarray, codec: dict[
             or sys.byteorder != "little"
             or not data.flags.c_contiguous or data.dtype.byteorder not in "=|<"):
         return False
+    _encode_sharded(folder, data, codec)
+    return True
+
+
+def _encode_sharded(folder: Path, data: np.ndarray, codec: dict[str, Any]) -> None:
+    """The shard file of a sharded array checked by :func:`_write_sharded_direct`."""
+    import google_crc32c
+    from numcodecs import blosc
+
+    n = data.shape[0]
+    itemsize = data.dtype.itemsize
     cname = codec["cname"].encode()
     shuffle = {"noshuffle": blosc.NOSHUFFLE, "shuffle": blosc.SHUFFLE, "bitshuffle": blosc.BITSHUFFLE}[codec["shuffle"]]
     parts: list[bytes] = []
@@ -344,23 +371,24 @@ def _write_sharded_direct(folder: Path, arr: Any, data: np.ndarray, codec: dict[
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target, "wb") as f:
         f.writelines(parts)
-    return True
 
 
 def _write_plain_direct(folder: Path, arr: Any, data: np.ndarray) -> bool:
     """The one uncompressed chunk of a small 2-D array (``size``), as zarr writes it."""
-    import sys
-
     meta = _meta(arr)
     if (meta.get("codecs") != [_LITTLE] or meta.get("chunk_key_encoding") != _DEFAULT_KEYS
             or list(meta.get("shape", ())) != list(data.shape) or data.ndim != 2
             or meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape") != list(data.shape)
             or sys.byteorder != "little" or data.dtype.byteorder not in "=|<" or not data.any()):
         return False  # (zarr does not store an all-fill-value chunk; leave that case to zarr)
+    _encode_plain(folder, data)
+    return True
+
+
+def _encode_plain(folder: Path, data: np.ndarray) -> None:
     target = folder / "c" / "0" / "0"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(np.ascontiguousarray(data).tobytes())
-    return True
 
 
 def _write_hdf5(path: Path, images: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> None:

@@ -55,14 +55,19 @@ def test_direct_zarr_encoder_is_byte_identical(tmp_path: Path, monkeypatch, n, h
     labels[0] = 0  # an all-background chunk
     sizes = np.full((n, 2), (h, w), np.int32)
     sizes[-1] = (h - 1, w - 2)
-    a, b = tmp_path / "direct.zarr", tmp_path / "zarr.zarr"
+    monkeypatch.setattr(shards, "_ZARR_METADATA", {})
+    a, a2, b = tmp_path / "direct.zarr", tmp_path / "cached.zarr", tmp_path / "zarr.zarr"
     shards._write_zarr(a, images, labels, sizes, direct=True)
     assert taken == [True, True, True]  # image, label, size all went through the direct encoder
+    assert len(shards._ZARR_METADATA) == 1
+    shards._write_zarr(a2, images, labels, sizes, direct=True)  # zarr.json from the cache, no zarr calls
+    assert taken == [True, True, True]
     shards._write_zarr(b, images, labels, sizes, direct=False)
-    assert [p.relative_to(a).as_posix() for p in tree_files(a)] == [p.relative_to(b).as_posix() for p in tree_files(b)]
-    for pa in tree_files(a):
-        assert pa.read_bytes() == (b / pa.relative_to(a)).read_bytes(), pa.relative_to(a)
-    assert sha256_tree(a) == sha256_tree(b)
+    for x in (a, a2):
+        assert [p.relative_to(x).as_posix() for p in tree_files(x)] == [p.relative_to(b).as_posix() for p in tree_files(b)]
+        for px in tree_files(x):
+            assert px.read_bytes() == (b / px.relative_to(x)).read_bytes(), px.relative_to(x)
+        assert sha256_tree(x) == sha256_tree(b)
     import zarr
 
     g = zarr.open_group(str(a), mode="r", zarr_format=3)
@@ -74,6 +79,7 @@ def test_direct_zarr_encoder_is_byte_identical(tmp_path: Path, monkeypatch, n, h
 def test_unknown_layout_falls_back_to_zarr(tmp_path: Path, monkeypatch):
     """If zarr's metadata is not the layout the encoder knows, zarr writes the data itself."""
     monkeypatch.setattr(shards, "_DEFAULT_KEYS", {"name": "v2"})
+    monkeypatch.setattr(shards, "_ZARR_METADATA", {})
     images = np.random.default_rng(0).random((3, 10, 12)).astype(np.float16)
     labels = (images > 0.5).astype(np.uint8)
     path = tmp_path / "shards" / "shard-00000.zarr"
