@@ -82,19 +82,20 @@ def to_stored(image: np.ndarray, dtype: str = "float16") -> np.ndarray:
     return out
 
 
-def _store_into(image: np.ndarray, out: np.ndarray) -> None:
+def _store_into(image: np.ndarray, out: np.ndarray, in_range: bool = False) -> None:
     """``out[...] = clip(image, 0, 1)`` cast to ``out.dtype`` (round to nearest even), no extra copy.
 
     float32 -> float16 goes through OpenCV (F16C instructions, ~5x faster than numpy's cast); it
     gives numpy's bits for every float32 in [0, 1] (checked exhaustively, tests/test_store_fast.py)
-    except that -0.0 is stored as +0.0. Other input dtypes use numpy.
+    except that -0.0 is stored as +0.0. Other input dtypes use numpy. ``in_range``: the caller
+    guarantees values in [0, 1] (the clip would change nothing), so it is skipped.
     """
     if image.dtype == out.dtype:
         np.clip(image, 0.0, 1.0, out=out)
     elif image.dtype == np.float32 and out.dtype == np.float16 and image.ndim == 2 and out.flags.c_contiguous:
         import cv2
 
-        clipped = np.clip(image, np.float32(0.0), np.float32(1.0))
+        clipped = image if in_range else np.clip(image, np.float32(0.0), np.float32(1.0))
         res = cv2.add(clipped, 0.0, dst=out, dtype=cv2.CV_16F)
         if res is not out:  # OpenCV allocated instead of writing in place (should not happen)
             out[...] = res
@@ -151,8 +152,10 @@ class ShardWriter:
     def __len__(self) -> int:
         return len(self._images)
 
-    def add(self, image: np.ndarray, label: np.ndarray) -> dict[str, str]:
-        """Add one sample (image float in [0, 1], label uint8, same (h, w)); returns its hashes."""
+    def add(self, image: np.ndarray, label: np.ndarray, *, in_range: bool = False) -> dict[str, str]:
+        """Add one sample (image float in [0, 1], label uint8, same (h, w)); returns its hashes.
+        ``in_range=True``: the image is known to be in [0, 1] (e.g. ``synthesize`` output), the
+        clip is skipped (same bytes)."""
         image = np.asarray(image)
         label = np.asarray(label)
         if image.ndim != 2:
@@ -171,7 +174,7 @@ class ShardWriter:
         if buf is not None and i < buf[0].shape[0] and image.shape == buf[0].shape[1:] and \
                 all(im.base is buf[0] for im in self._images[-1:]):
             stored = buf[0][i]
-            _store_into(image, stored)
+            _store_into(image, stored, in_range)
             buf[1][i] = label
             label = buf[1][i]
         else:

@@ -166,6 +166,7 @@ class Producer:
 
 class SynthesisProducer(Producer):
     kind = "synthesized"
+    in_range = True  # synthesize() returns images in [0, 1]: the writer skips its clip
 
     def __init__(self, bank: Any, config: Any, seed: int, task: str):
         self.bank, self.config, self.seed, self.task = bank, config, seed, task
@@ -376,6 +377,7 @@ def build_shard(k: int, progress: Callable[[int], None] | None = None) -> dict[s
     producer: Producer = job["producer"]
     class_names = job["class_names"]
     start, count = job["plan"][k]
+    in_range = bool(getattr(producer, "in_range", False))
     rel = shard_relpath(k, job["format"])
     records = []
     with ShardWriter(out / rel, fmt=job["format"], image_dtype=job["image_dtype"], overwrite=True,
@@ -388,7 +390,7 @@ def build_shard(k: int, progress: Callable[[int], None] | None = None) -> dict[s
             if label.dtype != np.uint8:
                 label = label.astype(np.uint8)
             counts = class_pixels(label, class_names, sid)
-            hashes = writer.add(image, label)
+            hashes = writer.add(image, label, in_range=in_range)
             rec = {"id": sid, "shard": k, "index": j, **extras, "sha256": hashes, "class_pixels": counts}
             records.append(rec)
             if progress is not None:
