@@ -153,8 +153,8 @@ def fmt_row(preset: str, method: str, workers: int, r: dict) -> str:
             f"{r['cpu']:.2f} | {r['samples'] / r['cpu']:.0f} | {r['mb']:.1f} | {r['mbps']:.1f} | {r['load']:.1f} |")
 
 
-NAIVE = {"chained": "straightforward: scipy.ndimage chained (shift, flip, zoom, rotate, shift; order 3) + one npz per sample",
-         "single-affine": "scipy.ndimage single affine_transform (order 1) + one npz per sample"}
+NAIVE = {"chained": "chained scipy.ndimage (order 3) + one npz per sample",
+         "single-affine": "single-affine scipy.ndimage (order 1) + one npz per sample"}
 
 
 def main() -> None:
@@ -197,7 +197,7 @@ def main() -> None:
             naive = {}
             for variant in ("chained", "single-affine"):
                 naive[variant] = run_naive(job, tmp / f"{name}_naive", args.naive_samples, variant)
-                emit(name, f"{NAIVE[variant]} (subset of {args.naive_samples}, rate extrapolated)", 1,
+                emit(name, f"{NAIVE[variant]} ({args.naive_samples} timed, rate extrapolated)", 1,
                      naive[variant])
             per_cpu = lambda r: r["samples"] / r["cpu"]  # noqa: E731
             ratios = "; ".join(
