@@ -46,6 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine_info import cpu_model, ncpu  # noqa: E402
+
 PRESETS = {
     "brats": {"dataset": "brats", "root": "brats2018_sample", "exemplars": "150", "num_samples": 4500},
     "synapse": {"dataset": "synapse", "root": "synapse_sample", "exemplars": "1", "num_samples": 1800},
@@ -55,23 +57,6 @@ SUMMARY = re.compile(r"built (\d+) samples in ([\d.]+) s, (\d+) samples/s, ([\d.
 
 def data_root() -> Path:
     return Path(os.environ.get("EXEMPLAR_SAM_DATA", ROOT.parent / "shared" / "data")).resolve()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def ncpu() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def run_ours(preset: dict, out: Path, workers: int, fmt: str) -> dict:

@@ -25,19 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine_info import cpu_model  # noqa: E402
+
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
-    return f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__}, Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores visible, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 DEFAULT_ROOTS = {"brats": ROOT.parent / "shared" / "data" / "brats2018_sample",

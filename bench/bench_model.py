@@ -34,6 +34,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine_info import cpu_model  # noqa: E402
+
+
+def machine() -> str:
+    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+
 from train.losses import ce_dice_loss  # noqa: E402
 from train.model import PromptSAM, add_lora, build_sam, count_parameters  # noqa: E402
 
@@ -89,18 +95,6 @@ def bench_eval(model: PromptSAM, batch: int, size: int, steps: int) -> Timing:
         with torch.inference_mode():
             model(images, points, labels)
     return _per(_timed(fwd, steps), batch)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
