@@ -7,11 +7,12 @@ the same slices three ways in a scratch folder:
   256 samples per shard, float16 images),
 * one ``.npz`` per slice (``image`` float32, ``label`` float32), the TransUNet/SAMed layout,
 
-then times one pass over the slices at the model size (default 512) in ONE process (no
-DataLoader workers: the per-worker rate), batch 8:
+then times passes over the slices at the model size (default 512) in ONE process (no
+DataLoader workers: the per-worker rate), batch 8, the loaders interleaved (the CPU may be
+shared: best and median pass are reported):
 
-* ours: :class:`train.data.ShardBatchStream` (bulk shard reads, cv2 resize, a point prompt and
-  its binary target per sample),
+* ours: :class:`train.data.ShardBatchStream` (bulk shard reads: Zarr decoded directly, HDF5 through
+  h5py; cv2 resize into the batch arrays, a point prompt and its binary target per sample),
 * SAMed-style: a map-style Dataset that ``np.load``s one npz per slice and resizes with
   ``scipy.ndimage.zoom`` (order 3 image, order 0 label), as SAMed's ``RandomGenerator`` does
   (also its low-res label at size/4), through a DataLoader with shuffling.
@@ -130,7 +131,7 @@ def time_samed(root: Path, img_size: int, batch: int, workers: int, n: int) -> t
     return time.perf_counter() - t0, count
 
 
-def machine() -> str:
+def machine(load_before: float | None = None) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -141,7 +142,8 @@ def machine() -> str:
         pass
     load = ""
     if hasattr(os, "getloadavg"):
-        load = f", load average {os.getloadavg()[0]:.1f} (other work on the machine)"
+        before = f"{load_before:.1f} -> " if load_before is not None else ""
+        load = f", load average {before}{os.getloadavg()[0]:.1f} (1-min, start -> end; other work on the machine)"
     return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}{load}"
 
 
@@ -152,7 +154,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for both loaders (0: per-worker rate)")
     ap.add_argument("--threads", type=int, default=1, help="torch/cv2 threads (1: one core per loader)")
-    ap.add_argument("--repeat", type=int, default=3, help="passes per loader, interleaved; the best is reported")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="passes per loader, interleaved; the best and the median are reported")
     ap.add_argument("--work", type=Path, help="scratch folder, kept (its zarr/, hdf5/, npz/ subfolders are rebuilt); default: a temporary one, removed")
     ap.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = ap.parse_args()
@@ -163,6 +166,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_loader_"))
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     try:
         t0 = time.perf_counter()
         slices = collect_slices(args.root)
@@ -177,30 +181,34 @@ def main() -> None:
                    ("ours, HDF5 shards", time_ours, h5_root),
                    ("SAMed-style npz + scipy zoom", time_samed, npz_root))
         best: dict[str, tuple[int, float]] = {}
+        rates: dict[str, list[float]] = {}
         for rep in range(args.repeat):      # interleaved, best of N: the CPU may be shared
             for name, fn, root in loaders:
                 seconds, count = fn(root, args.img_size, args.batch_size, args.workers, n)
                 print(f"[{rep + 1}/{args.repeat}] {name:30s} {count:5d} samples in {seconds:7.2f} s "
                       f"= {count / seconds:8.1f} samples/s")
+                rates.setdefault(name, []).append(count / seconds)
                 if name not in best or seconds < best[name][1]:
                     best[name] = (count, seconds)
-        rows = [(name, *best[name], best[name][0] / best[name][1]) for name, _, _ in loaders]
-        base = rows[-1][3]
+        rows = [(name, *best[name], best[name][0] / best[name][1], float(np.median(rates[name])))
+                for name, _, _ in loaders]
+        base, base_median = rows[-1][3], rows[-1][4]
         workers = "1 process, no workers" if args.workers == 0 else f"{args.workers} DataLoader workers"
         lines = [
             f"## Loader throughput at img-size {args.img_size} (`python bench/bench_loader.py`), "
             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
             "",
-            f"Machine: {machine()}; {workers}, {args.threads} thread(s), batch {args.batch_size}; "
+            f"Machine: {machine(load_before)}; {workers}, {args.threads} thread(s), batch {args.batch_size}; "
             f"{n} real BraTS FLAIR slices ({slices[0][1].shape[0]}x{slices[0][1].shape[1]}) with tumour; "
-            f"best of {args.repeat} interleaved passes.",
-            "Ours: `train.data.ShardBatchStream` (bulk shard read, cv2 resize, point prompt + binary target). "
+            f"{args.repeat} interleaved passes per loader: the best and the median pass.",
+            "Ours: `train.data.ShardBatchStream` (bulk shard read: Zarr decoded directly, HDF5 via h5py; cv2 resize into the batch arrays; point prompt + binary target). "
             "SAMed-style: one npz per slice, `scipy.ndimage.zoom` order 3 image / order 0 label (+ low-res label).",
             "",
-            "| loader | samples | seconds | samples/s | vs SAMed-style |",
-            "|---|---:|---:|---:|---:|",
+            "| loader | samples | best s | best samples/s | vs SAMed-style | median samples/s | median vs SAMed-style |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        lines += [f"| {name} | {count} | {sec:.2f} | {rate:.1f} | {rate / base:.1f}x |" for name, count, sec, rate in rows]
+        lines += [f"| {name} | {count} | {sec:.2f} | {rate:.1f} | {rate / base:.1f}x | {med:.1f} | {med / base_median:.1f}x |"
+                  for name, count, sec, rate, med in rows]
         table = "\n".join(lines) + "\n"
         print()
         print(table)
