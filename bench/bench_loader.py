@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import platform
 import shutil
 import sys
@@ -36,6 +35,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.machine_info import cpu_model, load_average, ncpu  # noqa: E402
 
 
 def collect_slices(root: Path, min_pixels: int = 10) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -132,19 +133,9 @@ def time_samed(root: Path, img_size: int, batch: int, workers: int, n: int) -> t
 
 
 def machine(load_before: float | None = None) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ""
-    if hasattr(os, "getloadavg"):
-        before = f"{load_before:.1f} -> " if load_before is not None else ""
-        load = f", load average {before}{os.getloadavg()[0]:.1f} (1-min, start -> end; other work on the machine)"
-    return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}{load}"
+    before = f"{load_before:.1f} -> " if load_before is not None else ""
+    return (f"{cpu_model()}, {ncpu()} CPUs, Python {platform.python_version()}, load average "
+            f"{before}{load_average():.1f} (1-min, start -> end; other work on the machine)")
 
 
 def main() -> None:
@@ -166,7 +157,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_loader_"))
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     try:
         t0 = time.perf_counter()
         slices = collect_slices(args.root)
