@@ -168,17 +168,14 @@ def run_grid(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: bool, s
         trainsets.append(("all", "full set", shards))
 
     # Training and evaluation: one task per training set, `jobs` of them at a time.
-    thread_flags_fit: list[str] = []
-    thread_flags_eval: list[str] = []
+    thread_flags: list[str] = []
     if jobs > 1:
-        threads = max(1, len(os.sched_getaffinity(0)) // jobs)
-        thread_flags_fit = ["--threads", str(threads)]
-        thread_flags_eval = ["--num-threads", str(threads)]
+        thread_flags = ["--num-threads", str(max(1, len(os.sched_getaffinity(0)) // jobs))]
 
     def train_and_eval(count: str, arm: str, shards: Path):
         run_dir = out / "runs" / shards.name
         fit_argv = [train, "fit", "--shards", str(shards), *fit_flags(fit), "--seed", str(cfg.seed),
-                    *thread_flags_fit, "--no-progress", "--out", str(run_dir)]
+                    *thread_flags, "--no-progress", "--out", str(run_dir)]
         recipe = " ".join(fit_flags(fit)) + f" --seed {cfg.seed}"
         done = run_dir / "DONE"
         evals = {p: out / "evals" / f"{shards.name}_{p}" for p in cfg.prompts}
@@ -195,7 +192,7 @@ def run_grid(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: bool, s
         for prompt, eval_dir in evals.items():
             runner.run(f"eval-{shards.name}-{prompt}",
                        [train, "eval", "--run", str(run_dir), "--shards", str(test_dir), "--prompt", prompt,
-                        "--seed", str(cfg.seed), *thread_flags_eval, "--out", str(eval_dir)],
+                        "--seed", str(cfg.seed), *thread_flags, "--out", str(eval_dir)],
                        eval_dir / "summary.json", eval_dir)
         return (count, arm, shards, run_dir, evals)
 
