@@ -26,25 +26,23 @@ def shared_data() -> Path:
     return root
 
 
+def _sample_folder(shared_data: Path, name: str) -> Path:
+    path = shared_data / name
+    if not path.is_dir():
+        pytest.skip(f"{name} not found at {path}")
+    return path
+
+
 @pytest.fixture(scope="session")
 def brats_root(shared_data: Path) -> Path:
-    path = shared_data / "brats2018_sample"
-    if not path.is_dir():
-        pytest.skip(f"BraTS sample not found at {path}")
-    return path
+    return _sample_folder(shared_data, "brats2018_sample")
 
 
 @pytest.fixture(scope="session")
 def synapse_root(shared_data: Path) -> Path:
-    path = shared_data / "synapse_sample"
-    if not path.is_dir():
-        pytest.skip(f"Synapse sample not found at {path}")
-    return path
+    return _sample_folder(shared_data, "synapse_sample")
 
 
 @pytest.fixture(scope="session")
 def transunet_root(shared_data: Path) -> Path:
-    path = shared_data / "transunet_sample"
-    if not path.is_dir():
-        pytest.skip(f"TransUNet sample not found at {path}")
-    return path
+    return _sample_folder(shared_data, "transunet_sample")

@@ -79,3 +79,17 @@ def _pack_with_shards(out: Path, dataset: str, root, split: str) -> Path:
             "num_samples": res.count, "volumes": volumes}
     write_dataset(out, info, records)
     return out
+
+
+def run_train(args: list, capsys) -> tuple[int, str, str]:
+    """Run the `train` CLI in-process, as the console script does; (exit code, stdout, stderr)."""
+    from shared.cli_support import run_cli
+    from train.cli import cli
+
+    code = 0
+    try:
+        run_cli(cli, [str(a) for a in args])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -8,21 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from evalkit import make_tiny_run, pack_volumes
-from shared.cli_support import run_cli
+from evalkit import make_tiny_run, pack_volumes, run_train
 from shared.sources import open_source
-from train.cli import cli
-
-
-def run_train(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run the `train` CLI in-process; (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        run_cli(cli, [str(a) for a in args])
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def summary(evaldir) -> dict:

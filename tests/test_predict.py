@@ -8,20 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from evalkit import make_tiny_run
-from shared.cli_support import run_cli
+from evalkit import make_tiny_run, run_train
 from shared.sources import open_source, preprocess_raw
-from train.cli import cli
-
-
-def run_train(args, capsys):
-    code = 0
-    try:
-        run_cli(cli, [str(a) for a in args])
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
