@@ -75,14 +75,20 @@ class Runner:
         self.timings: dict[str, float] = {}
         self._lock = threading.Lock()
 
+    def say(self, line: str) -> None:
+        """One whole line to stdout: with --jobs > 1, print()'s separate newline write interleaves."""
+        with self._lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
     def run(self, key: str, argv: list[str], done_marker: Path, output_dir: Path | None = None) -> None:
         """Run a step unless its completion marker exists; record the command and wall time.
 
         output_dir: the folder the step writes (removed first if an interrupted run left it)."""
         if done_marker.exists():
-            print(f"[skip] {key}: {done_marker} exists", flush=True)
+            self.say(f"[skip] {key}: {done_marker} exists")
             return
-        print(f"[run ] {key}: {' '.join(argv)}", flush=True)
+        self.say(f"[run ] {key}: {' '.join(argv)}")
         if self.dry_run:
             return
         if output_dir is not None and output_dir.exists():
@@ -105,7 +111,7 @@ class Runner:
         where = f"see {step_log}" if step_log else "see the output above"
         if result.returncode != 0:
             raise SystemExit(f"experiment step {key!r} failed (exit {result.returncode}); {where}")
-        print(f"[done] {key}: {seconds:.0f} s", flush=True)
+        self.say(f"[done] {key}: {seconds:.0f} s")
 
 
 def fit_flags(fit: dict) -> list[str]:
@@ -181,7 +187,7 @@ def run_grid(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: bool, s
         evals = {p: out / "evals" / f"{shards.name}_{p}" for p in cfg.prompts}
         if done.exists() and done.read_text().strip() != recipe:
             # a finished run of another recipe (e.g. a --steps check): redo it and its evaluations
-            print(f"[redo] fit-{shards.name}: recipe changed ({done.read_text().strip()!r} -> {recipe!r})", flush=True)
+            runner.say(f"[redo] fit-{shards.name}: recipe changed ({done.read_text().strip()!r} -> {recipe!r})")
             if not dry_run:
                 shutil.rmtree(run_dir)
                 for eval_dir in evals.values():
