@@ -1,38 +1,50 @@
-"""Run one of the paper's experiment grids at CPU scale and write one Markdown table.
+"""Run one of the paper's experiment grids at CPU scale, over several seeds, and write its tables.
 
-    python bench/experiment.py bench/experiments/brats_sample.json --out runs/exp-brats
+    python bench/experiment.py bench/experiments/brats_cohort.json --out runs/exp-cohort --jobs 2
 
-For each exemplar count in the config, three training sets are built from the SAME exemplar list
-(chosen on the training cases only):
-  (a) synthesized   - `synth build` (exemplar-guided cut-paste synthesis),
-  (b) exemplars     - `synth build --no-synthesis` (the real exemplar slices only),
+For every seed and every exemplar count in the config, training sets are built from the SAME
+exemplar list (chosen on the training cases only, `synth select --seed S`):
+  synthesized   - `synth build` (exemplar-guided cut-paste synthesis, `--seed S`),
+  exemplars     - `synth build --no-synthesis` (the real exemplar slices only; paper's Table 3),
+  samed         - the synthesized set of the `samed_counts`, trained promptless (`--prompt none`),
 and once per grid
-  (c) full set      - `synth build --all-slices` (every slice of the training cases).
-Each is trained with the same recipe (`train fit`) and evaluated on the held-out test cases
-(`synth pack` + `train eval`) with centre and random point prompts. The table goes to
-OUT/table.md and stdout; every step's command line and wall time goes to OUT/log.jsonl.
+  full          - `synth build --all-slices` (every slice of the training cases),
+  zero-shot     - no training: `train eval --model ... --checkpoint PRE/model.pt` on the model
+                  from `train pretrain` (the paper's "SAM (zero-shot)" row at CPU scale).
+Each set is trained with the same recipe (`train fit ... --seed S`) and evaluated on the held-out
+test cases (`synth pack` + `train eval`) with centre and random point prompts. Each table cell is
+the mean over the seeds with its standard deviation and range; the per-patient rows behind every
+cell go to OUT/cells/*.csv, all numbers to OUT/results.json, the tables to OUT/table.md, and a
+plot of DSC against the number of exemplars to OUT/dsc_vs_exemplars.png.
 
 This is a script (not a `train` subcommand) because it drives both CLIs and `train` never imports
-`synth`; it only calls the two public command-line tools, exactly as a user would. Finished
-steps (their output has its completion marker) are skipped on a rerun, so an interrupted grid
-continues where it stopped.
+`synth`; it only calls the two public command-line tools, exactly as a user would. Finished steps
+(their output has its completion marker) are skipped on a rerun, so a grid can span several
+sessions; `--only-seeds` and `--table-only` help with that.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
+import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ARMS = ("zero-shot", "samed", "synthesized", "exemplars", "full")
+ARM_LABELS = {"zero-shot": "zero-shot (pretrained, no fine-tuning)", "samed": "SAMed-style (promptless)",
+              "synthesized": "ours (synthesized)", "exemplars": "exemplars only", "full": "full set"}
 
 
 @dataclass
@@ -46,16 +58,32 @@ class ExperimentConfig:
     split_file: str | None = None      # relative to the project root, or absolute
     arms: list[str] = field(default_factory=lambda: ["synthesized", "exemplars", "full"])
     prompts: list[str] = field(default_factory=lambda: ["center", "random"])
-    seed: int = 0
+    seed: int = 0                      # the one seed of a single-seed grid (kept for old configs)
+    seeds: list[int] | None = None     # selection, synthesis, training and random prompts seeded together
     num_samples: int | None = None     # synthesized set size (None: the dataset preset)
-    fit: dict = field(default_factory=dict)   # flags for `train fit` (model, img_size, steps, ...)
+    fit: dict = field(default_factory=dict)        # flags for `train fit`; "{pretrained}" -> PRE/model.pt
+    build: dict = field(default_factory=dict)      # extra flags for every `synth build` / `synth pack`
+    pretrain: dict | None = None       # flags for `train pretrain` (dataset, root and split come from above)
+    zero_shot: dict = field(default_factory=dict)  # flags for the zero-shot `train eval` (model, img_size)
+    samed_counts: list[str] = field(default_factory=list)   # counts whose synthesized set trains promptless
+    samed_fit: dict = field(default_factory=lambda: {"prompt": "none"})
     notes: str = ""
 
     @classmethod
     def load(cls, path: Path) -> "ExperimentConfig":
         raw = json.loads(path.read_text())
-        raw.pop("_comment", None)
-        return cls(**raw)
+        raw = {k: v for k, v in raw.items() if not k.startswith("_")}
+        cfg = cls(**raw)
+        unknown = [a for a in cfg.arms if a not in ARMS]
+        if unknown:
+            raise SystemExit(f"{path}: unknown arm(s) {unknown}; known: {list(ARMS)}")
+        if "zero-shot" in cfg.arms and cfg.pretrain is None and "checkpoint" not in cfg.zero_shot:
+            raise SystemExit(f"{path}: the zero-shot arm needs a `pretrain` section or zero_shot.checkpoint")
+        return cfg
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(self.seeds) if self.seeds else [self.seed]
 
 
 def tool(name: str) -> str:
@@ -114,157 +142,420 @@ class Runner:
         self.say(f"[done] {key}: {seconds:.0f} s")
 
 
-def fit_flags(fit: dict) -> list[str]:
-    flags: list[str] = []
-    for key, value in fit.items():
+def cli_flags(flags: dict, substitutions: dict[str, str] | None = None) -> list[str]:
+    """{"img_size": 128, "no_progress": True} -> ["--img-size", "128", "--no-progress"]."""
+    out: list[str] = []
+    for key, value in flags.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             if value:
-                flags.append(flag)
+                out.append(flag)
         elif value is not None:
-            flags += [flag, str(value)]
-    return flags
+            text = str(value)
+            for placeholder, replacement in (substitutions or {}).items():
+                text = text.replace(placeholder, replacement)
+            out += [flag, text]
+    return out
 
 
-def run_grid(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: bool, steps: int | None,
-             jobs: int = 1) -> Path:
+fit_flags = cli_flags  # the name older callers use
+
+
+@dataclass
+class Cell:
+    """One row of the tables for one seed: where its training set, run and evaluations live."""
+    arm: str
+    count: str                       # "150", "1%", "all" (full set), "-" (zero-shot)
+    seed: int
+    shards: Path | None              # None for zero-shot
+    run_dir: Path | None             # None for zero-shot
+    evals: dict[str, Path]           # prompt -> evaluation folder
+
+
+def _tag(count: str) -> str:
+    return count.replace("%", "pct")
+
+
+def plan_and_run(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: bool, steps: int | None,
+                 jobs: int = 1, only_seeds: list[int] | None = None,
+                 table_only: bool = False) -> tuple[list[Cell], int]:
+    """Run (or, with table_only, just locate) every step of the grid.
+
+    Returns the table cells and the number of steps this call ran."""
     out.mkdir(parents=True, exist_ok=True)
-    runner = Runner(out, dry_run, jobs)
-    grid_start = time.perf_counter()
+    runner = Runner(out, dry_run or table_only, jobs)
+    if table_only:
+        runner.run = lambda *a, **k: None  # type: ignore[method-assign]
     root = cfg.root.replace("{data}", str(data_root))
     source = ["--dataset", cfg.dataset, "--root", root]
     split_file: list[str] = []
     if cfg.split_file:
         split_path = Path(cfg.split_file)
         split_file = ["--split-file", str(split_path if split_path.is_absolute() else PROJECT_ROOT / split_path)]
+    build_extra = cli_flags(cfg.build)
     fit = dict(cfg.fit)
     if steps is not None:
         fit["steps"] = steps
     synth, train = tool("synth"), tool("train")
 
     test_dir = out / "data" / "test"
-    runner.run("pack-test", [synth, "pack", *source, "--split", cfg.test_split, *split_file,
+    runner.run("pack-test", [synth, "pack", *source, "--split", cfg.test_split, *split_file, *build_extra,
                              "--out", str(test_dir)], test_dir / "dataset.json", test_dir)
 
-    trainsets: list[tuple[str, str, Path]] = []  # (count, arm, shard dir)
-    for count in cfg.exemplar_counts:
-        tag = count.replace("%", "pct")
-        exemplar_list = out / "exemplars" / f"exemplars_{tag}.json"
-        exemplar_list.parent.mkdir(parents=True, exist_ok=True)
-        runner.run(f"select-{tag}", [synth, "select", *source, "--split", cfg.train_split, *split_file,
-                                     "--exemplars", count, "--seed", str(cfg.seed),
-                                     "--out", str(exemplar_list)], exemplar_list)
-        if "synthesized" in cfg.arms:
-            shards = out / "data" / f"synth_{tag}"
-            extra = ["--num-samples", str(cfg.num_samples)] if cfg.num_samples else []
-            runner.run(f"build-synth-{tag}", [synth, "build", *source, "--split", cfg.train_split, *split_file,
-                                              "--exemplar-list", str(exemplar_list), "--seed", str(cfg.seed),
-                                              *extra, "--out", str(shards)], shards / "dataset.json", shards)
-            trainsets.append((count, "synthesized", shards))
-        if "exemplars" in cfg.arms:
-            shards = out / "data" / f"exemplars_{tag}"
-            runner.run(f"build-exemplars-{tag}", [synth, "build", *source, "--split", cfg.train_split, *split_file,
-                                                  "--exemplar-list", str(exemplar_list), "--no-synthesis",
-                                                  "--out", str(shards)], shards / "dataset.json", shards)
-            trainsets.append((count, "exemplars only", shards))
-    if "full" in cfg.arms:
-        shards = out / "data" / "full"
-        runner.run("build-full", [synth, "build", *source, "--split", cfg.train_split, *split_file,
-                                  "--all-slices", "--out", str(shards)], shards / "dataset.json", shards)
-        trainsets.append(("all", "full set", shards))
+    pretrained = out / "pretrain" / "model.pt"
+    uses_pretrained = any("{pretrained}" in str(v) for v in fit.values()) or "zero-shot" in cfg.arms
+    if cfg.pretrain is not None and uses_pretrained:
+        pre_dir = pretrained.parent
+        runner.run("pretrain", [train, "pretrain", *source, "--split", cfg.train_split, *split_file,
+                                *cli_flags(cfg.pretrain), "--no-progress", "--out", str(pre_dir)],
+                   pretrained, pre_dir)
+    subs = {"{pretrained}": str(pretrained)}
 
-    # Training and evaluation: one task per training set, `jobs` of them at a time.
+    cells: list[Cell] = []
+    train_tasks: list[Cell] = []
+    seeds = [s for s in cfg.seed_list if only_seeds is None or s in only_seeds]
+    if "full" in cfg.arms:
+        full = out / "data" / "full"
+        runner.run("build-full", [synth, "build", *source, "--split", cfg.train_split, *split_file, *build_extra,
+                                  "--all-slices", "--out", str(full)], full / "dataset.json", full)
+    for seed in seeds:
+        base = out / f"seed-{seed}"
+        for count in cfg.exemplar_counts:
+            tag = _tag(count)
+            exemplar_list = base / "exemplars" / f"exemplars_{tag}.json"
+            if not (dry_run or table_only):
+                exemplar_list.parent.mkdir(parents=True, exist_ok=True)
+            runner.run(f"s{seed}-select-{tag}", [synth, "select", *source, "--split", cfg.train_split, *split_file,
+                                                 "--exemplars", count, "--seed", str(seed),
+                                                 "--out", str(exemplar_list)], exemplar_list)
+            wants_synth = "synthesized" in cfg.arms or ("samed" in cfg.arms and count in cfg.samed_counts)
+            if wants_synth:
+                shards = base / "data" / f"synth_{tag}"
+                extra = ["--num-samples", str(cfg.num_samples)] if cfg.num_samples else []
+                runner.run(f"s{seed}-build-synth-{tag}",
+                           [synth, "build", *source, "--split", cfg.train_split, *split_file, *build_extra,
+                            "--exemplar-list", str(exemplar_list), "--seed", str(seed), *extra,
+                            "--out", str(shards)], shards / "dataset.json", shards)
+                if "synthesized" in cfg.arms:
+                    train_tasks.append(Cell("synthesized", count, seed, shards, base / "runs" / f"synth_{tag}", {}))
+                if "samed" in cfg.arms and count in cfg.samed_counts:
+                    train_tasks.append(Cell("samed", count, seed, shards, base / "runs" / f"samed_{tag}", {}))
+            if "exemplars" in cfg.arms:
+                shards = base / "data" / f"exemplars_{tag}"
+                runner.run(f"s{seed}-build-exemplars-{tag}",
+                           [synth, "build", *source, "--split", cfg.train_split, *split_file, *build_extra,
+                            "--exemplar-list", str(exemplar_list), "--no-synthesis",
+                            "--out", str(shards)], shards / "dataset.json", shards)
+                train_tasks.append(Cell("exemplars", count, seed, shards, base / "runs" / f"exemplars_{tag}", {}))
+        if "full" in cfg.arms:
+            train_tasks.append(Cell("full", "all", seed, out / "data" / "full", base / "runs" / "full", {}))
+
     thread_flags: list[str] = []
     if jobs > 1:
         thread_flags = ["--num-threads", str(max(1, len(os.sched_getaffinity(0)) // jobs))]
 
-    def train_and_eval(count: str, arm: str, shards: Path):
-        run_dir = out / "runs" / shards.name
-        fit_argv = [train, "fit", "--shards", str(shards), *fit_flags(fit), "--seed", str(cfg.seed),
+    def evaluate(cell: Cell, prompts: list[str], model_flags: list[str]) -> None:
+        for prompt in prompts:
+            eval_dir = cell.evals[prompt]
+            runner.run(f"s{cell.seed}-eval-{eval_dir.name}",
+                       [train, "eval", *model_flags, "--shards", str(test_dir), "--prompt", prompt,
+                        "--seed", str(cell.seed), *thread_flags, "--out", str(eval_dir)],
+                       eval_dir / "summary.json", eval_dir)
+
+    def train_and_eval(cell: Cell) -> Cell:
+        run_dir = cell.run_dir
+        assert run_dir is not None and cell.shards is not None
+        flags = dict(fit)
+        prompts = list(cfg.prompts)
+        if cell.arm == "samed":
+            flags.update(cfg.samed_fit)
+            prompts = ["none"]
+        argv_flags = cli_flags(flags, subs)
+        fit_argv = [train, "fit", "--shards", str(cell.shards), *argv_flags, "--seed", str(cell.seed),
                     *thread_flags, "--no-progress", "--out", str(run_dir)]
-        recipe = " ".join(fit_flags(fit)) + f" --seed {cfg.seed}"
+        recipe = " ".join(argv_flags) + f" --seed {cell.seed}"
         done = run_dir / "DONE"
-        evals = {p: out / "evals" / f"{shards.name}_{p}" for p in cfg.prompts}
+        evals_dir = run_dir.parent.parent / "evals"
+        cell.evals = {p: evals_dir / f"{run_dir.name}_{p}" for p in prompts}
         if done.exists() and done.read_text().strip() != recipe:
             # a finished run of another recipe (e.g. a --steps check): redo it and its evaluations
-            runner.say(f"[redo] fit-{shards.name}: recipe changed ({done.read_text().strip()!r} -> {recipe!r})")
-            if not dry_run:
+            runner.say(f"[redo] fit-{run_dir.name}: recipe changed ({done.read_text().strip()!r} -> {recipe!r})")
+            if not (dry_run or table_only):
                 shutil.rmtree(run_dir)
-                for eval_dir in evals.values():
+                for eval_dir in cell.evals.values():
                     shutil.rmtree(eval_dir, ignore_errors=True)
-        runner.run(f"fit-{shards.name}", fit_argv, done, run_dir)
-        if not dry_run and not done.exists():
+        runner.run(f"s{cell.seed}-fit-{run_dir.name}", fit_argv, done, run_dir)
+        if not (dry_run or table_only) and not done.exists():
             done.write_text(recipe + "\n")
-        for prompt, eval_dir in evals.items():
-            runner.run(f"eval-{shards.name}-{prompt}",
-                       [train, "eval", "--run", str(run_dir), "--shards", str(test_dir), "--prompt", prompt,
-                        "--seed", str(cfg.seed), *thread_flags, "--out", str(eval_dir)],
-                       eval_dir / "summary.json", eval_dir)
-        return (count, arm, shards, run_dir, evals)
+        evaluate(cell, prompts, ["--run", str(run_dir)])
+        return cell
+
+    if "zero-shot" in cfg.arms:
+        zs_flags = dict(cfg.zero_shot)
+        zs_flags.setdefault("checkpoint", str(pretrained))
+        for seed in seeds:  # centre prompts repeat exactly; random prompts differ by seed
+            cell = Cell("zero-shot", "-", seed, None, None,
+                        {p: out / f"seed-{seed}" / "evals" / f"zero_shot_{p}" for p in cfg.prompts})
+            evaluate(cell, list(cfg.prompts), cli_flags(zs_flags, subs))
+            cells.append(cell)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [pool.submit(train_and_eval, *t) for t in trainsets]
-        rows = [f.result() for f in futures]
-
-    if dry_run:
-        return out / "table.md"
-    table = render_table(cfg, rows, runner, fit, time.perf_counter() - grid_start, jobs)
-    (out / "table.md").write_text(table)
-    print(table)
-    return out / "table.md"
+        cells += [f.result() for f in [pool.submit(train_and_eval, c) for c in train_tasks]]
+    return cells, len(runner.timings)
 
 
-def _train_samples(shards: Path) -> int:
-    return int(json.loads((shards / "dataset.json").read_text()).get("num_samples", 0))
+# --------------------------------------------------------------------------- aggregation
 
 
-def _fit_seconds(run_dir: Path) -> float | None:
-    """Training wall time from the run's summary.json (written by `train fit` at the end)."""
-    summary = run_dir / "summary.json"
-    if not summary.exists():
-        return None
-    return json.loads(summary.read_text()).get("seconds")
+@dataclass
+class Stat:
+    """Mean, standard deviation (n-1; 0 for one value) and range over the seeds that finished."""
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else math.nan
+
+    @property
+    def sd(self) -> float:
+        return statistics.stdev(self.values) if self.n > 1 else 0.0
+
+    def as_dict(self) -> dict:
+        if not self.values:
+            return {"n": 0}
+        return {"n": self.n, "mean": self.mean, "sd": self.sd, "min": min(self.values),
+                "max": max(self.values), "values": self.values}
+
+    def text(self, scale: float = 1.0, expected_n: int | None = None) -> str:
+        """"mean ± sd"; "(n=k)" added when fewer seeds than expected have finished."""
+        if not self.values:
+            return "–"
+        body = f"{scale * self.mean:.2f} ± {scale * self.sd:.2f}"
+        return body if expected_n is None or self.n == expected_n else f"{body} (n={self.n})"
 
 
-def render_table(cfg: ExperimentConfig, rows, runner: Runner, fit: dict, wall_s: float, jobs: int) -> str:
-    first_summary = json.loads((next(iter(rows[0][4].values())) / "summary.json").read_text())
-    classes = [c for c in first_summary.get("per_class", {})]
+def _summary(path: Path) -> dict | None:
+    summary = path / "summary.json"
+    return json.loads(summary.read_text()) if summary.exists() else None
+
+
+def _finite(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def aggregate(cfg: ExperimentConfig, cells: list[Cell], out: Path) -> dict:
+    """Group cells by (arm, count): per prompt, Stat of mean DSC and mean HD95 over seeds; per-patient CSVs."""
+    rows: dict[tuple[str, str], dict] = {}
+    cells_dir = out / "cells"
+    for cell in cells:
+        key = (cell.arm, cell.count)
+        row = rows.setdefault(key, {"arm": cell.arm, "count": cell.count, "prompts": {}, "train_samples": None,
+                                    "fit_seconds": [], "per_class": {}})
+        if cell.shards is not None and (cell.shards / "dataset.json").exists():
+            row["train_samples"] = int(json.loads((cell.shards / "dataset.json").read_text()).get("num_samples", 0))
+        if cell.run_dir is not None and (cell.run_dir / "summary.json").exists():
+            seconds = json.loads((cell.run_dir / "summary.json").read_text()).get("seconds")
+            if seconds:
+                row["fit_seconds"].append(float(seconds))
+        for prompt, eval_dir in cell.evals.items():
+            summary = _summary(eval_dir)
+            entry = row["prompts"].setdefault(prompt, {"dsc": Stat([]), "hd95": Stat([]), "seeds": [],
+                                                       "hd95_unit": None, "per_class": {}})
+            if summary is None:
+                continue
+            entry["seeds"].append(cell.seed)
+            if _finite(summary.get("mean_dsc")):
+                entry["dsc"].values.append(float(summary["mean_dsc"]))
+            if _finite(summary.get("mean_hd95")):
+                entry["hd95"].values.append(float(summary["mean_hd95"]))
+            entry["hd95_unit"] = summary.get("hd95_unit", entry["hd95_unit"])
+            for name, per in summary.get("per_class", {}).items():
+                if _finite(per.get("dsc")):
+                    entry["per_class"].setdefault(name, Stat([])).values.append(float(per["dsc"]))
+            _append_cases(cells_dir / f"{cell.arm}_{_tag(cell.count)}_{prompt}.csv", cell.seed, eval_dir)
+    return rows
+
+
+def _append_cases(target: Path, seed: int, eval_dir: Path) -> None:
+    """The per-patient rows behind a table cell: every seed's cases.csv with a seed column."""
+    cases = eval_dir / "cases.csv"
+    if not cases.exists():
+        return
+    reader = csv.reader(io.StringIO(cases.read_text()))
+    header = next(reader)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    new = not target.exists()
+    with target.open("a", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        if new:
+            writer.writerow(["seed", *header])
+        for line in reader:
+            writer.writerow([seed, *line])
+
+
+def _row_order(cfg: ExperimentConfig, rows: dict) -> list[tuple[str, str]]:
+    order: list[tuple[str, str]] = []
+    counts = list(cfg.exemplar_counts)
+    for arm in ("zero-shot", "samed", "synthesized", "full", "exemplars"):
+        for count in (["-"] if arm == "zero-shot" else ["all"] if arm == "full" else counts):
+            if (arm, count) in rows:
+                order.append((arm, count))
+    return order
+
+
+def render_tables(cfg: ExperimentConfig, rows: dict, fit: dict, wall_s: float, jobs: int, ran_steps: int) -> str:
+    seeds = cfg.seed_list
+    n = len(seeds)
+    unit = next((e["hd95_unit"] for r in rows.values() for e in r["prompts"].values() if e["hd95_unit"]), "mm")
+    classes: list[str] = []
+    for r in rows.values():
+        for e in r["prompts"].values():
+            for name in e["per_class"]:
+                if name not in classes:
+                    classes.append(name)
     multi = len(classes) > 1
-    head = ["Exemplars", "Training data", "Train samples"]
-    for prompt in cfg.prompts:
-        head += [f"DSC (%) {prompt}", f"HD95 (mm) {prompt}"]
-    if multi:
-        head += [f"{c} ({cfg.prompts[0]})" for c in classes]
-    head += ["Fit (s)"]
+    recipe = f"`train fit {' '.join(cli_flags(fit))} --seed S`"
     lines = [f"### {cfg.name}", "",
              f"Test cases: split `{cfg.test_split}` of `{cfg.dataset}`; training cases: split `{cfg.train_split}`. "
-             f"Recipe: `train fit {' '.join(fit_flags(fit))} --seed {cfg.seed}`.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for count, arm, shards, run_dir, evals in rows:
-        cells = [count, arm, str(_train_samples(shards))]
-        summaries = {p: json.loads((d / "summary.json").read_text()) for p, d in evals.items()}
+             f"Recipe: {recipe}, seeds S = {', '.join(map(str, seeds))} (selection, synthesis, training and "
+             f"random prompts seeded together). Cells: mean ± standard deviation over the seeds "
+             f"(range in results.json; per-patient rows in cells/*.csv); 3D DSC in %, HD95 in {unit}.", ""]
+    head = ["Method", "Exemplars", "Train samples"]
+    for prompt in cfg.prompts:
+        head += [f"DSC (%) {prompt}", f"HD95 ({unit}) {prompt}"]
+    if multi:
+        head += [f"{c.replace('_', ' ')} ({cfg.prompts[0]})" for c in classes]
+    head += ["Fit (s)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    for key in _row_order(cfg, rows):
+        r = rows[key]
+        cells = [ARM_LABELS[r["arm"]], r["count"], str(r["train_samples"]) if r["train_samples"] else "–"]
         for prompt in cfg.prompts:
-            s = summaries[prompt]
-            cells += [f"{100 * s['mean_dsc']:.2f}", _fmt_mm(s.get("mean_hd95"))]
+            # a promptless arm has one evaluation: shown in the first prompt column
+            e = r["prompts"].get(prompt) or (r["prompts"].get("none") if prompt == cfg.prompts[0] else None)
+            cells += [e["dsc"].text(100.0, n), e["hd95"].text(1.0, n)] if e else ["–", "–"]
         if multi:
-            per_class = summaries[cfg.prompts[0]]["per_class"]
-            cells += [f"{100 * per_class[c]['dsc']:.2f}" if per_class[c].get("dsc") is not None else "n/a" for c in classes]
-        seconds = _fit_seconds(run_dir) or runner.timings.get(f"fit-{shards.name}")
-        cells.append(f"{seconds:.0f}" if seconds else "n/a")
+            e = r["prompts"].get(cfg.prompts[0]) or r["prompts"].get("none")
+            cells += [e["per_class"][c].text(100.0, n) if e and c in e["per_class"] else "–" for c in classes]
+        cells.append(f"{statistics.fmean(r['fit_seconds']):.0f}" if r["fit_seconds"] else "–")
         lines.append("| " + " | ".join(cells) + " |")
-    skipped = not runner.timings
-    lines += ["", f"Fit (s): `train fit` wall time. Machine: {platform.node() or 'unknown'}, "
-                  f"{len(os.sched_getaffinity(0))} CPUs, {platform.processor() or platform.machine()}; "
-                  f"`--jobs {jobs}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-                  + ("all steps reused from earlier invocations." if skipped else
-                     f"this invocation {wall_s / 60:.1f} min wall ({len(runner.timings)} steps run).")]
+    synth_counts = [c for c in cfg.exemplar_counts if ("synthesized", c) in rows and ("exemplars", c) in rows]
+    if synth_counts:
+        lines += ["", f"With and without synthesis (paper's Table 3), DSC (%) with {cfg.prompts[0]} prompts:", "",
+                  "| Exemplars | synthesized | exemplars only | difference (mean of per-seed differences) |",
+                  "|---:|---:|---:|---:|"]
+        for count in synth_counts:
+            a = rows[("synthesized", count)]["prompts"].get(cfg.prompts[0])
+            b = rows[("exemplars", count)]["prompts"].get(cfg.prompts[0])
+            diff = _paired_difference(a, b)
+            lines.append(f"| {count} | {a['dsc'].text(100.0, n) if a else '–'} | {b['dsc'].text(100.0, n) if b else '–'} "
+                         f"| {diff.text(100.0, n)} |")
+    lines += ["", f"Machine: {platform.node() or 'unknown'}, {len(os.sched_getaffinity(0))} CPUs, "
+                  f"{platform.processor() or platform.machine()}; `--jobs {jobs}`; "
+                  f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+                  + (f"this invocation {wall_s / 60:.1f} min wall ({ran_steps} steps run)." if ran_steps
+                     else "all steps reused from earlier invocations.")]
+    if any(r["arm"] == "samed" for r in rows.values()):
+        lines += ["", "SAMed-style rows are promptless (`--prompt none`); their evaluation sits in the first "
+                      "prompt column."]
     if cfg.notes:
         lines += ["", cfg.notes]
     return "\n".join(lines) + "\n"
 
 
-def _fmt_mm(value) -> str:
-    return "n/a" if value is None or value != value else f"{value:.2f}"
+def _paired_difference(a: dict | None, b: dict | None) -> Stat:
+    if not a or not b:
+        return Stat([])
+    by_seed_a = dict(zip(a["seeds"], a["dsc"].values))
+    by_seed_b = dict(zip(b["seeds"], b["dsc"].values))
+    return Stat([by_seed_a[s] - by_seed_b[s] for s in by_seed_a if s in by_seed_b])
+
+
+def results_json(cfg: ExperimentConfig, rows: dict) -> dict:
+    return {"name": cfg.name, "seeds": cfg.seed_list, "rows": [
+        {"arm": r["arm"], "count": r["count"], "train_samples": r["train_samples"],
+         "fit_seconds": r["fit_seconds"],
+         "prompts": {p: {"seeds": e["seeds"], "dsc": e["dsc"].as_dict(), "hd95": e["hd95"].as_dict(),
+                         "hd95_unit": e["hd95_unit"],
+                         "per_class_dsc": {c: s.as_dict() for c, s in e["per_class"].items()}}
+                     for p, e in r["prompts"].items()}}
+        for r in rows.values()]}
+
+
+def _count_value(count: str) -> float | None:
+    try:
+        return float(count)
+    except ValueError:
+        return None
+
+
+def plot_dsc(cfg: ExperimentConfig, rows: dict, target: Path) -> Path | None:
+    """DSC against the number of exemplars, with and without synthesis, mean with min-max bars.
+
+    Needs matplotlib (`pip install exemplar-sam[bench]`); without it the plot is skipped with a note."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed (pip install -e '.[bench]'): no plot written")
+        return None
+    prompt = cfg.prompts[0]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    plotted = False
+    for arm, style in (("synthesized", "o-"), ("exemplars", "s--")):
+        xs, ys, lo, hi = [], [], [], []
+        for count in cfg.exemplar_counts:
+            e = rows.get((arm, count), {}).get("prompts", {}).get(prompt)
+            x = _count_value(count)
+            if e is None or not e["dsc"].values or x is None:
+                continue
+            xs.append(x)
+            ys.append(100 * e["dsc"].mean)
+            lo.append(100 * (e["dsc"].mean - min(e["dsc"].values)))
+            hi.append(100 * (max(e["dsc"].values) - e["dsc"].mean))
+        if xs:
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt=style, capsize=4, label=ARM_LABELS[arm])
+            plotted = True
+    for arm, colour in (("full", "tab:green"), ("zero-shot", "tab:grey")):
+        key = ("full", "all") if arm == "full" else ("zero-shot", "-")
+        e = rows.get(key, {}).get("prompts", {}).get(prompt)
+        if e and e["dsc"].values:
+            ax.axhline(100 * e["dsc"].mean, color=colour, linestyle=":", label=ARM_LABELS[arm])
+            plotted = True
+    if not plotted:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log")
+    ticks = sorted({v for v in (_count_value(c) for c in cfg.exemplar_counts) if v is not None})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("number of exemplar slices (log scale)")
+    ax.set_ylabel(f"3D DSC (%), {prompt} prompts")
+    ax.set_title(f"{cfg.name}: mean over seeds, bars = min-max")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target)
+    plt.close(fig)
+    return target
+
+
+def write_outputs(cfg: ExperimentConfig, cells: list[Cell], out: Path, fit: dict, wall_s: float, jobs: int,
+                  ran_steps: int) -> str:
+    if (out / "cells").exists():
+        shutil.rmtree(out / "cells")  # rebuilt from the evaluations every time
+    rows = aggregate(cfg, cells, out)
+    table = render_tables(cfg, rows, fit, wall_s, jobs, ran_steps)
+    (out / "table.md").write_text(table)
+    (out / "results.json").write_text(json.dumps(results_json(cfg, rows), indent=1) + "\n")
+    plot_dsc(cfg, rows, out / "dsc_vs_exemplars.png")
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -280,13 +571,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="train/evaluate this many training sets at once, each with CPUs/jobs torch threads "
                              "(step output then goes to OUT/logs/); the data steps always run one at a time")
+    parser.add_argument("--only-seeds", type=int, nargs="+", default=None,
+                        help="run only these seeds now (the tables still use every finished seed)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing: rebuild table.md, results.json, cells/ and the plot from finished steps")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     args = parser.parse_args(argv)
     cfg = ExperimentConfig.load(args.config)
-    out = args.out or PROJECT_ROOT / "runs" / f"experiment-{cfg.name}"
+    out = (args.out or PROJECT_ROOT / "runs" / f"experiment-{cfg.name}").resolve()
     start = time.perf_counter()
-    table = run_grid(cfg, args.data_root.resolve(), out.resolve(), args.dry_run, args.steps, args.jobs)
-    print(f"experiment {cfg.name}: {time.perf_counter() - start:.0f} s, table at {table}")
+    cells, ran = plan_and_run(cfg, args.data_root.resolve(), out, args.dry_run, args.steps, args.jobs,
+                              args.only_seeds, args.table_only)
+    if args.dry_run:
+        return
+    fit = dict(cfg.fit)
+    if args.steps is not None:
+        fit["steps"] = args.steps
+    if args.only_seeds is not None:  # the table covers every seed that has finished, not only these
+        cells, _ = plan_and_run(cfg, args.data_root.resolve(), out, False, args.steps, args.jobs, None, True)
+    table = write_outputs(cfg, cells, out, fit, time.perf_counter() - start, args.jobs, ran)
+    print(table)
+    print(f"experiment {cfg.name}: {time.perf_counter() - start:.0f} s, table at {out / 'table.md'}")
 
 
 if __name__ == "__main__":
