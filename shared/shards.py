@@ -805,6 +805,21 @@ class ShardDataset:
         image, label, size = self._handle(k).read(slice(None))
         return np.asarray(image), np.asarray(label), np.asarray(size)
 
+    def shard_labels(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The padded labels (N,H,W) uint8 and sizes (N,2) of shard k, without reading images."""
+        handle = self._handle(k)
+        n = int(handle.label.shape[0])
+        if handle.direct:
+            try:
+                rows = np.arange(n, dtype=np.int64)
+                return np.asarray(handle.label.read(rows)), np.asarray(handle.size.read(rows))
+            except _ChunkError as exc:
+                raise DataError(f"{handle.path}: cannot read shard data ({exc.array}: {exc.problem})") from None
+        try:
+            return np.asarray(handle.label[:]), np.asarray(handle.size[:])
+        except Exception as exc:
+            raise DataError(f"{handle.path}: cannot read shard data ({_short(exc)})") from exc
+
     def read_shard(self, k: int) -> list[dict[str, Any]]:
         """All samples of shard k (one bulk read per array), as ``ds[i]`` would give them."""
         start, _count = self.shard_range(k)

@@ -31,7 +31,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 
 # Config fields a resumed run may not change (they change the model or what it learns from).
-IDENTITY_FIELDS = ("model", "checkpoint", "img_size", "lora_rank", "train_decoder", "prompt", "seed")
+IDENTITY_FIELDS = ("model", "checkpoint", "img_size", "lora_rank", "trainable", "prompt", "seed")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -135,9 +135,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def check_resume_compatible(saved: dict, config: dict, dataset: dict, path: Path) -> None:
     """ConfigError/DataError (one line) when a resumed run would differ from the saved one."""
+    from train.config import upgrade_config_dict
+
+    was = upgrade_config_dict(saved["config"])   # runs saved before named trainable sets
     for name in IDENTITY_FIELDS:
-        if saved["config"].get(name) != config.get(name):
-            raise ConfigError(f"{path}: cannot resume, {name} was {saved['config'].get(name)!r} "
+        if was.get(name) != config.get(name):
+            raise ConfigError(f"{path}: cannot resume, {name} was {was.get(name)!r} "
                               f"and is now {config.get(name)!r}")
     old = saved.get("dataset") or {}
     for name in ("content_sha256", "num_samples", "class_names"):
@@ -171,7 +174,7 @@ def load_trained_model(rundir: str | Path, checkpoint: str | Path | None = None,
     Returns (model in eval mode, run config dict).
     """
     from train.config import config_from_dict
-    from train.model import PromptSAM, add_lora, build_sam, default_training, load_trainable_state
+    from train.model import PromptSAM, load_trainable_state
 
     rundir = Path(rundir)
     run = read_run_config(rundir)
@@ -186,11 +189,11 @@ def load_trained_model(rundir: str | Path, checkpoint: str | Path | None = None,
 
 
 def build_model(cfg, num_classes: int | None, base: str | Path | None = None):
-    """The Sam a config trains: tiny from random init (all trainable), vit_* + LoRA."""
-    from train.model import add_lora, build_sam, default_training
+    """The Sam a config trains: base weights (or random init), then the named trainable set
+    ``cfg.trainable`` (train.model.trainable; LoRA seeded from ``cfg.seed``)."""
+    from train.model import apply_trainable_set, build_sam
 
     sam = build_sam(cfg.model, base if base is not None else cfg.checkpoint, cfg.img_size,
                     num_classes=num_classes, seed=cfg.seed)
-    if default_training(cfg.model) == "lora":
-        add_lora(sam, cfg.lora_rank, train_decoder=cfg.train_decoder)
+    apply_trainable_set(sam, cfg.trainable, rank=cfg.lora_rank, seed=cfg.seed)
     return sam

@@ -57,7 +57,7 @@ class TrainConfig:
     checkpoint: str | None = None
     img_size: int = 512
     lora_rank: int = 4
-    train_decoder: str = "lora"     # vit_*: "lora" (LoRA in the mask decoder), "full" (SAMed), "frozen"
+    trainable: str = "auto"         # named trainable set (train.model.trainable); "auto": per model/prompt
     batch_size: int = 8
     steps: int | None = None
     epochs: float | None = None
@@ -128,8 +128,10 @@ class TrainConfig:
             raise bad("need lr > 0, 0 < decay_gamma <= 1 and 0 <= min_lr_ratio <= 1")
         if self.ce_weight < 0 or self.dice_weight < 0 or self.ce_weight + self.dice_weight == 0:
             raise bad("ce_weight and dice_weight must be >= 0 and not both 0")
-        if self.train_decoder not in ("lora", "full", "frozen"):
-            raise bad(f"train_decoder {self.train_decoder!r} is not one of lora, full, frozen")
+        from train.model.trainable import TRAINABLE_NAMES
+
+        if self.trainable not in TRAINABLE_NAMES:
+            raise bad(f"trainable {self.trainable!r} is not one of auto, {', '.join(TRAINABLE_NAMES)}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise bad(f"device {self.device!r} must be auto, cpu or cuda[:N]")
         return self
@@ -155,8 +157,45 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_LEGACY_KEYS = {"train_decoder"}   # read, translated by _upgrade_legacy
+
+
+def _upgrade_legacy(values: dict[str, Any]) -> None:
+    """Translate keys of older configs in place: ``train_decoder`` lora/full/frozen -> ``trainable``.
+
+    Runs saved before the named trainable sets keep loading with exactly the weights they trained
+    (tiny always trained everything).
+    """
+    from train.model.trainable import LEGACY_TRAIN_DECODER
+
+    if "train_decoder" not in values:
+        return
+    legacy = values.pop("train_decoder")
+    if values.get("trainable", "auto") != "auto":
+        return
+    if values.get("model", "vit_b") == "tiny":
+        values["trainable"] = "full"
+    elif legacy in LEGACY_TRAIN_DECODER:
+        values["trainable"] = LEGACY_TRAIN_DECODER[legacy]
+    else:
+        raise ConfigError(f"train_decoder {legacy!r} is not one of {', '.join(LEGACY_TRAIN_DECODER)} "
+                          "(use the key trainable)")
+
+
+def upgrade_config_dict(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config dict in today's keys (legacy keys translated, "auto" resolved)."""
+    from train.model.trainable import default_trainable
+
+    out = dict(values)
+    _upgrade_legacy(out)
+    if out.get("trainable", "auto") == "auto":
+        out["trainable"] = default_trainable(out.get("model", "vit_b"), out.get("prompt", "point"),
+                                             out.get("checkpoint"))
+    return out
+
+
 def _check_keys(layer: Mapping[str, Any], source: str) -> None:
-    unknown = set(layer) - _FIELDS - {"models"} - {k for k in layer if k.startswith("_")}
+    unknown = set(layer) - _FIELDS - _LEGACY_KEYS - {"models"} - {k for k in layer if k.startswith("_")}
     if unknown:
         raise ConfigError(f"{source}: unknown config key(s) {', '.join(sorted(unknown))}")
     aug = layer.get("augment")
@@ -225,6 +264,8 @@ def resolve_config(config_file: str | Path | None = None, overrides: Mapping[str
 def config_from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
     """Build a TrainConfig from a plain dict (e.g. a saved config.json), with type checks."""
     values = dict(values)
+    values.pop("models", None)
+    _upgrade_legacy(values)
     aug = AugmentConfig(**{k: float(v) for k, v in (values.pop("augment", None) or {}).items()})
     _check_keys(values, source)
     values.pop("models", None)
@@ -249,6 +290,10 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Train
             raise ConfigError(f"{source}: betas must be two numbers")
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if cfg.trainable == "auto":
+        from train.model.trainable import default_trainable
+
+        cfg.trainable = default_trainable(cfg.model, cfg.prompt, cfg.checkpoint)
     return cfg.validate(source)
 
 

@@ -81,18 +81,54 @@ def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
 
 
-class SampleOrder:
-    """The seeded epoch orders of a dataset: shard-block shuffle, see the module docstring."""
+def foreground_samples(ds, img_size: int | None = None) -> np.ndarray:
+    """Boolean (N,): which samples of a shard dataset hold any foreground (label > 0).
 
-    def __init__(self, shard_ranges: list[tuple[int, int]], seed: int, block_shards: int = 2):
+    With `img_size`, judged on the label as training sees it (resized to img_size x img_size,
+    nearest neighbour, exactly as the batches are built), so a speck that the resize drops does
+    not count. Reads only the label arrays, shard by shard.
+    """
+    flags = np.zeros(len(ds), dtype=bool)
+    buf = None if img_size is None else np.empty((img_size, img_size), np.uint8)
+    for k in range(ds.num_shards):
+        start, count = ds.shard_range(k)
+        labels, sizes = ds.shard_labels(k)
+        any_fg = labels.reshape(len(labels), -1).any(1)   # padding is zero, never counts
+        if buf is not None:
+            for j in np.flatnonzero(any_fg):
+                h, w = int(sizes[j, 0]), int(sizes[j, 1])
+                if (h, w) != buf.shape:
+                    _resize_label_into(labels[j, :h, :w], buf)
+                    any_fg[j] = buf.any()
+        flags[start:start + count] = any_fg
+    return flags
+
+
+class SampleOrder:
+    """The seeded epoch orders of a dataset: shard-block shuffle, see the module docstring.
+
+    `eligible` (boolean per sample, optional) restricts the stream to those samples: each epoch
+    order is the full shard-block shuffle with the others removed, so the stream positions count
+    eligible samples only (prompted training skips slices without foreground this way).
+    """
+
+    def __init__(self, shard_ranges: list[tuple[int, int]], seed: int, block_shards: int = 2,
+                 eligible: np.ndarray | None = None):
         self.shard_ranges = [(int(s), int(c)) for s, c in shard_ranges]
         self.num_samples = sum(c for _, c in self.shard_ranges)
+        self.eligible = None
+        if eligible is not None and not np.all(eligible):
+            self.eligible = np.asarray(eligible, dtype=bool)
+            if self.eligible.shape != (self.num_samples,):
+                raise ValueError(f"eligible has {self.eligible.shape} entries for {self.num_samples} samples")
+            self.num_samples = int(self.eligible.sum())
         if self.num_samples == 0:
-            raise DataError("dataset holds no samples")
+            raise DataError("dataset holds no samples" if self.eligible is None else
+                            "dataset holds no sample with foreground to prompt")
         self.seed = int(seed)
         self.block_shards = max(1, int(block_shards))
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        starts = np.array([s for s, _ in self.shard_ranges] + [self.num_samples])
+        starts = np.array([s for s, _ in self.shard_ranges] + [sum(c for _, c in self.shard_ranges)])
         self._shard_starts = starts
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -108,6 +144,8 @@ class SampleOrder:
                                   for k in perm[b:b + self.block_shards]])
             parts.append(rng.permutation(idx))
         order = np.concatenate(parts)
+        if self.eligible is not None:
+            order = order[self.eligible[order]]
         self._cache[epoch] = order
         while len(self._cache) > 2:
             self._cache.popitem(last=False)
@@ -136,10 +174,12 @@ class StreamSpec:
     img_size: int
     batch_size: int
     seed: int
-    prompt: str = "point"               # "point": binary target of a random class + one point; "none": full label
+    prompt: str = "point"               # "point": binary target of a random class + one point (samples
+                                        # without foreground skipped); "none": full label, all samples
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     block_shards: int = 2
     start_sample: int = 0               # stream position of batch 0 (the resume position)
+    eligible: np.ndarray | None = None  # prompt "point": samples with foreground (None: computed on open)
     num_batches: int | None = None      # None: endless
     rank: int = 0
     world_size: int = 1
@@ -151,7 +191,7 @@ class ShardBatchStream(IterableDataset):
     A batch: ``image`` (B, 1, S, S) float32 in [0, 1]; ``target`` (B, S, S) uint8, the binary mask
     (prompt "point") or the class map (prompt "none"); ``points`` (B, 1, 2) float32 xy in input
     pixels and ``point_labels`` (B, 1) int64 (all 1) for "point"; ``class_index`` (B,) int64 (the
-    prompted class, 0 when the label has no foreground); ``position`` (B,) int64 stream positions;
+    prompted class; 0 for "none"); ``position`` (B,) int64 stream positions;
     ``ids`` list of sample ids; ``batch`` the batch number.
     """
 
@@ -179,7 +219,10 @@ class ShardBatchStream(IterableDataset):
             self._pid = os.getpid()
             self._ds = open_dataset(self.spec.shards)
             ranges = [self._ds.shard_range(k) for k in range(self._ds.num_shards)]
-            self._order = SampleOrder(ranges, self.spec.seed, self.spec.block_shards)
+            eligible = self.spec.eligible
+            if self.spec.prompt == "point" and eligible is None:
+                eligible = foreground_samples(self._ds, self.spec.img_size)
+            self._order = SampleOrder(ranges, self.spec.seed, self.spec.block_shards, eligible)
 
     @property
     def order(self) -> SampleOrder:
@@ -245,7 +288,12 @@ class ShardBatchStream(IterableDataset):
                 image = resize_image(sample["image"], size)
                 label = resize_label(sample["label"], size)
                 params = sample_augment(s.augment, np.random.default_rng([s.seed, epoch, index, _AUGMENT_STREAM]))
-                image, label = apply_augment(image, label, params)
+                aug_image, aug_label = apply_augment(image, label, params)
+                if s.prompt == "point" and not aug_label.any() and label.any():
+                    # zoom/rotation moved all foreground out of the frame: keep the sample as
+                    # it is rather than prompt a class that is no longer there
+                    aug_image, aug_label = image, label
+                image, label = aug_image, aug_label
                 images[i, 0] = image
             else:
                 _resize_image_into(sample["image"], images[i, 0])
@@ -254,15 +302,15 @@ class ShardBatchStream(IterableDataset):
             if s.prompt == "point":
                 rng = np.random.default_rng([s.seed, epoch, index, _PROMPT_STREAM])
                 prompt = sample_training_prompt(label, rng)
-                if prompt is None:  # no foreground: a random point, an empty target
-                    targets[i] = 0
-                    points[i, 0] = rng.integers(0, size, 2)
-                    classes[i] = 0
-                else:
-                    cls, (x, y), mask = prompt
-                    targets[i] = mask
-                    points[i, 0] = (x, y)
-                    classes[i] = cls
+                if prompt is None:
+                    # The eligible set excludes these; reaching here means it was computed for
+                    # another dataset or size. Never pair a positive click with an empty target.
+                    raise DataError(f"{s.shards}: sample {sample['id']} has no foreground at "
+                                    f"{size} px to prompt (stale eligible-sample list)")
+                cls, (x, y), mask = prompt
+                targets[i] = mask
+                points[i, 0] = (x, y)
+                classes[i] = cls
             elif augment:
                 targets[i] = label
             ids.append(sample["id"])

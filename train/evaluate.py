@@ -14,7 +14,10 @@ Protocol (the paper's, after SAMed):
 - Prompted logits are upsampled back to the slice's size (``train.resize.upsample_logits``) and
   thresholded at 0; where two classes' masks overlap, the class with the highest logit wins.
 - Slices are stacked back into the volume at the source resolution and scored per volume and class
-  (``train.metrics``); averages follow the published tables.
+  (``train.metrics``); averages follow the published tables. HD95 in mm (or voxels:
+  ``hd95_unit``; always voxels for sources without geometry), empty cases ``strict`` or ``samed``.
+- ``multimask`` (zero-shot SAM only): SAM's three masks per point, the one with the highest
+  predicted IoU kept, as SAM is used with a single click.
 """
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ import numpy as np
 from shared.errors import ConfigError, DataError
 
 from . import report
-from .metrics import CaseScore, score_volume, slice_dice, summarise
+from .metrics import (EMPTY_CASE_TEXT, EMPTY_CASES, HD95_UNITS, CaseScore, score_volume, slice_dice,
+                      summarise)
 
 PROMPT_MODES = ("center", "random", "none")
 
@@ -53,6 +57,7 @@ class EvalVolume:
     label: np.ndarray  # uint8 (S, R, C)
     spacing: tuple[float, float, float]  # mm along (S, R, C)
     affine: np.ndarray  # 4x4 of the source NIfTI
+    geometry_known: bool = True  # False: spacing is a 1 mm placeholder (transunet), HD95 in voxels
 
 
 @dataclass
@@ -64,6 +69,7 @@ class TestSet:
     task: str
     volume_ids: list[str]
     load: Callable[[str], EvalVolume]
+    geometry_known: bool = True  # False: the source has no voxel spacing (HD95 only in voxels)
 
     def __iter__(self) -> Iterator[EvalVolume]:
         for vid in self.volume_ids:
@@ -98,7 +104,17 @@ def open_shards_testset(directory: str | Path) -> TestSet:
 
     source = ds.info.get("source") or {}
     description = {"kind": "shards", "path": str(Path(directory).resolve()), "source": source}
-    return TestSet(description, tuple(ds.class_names), ds.task, list(by_id), load)
+    return TestSet(description, tuple(ds.class_names), ds.task, list(by_id), load,
+                   geometry_known=source_geometry_known(source))
+
+
+def source_geometry_known(source: dict) -> bool:
+    """Whether a source (its describe() dict) has real voxel spacings.
+
+    The TransUNet files keep no geometry (shared/sources/transunet.py reports 1 mm placeholders,
+    ``meta["geometry_known"] = False``); packed shards keep only the source's description.
+    """
+    return source.get("geometry_known", source.get("name") != "transunet") is not False
 
 
 def open_source_testset(dataset: str, root: str | Path | None, split: str, *, modality: str = "flair",
@@ -118,7 +134,8 @@ def open_source_testset(dataset: str, root: str | Path | None, split: str, *, mo
                           tuple(float(s) for s in vol.spacing), np.asarray(vol.affine, np.float64))
 
     description = {"kind": "source", "split": split, "source": source.describe()}
-    return TestSet(description, tuple(source.class_names), source.task, ids, load)
+    return TestSet(description, tuple(source.class_names), source.task, ids, load,
+                   geometry_known=source_geometry_known(description["source"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,6 +233,7 @@ class Inference:
     device: Any
     batch_size: int = 8  # slices per encoder call
     decode_batch: int = 64  # prompts per decoder call
+    multimask: bool = False  # SAM's three masks per prompt, keep the best predicted IoU
 
     @property
     def img_size(self) -> int:
@@ -253,7 +271,7 @@ class Inference:
             pts = torch.from_numpy(points[i:i + self.decode_batch]).float().to(self.device)
             lab = torch.from_numpy(labels[i:i + self.decode_batch]).long().to(self.device)
             with self.autocast():
-                logits = self.model.decode(embeddings[sel], pts, lab)
+                logits = self.model.decode(embeddings[sel], pts, lab, multimask=self.multimask)
             out.append(upsample_logits(logits.float(), hw)[:, 0].cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, *hw), np.float32)
 
@@ -342,6 +360,9 @@ class EvalOptions:
     overwrite: bool = False
     num_threads: int = 0
     max_volumes: int | None = None  # evaluate only the first N volumes (smoke tests)
+    hd95_unit: str | None = None  # "mm" | "voxel"; None: mm, or voxels when the source has no geometry
+    empty_case: str = "strict"  # "strict" | "samed" (train.metrics)
+    multimask: bool = False  # zero-shot SAM: three masks per point, keep the best predicted IoU
 
 
 def pick_device(name: str):
@@ -399,6 +420,18 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
         raise ConfigError(f"--batch-size must be >= 1, got {opts.batch_size}")
     check_classes(loaded, testset, where)
     num_classes = len(testset.class_names) - 1
+    hd95_unit = opts.hd95_unit or ("mm" if testset.geometry_known else "voxel")
+    if hd95_unit not in HD95_UNITS:
+        raise ConfigError(f"--hd95-unit {hd95_unit!r} must be one of {', '.join(HD95_UNITS)}")
+    if hd95_unit == "mm" and not testset.geometry_known:
+        raise ConfigError(f"{where}: the volumes carry no voxel spacing "
+                          f"({testset.description.get('source', {}).get('name', 'source')}), HD95 "
+                          "can only be given in voxels: use --hd95-unit voxel")
+    if opts.empty_case not in EMPTY_CASES:
+        raise ConfigError(f"--empty-case {opts.empty_case!r} must be one of {', '.join(EMPTY_CASES)}")
+    if opts.multimask and (opts.prompt == "none" or loaded.trained_prompt is not None):
+        raise ConfigError(f"{where}: --multimask is for zero-shot SAM with point prompts (a trained run "
+                          "learned the single-mask output)")
     model = loaded.model
     if opts.prompt == "none":
         if model.num_classes is None:
@@ -419,7 +452,7 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
             torch.set_num_threads(opts.num_threads)
         device = pick_device(opts.device)
         model.to(device).eval()
-        inf = Inference(model, device, opts.batch_size, opts.decode_batch)
+        inf = Inference(model, device, opts.batch_size, opts.decode_batch, opts.multimask)
         rows: list[CaseScore] = []
         skipped: list[str] = []
         worst: list[tuple] = []  # heap of (-badness, counter, payload) for overlays
@@ -446,7 +479,8 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
                 pred, n = predict_volume(inf, vol, num_classes, opts.prompt, opts.seed, bar.update, prompts)
                 model_seconds += time.perf_counter() - t0
                 n_slices += n
-                rows.extend(score_volume(vid, pred, vol.label, vol.spacing, testset.class_names))
+                rows.extend(score_volume(vid, pred, vol.label, vol.spacing, testset.class_names,
+                                         hd95_unit=hd95_unit, empty_case=opts.empty_case))
                 if opts.save_predictions:
                     _save_prediction(tmp / "predictions" / f"{vid}.nii.gz", pred, vol.affine)
                 if opts.overlays > 0:
@@ -463,9 +497,11 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
             run=loaded.info.get("run"), dataset=testset.description, skipped_volumes=skipped,
             seconds=round(seconds, 3), slices=n_slices,
             slices_per_s=round(n_slices / model_seconds, 3) if model_seconds > 0 else None,
-            device=str(device), empty_case_convention=(
-                "gt and prediction empty: not scored; exactly one empty: DSC 0 and HD95 = volume "
-                "diagonal in mm"))
+            device=str(device), hd95_unit=hd95_unit, empty_case=opts.empty_case,
+            empty_case_convention=EMPTY_CASE_TEXT[opts.empty_case]
+            + (" in mm" if hd95_unit == "mm" and opts.empty_case == "strict" else
+               " in voxels" if opts.empty_case == "strict" else ""),
+            multimask=opts.multimask)
         (tmp / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
         (tmp / "cases.csv").write_text(report.cases_csv(rows))
         (tmp / "table.md").write_text(report.markdown_table([(loaded.name, result)]))

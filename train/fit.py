@@ -7,6 +7,7 @@ order, the data position and the resume rules are described in :mod:`train.data`
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ from train.checkpointing import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, SUMM
                                  dataset_identity, last_checkpoint, load_checkpoint,
                                  save_checkpoint)
 from train.config import TrainConfig, config_from_dict
-from train.data import ShardBatchStream, StreamSpec, batch_loader
+from train.data import ShardBatchStream, StreamSpec, batch_loader, foreground_samples
 
 
 @dataclass
@@ -153,6 +154,16 @@ def _weights_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _safe_augment(cfg: TrainConfig, class_names: list[str]):
+    """The augmentation a run applies: the configured one, except that promptless multi-class
+    training never flips or rotates by 90 degrees (the class of an organ depends on its side:
+    a flip would teach "left kidney" on the right). Prompted targets are binary, so flips are safe.
+    """
+    if cfg.prompt == "none" and len(class_names) > 2 and (cfg.augment.flip_prob or cfg.augment.rot90_prob):
+        return dataclasses.replace(cfg.augment, flip_prob=0.0, rot90_prob=0.0)
+    return cfg.augment
+
+
 def fit(cfg: TrainConfig, shards: str | Path, out: str | Path, *, resume: bool = False,
         overwrite: bool = False, log_sample_ids: bool = False, progress: bool = True,
         echo: Callable[[str], None] = print) -> FitResult:
@@ -207,6 +218,14 @@ def _fit(cfg: TrainConfig, shards: Path, out: Path, di: DistInfo, *, resume: boo
         raise DataError(f"{shards}/dataset.json: class_names must list background and at least one class")
     identity = dataset_identity(ds, shards)
     num_classes = len(class_names) - 1 if cfg.prompt == "none" else None
+    # Prompted training never clicks on a class that is absent: samples without foreground (at
+    # the model size) are left out of the stream; promptless training keeps them (all background).
+    eligible = foreground_samples(ds, cfg.img_size) if cfg.prompt == "point" else None
+    n_train = len(ds) if eligible is None else int(eligible.sum())
+    if n_train == 0:
+        raise DataError(f"{shards}: no sample holds foreground at {cfg.img_size} px, nothing to prompt "
+                        "(prompted training needs labelled slices; --prompt none trains on any)")
+    augment = _safe_augment(cfg, class_names)
 
     # -- run directory, resume -----------------------------------------------------------------
     saved = None
@@ -221,7 +240,7 @@ def _fit(cfg: TrainConfig, shards: Path, out: Path, di: DistInfo, *, resume: boo
     start_step = int(saved["step"]) if saved else 0
     start_sample = int(saved["samples_seen"]) if saved else 0
     world = di.world_size
-    total_steps = cfg.total_steps(len(ds), world)
+    total_steps = cfg.total_steps(n_train, world)
     if resume and total_steps <= start_step:
         raise ConfigError(f"{last_checkpoint(out)}: the run is already at step {start_step}; "
                           f"give a larger --steps (got {total_steps}) to continue")
@@ -233,6 +252,7 @@ def _fit(cfg: TrainConfig, shards: Path, out: Path, di: DistInfo, *, resume: boo
         load_trainable_state(model, saved["trainable"], str(last_checkpoint(out)))
     model.to(device).train()
     params = count_parameters(model)
+    trainable_info = getattr(getattr(sam, "exemplar", None), "trainable", None) or {}
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=tuple(cfg.betas),
                                   weight_decay=cfg.weight_decay)
@@ -258,17 +278,30 @@ def _fit(cfg: TrainConfig, shards: Path, out: Path, di: DistInfo, *, resume: boo
                   "class_names": class_names, "prompt": cfg.prompt,
                   "trainable_params": params.trainable, "total_params": params.total,
                   "base_checkpoint": cfg.checkpoint,
-                  "lora": getattr(getattr(sam, "exemplar", None), "lora", None)},
+                  "lora": getattr(getattr(sam, "exemplar", None), "lora", None),
+                  "trainable": trainable_info},
+        "data": {"samples": len(ds), "trained_samples": n_train,
+                 "skipped_without_foreground": len(ds) - n_train,
+                 "augment": dataclasses.asdict(augment)},
         "world_size": world,
         "global_batch_size": cfg.batch_size * world,
         "total_steps": total_steps,
     }
     if di.is_main:
         atomic_write_json(out / CONFIG_FILE, run_config)
+        from train.model import describe_counts
+
         say(f"model {cfg.model} at {cfg.img_size}px, prompt {cfg.prompt}: "
             f"trainable parameters {params.trainable:,} ({100 * params.share:.2f}%) of {params.total:,}")
+        say(f"trainable set {cfg.trainable}: {describe_counts(trainable_info.get('counts', {}))}")
         say(f"dataset {shards}: {len(ds)} samples in {ds.num_shards} shards, classes "
             f"{', '.join(class_names[1:])}")
+        if n_train != len(ds):
+            say(f"prompted training skips {len(ds) - n_train} of {len(ds)} samples without foreground "
+                f"at {cfg.img_size}px; an epoch is {n_train} samples")
+        if augment != cfg.augment:
+            say("augment: flips and 90-degree rotations off for promptless multi-class training "
+                "(they would swap left and right organs)")
         resumed = f", resuming at step {start_step}" if saved else ""
         say(f"steps {total_steps} at batch {cfg.batch_size} x {world} process(es) "
             f"(= {total_steps * cfg.batch_size * world / len(ds):.2f} epochs){resumed}; device {device}, "
@@ -277,9 +310,9 @@ def _fit(cfg: TrainConfig, shards: Path, out: Path, di: DistInfo, *, resume: boo
     # -- data stream from the saved position ---------------------------------------------------
     stream = ShardBatchStream(StreamSpec(
         shards=str(shards), img_size=cfg.img_size, batch_size=cfg.batch_size, seed=cfg.seed,
-        prompt=cfg.prompt, augment=cfg.augment, block_shards=cfg.shuffle_block_shards,
+        prompt=cfg.prompt, augment=augment, block_shards=cfg.shuffle_block_shards,
         start_sample=start_sample, num_batches=total_steps - start_step,
-        rank=di.rank, world_size=world))
+        rank=di.rank, world_size=world, eligible=eligible))
     batches = batch_loader(stream, cfg.num_workers, cfg.prefetch_factor,
                            pin_memory=device.type == "cuda")
 
@@ -359,7 +392,7 @@ def _fit(cfg: TrainConfig, shards: Path, out: Path, di: DistInfo, *, resume: boo
                 last_rate = (window[3].item() / world) * global_batch / max(now - window_t0, 1e-9)
                 record = {"step": step, "loss": round(mean[0], 6), "ce": round(mean[1], 6),
                           "dice": round(mean[2], 6), "lr": lr, "samples_per_s": round(last_rate, 2),
-                          "epoch": round((start_sample + (step - start_step) * global_batch) / len(ds), 4)}
+                          "epoch": round((start_sample + (step - start_step) * global_batch) / n_train, 4)}
                 if first_loss is None:
                     first_loss = mean[0]
                 last_loss = mean[0]
@@ -400,7 +433,8 @@ def _fit(cfg: TrainConfig, shards: Path, out: Path, di: DistInfo, *, resume: boo
         atomic_write_json(out / SUMMARY_FILE, {
             "steps": step, "start_step": start_step, "first_loss": first_loss, "final_loss": last_loss,
             "seconds": round(seconds, 3), "samples_per_s": round(samples_per_s, 2),
-            "world_size": world, "trainable_params": params.trainable, "total_params": params.total})
+            "world_size": world, "trainable_params": params.trainable, "total_params": params.total,
+            "skipped_without_foreground": len(ds) - n_train})
     if world > 1:
         dist.barrier()
     return FitResult(step, start_step, first_loss, last_loss, seconds, samples_per_s, out)
@@ -413,8 +447,10 @@ def resume_config(rundir: str | Path, overrides: dict[str, Any]) -> TrainConfig:
     """
     from train.checkpointing import IDENTITY_FIELDS
 
+    from train.config import upgrade_config_dict
+
     ck = load_checkpoint(last_checkpoint(Path(rundir)))
-    values = dict(ck["config"])
+    values = upgrade_config_dict(ck["config"])
     for key, value in overrides.items():
         if value is None:
             continue

@@ -20,6 +20,20 @@ empty              empty              NaN          NaN  -> not scored, left out 
 A prediction on an empty ground truth therefore never scores Dice 1 (SAMed's evaluation does
 that), and a missed structure is not rewarded with HD95 0 (SAMed again). The diagonal,
 ``sqrt(sum((shape * spacing)^2))``, is the largest distance possible inside the volume.
+This is the ``strict`` convention (the default). ``samed`` reproduces SAMed's
+``utils.calculate_metric_percase`` (whose numbers the paper compares to), every case scored:
+
+=================  =================  ===========  ======================================
+gt                 pred               DSC          HD95
+=================  =================  ===========  ======================================
+non-empty          non-empty          2|A∩B|/...   95th percentile surface distance
+non-empty          empty              0            0
+empty              non-empty          1            0
+empty              empty              0            0   (still counted in the averages)
+=================  =================  ===========  ======================================
+
+HD95 unit: ``mm`` (distances use the voxel spacing) or ``voxel`` (unit spacing, as SAMed calls
+medpy's ``hd95`` without a spacing); the strict penalty diagonal is then in voxels too.
 """
 from __future__ import annotations
 
@@ -31,6 +45,15 @@ import numpy as np
 from scipy import ndimage
 
 Spacing = Sequence[float]
+
+HD95_UNITS = ("mm", "voxel")
+EMPTY_CASES = ("strict", "samed")
+EMPTY_CASE_TEXT = {
+    "strict": "gt and prediction empty: not scored (left out of averages); exactly one empty: "
+              "DSC 0 and HD95 = volume diagonal",
+    "samed": "SAMed calculate_metric_percase: prediction empty -> DSC 0, HD95 0; gt empty and "
+             "prediction not -> DSC 1, HD95 0; every case counted in the averages",
+}
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -112,7 +135,7 @@ class CaseScore:
     class_index: int
     class_name: str
     dsc: float  # fraction 0-1; NaN when not scored
-    hd95: float  # mm; NaN when not scored
+    hd95: float  # in the evaluation's unit (mm or voxels); NaN when not scored
     gt_voxels: int
     pred_voxels: int
     note: str = ""  # why a case is unscored or penalised
@@ -122,12 +145,44 @@ class CaseScore:
         return not math.isnan(self.dsc)
 
 
+def score_case(p: np.ndarray, g: np.ndarray, spacing: Spacing, *, hd95_unit: str = "mm",
+               empty_case: str = "strict") -> tuple[float, float, str]:
+    """(DSC, HD95, note) of one binary prediction `p` against ground truth `g`.
+
+    `hd95_unit` "mm" uses `spacing`, "voxel" unit spacing; `empty_case` "strict" or "samed"
+    (module doc). NaN = not scored.
+    """
+    if hd95_unit not in HD95_UNITS:
+        raise ValueError(f"hd95_unit must be one of {HD95_UNITS}, got {hd95_unit!r}")
+    if empty_case not in EMPTY_CASES:
+        raise ValueError(f"empty_case must be one of {EMPTY_CASES}, got {empty_case!r}")
+    sp = spacing if hd95_unit == "mm" else (1.0,) * p.ndim
+    has_p, has_g = bool(p.any()), bool(g.any())
+    if has_p and has_g:
+        return dice(p, g), hd95(p, g, sp), ""
+    if empty_case == "samed":
+        if has_p:
+            return 1.0, 0.0, "SAMed rule: class absent from ground truth, predicted (DSC 1, HD95 0)"
+        if has_g:
+            return 0.0, 0.0, "SAMed rule: missed, empty prediction (DSC 0, HD95 0)"
+        return 0.0, 0.0, "SAMed rule: class absent from ground truth and prediction (DSC 0, HD95 0)"
+    if not has_p and not has_g:
+        return float("nan"), float("nan"), "not scored: class absent from ground truth and prediction"
+    if has_p:
+        return 0.0, diagonal_mm(p.shape, sp), \
+            "false positive: class absent from ground truth (DSC 0, HD95 = diagonal)"
+    return 0.0, diagonal_mm(p.shape, sp), "missed: empty prediction (DSC 0, HD95 = diagonal)"
+
+
 def score_volume(
     volume_id: str,
     pred: np.ndarray,
     gt: np.ndarray,
     spacing: Spacing,
     class_names: Sequence[str],
+    *,
+    hd95_unit: str = "mm",
+    empty_case: str = "strict",
 ) -> list[CaseScore]:
     """DSC and HD95 of every foreground class of one volume (label maps of equal shape)."""
     if pred.shape != gt.shape:
@@ -137,15 +192,8 @@ def score_volume(
         p = pred == k
         g = gt == k
         n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
-        if n_g == 0 and n_p == 0:
-            note = "not scored: class absent from ground truth and prediction"
-        elif n_g == 0:
-            note = "false positive: class absent from ground truth (DSC 0, HD95 = diagonal)"
-        elif n_p == 0:
-            note = "missed: empty prediction (DSC 0, HD95 = diagonal)"
-        else:
-            note = ""
-        rows.append(CaseScore(volume_id, k, class_names[k], dice(p, g), hd95(p, g, spacing), n_g, n_p, note))
+        d, h, note = score_case(p, g, spacing, hd95_unit=hd95_unit, empty_case=empty_case)
+        rows.append(CaseScore(volume_id, k, class_names[k], d, h, n_g, n_p, note))
     return rows
 
 

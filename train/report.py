@@ -1,6 +1,7 @@
 """Evaluation reports: summary.json, cases.csv, table.md, and side-by-side tables (`train report`).
 
-Units follow the paper's tables: DSC in percent with two decimals, HD95 in mm with two decimals.
+Units follow the paper's tables: DSC in percent with two decimals, HD95 with two decimals in the
+evaluation's unit (mm by default, voxels with ``--hd95-unit voxel`` or for sources without geometry).
 ``summary.json`` keeps DSC as a fraction 0-1 (``mean_dsc``) so programs need not divide by 100.
 """
 from __future__ import annotations
@@ -60,9 +61,10 @@ def _mm(x: float | None) -> str:
 def markdown_table(entries: Sequence[tuple[str, dict]]) -> str:
     """A paper-style Markdown table from (method name, summary.json dict) pairs.
 
-    Columns: Method, DSC (%), HD95 (mm), then per-class DSC (%) when any entry is multi-class
+    Columns: Method, DSC (%), HD95 (its unit), then per-class DSC (%) when any entry is multi-class
     (classes in order of first appearance, underscores shown as spaces; "–" where an entry lacks a
-    class or it was not scored).
+    class or it was not scored). A line under the table states the HD95 unit and the empty-case
+    convention; entries of different units or conventions are marked per row.
     """
     classes: list[str] = []
     multi = any(len(s.get("per_class", {})) > 1 for _, s in entries)
@@ -71,14 +73,42 @@ def markdown_table(entries: Sequence[tuple[str, dict]]) -> str:
             for name in s.get("per_class", {}):
                 if name not in classes:
                     classes.append(name)
-    header = ["Method", "DSC (%)", "HD95 (mm)"] + [c.replace("_", " ") for c in classes]
+    units = {hd95_unit(s) for _, s in entries}
+    conventions = {empty_case(s) for _, s in entries}
+    one_unit = len(units) == 1
+    hd_head = f"HD95 ({_UNIT_WORD[next(iter(units))]})" if one_unit else "HD95"
+    header = ["Method", "DSC (%)", hd_head] + [c.replace("_", " ") for c in classes]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     for name, s in entries:
         per = s.get("per_class", {})
-        cells = [name, _pct(s.get("mean_dsc")), _mm(s.get("mean_hd95"))]
+        hd = _mm(s.get("mean_hd95"))
+        if not one_unit and hd != "–":
+            hd += f" {_UNIT_WORD[hd95_unit(s)]}"
+        if len(conventions) > 1:
+            name = f"{name} ({empty_case(s)})"
+        cells = [name, _pct(s.get("mean_dsc")), hd]
         cells += [_pct(per[c]["dsc"]) if c in per else "–" for c in classes]
         lines.append("| " + " | ".join(cells) + " |")
+    unit_text = ", ".join(_UNIT_WORD[u] for u in sorted(units))
+    lines += ["", f"HD95 in {unit_text}; empty cases: "
+              + "; ".join(f"{c} ({_EMPTY_SHORT[c]})" for c in sorted(conventions)) + "."]
     return "\n".join(lines) + "\n"
+
+
+_UNIT_WORD = {"mm": "mm", "voxel": "voxels"}
+_EMPTY_SHORT = {"strict": "both empty not scored, one empty = DSC 0 and HD95 the volume diagonal",
+                "samed": "SAMed's calculate_metric_percase: missed = DSC 0 / HD95 0, false positive = "
+                         "DSC 1 / HD95 0, all cases averaged"}
+
+
+def hd95_unit(summary: dict) -> str:
+    """The HD95 unit of a summary.json ("mm" for evaluations written before the unit was recorded)."""
+    return summary.get("hd95_unit") or "mm"
+
+
+def empty_case(summary: dict) -> str:
+    """The empty-case convention of a summary.json ("strict" before it was recorded)."""
+    return summary.get("empty_case") or "strict"
 
 
 def read_summary(evaldir: str | Path) -> dict:

@@ -35,6 +35,17 @@ from shared.errors import ConfigError
                    "prompted runs); random: a seeded random pixel of the class; none: promptless "
                    "(default for runs trained with --prompt none).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random prompts.")
+@click.option("--hd95-unit", type=click.Choice(["mm", "voxel"]), default=None,
+              help="HD95 in mm (voxel spacing; the default) or in voxels (unit spacing, as SAMed's code "
+                   "computes it). Sources without geometry (transunet) are always in voxels.")
+@click.option("--empty-case", type=click.Choice(["strict", "samed"]), default="strict", show_default=True,
+              help="strict: a class absent from both ground truth and prediction is not scored, one "
+                   "empty side scores DSC 0 and HD95 = the volume diagonal; samed: SAMed's "
+                   "calculate_metric_percase (missed -> DSC 0 / HD95 0, false positive -> DSC 1 / HD95 0, "
+                   "all cases averaged), to compare with published SAMed-style tables.")
+@click.option("--multimask", is_flag=True,
+              help="Zero-shot SAM only: SAM's multimask output for the single point (three masks, the "
+                   "one with the highest predicted IoU kept), as SAM is used with one click.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Slices per encoder call.")
 @click.option("--decode-batch", type=int, default=64, show_default=True, help="Prompts per decoder call.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N] (bf16 autocast on CUDA).")
@@ -47,7 +58,7 @@ from shared.errors import ConfigError
 @click.option("--out", required=True, type=click.Path(file_okay=True), help="Evaluation directory to write.")
 @debug_option
 def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset, root, split, modality,
-          source_config, prompt, seed, batch_size, decode_batch, device, num_threads, max_volumes,
+          source_config, prompt, seed, hd95_unit, empty_case, multimask, batch_size, decode_batch, device, num_threads, max_volumes,
           save_predictions, overlays, overlay_count, overwrite, out) -> None:
     """Score a run (or zero-shot SAM) on test volumes: DSC and HD95 per volume and class.
 
@@ -59,8 +70,9 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
 
     Each slice holding ground truth is encoded once; each class present in it gets one positive
     point (see --prompt) and the per-class masks are combined (highest logit wins). Slices are
-    stacked back into volumes at the source resolution; DSC and HD95 (mm) are computed per volume
-    and class and averaged over volumes like the published tables.
+    stacked back into volumes at the source resolution; DSC and HD95 (mm, or voxels with
+    --hd95-unit voxel) are computed per volume and class and averaged over volumes like the
+    published tables; --empty-case picks the rule for classes absent from either side.
 
     Writes OUT/summary.json, OUT/cases.csv and OUT/table.md (paper format); see docs/evaluation.md.
     """
@@ -101,7 +113,8 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
     opts = EvalOptions(prompt=prompt, seed=seed, batch_size=batch_size, decode_batch=decode_batch,
                        device=device, save_predictions=save_predictions,
                        overlays=overlay_count if overlays else 0, overwrite=overwrite,
-                       num_threads=num_threads, max_volumes=max_volumes)
+                       num_threads=num_threads, max_volumes=max_volumes, hd95_unit=hd95_unit,
+                       empty_case=empty_case, multimask=multimask)
     result = evaluate(loaded, testset, out, opts, where=where, log=lambda m: click.echo(m, err=True))
     from pathlib import Path
 
@@ -121,7 +134,8 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
 def report(evaldirs, names, out_file) -> None:
     """Put several evaluations side by side in one Markdown table (like the paper's Tables 1-6).
 
-    Rows are evaluations, columns DSC (%), HD95 (mm) and, for multi-organ tasks, per-organ DSC (%).
+    Rows are evaluations, columns DSC (%), HD95 (in the evaluations' unit) and, for multi-organ
+    tasks, per-organ DSC (%); a line under the table gives the HD95 unit and empty-case rule.
     """
     from pathlib import Path
 

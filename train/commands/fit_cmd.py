@@ -16,8 +16,8 @@ MODEL_CHOICES = ("tiny", "vit_b", "vit_l", "vit_h")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Run directory: config.json, metrics.jsonl, checkpoints/last.pt, summary.json.")
 @click.option("--model", type=click.Choice(MODEL_CHOICES),
-              help="SAM variant. vit_* need --checkpoint and train LoRA (rank --lora-rank) only; "
-                   "tiny is a small CPU model trained fully from random init. [default: vit_b]")
+              help="SAM variant. vit_* need --checkpoint and adapt it (LoRA rank --lora-rank plus the "
+                   "--trainable set); tiny is a small CPU model trained fully from random init. [default: vit_b]")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="Official SAM checkpoint for vit_* (e.g. sam_vit_b_01ec64.pth).")
 @click.option("--img-size", type=int, help="Model input size in pixels (multiple of the patch size). "
@@ -35,6 +35,12 @@ MODEL_CHOICES = ("tiny", "vit_b", "vit_l", "vit_h")
 @click.option("--seed", type=int, help="Seed of the model init, the data order, prompts and augmentation.")
 @click.option("--lr", type=float, help="Peak learning rate (AdamW). [default: 1e-3]")
 @click.option("--lora-rank", type=int, help="LoRA rank for vit_*. [default: 4]")
+@click.option("--trainable", type=click.Choice(("auto", "samed_lora", "samed_full", "lora", "decoder_full",
+                                                "encoder_lora", "full")),
+              help="Named trainable set (docs/model.md). auto: samed_lora for point prompts (LoRA on encoder "
+                   "and decoder attention q/v + prompt encoder, mask tokens, hypernetwork MLPs, upscaling, "
+                   "IoU head; SAMed's decoder-LoRA), samed_full for --prompt none (encoder LoRA + whole "
+                   "mask decoder, SAMed), full for tiny without --checkpoint. [default: auto]")
 @click.option("--num-workers", type=int, help="DataLoader worker processes (0: a prefetch thread). [default: 2]")
 @click.option("--log-every", type=int, help="Write metrics.jsonl every N steps. [default: 10]")
 @click.option("--checkpoint-every", type=int,
@@ -55,7 +61,7 @@ MODEL_CHOICES = ("tiny", "vit_b", "vit_l", "vit_h")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @debug_option
 def fit(shards: Path, out: Path, model, checkpoint, img_size, steps, epochs, batch_size, prompt,
-        config_file, seed, lr, lora_rank, num_workers, log_every, checkpoint_every,
+        config_file, seed, lr, lora_rank, trainable, num_workers, log_every, checkpoint_every,
         grad_checkpointing, device, num_threads, resume, overwrite, log_sample_ids,
         no_progress) -> None:
     """Train on a shard dataset: point-prompted LoRA fine-tuning of SAM (1.0 CE + 0.8 Dice,
@@ -78,7 +84,8 @@ def fit(shards: Path, out: Path, model, checkpoint, img_size, steps, epochs, bat
     overrides = {
         "model": model, "checkpoint": None if checkpoint is None else str(checkpoint),
         "img_size": img_size, "steps": steps, "epochs": epochs, "batch_size": batch_size,
-        "prompt": prompt, "seed": seed, "lr": lr, "lora_rank": lora_rank, "num_workers": num_workers,
+        "prompt": prompt, "seed": seed, "lr": lr, "lora_rank": lora_rank, "trainable": trainable,
+        "num_workers": num_workers,
         "log_every": log_every, "checkpoint_every": checkpoint_every,
         "grad_checkpointing": grad_checkpointing, "device": device, "num_threads": num_threads,
     }

@@ -29,6 +29,7 @@ class SamInfo:
     spec: dict
     reinitialised: list[str] = field(default_factory=list)   # checkpoint keys not loaded (heads)
     lora: dict | None = None                                   # set by add_lora
+    trainable: dict | None = None                              # set by apply_trainable_set
 
     @property
     def embedding_size(self) -> int:

@@ -18,7 +18,9 @@ from .pos_embed import adapt_position_tables
 from .registry import MODEL_SPECS, ModelSpec
 
 # Decoder parts whose shapes depend on the number of mask outputs; with `num_classes` (the
-# SAMed-style promptless head) checkpoint entries of another shape are skipped, i.e. re-initialised.
+# SAMed-style promptless head) they are not loaded, i.e. re-initialised, as SAMed's `load_from`
+# does (it drops every checkpoint key containing mask_tokens, output_hypernetworks_mlps or
+# iou_prediction_head).
 HEAD_PREFIXES = ("mask_decoder.mask_tokens", "mask_decoder.output_hypernetworks_mlps",
                  "mask_decoder.iou_prediction_head")
 
@@ -69,8 +71,10 @@ def load_sam_state(sam: nn.Module, state: dict[str, torch.Tensor], spec: ModelSp
                    path: str | Path, *, allow_head_reinit: bool = False) -> list[str]:
     """Load `state` into `sam` (strict), resizing position tables to the model's input size.
 
-    With `allow_head_reinit` (promptless multi-class head) entries under :data:`HEAD_PREFIXES`
-    whose shapes differ (or that the checkpoint lacks) are skipped and keep their random init; their keys are returned.
+    With `allow_head_reinit` (promptless multi-class head) every entry under :data:`HEAD_PREFIXES`
+    is skipped (SAMed's rule; whatever the number of classes, so a 1-class head does not trip
+    over the checkpoint's four hypernetwork MLPs) and keeps its random init; the model's keys
+    left at random init are returned.
     Anything else that does not fit raises a one-line DataError naming the first mismatches and,
     when recognisable, the `--model` the checkpoint belongs to.
     """
@@ -85,8 +89,9 @@ def load_sam_state(sam: nn.Module, state: dict[str, torch.Tensor], spec: ModelSp
         return DataError(f"checkpoint {path} does not fit --model {spec.name}: {problem}{hint}")
 
     reinit = []
-    if allow_head_reinit:   # more mask tokens than the checkpoint has: extra MLPs stay random
-        reinit = [k for k in target if k not in state and k.startswith(HEAD_PREFIXES)]
+    if allow_head_reinit:
+        reinit = [k for k in target if k.startswith(HEAD_PREFIXES)]
+        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
     missing = [k for k in target if k not in state and k not in reinit]
     unexpected = [k for k in state if k not in target]
     if missing or unexpected:
@@ -102,11 +107,7 @@ def load_sam_state(sam: nn.Module, state: dict[str, torch.Tensor], spec: ModelSp
         if key not in state:
             continue
         if state[key].shape != shape:
-            if allow_head_reinit and key.startswith(HEAD_PREFIXES):
-                reinit.append(key)
-                del state[key]
-            else:
-                bad.append(f"{key} {tuple(state[key].shape)} vs {tuple(shape)}")
+            bad.append(f"{key} {tuple(state[key].shape)} vs {tuple(shape)}")
     if bad:
         raise wrong_model(f"{len(bad)} tensors of another shape ({_describe(bad, 2)})")
     sam.load_state_dict(state, strict=not reinit)

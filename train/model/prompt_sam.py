@@ -60,8 +60,9 @@ class PromptSAM(nn.Module):
         return enc.neck(x.permute(0, 3, 1, 2))
 
     def _decode_masks(self, embeddings: torch.Tensor, sparse: torch.Tensor,
-                      dense: torch.Tensor) -> torch.Tensor:
-        """MaskDecoder.predict_masks for one prompt set per image: all mask tokens' low-res logits."""
+                      dense: torch.Tensor, with_iou: bool = False):
+        """MaskDecoder.predict_masks for one prompt set per image: all mask tokens' low-res logits
+        (and, `with_iou`, the IoU head's predictions (B, num_mask_tokens))."""
         dec = self.sam.mask_decoder
         b = embeddings.shape[0]
         output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
@@ -77,17 +78,22 @@ class PromptSAM(nn.Module):
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :])
                                 for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
         _, c, h, w = upscaled.shape
-        return (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        if with_iou:
+            return masks, dec.iou_prediction_head(hs[:, 0, :])
+        return masks
 
     def _upsample(self, low_res: torch.Tensor) -> torch.Tensor:
         return F.interpolate(low_res, (self.img_size, self.img_size), mode="bilinear",
                              align_corners=False)
 
     def decode(self, embeddings: torch.Tensor, points: torch.Tensor,
-               point_labels: torch.Tensor) -> torch.Tensor:
+               point_labels: torch.Tensor, *, multimask: bool = False) -> torch.Tensor:
         """Embeddings (B,C,h,w), points (B,P,2) xy pixels, labels (B,P) -> logits (B,1,S,S).
 
-        Single-mask output (SAM's multimask_output=False: the first mask token).
+        Single-mask output (SAM's multimask_output=False: the first mask token). `multimask`:
+        SAM's multimask_output=True (mask tokens 1..3), of which the mask with the highest
+        predicted IoU is returned, as SamPredictor users do with one click.
         """
         if points.ndim != 3 or points.shape[-1] != 2 or point_labels.shape != points.shape[:2] \
                 or points.shape[0] != embeddings.shape[0]:
@@ -96,7 +102,13 @@ class PromptSAM(nn.Module):
         sparse, dense = self.sam.prompt_encoder(
             points=(points.float(), point_labels), boxes=None, masks=None)
         dense = dense.expand(embeddings.shape[0], -1, -1, -1)
-        low_res = self._decode_masks(embeddings, sparse, dense)[:, :1]
+        if not multimask:
+            return self._upsample(self._decode_masks(embeddings, sparse, dense)[:, :1])
+        masks, iou = self._decode_masks(embeddings, sparse, dense, with_iou=True)
+        if masks.shape[1] < 2:
+            raise ConfigError("multimask output needs a decoder with several mask tokens")
+        best = iou[:, 1:].argmax(1) + 1
+        low_res = masks[torch.arange(masks.shape[0], device=masks.device), best][:, None]
         return self._upsample(low_res)
 
     def forward(self, images: torch.Tensor, points: torch.Tensor,
