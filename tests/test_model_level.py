@@ -366,3 +366,21 @@ def test_eval_multimask_option(tmp_path, capsys):
     code, _, err = run_train(["eval", "--run", run, "--dataset", "demo-brain", "--multimask",
                               "--out", tmp_path / "x"], capsys)
     assert code == 2 and "--multimask is for zero-shot SAM" in err
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_foreground_samples_reads_labels_only(tmp_path, fmt):
+    from shared import open_dataset
+    from train.data import foreground_samples
+    from train_datasets import make_dataset
+
+    ds = open_dataset(make_dataset(tmp_path / fmt, n=7, shard_size=3, fmt=fmt))
+    want = np.array([ds[i]["label"].any() for i in range(len(ds))])
+    assert np.array_equal(foreground_samples(ds), want) and want.all()
+    labels, sizes = ds.shard_labels(2)
+    assert labels.shape == (1, 40, 36) and labels.dtype == np.uint8 and sizes.tolist() == [[40, 36]]
+    # at 4 px the nearest-neighbour resize drops small discs: judged as training sees the label
+    small = foreground_samples(ds, 4)
+    from train.resize import resize_label
+
+    assert small.tolist() == [bool(resize_label(ds[i]["label"], 4).any()) for i in range(len(ds))]
