@@ -304,7 +304,7 @@ def _fit(cfg: TrainConfig, shards: Path, out: Path, di: DistInfo, *, resume: boo
                 "(they would swap left and right organs)")
         resumed = f", resuming at step {start_step}" if saved else ""
         say(f"steps {total_steps} at batch {cfg.batch_size} x {world} process(es) "
-            f"(= {total_steps * cfg.batch_size * world / len(ds):.2f} epochs){resumed}; device {device}, "
+            f"(= {total_steps * cfg.batch_size * world / n_train:.2f} epochs){resumed}; device {device}, "
             f"{threads} threads, {cfg.num_workers} loader workers")
 
     # -- data stream from the saved position ---------------------------------------------------
