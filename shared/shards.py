@@ -956,7 +956,14 @@ def read_dataset_info(root: str | Path) -> dict[str, Any]:
 
 
 def open_dataset(root: str | Path, *, check_files: bool = True) -> ShardDataset:
-    """Open a dataset directory (Zarr or HDF5 shards, detected from dataset.json)."""
+    """Open a dataset directory (Zarr or HDF5 shards, detected from dataset.json), or a dataset
+    at an fsspec URL (``https://``, ``s3://``, ...: :mod:`shared.remote`, shards fetched on use)."""
+    from shared.remote import is_remote
+
+    if is_remote(root):
+        from shared.remote import open_remote_dataset
+
+        return open_remote_dataset(str(root))
     root = Path(root)
     info = read_dataset_info(root)
     if check_files:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from shared.errors import ConfigError, DataError
+from shared.remote import is_remote
 
 CHECKPOINT_FORMAT = "exemplar-sam-train/1"
 CONFIG_FILE = "config.json"
@@ -67,7 +68,7 @@ def last_checkpoint(rundir: Path) -> Path:
     return Path(rundir) / CHECKPOINT_DIR / LAST
 
 
-def dataset_identity(ds, shards_dir: Path) -> dict[str, Any]:
+def dataset_identity(ds, shards_dir: str | Path) -> dict[str, Any]:
     """What a run records about its dataset (dataset.json summary + a content fingerprint).
 
     ``content_sha256`` hashes the shard sha256 list from dataset.json, so a rebuilt dataset with
@@ -76,7 +77,7 @@ def dataset_identity(ds, shards_dir: Path) -> dict[str, Any]:
     info = ds.info
     shard_hashes = [str(s.get("sha256", "")) for s in info.get("shards", [])]
     return {
-        "path": str(Path(shards_dir).resolve()),
+        "path": shards_dir if is_remote(shards_dir) else str(Path(shards_dir).resolve()),
         "kind": info.get("kind"),
         "task": ds.task,
         "class_names": list(ds.class_names),

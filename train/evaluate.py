@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from shared.errors import ConfigError, DataError
+from shared.remote import is_remote
 
 from . import report
 from .metrics import (EMPTY_CASE_TEXT, EMPTY_CASES, HD95_UNITS, CaseScore, score_volume, slice_dice,
@@ -103,7 +104,8 @@ def open_shards_testset(directory: str | Path) -> TestSet:
                           np.asarray(v["affine"], dtype=np.float64))
 
     source = ds.info.get("source") or {}
-    description = {"kind": "shards", "path": str(Path(directory).resolve()), "source": source}
+    path = directory if is_remote(directory) else str(Path(directory).resolve())
+    description = {"kind": "shards", "path": path, "source": source}
     return TestSet(description, tuple(ds.class_names), ds.task, list(by_id), load,
                    geometry_known=source_geometry_known(source))
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from shared.errors import ConfigError, DataError
+from shared.remote import as_location
 from train.checkpointing import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE,
                                  atomic_write_json, build_model, check_resume_compatible,
                                  dataset_identity, last_checkpoint, load_checkpoint,
@@ -179,7 +180,7 @@ def fit(cfg: TrainConfig, shards: str | Path, out: str | Path, *, resume: bool =
     if cfg.steps is None and cfg.epochs is None:
         raise ConfigError("give --steps N or --epochs N")
     out = Path(out)
-    shards = Path(shards)
+    shards = as_location(shards)   # a URL stays a string (shared.remote)
     device_kind = "cuda" if (cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
     dist_info = setup_distributed(device_kind)
     threads_before = torch.get_num_threads()  # set_threads changes a process-wide setting
@@ -197,7 +198,7 @@ def fit(cfg: TrainConfig, shards: str | Path, out: str | Path, *, resume: bool =
             dist.destroy_process_group()
 
 
-def _fit(cfg: TrainConfig, shards: Path, out: Path, di: DistInfo, *, resume: bool, overwrite: bool,
+def _fit(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *, resume: bool, overwrite: bool,
          log_sample_ids: bool, progress: bool, echo: Callable[[str], None], open_dataset,
          ce_dice_loss, PromptSAM, count_parameters, load_trainable_state,
          trainable_state_dict) -> FitResult:

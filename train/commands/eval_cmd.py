@@ -19,8 +19,9 @@ from shared.errors import ConfigError
                    "with --run: overrides the base weights path recorded in the run.")
 @click.option("--img-size", type=int, default=None,
               help="Zero-shot only: input size (default: the checkpoint's native size, 1024 for vit_*).")
-@click.option("--shards", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Packed test volumes (`synth pack --split test --out DIR`).")
+@click.option("--shards", type=str, default=None,
+              help="Packed test volumes (`synth pack --split test --out DIR`): a folder, or an fsspec URL "
+                   "(https://, s3://, gs:// with the `remote` extra; shards cached locally, see docs/training.md).")
 @click.option("--dataset", type=str, default=None,
               help="Read test volumes from a source instead: brats, synapse, transunet, nifti, demo-brain, demo-abdomen.")
 @click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,

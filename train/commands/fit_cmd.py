@@ -11,8 +11,11 @@ MODEL_CHOICES = ("tiny", "vit_b", "vit_l", "vit_h")
 
 
 @click.command("fit")
-@click.option("--shards", "shards", required=True, type=click.Path(path_type=Path),
-              help="Dataset directory written by `synth build` (dataset.json + shards/, Zarr or HDF5).")
+@click.option("--shards", "shards", required=True, type=str,
+              help="Dataset directory written by `synth build` (dataset.json + shards/, Zarr or HDF5), "
+                   "or its fsspec URL (https://host/ds, s3://bucket/ds, gs://bucket/ds; needs the `remote` "
+                   "extra): shards are downloaded once into a bounded local cache (EXEMPLAR_SAM_CACHE, "
+                   "EXEMPLAR_SAM_CACHE_LIMIT) and verified by sha256.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Run directory: config.json, metrics.jsonl, checkpoints/last.pt, summary.json.")
 @click.option("--model", type=click.Choice(MODEL_CHOICES),
@@ -60,7 +63,7 @@ MODEL_CHOICES = ("tiny", "vit_b", "vit_l", "vit_h")
                    "to RUNDIR/debug/.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @debug_option
-def fit(shards: Path, out: Path, model, checkpoint, img_size, steps, epochs, batch_size, prompt,
+def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batch_size, prompt,
         config_file, seed, lr, lora_rank, trainable, num_workers, log_every, checkpoint_every,
         grad_checkpointing, device, num_threads, resume, overwrite, log_sample_ids,
         no_progress) -> None:
