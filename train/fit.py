@@ -167,8 +167,11 @@ def _safe_augment(cfg: TrainConfig, class_names: list[str]):
 
 def fit(cfg: TrainConfig, shards: str | Path, out: str | Path, *, resume: bool = False,
         overwrite: bool = False, log_sample_ids: bool = False, progress: bool = True,
-        echo: Callable[[str], None] = print) -> FitResult:
-    """Train per `cfg` on the dataset at `shards`, writing the run to `out`. See the module doc.
+        echo: Callable[[str], None] = print, tensorboard: bool = False,
+        tensorboard_images_every: int = 100) -> FitResult:
+    """Train per `cfg` on the dataset at `shards` (a folder or an fsspec URL), writing the run to
+    `out`. See the module doc. `tensorboard`: also write RUNDIR/tensorboard (train.tensorboard),
+    prediction pictures every `tensorboard_images_every` steps.
 
     With `resume`, `cfg` must equal the saved config in its identity fields
     (:data:`train.checkpointing.IDENTITY_FIELDS`); steps/epochs and runtime knobs may change.
@@ -187,6 +190,7 @@ def fit(cfg: TrainConfig, shards: str | Path, out: str | Path, *, resume: bool =
     try:
         return _fit(cfg, shards, out, dist_info, resume=resume, overwrite=overwrite,
                     log_sample_ids=log_sample_ids, progress=progress, echo=echo,
+                    tensorboard=tensorboard, tensorboard_images_every=tensorboard_images_every,
                     open_dataset=open_dataset, ce_dice_loss=ce_dice_loss, PromptSAM=PromptSAM,
                     count_parameters=count_parameters, load_trainable_state=load_trainable_state,
                     trainable_state_dict=trainable_state_dict)
@@ -199,7 +203,8 @@ def fit(cfg: TrainConfig, shards: str | Path, out: str | Path, *, resume: bool =
 
 
 def _fit(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *, resume: bool, overwrite: bool,
-         log_sample_ids: bool, progress: bool, echo: Callable[[str], None], open_dataset,
+         log_sample_ids: bool, progress: bool, echo: Callable[[str], None], tensorboard: bool,
+         tensorboard_images_every: int, open_dataset,
          ce_dice_loss, PromptSAM, count_parameters, load_trainable_state,
          trainable_state_dict) -> FitResult:
     import torch.distributed as dist
@@ -320,6 +325,11 @@ def _fit(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *, resum
     if di.is_main and resume:
         _truncate_metrics(out / METRICS_FILE, start_step)
     metrics_file = open(out / METRICS_FILE, "a") if di.is_main else None
+    board = None
+    if tensorboard and di.is_main:
+        from train.tensorboard import TrainBoard
+
+        board = TrainBoard(out, start_step=start_step, images_every=tensorboard_images_every)
     ids_file = None
     if log_sample_ids:
         (out / "debug").mkdir(parents=True, exist_ok=True)
@@ -400,10 +410,14 @@ def _fit(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *, resum
                 if metrics_file is not None:
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
+                if board is not None:
+                    board.record(record)
                 if bar is not None:
                     bar.set_postfix(loss=f"{mean[0]:.4f}", lr=f"{lr:.2e}", samples_s=f"{last_rate:.1f}")
                 window.zero_()
                 window_t0 = time.perf_counter()
+            if board is not None and board.wants_images(step, step == total_steps):
+                board.predictions(step, batch, logits)
             if bar is not None:
                 bar.update(1)
             if di.is_main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != total_steps:
@@ -419,6 +433,8 @@ def _fit(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *, resum
             bar.close()
         if metrics_file is not None:
             metrics_file.close()
+        if board is not None:
+            board.close()
         if ids_file is not None:
             ids_file.close()
 

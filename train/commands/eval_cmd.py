@@ -56,11 +56,14 @@ from shared.errors import ConfigError
 @click.option("--overlays", is_flag=True, help="Write OUT/overlays/*.png of the worst slices (GT green, prediction red).")
 @click.option("--overlay-count", type=int, default=8, show_default=True, help="How many worst slices --overlays draws.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing evaluation directory.")
+@click.option("--tensorboard", is_flag=True,
+              help="Also add the scores and the table to TensorBoard: RUNDIR/tensorboard (next to the "
+                   "training curves) with --run, OUT/tensorboard for zero-shot (needs the `tensorboard` extra).")
 @click.option("--out", required=True, type=click.Path(file_okay=True), help="Evaluation directory to write.")
 @debug_option
 def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset, root, split, modality,
           source_config, prompt, seed, hd95_unit, empty_case, multimask, batch_size, decode_batch, device, num_threads, max_volumes,
-          save_predictions, overlays, overlay_count, overwrite, out) -> None:
+          save_predictions, overlays, overlay_count, overwrite, tensorboard, out) -> None:
     """Score a run (or zero-shot SAM) on test volumes: DSC and HD95 per volume and class.
 
     \b
@@ -116,8 +119,23 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
                        overlays=overlay_count if overlays else 0, overwrite=overwrite,
                        num_threads=num_threads, max_volumes=max_volumes, hd95_unit=hd95_unit,
                        empty_case=empty_case, multimask=multimask)
+    if tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install \"exemplar-sam[tensorboard]\"")
     result = evaluate(loaded, testset, out, opts, where=where, log=lambda m: click.echo(m, err=True))
     from pathlib import Path
+
+    if tensorboard:
+        import json
+
+        from train.tensorboard import TENSORBOARD_DIR, write_eval
+
+        summary = Path(run) / "summary.json" if run is not None else None
+        step = int(json.loads(summary.read_text()).get("steps", 0)) if summary and summary.is_file() else 0
+        logdir = (Path(run) if run is not None else Path(out)) / TENSORBOARD_DIR
+        write_eval(logdir, Path(out).name, result, (Path(out) / "table.md").read_text(), step)
 
     click.echo((Path(out) / "table.md").read_text(), nl=False)
     rate = result.get("slices_per_s")

@@ -61,12 +61,17 @@ MODEL_CHOICES = ("tiny", "vit_b", "vit_l", "vit_h")
 @click.option("--log-sample-ids", is_flag=True,
               help="Debug: every rank writes the sample ids it consumed and its final weight hash "
                    "to RUNDIR/debug/.")
+@click.option("--tensorboard", is_flag=True,
+              help="Also write TensorBoard events to RUNDIR/tensorboard: loss, lr, throughput (the "
+                   "metrics.jsonl records) and pictures of predictions (needs the `tensorboard` extra).")
+@click.option("--tensorboard-images-every", type=click.IntRange(min=0), default=100, show_default=True,
+              help="With --tensorboard: a picture of image | target | prediction every N steps (0: none).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @debug_option
 def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batch_size, prompt,
         config_file, seed, lr, lora_rank, trainable, num_workers, log_every, checkpoint_every,
         grad_checkpointing, device, num_threads, resume, overwrite, log_sample_ids,
-        no_progress) -> None:
+        tensorboard, tensorboard_images_every, no_progress) -> None:
     """Train on a shard dataset: point-prompted LoRA fine-tuning of SAM (1.0 CE + 0.8 Dice,
     AdamW with warm-up and exponential decay).
 
@@ -104,8 +109,14 @@ def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batc
         cfg = resolve_config(config_file, overrides)
         if cfg.steps is None and cfg.epochs is None:
             raise ConfigError("give --steps N or --epochs N (or set steps/epochs in --config)")
+    if tensorboard:   # fail before training, not at the first log line
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install \"exemplar-sam[tensorboard]\"")
     result = run_fit(cfg, shards, out, resume=resume, overwrite=overwrite,
-                     log_sample_ids=log_sample_ids, progress=not no_progress, echo=click.echo)
+                     log_sample_ids=log_sample_ids, progress=not no_progress, echo=click.echo,
+                     tensorboard=tensorboard, tensorboard_images_every=tensorboard_images_every)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
