@@ -75,7 +75,9 @@ def setup_distributed(device_kind: str) -> DistInfo:
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    # Under torchrun even one process joins a group (NCCL on a GPU) and trains through DDP: the
+    # code path of N GPUs, checkable on a one-GPU machine (bench/gpu_check.py).
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return DistInfo()
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if dist.is_initialized():
@@ -270,7 +272,8 @@ def _fit(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *, resum
         except (ValueError, KeyError, RuntimeError) as exc:
             raise DataError(f"{last_checkpoint(out)}: optimizer state does not fit this model ({exc})") from None
     forward: nn.Module = TrainForward(model, cfg.prompt)
-    if world > 1:
+    ddp = dist.is_available() and dist.is_initialized()
+    if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # find_unused_parameters: the IoU head and box/mask prompt embeddings get no gradient.
@@ -311,7 +314,8 @@ def _fit(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *, resum
         resumed = f", resuming at step {start_step}" if saved else ""
         say(f"steps {total_steps} at batch {cfg.batch_size} x {world} process(es) "
             f"(= {total_steps * cfg.batch_size * world / n_train:.2f} epochs){resumed}; device {device}, "
-            f"{threads} threads, {cfg.num_workers} loader workers")
+            f"{threads} threads, {cfg.num_workers} loader workers"
+            + (f", DDP over {dist.get_backend()}" if ddp else ""))
 
     # -- data stream from the saved position ---------------------------------------------------
     stream = ShardBatchStream(StreamSpec(
