@@ -16,6 +16,9 @@ slices (every slice with >= 10 tumour pixels, float16, 256 samples per shard, sy
     default concurrency (all CPUs);
 * **loader**: ``train.data.ShardBatchStream`` passes at img-size 512, batch 8 (resize, prompts,
   targets), with the shard read swapped for each library's: the end-to-end effect per worker;
+* **build**: the shard phase of `synth build` (BraTS sample, 150 exemplars, 1024 samples, one
+  worker: synthesis, float16, hashes, manifests) with the shard writer swapped: the end-to-end
+  effect on a build;
 * **write** (what `synth build` does per shard): write the three arrays of a shard:
   - hand-written: ``shared.shards._write_zarr(..., direct=True)`` (zarr writes zarr.json, the
     chunks are encoded here);
@@ -50,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_loader import collect_slices, write_shard_dataset  # noqa: E402
 from bench.machine_info import cpu_model, load_average, ncpu  # noqa: E402
+from shared.shards import _write_zarr  # noqa: E402  (the original: build_pass swaps the module's)
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -93,15 +97,11 @@ def read_ts(path: Path, context) -> Arrays:
 
 # -- writers: stacked arrays -> shard folder -----------------------------------------------------
 def write_hand(path: Path, a: Arrays) -> None:
-    from shared.shards import _write_zarr
-
     _write_zarr(path, *a, direct=True)
 
 
 def write_zarr(path: Path, a: Arrays) -> None:
     import zarr
-
-    from shared.shards import _write_zarr
 
     with zarr.config.set({"codec_pipeline.batch_size": a[0].shape[0]}):
         _write_zarr(path, *a, direct=False)
@@ -174,11 +174,28 @@ def loader_pass(root: Path, reader: Callable[[Path], Arrays] | None, img_size: i
         ShardDataset.shard_arrays = original  # type: ignore[method-assign]
 
 
+def build_pass(job, writer: Callable[[Path, Arrays], None] | None) -> int:
+    """Samples of `job` built on one worker with `shared.shards._write_zarr` swapped for `writer`."""
+    import shared.shards as shards
+    from synth.build import run_job
+
+    original = shards._write_zarr
+    if writer is not None:
+        shards._write_zarr = lambda path, images, labels, sizes, **_kw: writer(path, (images, labels, sizes))
+    try:
+        shutil.rmtree(job.out, ignore_errors=True)
+        return run_job(job, workers=1, progress=False, log=lambda m: None).built
+    finally:
+        shards._write_zarr = original
+        shutil.rmtree(job.out, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=ROOT.parent / "shared" / "data" / "brats2018_sample")
     ap.add_argument("--repeat", type=int, default=5, help="alternated passes per method")
     ap.add_argument("--img-size", type=int, default=512)
+    ap.add_argument("--build-samples", type=int, default=1024, help="samples of the build phase")
     ap.add_argument("--append", action="store_true", help="append the tables to BENCHMARKS.md")
     args = ap.parse_args()
 
@@ -232,9 +249,15 @@ def main() -> None:
                                    for rel in ("image/c/0/0/0", "label/c/0/0/0", "size/c/0/0"))
             tree = sha256_tree(out) == sha256_tree(shard_dirs[0])
             same_bytes[name] = ("chunks and metadata" if tree else "chunks only (own zarr.json)") if same_bytes[name] else "no"
-        print(f"{n} samples ({len(slices[0][1])}x{len(slices[0][1][0])}) in {len(shard_dirs)} shards at {work}")
+        print(f"{n} samples ({len(slices[0][1])}x{len(slices[0][1][0])}) in {len(shard_dirs)} shards at {work}",
+              flush=True)
+        from bench.bench_build import PRESETS, prepare
 
-        results: dict[str, dict[str, list[tuple[float, float]]]] = {"read": {}, "loader": {}, "write": {}}
+        job = prepare({**PRESETS["brats"], "num_samples": args.build_samples}, work / "build")
+        build_pass(job, writers["tensorstore, 1 thread"])   # warm: imports, the bank's pages
+
+        results: dict[str, dict[str, list[tuple[float, float]]]] = {"read": {}, "loader": {}, "build": {},
+                                                                     "write": {}}
         for rep in range(args.repeat):
             for name, fn in readers.items():
                 wall, cpu, count = timed(lambda: sum(fn(p)[0].shape[0] for p in shard_dirs))
@@ -243,6 +266,10 @@ def main() -> None:
                 reader = None if name.startswith("hand") else fn
                 wall, cpu, count = timed(lambda: loader_pass(root, reader, args.img_size, 8, n))
                 results["loader"].setdefault(name, []).append((count / wall, count / cpu))
+            for name, fn in writers.items():
+                writer = None if name.startswith("hand") else fn
+                wall, cpu, count = timed(lambda: build_pass(job, writer))
+                results["build"].setdefault(name, []).append((count / wall, count / cpu))
             for name, fn in writers.items():
                 outs = [work / "w" / f"{k}.zarr" for k in range(len(stacked))]
                 shutil.rmtree(work / "w", ignore_errors=True)
@@ -259,7 +286,9 @@ def main() -> None:
                  f"with other agents). {n} real BraTS FLAIR slices (240x240 float16 + uint8 label), "
                  f"{len(shard_dirs)} shards of 256, {args.repeat} passes per method, methods alternated within "
                  f"each pass. Read = open + decode a whole shard (image, label, size); loader = "
-                 f"`ShardBatchStream` at {args.img_size} px, batch 8, 1 thread, with that shard read; write = "
+                 f"`ShardBatchStream` at {args.img_size} px, batch 8, 1 thread, with that shard read; build = the "
+                 f"shard phase of `synth build` (BraTS sample, {args.build_samples} samples, 1 worker) with that "
+                 f"shard writer; write = "
                  f"one shard's three arrays (metadata included). samples/CPU-s counts all threads' CPU time.", "",
                  "| phase | method | best samples/s | median samples/s | median vs hand-written | "
                  "median samples/CPU-s | vs hand-written per CPU-s | same files as the hand-written/zarr shard |",

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_gpu_check_tiny_mode(tmp_path, capsys):
-    sys.path.insert(0, str(PROJECT_ROOT))
+    if str(PROJECT_ROOT) not in sys.path:   # bench/ is scripts, not an installed package
+        sys.path.insert(0, str(PROJECT_ROOT))
     from bench import gpu_check
 
     result = gpu_check.main(["--tiny", "--work", str(tmp_path)])
