@@ -20,7 +20,10 @@ whatever device is there (CPU: gloo instead of NCCL); seconds on a CPU, a test i
 (tests/test_gpu_check.py).
 
 Usage:  python bench/gpu_check.py [--tiny] [--checkpoint sam_vit_b_01ec64.pth] [--work DIR] [--append]
-Writes WORK/gpu_check.json and prints a Markdown table (``--append``: adds it to BENCHMARKS.md).
+(``--img-size/--batch-size/--samples/--warmup-steps/--steps`` shrink it, e.g. a CPU smoke run of
+vit_b: ``--device cpu --img-size 64 --batch-size 2 --samples 64 --warmup-steps 1 --steps 2``).
+Writes WORK/<model>/<samples>/gpu_check.json and prints a Markdown table (``--append``: adds it
+to BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -227,17 +230,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "gpu_check",
                     help="scratch folder (the built data are reused by a rerun)")
     ap.add_argument("--steps", type=int, help="timed training steps (default 50; tiny 4)")
+    ap.add_argument("--warmup-steps", type=int, help="untimed steps first (default 10; tiny 2)")
+    ap.add_argument("--img-size", type=int, help="override the input size (e.g. a quick CPU smoke run of vit_b)")
+    ap.add_argument("--batch-size", type=int, help="override the batch size")
+    ap.add_argument("--samples", type=int, help="override the dataset size (default 4500; tiny 32)")
     ap.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = ap.parse_args(argv)
 
     import torch
 
     plan = TINY if args.tiny else FULL
-    if args.steps:
-        plan = Plan(**{**asdict(plan), "timed_steps": args.steps})
+    overrides = {"timed_steps": args.steps, "warmup_steps": args.warmup_steps, "img_size": args.img_size,
+                 "batch_size": args.batch_size, "samples": args.samples}
+    plan = Plan(**{**asdict(plan), **{k: v for k, v in overrides.items() if v is not None}})
     if not args.tiny and not torch.cuda.is_available() and args.device == "auto":
         raise SystemExit("gpu_check: no CUDA device here; run with --tiny for the CPU check")
-    work = args.work / ("tiny" if args.tiny else plan.model)
+    work = args.work / ("tiny" if args.tiny else plan.model) / f"{plan.samples}"
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     ds, test = build_data(work, plan)

@@ -174,7 +174,8 @@ class RemoteFolder:
             raise DataError(f"{self.url}: cannot read {len(rels)} files ({_short(exc)})") from None
         out: dict[str, bytes | None] = {}
         for path, rel in paths.items():
-            value = got.get(path) if isinstance(got, dict) else None
+            # (some filesystems key the answer by the path without its protocol)
+            value = got.get(path, got.get(fs._strip_protocol(path))) if isinstance(got, dict) else None
             if isinstance(value, FileNotFoundError):
                 out[rel] = None
             elif isinstance(value, BaseException):

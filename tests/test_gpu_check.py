@@ -19,7 +19,7 @@ def test_gpu_check_tiny_mode(tmp_path, capsys):
     from bench import gpu_check
 
     result = gpu_check.main(["--tiny", "--work", str(tmp_path)])
-    saved = json.loads((tmp_path / "tiny" / "gpu_check.json").read_text())
+    saved = json.loads((tmp_path / "tiny" / str(gpu_check.TINY.samples) / "gpu_check.json").read_text())
     assert saved == json.loads(json.dumps(result))
     train = result["train"]
     assert train["model"] == "tiny" and train["timed_steps"] == gpu_check.TINY.timed_steps
