@@ -12,7 +12,9 @@ works like a local folder, the way MosaicML Streaming reads remote shards:
 * The cache is bounded: after each download the least recently used shards are removed until
   the shards fit in the limit (the shard just fetched is kept). Training reads a shard into memory
   in one go, so a shard evicted afterwards costs nothing; one that is read again is downloaded
-  again.
+  again. (A limit far below what the running workers read at once can evict a shard in the
+  milliseconds between another process finding it and reading it: that read stops with a
+  one-line error, never with wrong data. Keep the limit at several shards.)
 * Several processes (DataLoader workers, torchrun ranks) share one cache: a file lock per shard
   makes one of them download it while the others wait, and downloads go to a temporary folder
   renamed when verified.
