@@ -39,6 +39,8 @@ from shared.manifest import SCHEMA_VERSION, dumps, read_json, tool_version, writ
 from shared.shards import (DATASET_FILE, IMAGE_DTYPES, SAMPLES_FILE, SHARD_FORMATS, SHARDS_DIR, ShardWriter,
                            shard_relpath)
 
+from synth.pool import DEFAULT_POOL_SIZE  # noqa: E402  (numpy + hashlib only)
+
 KINDS = ("synthesized", "exemplars", "all-slices", "volumes")
 DEFAULT_SHARD_SIZE = 256
 LOCK_FILE = ".lock"
@@ -91,6 +93,7 @@ class BuildConfig:
     image_dtype: str = "float16"
     synthesis_config: str | None = None
     synthesis: dict[str, Any] | None = None  # the resolved synthesis config (recorded in full)
+    pool_size: int | None = DEFAULT_POOL_SIZE  # background pool: seeded sample above this (synth/pool.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +107,8 @@ class BuildConfig:
             raise ConfigError(f"--dtype must be one of {', '.join(IMAGE_DTYPES)}, got {self.image_dtype!r}")
         if self.shard_size < 1:
             raise ConfigError(f"--shard-size must be at least 1, got {self.shard_size}")
+        if self.pool_size is not None and self.pool_size < 0:
+            raise ConfigError(f"--pool-size must be 0 (no limit) or more, got {self.pool_size}")
         if self.num_samples is not None and self.num_samples < 1:
             raise ConfigError(f"--num-samples must be at least 1, got {self.num_samples}")
         if self.kind in ("synthesized", "exemplars"):

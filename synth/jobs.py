@@ -15,12 +15,10 @@ import numpy as np
 
 from shared.errors import ConfigError, DataError
 from shared.hashing import sha256_array, sha256_file
+from synth.background import background_image
 from synth.build import (BuildConfig, Job, Log, SliceProducer, SynthesisProducer, _stderr, default_num_samples)
-
-
-# Up to this many cases, the scan keeps every candidate exemplar slice in memory (one read per
-# volume); above it, only the chosen exemplars are read again after selection (bounded memory).
-KEEP_CANDIDATES_MAX_CASES = 16
+from synth.pool import BackgroundInfo, BackgroundStore, encode_slice, sample_pool
+from synth.scanning import hash_case_files, map_volumes, relpath, stream_scan
 
 
 def parse_slice_ref(text: str, option: str = "--exclude-exemplar") -> tuple[str, int]:
@@ -36,35 +34,22 @@ def parse_slice_ref(text: str, option: str = "--exclude-exemplar") -> tuple[str,
 
 
 def _relpath(path: Path, root: Path | None) -> str:
-    try:
-        return Path(path).resolve().relative_to(root).as_posix() if root is not None else str(path)
-    except ValueError:
-        return str(path)
+    return relpath(path, root)
 
 
 def _read_case(args: tuple) -> dict[str, Any]:
-    """Worker: load one volume; return its scan, the slices asked for and its fingerprint."""
-    source, case, want_scan, fg_min, slices = args[:5]
-    keep_candidates = args[5] if len(args) > 5 else True
+    """Worker: load one volume; return copies of the exemplar slices asked for (image, label), the
+    background slices asked for as encoded background images, and the volume's fingerprint."""
+    source, case, exemplar_ks, background_ks = args
     vol = source.load(case)
     out: dict[str, Any] = {"case": case, "num_slices": vol.num_slices}
-    wanted = set(slices or ())
-    if want_scan:
-        from synth.selection import scan_volume
-
-        scan = scan_volume(vol)
-        out["scan"] = scan
-        # the background slices (the whole pool goes into the bank) and, for small datasets, the
-        # candidate exemplar slices (selection happens in the parent; saves a second read)
-        if keep_candidates:
-            wanted |= {int(k) for k in np.flatnonzero(scan.foreground >= fg_min)}
-        wanted |= {int(k) for k in scan.background_slices()}
-    out["slices"] = {k: (np.ascontiguousarray(vol.image[k]), np.ascontiguousarray(vol.label[k]))
-                     for k in sorted(wanted) if 0 <= k < vol.num_slices}
-    files = tuple(source.files(case))
-    root = Path(source.root) if getattr(source, "root", None) is not None else None
-    if files:
-        out["files"] = {_relpath(Path(p), root): sha256_file(p) for p in files}
+    inside = [k for k in sorted(set(exemplar_ks) | set(background_ks)) if 0 <= k < vol.num_slices]
+    # copies: a view would keep the whole float32 volume alive in the parent
+    out["slices"] = {k: (np.array(vol.image[k]), np.array(vol.label[k])) for k in inside if k in set(exemplar_ks)}
+    out["backgrounds"] = {k: encode_slice(background_image(vol.image[k], vol.label[k]))
+                          for k in inside if k in set(background_ks)}
+    if source.files(case):
+        out["files"] = hash_case_files(source, case)[0]
     else:
         h = hashlib.sha256()
         h.update(sha256_array(vol.image).encode())
@@ -75,28 +60,7 @@ def _read_case(args: tuple) -> dict[str, Any]:
 
 def read_cases(source: Any, tasks: Sequence[tuple], workers: int, progress: bool, desc: str) -> list[dict[str, Any]]:
     """Run :func:`_read_case` over ``tasks`` on up to ``workers`` processes, results in order."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(tasks), desc=desc, unit="vol", disable=not progress, leave=False)
-    try:
-        workers = max(1, min(workers, len(tasks)))
-        if workers == 1:
-            out = []
-            for t in tasks:
-                out.append(_read_case(t))
-                bar.update(1)
-            return out
-        import multiprocessing as mp
-
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with mp.get_context(method).Pool(workers) as pool:
-            out = []
-            for res in pool.imap(_read_case, tasks):
-                out.append(res)
-                bar.update(1)
-            return out
-    finally:
-        bar.close()
+    return list(map_volumes(_read_case, tasks, workers, progress, desc))
 
 
 def _fingerprint(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -149,63 +113,104 @@ def prepare_exemplar_job(cfg: BuildConfig, out: Path, *, workers: int, progress:
 
         synth_config = load_config(cfg.synthesis_config)
         cfg.synthesis = synth_config.to_json()
+    stored: dict[tuple[str, int], Any] = {}  # background slices, encoded (synth.pool)
+    infos: dict[tuple[str, int], BackgroundInfo] = {}
     if cfg.exemplar_list is not None:
         listing = ExemplarList.from_json(cfg.exemplar_list, source)
         where = str(cfg.exemplar_list)
         if not listing.background_pool or any("classes" not in e for e in listing.exemplars):
             log(f"{where}: completing the list from the data (classes, hashes, background pool)")
+            had_pool = bool(listing.background_pool)
             listing.complete(source, min_pixels=min_pixels, progress=progress)
-        needed: dict[str, set[int]] = {}
-        for e in listing.exemplars + listing.background_pool:
-            needed.setdefault(e["volume"], set()).add(int(e["slice"]))
-        tasks = [(source, case, False, 0, sorted(ks)) for case, ks in sorted(needed.items())]
-        results = read_cases(source, tasks, workers, progress, "reading exemplars")
+            if not had_pool:
+                listing.background_pool = sample_pool(listing.background_pool, cfg.pool_size, listing.seed)
+        exemplars = _apply_excludes(listing.exemplars, cfg.exclude_exemplars, where)
+        slices, stored, results = _read_listed(source, exemplars, listing.background_pool, workers, progress)
+        fingerprint = _fingerprint(results)
     else:
         spec = ExemplarSpec.parse(cfg.exemplars)
         cases = resolve_split(source, cfg.split, cfg.split_file)
-        keep = len(cases) <= KEEP_CANDIDATES_MAX_CASES
-        tasks = [(source, case, True, min_pixels, (), keep) for case in cases]
-        results = read_cases(source, tasks, workers, progress, f"scanning {source.name}")
         seed = cfg.seed if cfg.selection_seed is None else cfg.selection_seed
-        listing = select_exemplars(source, cases, spec, seed, min_pixels, split=cfg.split,
-                                   scans=[r["scan"] for r in results])
+
+        def choose(label_scans, hashes):  # exemplars need only the labels: chosen before images are read
+            chosen = select_exemplars(source, cases, spec, seed, min_pixels, split=cfg.split, scans=label_scans,
+                                      file_hashes=hashes, pool_size=cfg.pool_size)
+            return [(e["volume"], int(e["slice"])) for e in _apply_excludes(chosen.exemplars, cfg.exclude_exemplars,
+                                                                             where)]
+
         where = f"the selection {cfg.exemplars} of {source.name}"
-    exemplars = _apply_excludes(listing.exemplars, cfg.exclude_exemplars, where)
+        scan = stream_scan(source, cases, workers=workers, progress=progress, choose=choose,
+                           pool_size=cfg.pool_size, pool_seed=seed, keep_backgrounds=cfg.kind == "synthesized")
+        listing = select_exemplars(source, cases, spec, seed, min_pixels, split=cfg.split, scans=scan.scans,
+                                   file_hashes=scan.file_hashes, pool_size=cfg.pool_size)
+        exemplars = _apply_excludes(listing.exemplars, cfg.exclude_exemplars, where)
+        slices = dict(scan.exemplar_slices)
+        fingerprint = scan.fingerprint
+        if cfg.kind == "synthesized":
+            stored = {ref: scan.backgrounds[ref] for ref in listing.background_pairs() if ref in scan.backgrounds}
+            missing = [ref for ref in listing.background_pairs() if ref not in stored]
+            if missing:  # the fallback pool (cases without foreground-free slices): a second read
+                if not all("erased_pixels" in e for e in listing.background_pool):
+                    raise RuntimeError("streaming scan lost background slices of the seeded pool sample")
+                fallback = [e for e in listing.background_pool if (e["volume"], int(e["slice"])) in set(missing)]
+                stored.update(_read_listed(source, [], fallback, workers, progress)[1])
+            by_case = {s.volume_id: s for s in scan.scans}
+            for v, k in listing.background_pairs():
+                sc = by_case[v]
+                frac = float(sc.content[k])
+                infos[(v, k)] = BackgroundInfo(k, sc.num_slices, frac, int(round(frac * _slice_pixels(stored[(v, k)]))))
     if cfg.kind == "synthesized" and not listing.background_pool:
         more = "more cases (--split all)" if cfg.split != "all" and cfg.exemplar_list is None else "more cases"
         raise DataError(f"{where}: empty background pool (no slice of the {len(listing.cases) or 'chosen'} case(s) "
                         f"is free of foreground and has body content); synthesis needs at least one background "
                         f"slice: use {more} or an --exemplar-list with a background_pool")
-    slices = {(r["case"], k): v for r in results for k, v in r["slices"].items()}
-    wanted = [(e["volume"], int(e["slice"])) for e in exemplars + list(listing.background_pool)]
-    missing = sorted({r for r in wanted if r not in slices})
-    if missing:  # large datasets (or a fallback background pool): read the chosen slices now
-        slices.update(load_slices(source, missing, workers, progress))
     meta = {"spec": listing.spec, "seed": listing.seed, "rule": listing.rule, "split": listing.split,
             "cases": listing.cases, "selection": listing.selection,
             "path": str(cfg.exemplar_list) if cfg.exemplar_list else None,
             "excluded": sorted(cfg.exclude_exemplars), "num_exemplars": len(exemplars),
             "num_background": len(listing.background_pool)}
     common = dict(out=out, config=cfg, class_names=tuple(source.class_names), task=source.task,
-                  source=source.describe(), fingerprint=_fingerprint(results), exemplars=exemplars,
+                  source=source.describe(), fingerprint=fingerprint, exemplars=exemplars,
                   background_pool=list(listing.background_pool), exemplar_list_meta=meta)
     if cfg.kind == "exemplars":
         refs = [(e["volume"], int(e["slice"])) for e in exemplars]
         ids = [f"e{i:04d}" for i in range(len(refs))]
         cfg.num_samples = len(refs)
         return Job(producer=_PreloadedSlices("exemplars", refs, ids, slices), num_samples=len(refs), **common)
-    from synth.background import background_image
     from synth.synthesis import SliceBank, SliceRef
 
+    store = BackgroundStore()
+    for v, k in listing.background_pairs():
+        store.add(SliceRef(v, k), stored[(v, k)], infos.get((v, k)))
     bank = SliceBank(
         exemplars={SliceRef(v, k): slices[(v, k)] for v, k in ((e["volume"], int(e["slice"])) for e in exemplars)},
-        backgrounds={SliceRef(v, k): background_image(*slices[(v, k)])
-                     for v, k in ((e["volume"], int(e["slice"])) for e in listing.background_pool)},
-        class_names=tuple(source.class_names))
+        backgrounds=store, class_names=tuple(source.class_names))
+    meta["background_storage"] = {"slices": len(store), "bytes": store.nbytes, "dtypes": store.dtypes()}
     if cfg.num_samples is None:
         cfg.num_samples = default_num_samples(cfg.dataset, source.task)
     producer = SynthesisProducer(bank, synth_config, cfg.seed, source.task)
     return Job(producer=producer, num_samples=cfg.num_samples, **common)
+
+
+def _slice_pixels(encoded: Any) -> int:
+    return int(encoded.data.size)
+
+
+def _read_listed(source: Any, exemplars: Sequence[dict[str, Any]], pool: Sequence[dict[str, Any]], workers: int,
+                 progress: bool) -> tuple[dict, dict, list[dict[str, Any]]]:
+    """Read the slices an exemplar list names: ({ref: (image, label)}, {ref: encoded background},
+    per-volume results (fingerprints))."""
+    ex: dict[str, set[int]] = {}
+    bg: dict[str, set[int]] = {}
+    for e in exemplars:
+        ex.setdefault(e["volume"], set()).add(int(e["slice"]))
+    for e in pool:
+        bg.setdefault(e["volume"], set()).add(int(e["slice"]))
+    tasks = [(source, case, sorted(ex.get(case, ())), sorted(bg.get(case, ()))) for case in sorted(set(ex) | set(bg))]
+    results = read_cases(source, tasks, workers, progress, "reading exemplars")
+    slices = {(r["case"], k): v for r in results for k, v in r["slices"].items()}
+    stored = {(r["case"], k): v for r in results for k, v in r["backgrounds"].items()}
+    return slices, stored, results
 
 
 class _PreloadedSlices(SliceProducer):
@@ -297,6 +302,6 @@ def load_slices(source: Any, refs: Sequence[tuple[str, int]], workers: int, prog
     for v in needed:
         if v not in known:
             raise DataError(f"{source.name} at {source.root}: volume {v!r} named by the dataset is missing")
-    tasks = [(source, case, False, 0, sorted(ks)) for case, ks in sorted(needed.items())]
+    tasks = [(source, case, sorted(ks), ()) for case, ks in sorted(needed.items())]
     results = read_cases(source, tasks, workers, progress, "reading source slices")
     return {(r["case"], k): v for r in results for k, v in r["slices"].items()}

@@ -104,17 +104,27 @@ class VolumeScan:
 
 def scan_volume(volume: Volume) -> VolumeScan:
     """Class pixel counts and content fraction for every slice, vectorised over the volume."""
-    num_classes = len(volume.class_names)
-    S = volume.num_slices
-    label = volume.label.reshape(S, -1)
+    counts = slice_class_counts(volume.label, len(volume.class_names))
+    return VolumeScan(volume.volume_id, counts, content_fraction(volume.image))
+
+
+def slice_class_counts(label: np.ndarray, num_classes: int) -> np.ndarray:
+    """(S, num_classes) int64 pixel counts of each class in each slice of a (S, R, C) label."""
+    S = label.shape[0]
+    label = label.reshape(S, -1)
     counts = np.zeros((S, num_classes), dtype=np.int64)
     for c in range(1, num_classes):  # one uint8 pass per class: cheaper than a 64-bit bincount
         counts[:, c] = np.count_nonzero(label == c, axis=1)
     counts[:, 0] = label.shape[1] - counts[:, 1:].sum(axis=1)
-    img = volume.image.reshape(S, -1)
+    return counts
+
+
+def content_fraction(image: np.ndarray) -> np.ndarray:
+    """(S,) fraction of each slice's pixels brighter than its minimum by more than CONTENT_DELTA
+    (per slice, so a few slices at a time give the same numbers as the whole volume)."""
+    img = image.reshape(image.shape[0], -1)
     level = img.min(axis=1, keepdims=True) + CONTENT_DELTA
-    content = (img > level).mean(axis=1)
-    return VolumeScan(volume.volume_id, counts, content)
+    return (img > level).mean(axis=1)
 
 
 def scan_source(source, case_ids: Iterable[str], *, progress: bool = False) -> list[VolumeScan]:
@@ -395,11 +405,16 @@ def _relative(path: Path, root: Path | None) -> str:
 # ---------------------------------------------------------------- entry point
 def select_exemplars(source, case_ids: list[str], spec: str | int | ExemplarSpec, seed: int = 0,
                      min_pixels: int = 10, *, split: str = "train", progress: bool = False,
-                     scans: list[VolumeScan] | None = None) -> ExemplarList:
+                     scans: list[VolumeScan] | None = None, file_hashes: dict[str, str] | None = None,
+                     pool_size: int | None = None) -> ExemplarList:
     """Choose exemplar slices among ``case_ids`` by the task's rule and compute the background pool.
 
-    ``scans`` (from :func:`scan_source`) can be passed to avoid reading the volumes again.
+    ``scans`` (from :func:`scan_source` or ``synth.scanning.stream_scan``) can be passed to avoid
+    reading the volumes again, ``file_hashes`` (str(path) -> sha256) to avoid hashing files again.
+    ``pool_size``: above it, the background pool is the seeded sample of ``synth.pool.sample_pool``.
     """
+    from synth.pool import sample_pool
+
     if not isinstance(spec, ExemplarSpec):
         spec = ExemplarSpec.parse(spec)
     if min_pixels < 1:
@@ -418,6 +433,7 @@ def select_exemplars(source, case_ids: list[str], spec: str | int | ExemplarSpec
         n = spec.resolve(eligible)
         picks = pick_most_organs(scans, n, seed, min_pixels)
     hasher = _Hasher(source)
+    hasher._cache.update(file_hashes or {})
     exemplars = []
     for volume, k in picks:
         scan = by_id[volume]
@@ -431,7 +447,8 @@ def select_exemplars(source, case_ids: list[str], spec: str | int | ExemplarSpec
             "files": files,
             "sha256": digests,
         })
-    pool = background_pool(scans, set(picks))
+    full_pool = background_pool(scans, set(picks))
+    pool = sample_pool(full_pool, pool_size, seed)
     selection = {
         "min_pixels": min_pixels,
         "eligible_slices": eligible,
@@ -440,7 +457,9 @@ def select_exemplars(source, case_ids: list[str], spec: str | int | ExemplarSpec
         "background_rule": {"no_foreground": not any("erased_pixels" in e for e in pool),
                             "fallback_fraction_erased": FALLBACK_POOL_FRACTION,
                             "min_content_fraction": BACKGROUND_MIN_CONTENT,
-                            "content_delta": CONTENT_DELTA},
+                            "content_delta": CONTENT_DELTA,
+                            "eligible": len(full_pool), "pool_size": pool_size or None,
+                            "sampled": len(pool) < len(full_pool)},
         "per_case": [{"volume": s.volume_id, "slices": s.num_slices,
                       "eligible": int((s.foreground >= min_pixels).sum()) if source.task == "single"
                       else int((s.organs(min_pixels) > 0).sum()),

@@ -115,7 +115,13 @@ class SliceBank:
                 raise DataError(f"exemplar {ref}: label value {counts.size - 1} outside the class set 0..{n - 1}")
             self._exemplars[ref] = (img, np.ascontiguousarray(lab))
             self._counts[ref] = counts
-        self._backgrounds = {ref: _check_image(img, f"background {ref}") for ref, img in backgrounds.items()}
+        if hasattr(backgrounds, "validate"):  # a synth.pool.BackgroundStore: compact, decoded on access
+            backgrounds.validate(lambda ref, img: _check_image(img, f"background {ref}"))
+            self._backgrounds = backgrounds
+        else:
+            self._backgrounds = {ref: _check_image(img, f"background {ref}") for ref, img in backgrounds.items()}
+        # cheap per-background facts (slice index, volume length, content area) where the caller has them
+        self.background_info = dict(getattr(backgrounds, "info", {}))
         self.exemplar_refs: list[SliceRef] = list(self._exemplars)
         self.background_refs: list[SliceRef] = list(self._backgrounds)
         if not self.exemplar_refs:

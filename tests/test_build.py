@@ -279,13 +279,27 @@ def test_real_brats_build(brats_root: Path, tmp_path: Path):
     assert "5 replayed bit-identical" in text
 
 
-def test_large_dataset_path_same_samples(single: Path, tmp_path: Path, monkeypatch):
-    """Above KEEP_CANDIDATES_MAX_CASES the chosen exemplars are re-read after selection: same output."""
-    import synth.jobs
+def test_pool_sampling_bounded_and_worker_independent(single: Path, tmp_path: Path):
+    """A --pool-size below the eligible slices: a seeded sample, chosen from the labels, identical for
+    any worker count; the same sample as `synth select --pool-size`; replays bit-identically."""
+    from synth.pool import pool_key
 
-    monkeypatch.setattr(synth.jobs, "KEEP_CANDIDATES_MAX_CASES", 0)
-    ok("build", *SMALL, "--workers", "2", "--out", tmp_path / "big")
-    same_dataset(single, tmp_path / "big")
+    base = [a for a in SMALL]
+    ok("build", *base, "--pool-size", "7", "--workers", "1", "--out", tmp_path / "p1")
+    ok("build", *base, "--pool-size", "7", "--workers", "2", "--out", tmp_path / "p2")
+    same_dataset(tmp_path / "p1", tmp_path / "p2")
+    info = json.loads((tmp_path / "p1" / "dataset.json").read_text())
+    full = json.loads((single / "dataset.json").read_text())
+    pool = [(e["volume"], e["slice"]) for e in info["background_pool"]]
+    eligible = [(e["volume"], e["slice"]) for e in full["background_pool"]]
+    assert len(pool) == 7 and pool == sorted(pool) and set(pool) <= set(eligible)
+    seed = info["seed"]
+    assert pool == sorted(sorted(eligible, key=lambda r: (pool_key(seed, *r), *r))[:7])
+    rule = info["exemplar_list"]["selection"]["background_rule"]
+    assert rule["pool_size"] == 7 and rule["eligible"] == len(eligible) and rule["sampled"]
+    assert info["exemplar_list"]["background_storage"]["slices"] == 7
+    assert info["exemplars"] == full["exemplars"]  # exemplar choice does not depend on the pool
+    assert "3 replayed bit-identical" in ok("verify", tmp_path / "p1", "--replay", "3", "--no-progress")
 
 
 def test_synthesis_config_override(tmp_path: Path):
@@ -306,11 +320,8 @@ def test_synthesis_config_override(tmp_path: Path):
 
 
 @pytest.mark.shared_data
-def test_real_synapse_build(synapse_root: Path, tmp_path: Path, monkeypatch):
-    """1 exemplar, organs in every slice (fallback background pool); also the re-read path."""
-    import synth.jobs
-
-    monkeypatch.setattr(synth.jobs, "KEEP_CANDIDATES_MAX_CASES", 0)
+def test_real_synapse_build(synapse_root: Path, tmp_path: Path):
+    """1 exemplar, organs in every slice (fallback background pool, read in a second pass)."""
     out = tmp_path / "syn"
     ok("build", "--dataset", "synapse", "--root", synapse_root, "--split", "all", "--exemplars", "1",
        "--num-samples", "64", "--shard-size", "32", "--no-progress", "--out", out)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -43,6 +43,18 @@ class Source:
     def num_slices(self, case_id: str) -> int:
         """Number of slices of a case, cheaply (header only where the format allows)."""
         return self.load(case_id).num_slices
+
+    def load_labels(self, case_id: str) -> np.ndarray:
+        """The label volume alone, uint8 (S, R, C) task classes (the first, cheap pass of a scan:
+        label files are small). Sources with separate label files override this."""
+        return self.load(case_id).label
+
+    def image_chunks(self, case_id: str, chunk: int = 8) -> tuple[tuple[int, ...], Iterator[tuple[int, np.ndarray]]]:
+        """The image volume's (S, R, C) shape and an iterator of ``(k0, float32 slices k0..k0+n)``,
+        equal to ``load(case_id).image[k0:k0 + n]``, without the label and, where the source
+        allows, without holding the whole float32 volume (streaming scans)."""
+        image = self.load(case_id).image
+        return image.shape, ((k0, image[k0:k0 + chunk]) for k0 in range(0, image.shape[0], chunk))
 
     def slice_files(self, case_id: str, slice_index: int) -> dict[str, Path | None]:
         """The files an exemplar slice comes from: ``{"image_file": ..., "label_file": ...}``."""

@@ -13,7 +13,7 @@ from shared.errors import ConfigError, DataError
 from shared.intensity import SLICE_MINMAX
 from shared.sources.base import Source, require_dir
 from shared.sources.io import nifti_shape
-from shared.sources.nifti_pair import load_pair
+from shared.sources.nifti_pair import load_pair, read_image_chunks, read_labels
 from shared.volume import Volume
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -74,3 +74,9 @@ class BratsSource(Source):
         image, label = self.files(case_id)
         grade = self._cases[case_id].parent.name
         return load_pair(self, case_id, image, label, {"modality": self.modality, "grade": grade})
+
+    def load_labels(self, case_id: str):
+        return read_labels(self, self.files(case_id)[1])
+
+    def image_chunks(self, case_id: str, chunk: int = 8):
+        return read_image_chunks(self, self.files(case_id)[0], chunk)

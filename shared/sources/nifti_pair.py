@@ -5,7 +5,7 @@ from pathlib import Path
 
 from shared.sources.base import Source, check_shapes
 from shared.sources.io import check_finite, nifti_geometry, nifti_shape, read_nifti, to_slice_first
-from shared.intensity import apply_intensity
+from shared.intensity import apply_intensity, intensity_chunks
 from shared.volume import Volume
 
 
@@ -20,6 +20,21 @@ def load_pair(source: Source, case_id: str, image_file: Path, label_file: Path,
     image = apply_intensity(to_slice_first(raw_image), source.intensity)
     spacing, affine = nifti_geometry(img)
     return source._volume(case_id, image, label, spacing, affine, (image_file, label_file), meta)
+
+
+def read_labels(source: Source, label_file: Path):
+    """The label file alone -> uint8 (S, R, C) task classes (see ``Source.load_labels``)."""
+    raw_label, _ = read_nifti(label_file)
+    return to_slice_first(source.classmap.apply(raw_label, str(label_file)))
+
+
+def read_image_chunks(source: Source, image_file: Path, chunk: int = 8):
+    """The image file alone -> ((S, R, C), iterator of preprocessed slice chunks); see
+    ``Source.image_chunks``."""
+    raw_image, _ = read_nifti(image_file)
+    check_finite(raw_image, image_file)
+    raw = to_slice_first(raw_image)
+    return raw.shape, intensity_chunks(raw, source.intensity, chunk)
 
 
 class PairedNiftiSource(Source):
@@ -40,3 +55,9 @@ class PairedNiftiSource(Source):
     def load(self, case_id: str) -> Volume:
         image, label = self.files(case_id)
         return load_pair(self, case_id, image, label)
+
+    def load_labels(self, case_id: str):
+        return read_labels(self, self.files(case_id)[1])
+
+    def image_chunks(self, case_id: str, chunk: int = 8):
+        return read_image_chunks(self, self.files(case_id)[0], chunk)

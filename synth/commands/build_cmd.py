@@ -114,13 +114,18 @@ def _abs(p: Path | None) -> str | None:
 @click.option("--all-slices", is_flag=True,
               help="Pack every slice of the split (the paper's 'Full Set' upper bound); ids CASE:SLICE. "
                    "No exemplars needed.")
+@click.option("--pool-size", type=int, default=None, metavar="N",
+              help="Background pool limit: when more slices qualify as backgrounds, a seeded random "
+                   "sample of N of them is used (chosen from the labels, so each volume is read once "
+                   "and only the sampled slices are kept: memory does not grow with the number of "
+                   "patients). 0 = no limit. Default 4096 (see BENCHMARKS.md); recorded in dataset.json.")
 @click.option("--part", default=None, metavar="i/n",
               help="Build only part i of n (shard-aligned, 0-based), e.g. one task of a Slurm job array; "
                    "join the parts with `synth merge`.")
 @output_options("float16")
 @debug_option
 def build(dataset, root, modality, source_config, split, split_file, spec, exemplar_list, min_pixels, exclude,
-          num_samples, seed, synthesis_config, no_synthesis, all_slices, part, out, fmt, image_dtype, shard_size,
+          num_samples, seed, synthesis_config, no_synthesis, all_slices, pool_size, part, out, fmt, image_dtype, shard_size,
           workers, overwrite, resume, progress) -> None:
     """Synthesize a training set from a few exemplars into shards with provenance manifests.
 
@@ -162,6 +167,10 @@ def build(dataset, root, modality, source_config, split, split_file, spec, exemp
                       exclude_exemplars=sorted(exclude), num_samples=num_samples, seed=seed,
                       shard_size=shard_size, format=fmt, image_dtype=image_dtype,
                       synthesis_config=_abs(synthesis_config))
+    if pool_size is not None:
+        cfg.pool_size = pool_size
+    if kind != "synthesized":
+        cfg.pool_size = None  # no background pool
     cfg.check()
     _check_out_early(out, overwrite, resume)
     if kind == "all-slices":

@@ -34,6 +34,11 @@ DATASET_CHOICES = ["brats", "synapse", "transunet", "nifti", "demo", "demo-brain
               help="A slice is eligible when it holds at least this many foreground pixels "
                    "(multi-organ: an organ counts as present from this many pixels).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
+@click.option("--pool-size", type=int, default=None, metavar="N",
+              help="Background pool limit: above N qualifying slices, a seeded random sample of N "
+                   "(default 4096; 0 = no limit).")
+@click.option("--workers", type=int, default=None,
+              help="Processes reading volumes (default: the number of CPUs). The list does not depend on it.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="FILE.json",
               help="Where to write the exemplar list.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
@@ -41,8 +46,8 @@ DATASET_CHOICES = ["brats", "synapse", "transunet", "nifti", "demo", "demo-brain
               help="Show a progress bar while scanning volumes.")
 @debug_option
 def select(dataset: str, root: Path | None, modality: str, config: Path | None, split: str,
-           split_file: Path | None, spec: str, min_pixels: int, seed: int, out: Path,
-           overwrite: bool, progress: bool) -> None:
+           split_file: Path | None, spec: str, min_pixels: int, seed: int, pool_size: int | None,
+           workers: int | None, out: Path, overwrite: bool, progress: bool) -> None:
     """Choose exemplar slices (and the background pool) and write them to FILE.json.
 
     Single-target tasks (tumour): a seeded random choice among slices with at least
@@ -52,17 +57,29 @@ def select(dataset: str, root: Path | None, modality: str, config: Path | None, 
 
     Example: synth select --dataset brats --root BraTS2018 --exemplars 1% --out brats_1pct.json
     """
-    from shared.errors import DataError
+    from shared.errors import ConfigError, DataError
     from shared.sources import open_source
     from shared.splits import resolve_split
+    from synth.commands.build_cmd import _workers
+    from synth.pool import DEFAULT_POOL_SIZE
+    from synth.scanning import stream_scan
     from synth.selection import ExemplarSpec, select_exemplars
 
     exemplar_spec = ExemplarSpec.parse(spec)  # fail on a bad spec before reading any data
+    if pool_size is not None and pool_size < 0:
+        raise ConfigError(f"--pool-size must be 0 (no limit) or more, got {pool_size}")
+    if min_pixels < 1:
+        raise ConfigError(f"--min-pixels {min_pixels}: must be at least 1")
+    pool_size = DEFAULT_POOL_SIZE if pool_size is None else pool_size
+    n_workers = _workers(workers)
     if out.exists() and not overwrite:
         raise DataError(f"{out}: already exists (pass --overwrite to replace it)")
     source = open_source(dataset, root, modality=modality, config=config)
     cases = resolve_split(source, split, split_file)
-    result = select_exemplars(source, cases, exemplar_spec, seed, min_pixels, split=split, progress=progress)
+    # streaming scan: one volume at a time per worker, only per-slice numbers kept
+    scan = stream_scan(source, cases, workers=n_workers, progress=progress)
+    result = select_exemplars(source, cases, exemplar_spec, seed, min_pixels, split=split, scans=scan.scans,
+                              file_hashes=scan.file_hashes, pool_size=pool_size)
     if split_file is not None:
         result.selection["split_file"] = str(split_file.resolve())
     result.to_json(out, overwrite=overwrite)

@@ -1,0 +1,205 @@
+"""The background pool at scale: a seeded sample of the eligible slices, kept compactly in memory.
+
+Sampling. Every slice gets a key, a 64-bit number from sha256 of (seed, volume, slice): it depends
+on nothing else, so the sample is known from the labels alone (a slice with foreground never
+enters the pool) and does not depend on reading order or worker count. When more slices are
+eligible than ``pool_size``, the pool is the ``pool_size`` eligible slices with the smallest keys,
+i.e. a uniform random sample without replacement, listed in (volume, slice) order like the full
+pool. A streaming scan keeps it with :class:`PoolSampler`, a bounded heap: each volume is read
+once and only the slices that can still make the sample are kept (memory ~ ``pool_size`` slices,
+whatever the number of patients).
+
+Storage. :class:`BackgroundStore` holds each background slice in the smallest exact form
+(``encode_slice``): ``uint8`` when the slice has at most 256 levels k/s, ``uint16`` plus its
+scale ``s`` when its values are k/s for integers k < 65536 (a per-slice min-max or a CT window of
+integer scans: BraTS int16 FLAIR, Synapse HU), else ``float32``. Decoding is exact (``float32(k) /
+float32(s)`` is the very division the preprocessing made), so synthesized samples are bit-identical
+to a float32 bank; float16 was measured and rejected because it changes the samples.
+It also records cheap per-slice metadata (:class:`BackgroundInfo`) for background choosers.
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+# Default --pool-size: chosen by measurement (BENCHMARKS.md, "Scaling to the full BraTS release"):
+# peak memory grows ~0.15-0.25 MB per pooled 240x240 slice (stored slice + its cached content mask
+# in each synthesis worker); 4096 keeps a 2-worker BraTS build well under 2 GB and is larger than
+# the pools of the sample cohorts (4 cases: 264 slices, 30-case train split: ~1600), which
+# therefore keep their full pools and their bytes.
+DEFAULT_POOL_SIZE = 4096
+_NO_LIMIT = (1 << 64) - 1
+
+
+def pool_key(seed: int, volume: str, k: int) -> int:
+    """The slice's sampling key: uniform 64-bit, from (seed, volume, slice) only."""
+    digest = hashlib.sha256(f"pool/{int(seed)}/{volume}/{int(k)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def sample_pool(pool: Sequence[dict[str, Any]], pool_size: int | None, seed: int) -> list[dict[str, Any]]:
+    """The ``pool_size`` entries with the smallest keys, in their given order (all when it fits)."""
+    if not pool_size or len(pool) <= pool_size:
+        return list(pool)
+    ranked = sorted(range(len(pool)), key=lambda i: (pool_key(seed, pool[i]["volume"], pool[i]["slice"]),
+                                                     pool[i]["volume"], int(pool[i]["slice"])))
+    keep = set(ranked[:pool_size])
+    return [e for i, e in enumerate(pool) if i in keep]
+
+
+class PoolSampler:
+    """Bounded heap of the ``pool_size`` smallest-key candidates seen so far (streaming scans).
+
+    ``threshold`` is the largest key that can still enter: a worker skips (never decodes into the
+    bank) any slice above it. It only decreases, so a stale value read by a worker is safe.
+    """
+
+    def __init__(self, pool_size: int | None):
+        self.pool_size = pool_size or 0
+        self._heap: list[tuple[int, str, int, Any]] = []  # (-key, negated order...) max-heap by key
+        self.offered = 0
+
+    @property
+    def threshold(self) -> int:
+        if not self.pool_size or len(self._heap) < self.pool_size:
+            return _NO_LIMIT
+        return -self._heap[0][0]
+
+    def offer(self, key: int, volume: str, k: int, item: Any) -> None:
+        self.offered += 1
+        # max-heap on (key, volume, slice): the root is the entry to evict first
+        entry = (-key, _Neg(volume), -int(k), item)
+        if not self.pool_size or len(self._heap) < self.pool_size:
+            heapq.heappush(self._heap, entry)
+        elif entry[:3] > self._heap[0][:3]:
+            heapq.heapreplace(self._heap, entry)
+
+    def items(self) -> dict[tuple[str, int], Any]:
+        return {(neg.value, -negk): item for _key, neg, negk, item in self._heap}
+
+
+@dataclass(frozen=True)
+class _Neg:
+    """Orders strings in reverse (for the max-heap tie-break on volume ids)."""
+
+    value: str
+
+    def __lt__(self, other: "_Neg") -> bool:
+        return self.value > other.value
+
+    def __gt__(self, other: "_Neg") -> bool:
+        return self.value < other.value
+
+
+# --------------------------------------------------------------------------------------------
+# Compact exact storage
+
+
+@dataclass(frozen=True)
+class EncodedSlice:
+    data: np.ndarray  # uint8 / uint16 levels, or float32 values
+    scale: float  # levels are data / scale (float32 division); 0 for float32 data
+
+    def decode(self) -> np.ndarray:
+        if self.data.dtype == np.float32:
+            return self.data
+        return self.data.astype(np.float32) / np.float32(self.scale)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+
+def encode_slice(image: np.ndarray) -> EncodedSlice:
+    """The smallest exact form of a float32 slice in [0, 1] (see the module docstring)."""
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    positive = image[image > 0]
+    if positive.size:
+        smallest = float(positive.min())
+        for m in (1, 2, 3, 4):  # the smallest value is m / s for a small integer m (often 1)
+            scale = np.float32(round(m / smallest))
+            if not 0 < scale <= 65535:
+                continue
+            levels = np.rint(image * scale)
+            if levels.max() > 65535:
+                continue
+            dtype = np.uint8 if levels.max() <= 255 else np.uint16
+            data = levels.astype(dtype)
+            decoded = data.astype(np.float32) / scale
+            if np.array_equal(decoded.view(np.uint32), image.view(np.uint32)):
+                return EncodedSlice(data, float(scale))
+    elif not image.any() and not np.signbit(image).any():  # all zero
+        return EncodedSlice(np.zeros(image.shape, np.uint8), 1.0)
+    return EncodedSlice(image.copy(), 0.0)
+
+
+@dataclass(frozen=True)
+class BackgroundInfo:
+    """Cheap per-background facts for background choosers (synthesis placement)."""
+
+    slice: int  # index in its volume
+    num_slices: int  # slices of its volume
+    content: float  # fraction of pixels with content (see synth.selection.scan_volume)
+    content_pixels: int  # the same as a pixel count ("content area")
+
+    @property
+    def position(self) -> float:
+        """Relative height in the volume: 0 first slice, 1 last."""
+        return self.slice / max(1, self.num_slices - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "position": self.position}
+
+
+class BackgroundStore(Mapping):
+    """Background slices by :class:`synth.synthesis.SliceRef`, stored exactly and compactly; reading
+    one returns its float32 image (decoded on access, ~0.05 ms for 240 x 240). Insertion order is
+    kept (the bank's background order). Forked build workers share it without copying."""
+
+    def __init__(self) -> None:
+        self._slices: dict[Any, EncodedSlice] = {}
+        self.info: dict[Any, BackgroundInfo] = {}
+
+    def add(self, ref: Any, image: np.ndarray | EncodedSlice, info: BackgroundInfo | None = None) -> None:
+        self._slices[ref] = image if isinstance(image, EncodedSlice) else encode_slice(image)
+        if info is not None:
+            self.info[ref] = info
+
+    def __getitem__(self, ref: Any) -> np.ndarray:
+        return self._slices[ref].decode()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._slices)
+
+    def __len__(self) -> int:
+        return len(self._slices)
+
+    def validate(self, check: Any) -> None:
+        """Run ``check(ref, image) -> checked image`` on every slice (one decoded at a time); a
+        slice the check changes (e.g. clipped) is stored again in its checked form."""
+        for ref in list(self._slices):
+            image = self[ref]
+            checked = check(ref, image)
+            if checked is not image and not np.array_equal(checked, image):
+                self._slices[ref] = encode_slice(checked)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self._slices.values())
+
+    def dtypes(self) -> dict[str, int]:
+        """How many slices are stored in each form (for the build log / dataset.json)."""
+        out: dict[str, int] = {}
+        for s in self._slices.values():
+            out[str(s.data.dtype)] = out.get(str(s.data.dtype), 0) + 1
+        return out
+
+
+def fill_store(store: BackgroundStore, items: Iterable[tuple[Any, np.ndarray | EncodedSlice, BackgroundInfo | None]]) -> BackgroundStore:
+    for ref, image, info in items:
+        store.add(ref, image, info)
+    return store

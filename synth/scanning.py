@@ -1,0 +1,227 @@
+"""Streaming scans of a source: memory bounded by the workers, not by the number of patients.
+
+Two passes over the cases, each one volume at a time per worker process (``--workers``), with a
+progress bar in volumes:
+
+1. labels (small files): per-slice class pixel counts and the sha256 of the case's files. That
+   is all exemplar selection needs, so the exemplars are chosen here, before any image is decoded;
+   every foreground-free slice gets its pool key (``synth.pool.pool_key``).
+2. images, decoded a few slices at a time (``Source.image_chunks``): the per-slice content
+   fraction (the background rule), the exemplar slices (plus their labels, read again only for
+   volumes holding an exemplar) and the background candidates whose key can still make the
+   seeded pool sample (:class:`synth.pool.PoolSampler`; its threshold is shared with the workers),
+   stored exactly and compactly (``synth.pool.encode_slice``).
+
+So each image is decoded once, nothing larger than one volume's label and a few float32 slices is
+alive per worker, and the parent holds the scans (a few numbers per slice), the exemplar slices
+and at most ``pool_size`` background slices. The result does not depend on ``workers``.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from shared.errors import DataError
+from shared.hashing import sha256_array, sha256_file
+from synth.pool import EncodedSlice, PoolSampler, encode_slice, pool_key
+from synth.selection import BACKGROUND_MIN_CONTENT, VolumeScan, content_fraction, slice_class_counts
+
+_STATE: dict[str, Any] = {}  # per worker process: the shared pool threshold (set by the initializer)
+
+
+def relpath(path: Path, root: Path | None) -> str:
+    try:
+        return Path(path).resolve().relative_to(root).as_posix() if root is not None else str(path)
+    except ValueError:
+        return str(path)
+
+
+def hash_case_files(source: Any, case: str) -> tuple[dict[str, str], dict[str, str]]:
+    """({path relative to the root: sha256}, {str(path): sha256}) of a case's files."""
+    root = Path(source.root) if getattr(source, "root", None) is not None else None
+    rel, by_path = {}, {}
+    for p in source.files(case):
+        digest = sha256_file(p)
+        rel[relpath(Path(p), root)] = digest
+        by_path[str(p)] = digest
+    return rel, by_path
+
+
+def map_volumes(fn: Callable[[tuple], Any], tasks: Sequence[tuple], workers: int, progress: bool, desc: str,
+                threshold: Any = None) -> Iterable[Any]:
+    """``fn`` over ``tasks`` on up to ``workers`` processes, results in task order (a generator:
+    the caller consumes each result before the next arrives). ``threshold`` is a shared
+    ``multiprocessing.Value`` for the pool sampler, or None."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc=desc, unit="vol", disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        workers = max(1, min(workers, len(tasks)))
+        if workers == 1:
+            _init_scan_worker(threshold)
+            for t in tasks:
+                yield fn(t)
+                bar.update(1)
+            return
+        import multiprocessing as mp
+
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with mp.get_context(method).Pool(workers, initializer=_init_scan_worker, initargs=(threshold,)) as pool:
+            for res in pool.imap(fn, tasks):
+                yield res
+                bar.update(1)
+    finally:
+        bar.close()
+        _STATE.clear()
+
+
+def _init_scan_worker(threshold: Any) -> None:
+    _STATE["threshold"] = threshold
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:
+        pass
+
+
+def _current_threshold() -> int:
+    value = _STATE.get("threshold")
+    return (1 << 64) - 1 if value is None else int(value.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Worker tasks
+
+
+def _label_task(args: tuple) -> dict[str, Any]:
+    """Pass 1: one case's labels -> per-slice class counts, label shape, file hashes."""
+    source, case = args
+    labels = source.load_labels(case)
+    out: dict[str, Any] = {"case": case, "shape": tuple(int(s) for s in labels.shape),
+                           "counts": slice_class_counts(labels, len(source.class_names))}
+    if source.files(case):
+        out["files"], out["hashes"] = hash_case_files(source, case)
+    return out
+
+
+def _image_task(args: tuple) -> dict[str, Any]:
+    """Pass 2: one case's image -> content per slice, exemplar slices, pool candidates."""
+    source, case, label_shape, exemplar_ks, candidates = args
+    shape, chunks = source.image_chunks(case)
+    if tuple(shape) != tuple(label_shape):
+        files = source.files(case)
+        where = files[0] if files else case
+        raise DataError(f"{where}: image shape {tuple(shape[::-1])} does not match the label's "
+                        f"{tuple(label_shape[::-1])}")
+    content = np.zeros(shape[0], dtype=np.float64)
+    want = set(exemplar_ks)
+    keys = dict(candidates)
+    images: dict[int, np.ndarray] = {}
+    backgrounds: list[tuple[int, int, EncodedSlice]] = []
+    for k0, chunk in chunks:
+        frac = content_fraction(chunk)
+        content[k0:k0 + len(frac)] = frac
+        for i in range(len(frac)):
+            k = k0 + i
+            if k in want:
+                images[k] = np.array(chunk[i], dtype=np.float32)  # a copy: the chunk is freed
+            key = keys.get(k)
+            if key is not None and frac[i] >= BACKGROUND_MIN_CONTENT and key <= _current_threshold():
+                backgrounds.append((key, k, encode_slice(chunk[i])))
+    out: dict[str, Any] = {"case": case, "content": content, "backgrounds": backgrounds, "exemplars": {}}
+    if want:
+        labels = source.load_labels(case)
+        out["exemplars"] = {k: (images[k], np.array(labels[k], dtype=np.uint8)) for k in sorted(want)}
+    if not source.files(case):  # generated source: fingerprint the arrays
+        vol = source.load(case)
+        h = hashlib.sha256()
+        h.update(sha256_array(vol.image).encode())
+        h.update(sha256_array(vol.label).encode())
+        out["arrays"] = h.hexdigest()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The scan
+
+
+@dataclass
+class StreamScan:
+    scans: list[VolumeScan]  # full scans (counts + content), in case order
+    exemplar_slices: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]
+    backgrounds: dict[tuple[str, int], EncodedSlice]  # the sampled strict pool candidates
+    fingerprint: dict[str, Any]
+    file_hashes: dict[str, str]  # str(path) -> sha256
+    chosen: list[tuple[str, int]] = field(default_factory=list)  # exemplars chosen from the labels
+    candidates_offered: int = 0
+
+
+def stream_scan(source: Any, cases: Sequence[str], *, workers: int, progress: bool,
+                choose: Callable[[list[VolumeScan], dict[str, str]], Iterable[tuple[str, int]]] | None = None,
+                pool_size: int | None = None, pool_seed: int = 0, keep_backgrounds: bool = False) -> StreamScan:
+    """Scan ``cases`` in two streaming passes (module docstring).
+
+    ``choose(label_scans, file_hashes)`` returns the exemplar slices to keep (label scans carry
+    zero content); with ``keep_backgrounds``, the strict background candidates of the seeded pool
+    sample of size ``pool_size`` (None/0: all) are kept too.
+    """
+    cases = list(cases)
+    label_results = list(map_volumes(_label_task, [(source, c) for c in cases], workers, progress,
+                                     f"labels {source.name}"))
+    files: dict[str, str] = {}
+    hashes: dict[str, str] = {}
+    for r in label_results:
+        files.update(r.get("files") or {})
+        hashes.update(r.get("hashes") or {})
+    label_scans = [VolumeScan(r["case"], r["counts"], np.zeros(r["counts"].shape[0])) for r in label_results]
+    chosen = sorted(set(choose(label_scans, hashes))) if choose is not None else []
+    by_case: dict[str, list[int]] = {}
+    for case, k in chosen:
+        by_case.setdefault(case, []).append(int(k))
+    tasks = []
+    for r, scan in zip(label_results, label_scans):
+        candidates = ()
+        if keep_backgrounds:
+            free = np.flatnonzero(scan.foreground == 0)
+            candidates = tuple((int(k), pool_key(pool_seed, r["case"], int(k))) for k in free)
+        tasks.append((source, r["case"], r["shape"], tuple(by_case.get(r["case"], ())), candidates))
+    sampler = PoolSampler(pool_size)
+    threshold = _shared_threshold(workers, len(tasks))
+    exemplar_slices: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    contents: dict[str, np.ndarray] = {}
+    arrays: dict[str, str] = {}
+    for res in map_volumes(_image_task, tasks, workers, progress, f"images {source.name}", threshold):
+        case = res["case"]
+        contents[case] = res["content"]
+        for k, pair in res["exemplars"].items():
+            exemplar_slices[(case, k)] = pair
+        for key, k, encoded in res["backgrounds"]:
+            sampler.offer(key, case, k, encoded)
+        if "arrays" in res:
+            arrays[case] = res["arrays"]
+        if threshold is not None:
+            threshold.value = sampler.threshold
+    scans = [VolumeScan(s.volume_id, s.counts, contents[s.volume_id]) for s in label_scans]
+    fingerprint = {"algorithm": "sha256", "files": dict(sorted(files.items())), "arrays": dict(sorted(arrays.items()))}
+    return StreamScan(scans, exemplar_slices, sampler.items(), fingerprint, hashes, chosen, sampler.offered)
+
+
+def _shared_threshold(workers: int, n_tasks: int):
+    if min(workers, n_tasks) <= 1:
+        return _LocalValue()
+    import multiprocessing as mp
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    return mp.get_context(method).Value("Q", (1 << 64) - 1, lock=False)
+
+
+class _LocalValue:
+    """Stand-in for ``multiprocessing.Value`` when everything runs in this process."""
+
+    def __init__(self) -> None:
+        self.value = (1 << 64) - 1
