@@ -315,6 +315,32 @@ def test_truncated_and_unreadable_nifti(tmp_path):
         read_nifti(img)
 
 
+def test_streaming_reads_equal_load(tmp_path, brats_root):
+    """load_labels / image_chunks (the streaming scan's reads, one-piece NIfTI reader, chunked
+    preprocessing) give exactly load()'s arrays; broken files are one-line DataErrors there too."""
+    from shared.sources.io import read_nifti_array
+
+    for src, case in ((open_source("brats", brats_root), "Brats18_2013_3_1"),
+                      (open_source("synapse", _synapse_root(tmp_path, np.arange(40 * 30 * 6, dtype=np.int16)
+                                                            .reshape(40, 30, 6) - 300,
+                                                            np.eye(40, 30, dtype=np.uint8)[:, :, None].repeat(6, 2))),
+                       "0005")):
+        vol = src.load(case)
+        assert np.array_equal(src.load_labels(case), vol.label)
+        shape, chunks = src.image_chunks(case, chunk=4)
+        assert shape == vol.image.shape
+        image = np.concatenate([c for _, c in chunks])
+        assert image.dtype == np.float32 and np.array_equal(image.view(np.uint32), vol.image.view(np.uint32))
+        for f in src.files(case):
+            a, b = read_nifti(f)[0], read_nifti_array(f)
+            assert a.dtype == b.dtype and np.array_equal(a, b) and a.flags.f_contiguous == b.flags.f_contiguous
+    img = tmp_path / "Synapse/RawData/Training/img/img0005.nii.gz"
+    img.write_bytes(img.read_bytes()[:200])
+    with pytest.raises(DataError, match=r"img0005\.nii\.gz: unreadable or truncated NIfTI") as exc:
+        open_source("synapse", tmp_path / "Synapse").image_chunks("0005")
+    _one_line(exc)
+
+
 def test_nan_and_inf_voxels(tmp_path):
     image = np.zeros((8, 8, 4), np.float32)
     image[2, 3, 1] = np.nan

@@ -46,6 +46,53 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, Any]:
     return data, img
 
 
+def read_nifti_array(path: str | Path) -> np.ndarray:
+    """The voxel array of ``read_nifti(path)`` alone (same dtype, values and memory order), read in
+    one piece: the whole file, one gzip.decompress, the header, a zero-copy (read-only) view.
+
+    Why: nibabel streams a .nii.gz through GzipFile in small blocks and copies the result; this
+    costs ~20-30 % of a BraTS volume's read time on top of the decompression itself (streaming
+    scans read every volume of a dataset once). Scaled data (scl_slope/scl_inter), a non-native
+    byte order, NIfTI-2 or .hdr/.img pairs go through :func:`read_nifti` unchanged.
+    """
+    import gzip
+    import io
+
+    import nibabel as nib
+    from nibabel.spatialimages import HeaderDataError
+
+    path = Path(path)
+    if not path.name.endswith(NIFTI_SUFFIXES):
+        return read_nifti(path)[0]
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        blob = path.read_bytes()
+        if path.name.endswith(".gz"):
+            blob = gzip.decompress(blob)
+        if len(blob) < 348 or int.from_bytes(blob[:4], "little") != 348:  # NIfTI-1, little-endian
+            return read_nifti(path)[0]
+        header = nib.Nifti1Header.from_fileobj(io.BytesIO(blob[:348]))
+        slope, inter = header.get_slope_inter()
+        dtype = header.get_data_dtype()
+        if slope not in (None, 1.0) or inter not in (None, 0.0) or not dtype.isnative or dtype.hasobject:
+            return read_nifti(path)[0]
+        shape = tuple(int(n) for n in header.get_data_shape())
+        offset = int(header.get_data_offset())
+        count = int(np.prod(shape, dtype=np.int64))
+        if offset + count * dtype.itemsize > len(blob):
+            raise EOFError(f"{len(blob) - offset} data bytes, the header announces {count * dtype.itemsize}")
+        data = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
+    except (HeaderDataError, EOFError, OSError, zlib.error, ValueError, TypeError, gzip.BadGzipFile) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"{path}: unreadable or truncated NIfTI ({type(exc).__name__}: {reason})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {tuple(data.shape)}")
+    return data
+
+
 def nifti_shape(path: str | Path) -> tuple[int, int, int]:
     """The NIfTI array shape from the header only (no voxel data read)."""
     import nibabel as nib

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.sources.base import Source, check_shapes
-from shared.sources.io import check_finite, nifti_geometry, nifti_shape, read_nifti, to_slice_first
+from shared.sources.io import check_finite, nifti_geometry, nifti_shape, read_nifti, read_nifti_array, to_slice_first
 from shared.intensity import apply_intensity, intensity_chunks
 from shared.volume import Volume
 
@@ -24,14 +24,14 @@ def load_pair(source: Source, case_id: str, image_file: Path, label_file: Path,
 
 def read_labels(source: Source, label_file: Path):
     """The label file alone -> uint8 (S, R, C) task classes (see ``Source.load_labels``)."""
-    raw_label, _ = read_nifti(label_file)
+    raw_label = read_nifti_array(label_file)
     return to_slice_first(source.classmap.apply(raw_label, str(label_file)))
 
 
 def read_image_chunks(source: Source, image_file: Path, chunk: int = 8):
     """The image file alone -> ((S, R, C), iterator of preprocessed slice chunks); see
     ``Source.image_chunks``."""
-    raw_image, _ = read_nifti(image_file)
+    raw_image = read_nifti_array(image_file)
     check_finite(raw_image, image_file)
     raw = to_slice_first(raw_image)
     return raw.shape, intensity_chunks(raw, source.intensity, chunk)

@@ -1,0 +1,57 @@
+"""synth/pool.py: seeded pool sample (streaming == offline), exact compact background storage."""
+from __future__ import annotations
+
+import numpy as np
+
+from shared.intensity import apply_intensity
+from synth.pool import BackgroundInfo, BackgroundStore, PoolSampler, encode_slice, pool_key, sample_pool
+from synth.synthesis import SliceBank, SliceRef
+
+
+def test_streaming_sampler_equals_sample_pool_in_any_order():
+    pool = [{"volume": f"case{v:03d}", "slice": k} for v in range(40) for k in range(0, 60, 3)]
+    for size in (1, 37, 500, len(pool), len(pool) + 5):
+        expected = sample_pool(pool, size, seed=7)
+        assert len(expected) == min(size, len(pool))
+        assert expected == [e for e in pool if e in expected]  # (volume, slice) order kept
+        for order in (pool, pool[::-1], list(np.random.default_rng(1).permutation(pool))):
+            sampler = PoolSampler(size)
+            for e in order:
+                key = pool_key(7, e["volume"], e["slice"])
+                if key <= sampler.threshold:
+                    sampler.offer(key, e["volume"], e["slice"], None)
+            assert sorted(sampler.items()) == [(e["volume"], e["slice"]) for e in expected]
+    assert sample_pool(pool, None, 0) == pool and sample_pool(pool, 0, 0) == pool
+    assert sample_pool(pool, 10, 1) != sample_pool(pool, 10, 2)
+
+
+def test_encode_slice_is_exact_and_compact():
+    rng = np.random.default_rng(0)
+    raw = rng.integers(-200, 3000, size=(3, 64, 48)).astype(np.int16)
+    raw[1, :, :10] = 0
+    slices = apply_intensity(raw, {"kind": "minmax", "per": "slice"})
+    ct = apply_intensity(raw, {"kind": "clip", "low": -125.0, "high": 275.0})
+    for image, dtype in ((slices[0], np.uint16), (slices[1], np.uint16), (ct[2], np.uint16),
+                         (np.zeros((5, 5), np.float32), np.uint8),
+                         (rng.random((16, 16), dtype=np.float32), np.float32)):
+        enc = encode_slice(image)
+        assert enc.data.dtype == dtype
+        assert np.array_equal(enc.decode().view(np.uint32), image.view(np.uint32))
+    few = apply_intensity(rng.integers(0, 50, size=(1, 20, 20)), {"kind": "minmax", "per": "slice"})[0]
+    assert encode_slice(few).data.dtype == np.uint8
+
+
+def test_store_in_bank_decodes_on_access():
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 1000, size=(2, 32, 32)).astype(np.int16)
+    images = apply_intensity(raw, {"kind": "minmax", "per": "slice"})
+    store = BackgroundStore()
+    for k in range(2):
+        store.add(SliceRef("a", k), images[k], BackgroundInfo(k, 2, 0.5, 512))
+    label = np.zeros((32, 32), np.uint8)
+    label[10:14, 10:14] = 1
+    bank = SliceBank({SliceRef("a", 0): (images[0], label)}, store, ("background", "tumour"))
+    assert bank.background_refs == [SliceRef("a", 0), SliceRef("a", 1)]
+    assert np.array_equal(bank.background(SliceRef("a", 1)), images[1])
+    assert bank.background_info[SliceRef("a", 1)].position == 1.0
+    assert store.nbytes == 2 * 32 * 32 * 2 and store.dtypes() == {"uint16": 2}
