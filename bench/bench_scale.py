@@ -180,6 +180,21 @@ def train_files(root: Path) -> list[tuple[str, ...]]:
     return [tuple(str(p) for p in source.files(c)) for c in resolve_split(source, "train")]
 
 
+def dataset_digest(out: Path) -> str | None:
+    """sha256 over the shard hashes and samples.jsonl: equal digests = byte-identical samples."""
+    import hashlib
+
+    try:
+        info = json.loads((out / "dataset.json").read_text())
+        h = hashlib.sha256()
+        for s in info["shards"]:
+            h.update(s["sha256"].encode())
+        h.update((out / "samples.jsonl").read_bytes())
+        return h.hexdigest()[:16]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def loadavg() -> float:
     return os.getloadavg()[0]
 
@@ -224,6 +239,7 @@ def main() -> None:
                            "--exemplars", "150", "--workers", str(workers), "--no-progress", "--out", str(out)]
                     row["load_build"] = round(loadavg(), 1)
                     res = run_measured(cmd, env, args.kill_above_gb)
+                    row["digest"] = dataset_digest(out)
                     shutil.rmtree(out, ignore_errors=True)
                     row.update(build_s=round(res["wall"], 2), rc=res["rc"], killed=res["killed"],
                                peak_pss_gb=round(res["peak_pss"] / 1e9, 2),
