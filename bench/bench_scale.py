@@ -7,8 +7,10 @@ renamed links are distinct patients to it; the seeded 80/20 split gives 192 trai
 for each ``--workers`` value, back to back:
 
 * ``read baseline``: read and decompress every FLAIR and label file of the cases the build
-  reads, once, on the same number of processes: ``gzip`` (bytes -> ``gzip.decompress``, the floor)
-  and ``nibabel`` (``np.asanyarray(nib.load(f).dataobj)``, what any NIfTI reader does);
+  reads, once, on the same number of processes: ``gzip`` (bytes -> stdlib ``gzip.decompress``),
+  ``nibabel`` (``np.asanyarray(nib.load(f).dataobj)``, what any NIfTI reader does) and ``isal``
+  (bytes -> ISA-L ``igzip.decompress``, what the build itself uses when the optional ``isal``
+  package is installed: the true floor for it);
 * ``synth build --dataset brats --exemplars 150`` (default split train, 4500 samples) in a fresh
   process, its peak memory measured over the whole process tree (parent + workers) by polling
   ``/proc`` every 0.1 s: "peak PSS" (proportional set size: pages shared by forked workers counted
@@ -108,10 +110,10 @@ def tree_memory(pid: int) -> tuple[int, int, int]:
     return pss, rss, len(pids)
 
 
-def run_measured(cmd: list[str], env: dict[str, str], kill_above: float | None) -> dict:
+def run_measured(cmd: list[str], env: dict[str, str], kill_above: float | None, cwd: str | None = None) -> dict:
     """Run ``cmd``; peak tree PSS / RSS sum, wall time, exit code, output tail."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = {"pss": 0, "rss": 0, "procs": 0}
     killed = [False]
     out_lines: list[str] = []
@@ -156,8 +158,18 @@ def _read_nibabel(paths: tuple[str, ...]) -> int:
     return sum(int(np.asanyarray(nib.load(p).dataobj).nbytes) for p in paths)
 
 
+def _read_isal(paths: tuple[str, ...]) -> int:
+    from isal.igzip import decompress
+
+    n = 0
+    for p in paths:
+        with open(p, "rb") as f:
+            n += len(decompress(f.read()))
+    return n
+
+
 def read_baseline(files: list[tuple[str, ...]], workers: int, how: str) -> float:
-    fn = _read_gzip if how == "gzip" else _read_nibabel
+    fn = {"gzip": _read_gzip, "nibabel": _read_nibabel, "isal": _read_isal}[how]
     t0 = time.perf_counter()
     if workers == 1:
         for paths in files:
@@ -207,7 +219,8 @@ def main() -> None:
                     help="a checkout whose synth to run, named LABEL in the table (repeatable: each build "
                          "runs right after the same baseline; default: after=this checkout)")
     ap.add_argument("--kill-above-gb", type=float, default=None)
-    ap.add_argument("--baseline", default="gzip,nibabel")
+    ap.add_argument("--baseline", default="gzip,nibabel,isal",
+                    help="read baselines: gzip (stdlib), nibabel, isal (ISA-L inflate, the optional fast-read extra)")
     ap.add_argument("--json", type=Path, default=None, help="append result rows here (JSON lines)")
     ap.add_argument("--keep", type=Path, default=None, help="make the cohorts here instead of a temp folder")
     args = ap.parse_args()
@@ -238,7 +251,7 @@ def main() -> None:
                     cmd = [python, "-m", "synth", "build", "--dataset", "brats", "--root", str(cohort),
                            "--exemplars", "150", "--workers", str(workers), "--no-progress", "--out", str(out)]
                     row["load_build"] = round(loadavg(), 1)
-                    res = run_measured(cmd, env, args.kill_above_gb)
+                    res = run_measured(cmd, env, args.kill_above_gb, cwd=str(Path(code).resolve()))  # python -m: cwd first on sys.path
                     row["digest"] = dataset_digest(out)
                     shutil.rmtree(out, ignore_errors=True)
                     row.update(build_s=round(res["wall"], 2), rc=res["rc"], killed=res["killed"],

@@ -55,3 +55,4 @@ def test_store_in_bank_decodes_on_access():
     assert np.array_equal(bank.background(SliceRef("a", 1)), images[1])
     assert bank.background_info[SliceRef("a", 1)].position == 1.0
     assert store.nbytes == 2 * 32 * 32 * 2 and store.dtypes() == {"uint16": 2}
+

