@@ -26,11 +26,11 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-# Default --pool-size: chosen by measurement (BENCHMARKS.md, "Scaling to the full BraTS release"):
-# peak memory grows ~0.15-0.25 MB per pooled 240x240 slice (stored slice + its cached content mask
-# in each synthesis worker); 4096 keeps a 2-worker BraTS build well under 2 GB and is larger than
-# the pools of the sample cohorts (4 cases: 264 slices, 30-case train split: ~1600), which
-# therefore keep their full pools and their bytes.
+# Default --pool-size, chosen by measurement (BENCHMARKS.md, "Scaling to the full BraTS release"):
+# a pooled 240x240 BraTS slice costs ~0.2 MB of peak memory (its exact compact copy, ~0.13 MB, plus
+# its cached content mask in each synthesis worker); 4096 keeps a 240-patient build at ~1 GB with
+# one worker and ~1.4 GB with two, and is larger than the pools of the sample cohorts (4 cases: 185
+# slices, the 30-case cohort's train split: 1,246), which therefore keep their full pools and bytes.
 DEFAULT_POOL_SIZE = 4096
 _NO_LIMIT = (1 << 64) - 1
 
