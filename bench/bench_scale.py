@@ -223,7 +223,13 @@ def main() -> None:
                     help="read baselines: gzip (stdlib), nibabel, isal (ISA-L inflate, the optional fast-read extra)")
     ap.add_argument("--json", type=Path, default=None, help="append result rows here (JSON lines)")
     ap.add_argument("--keep", type=Path, default=None, help="make the cohorts here instead of a temp folder")
+    ap.add_argument("--pool-sizes", default=None, metavar="N,N,...",
+                    help="instead: build the largest cohort with 1 worker once per --pool-size N "
+                         "(0 = no limit) and report peak memory and the bank's background storage")
     args = ap.parse_args()
+    if args.pool_sizes:
+        pool_size_table(args)
+        return
     src = data_root() / "brats2018_cohort"
     base = Path(tempfile.mkdtemp(prefix="bench_scale_")) if args.keep is None else args.keep
     python = sys.executable
@@ -265,6 +271,33 @@ def main() -> None:
                     if args.json:
                         with open(args.json, "a") as f:
                             f.write(json.dumps(row) + "\n")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def pool_size_table(args: argparse.Namespace) -> None:
+    patients = max(int(x) for x in args.cohorts.split(","))
+    base = Path(tempfile.mkdtemp(prefix="bench_scale_")) if args.keep is None else args.keep
+    cohort = base / f"cohort{patients}"
+    if not cohort.exists():
+        make_cohort(data_root() / "brats2018_cohort", cohort, max(1, patients // 30))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    try:
+        for size in args.pool_sizes.split(","):
+            out = base / f"pool_{size}"
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [sys.executable, "-m", "synth", "build", "--dataset", "brats", "--root", str(cohort), "--exemplars",
+                   "150", "--workers", "1", "--no-progress", "--pool-size", size, "--out", str(out)]
+            load = loadavg()
+            res = run_measured(cmd, env, args.kill_above_gb, cwd=str(ROOT))
+            info = json.loads((out / "dataset.json").read_text()) if (out / "dataset.json").exists() else {}
+            meta = info.get("exemplar_list", {})
+            print(json.dumps({"pool_size": int(size), "load": round(load, 1), "build_s": round(res["wall"], 1),
+                              "peak_pss_gb": round(res["peak_pss"] / 1e9, 2), "pool": len(info.get("background_pool", [])),
+                              "eligible": meta.get("selection", {}).get("background_rule", {}).get("eligible"),
+                              "storage": meta.get("background_storage")}), flush=True)
+            shutil.rmtree(out, ignore_errors=True)
     finally:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
