@@ -38,8 +38,7 @@ from shared.hashing import sha256_path
 from shared.manifest import SCHEMA_VERSION, dumps, read_json, tool_version, write_dataset, write_json_atomic
 from shared.shards import (DATASET_FILE, IMAGE_DTYPES, SAMPLES_FILE, SHARD_FORMATS, SHARDS_DIR, ShardWriter,
                            shard_relpath)
-
-from synth.pool import DEFAULT_POOL_SIZE  # noqa: E402  (numpy + hashlib only)
+from synth.pool import DEFAULT_POOL_SIZE
 
 KINDS = ("synthesized", "exemplars", "all-slices", "volumes")
 DEFAULT_SHARD_SIZE = 256
