@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from shared.errors import DataError
-from shared.shards import DATASET_FILE, SAMPLES_FILE
+from shared.shards import DATASET_FILE, SAMPLES_FILE, compute_build_id
 
 SCHEMA_VERSION = 1
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "data_manifests" / "schemas"
@@ -109,6 +109,7 @@ def read_samples(root: str | Path) -> list[dict[str, Any]]:
 def write_dataset(root: str | Path, info: dict[str, Any], records: Iterable[dict[str, Any]]) -> None:
     """Write samples.jsonl, then dataset.json (last: its presence marks the dataset complete)."""
     root = Path(root)
+    info = {**info, "build_id": compute_build_id(info)}  # the generation readers pin
     write_jsonl_atomic(root / SAMPLES_FILE, records)
     write_json_atomic(root / DATASET_FILE, info)
 

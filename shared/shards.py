@@ -55,6 +55,35 @@ _ZARR_LABEL_CODEC = {"cname": "lz4", "clevel": 1, "shuffle": "noshuffle"}
 _H5_KW = {"compression": "gzip", "compression_opts": 1, "shuffle": True, "fletcher32": True}
 
 
+def compute_build_id(info: dict[str, Any]) -> str:
+    """A dataset's generation: sha256 of its build key and shard hashes (16 hex digits).
+
+    Deterministic (an identical rebuild gets the same id, so byte-identical rebuilds stay
+    byte-identical), different whenever the content differs.
+    """
+    import hashlib
+
+    h = hashlib.sha256(str(info.get("build_key", "")).encode())
+    for s in info.get("shards") or []:
+        h.update(b"\n" + str(s.get("sha256", "") if isinstance(s, dict) else s).encode())
+    return h.hexdigest()[:16]
+
+
+def generation_of(info: dict[str, Any]) -> str:
+    """``build_id`` of dataset.json (computed from the shard list for datasets written before it)."""
+    bid = info.get("build_id")
+    return bid if isinstance(bid, str) and bid else compute_build_id(info)
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """What changes when dataset.json is replaced (it is always written by rename) or removed."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def shard_relpath(k: int, fmt: str) -> str:
     """Path of shard ``k`` relative to the dataset directory."""
     if fmt not in SHARD_SUFFIX:
@@ -695,9 +724,16 @@ class ShardDataset:
     DataLoader workers (fork or spawn).
     """
 
-    def __init__(self, root: str | Path, info: dict[str, Any]):
+    def __init__(self, root: str | Path, info: dict[str, Any], *, stamp: tuple | None = None,
+                 lock: Any = None):
         self.root = Path(root)
         self.info = info
+        # The generation this reader pinned: every shard read checks that dataset.json is still the
+        # one it opened (a rebuild removes dataset.json before touching a shard and writes a new
+        # one last), so a reader never mixes two builds, whether or not it holds the folder lock.
+        self.generation = generation_of(info)
+        self._stamp = stamp if stamp is not None else _stamp(self.root / DATASET_FILE)
+        self._lock = lock  # shared FolderLock (shared.locks): a rebuild waits for close()
         self._shards: list[dict[str, Any]] = list(info["shards"])
         self._starts = [int(s["start"]) for s in self._shards]
         self._num_samples = int(info["num_samples"])
@@ -770,7 +806,34 @@ class ShardDataset:
         return i
 
     # -- data --------------------------------------------------------------------------------
+    def check_generation(self) -> None:
+        """DataError when dataset.json was replaced by another build (or removed) since opening."""
+        path = self.root / DATASET_FILE
+        now = _stamp(path)
+        if now == self._stamp:
+            return
+        new_id = None
+        if now is not None:
+            try:
+                new_id = generation_of(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, AttributeError):
+                new_id = None
+        if new_id == self.generation:  # the same build, rewritten (e.g. copied back): carry on
+            self._stamp = now
+            return
+        now_text = "removed" if now is None else f"now build {new_id}" if new_id else "now unreadable"
+        raise DataError(f"{path}: the dataset changed while it was being read (opened build {self.generation}, "
+                        f"{now_text}); a rebuild must not run under a reader: start the reader again")
+
+    def _read(self, k: int, sl: slice | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Read from shard k, checking the generation before and after (the bytes read are the
+        pinned build's only if dataset.json was the same on both sides of the read)."""
+        data = self._handle(k).read(sl)
+        self.check_generation()
+        return data
+
     def _handle(self, k: int) -> _ShardHandle:
+        self.check_generation()
         handle = self._handles.get(k)
         if handle is None or handle.pid != os.getpid():
             path = self.shard_path(k)
@@ -791,7 +854,7 @@ class ShardDataset:
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = self._check_index(i)
         k, j = self.shard_of(i)
-        image, label, size = self._handle(k).read(j)
+        image, label, size = self._read(k, j)
         h, w = int(size[0]), int(size[1])
         return {"image": np.asarray(image[:h, :w], dtype=np.float32), "label": np.ascontiguousarray(label[:h, :w]),
                 "id": self.ids[i], "index": i}
@@ -802,7 +865,7 @@ class ShardDataset:
 
     def shard_arrays(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The padded stored arrays of shard k: image (N,H,W) stored dtype, label, size (N,2)."""
-        image, label, size = self._handle(k).read(slice(None))
+        image, label, size = self._read(k, slice(None))
         return np.asarray(image), np.asarray(label), np.asarray(size)
 
     def shard_labels(self, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -844,7 +907,7 @@ class ShardDataset:
             k, j = self.shard_of(i)
             s0, n = self.shard_range(k)
             take = min(n - j, start + count - i)
-            parts.append(self._handle(k).read(slice(j, j + take)))
+            parts.append(self._read(k, slice(j, j + take)))
             i += take
         if len(parts) == 1:
             return tuple(np.asarray(a) for a in parts[0])  # type: ignore[return-value]
@@ -882,10 +945,22 @@ class ShardDataset:
             if handle.pid == os.getpid():
                 handle.close()
         self._handles.clear()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __del__(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            try:
+                lock.release()
+            except Exception:
+                pass
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_handles"] = {}
+        state["_lock"] = None  # the opening process holds the folder lock for its workers
         return state
 
     def __repr__(self) -> str:
@@ -955,9 +1030,16 @@ def read_dataset_info(root: str | Path) -> dict[str, Any]:
     return info
 
 
-def open_dataset(root: str | Path, *, check_files: bool = True) -> ShardDataset:
+def open_dataset(root: str | Path, *, check_files: bool = True, lock: bool = True) -> ShardDataset:
     """Open a dataset directory (Zarr or HDF5 shards, detected from dataset.json), or a dataset
-    at an fsspec URL (``https://``, ``s3://``, ...: :mod:`shared.remote`, shards fetched on use)."""
+    at an fsspec URL (``https://``, ``s3://``, ...: :mod:`shared.remote`, shards fetched on use).
+
+    With ``lock`` a local reader holds ``DIR/.lock`` shared until ``close()`` (or exit), so
+    ``synth build --overwrite`` into DIR is refused meanwhile; a build in progress in DIR is a
+    DataError here. A read-only folder without a lock file is read unlocked (the generation
+    check still guards every read). Remote shards are fetched by sha256, so they cannot mix.
+    """
+    from shared.locks import FolderLock, LockBusy
     from shared.remote import is_remote
 
     if is_remote(root):
@@ -965,12 +1047,28 @@ def open_dataset(root: str | Path, *, check_files: bool = True) -> ShardDataset:
 
         return open_remote_dataset(str(root))
     root = Path(root)
-    info = read_dataset_info(root)
-    if check_files:
-        for s in info["shards"]:
-            p = root / s["path"]
-            if not p.exists():
-                raise DataError(f"{p}: shard missing")
-            if p.is_file() and p.stat().st_size == 0:
-                raise DataError(f"{p}: shard file is empty")
-    return ShardDataset(root, info)
+    held = None
+    if lock and root.is_dir():
+        try:
+            held = FolderLock(root, shared=True).acquire()
+        except LockBusy:
+            raise DataError(f"{root}: a build is writing to this folder; wait for it to finish") from None
+        except OSError:
+            held = None
+        if held is not None and held.fd is None:
+            held = None
+    try:
+        stamp = _stamp(root / DATASET_FILE)
+        info = read_dataset_info(root)
+        if check_files:
+            for s in info["shards"]:
+                p = root / s["path"]
+                if not p.exists():
+                    raise DataError(f"{p}: shard missing")
+                if p.is_file() and p.stat().st_size == 0:
+                    raise DataError(f"{p}: shard file is empty")
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+    return ShardDataset(root, info, stamp=stamp, lock=held)

@@ -269,6 +269,16 @@ def exemplar_refs(rec: dict[str, Any]) -> list[tuple[str, int]]:
     return []
 
 
+def _records(root: Path, ds: ShardDataset) -> list[dict[str, Any]]:
+    """samples.jsonl, checked against dataset.json: a truncated or emptied manifest must not read
+    as "0 samples derived" (a false negative in an audit)."""
+    records = read_samples(root)
+    if len(records) != len(ds):
+        raise DataError(f"{root / 'samples.jsonl'}: {len(records)} records, dataset.json says {len(ds)} samples "
+                        f"(truncated or edited manifest; rebuild or restore the dataset)")
+    return records
+
+
 def trace_exemplar(root: str | Path, ref: tuple[str, int], *, background: bool = False) -> list[dict[str, Any]]:
     """Records of every sample derived from exemplar ``ref`` (or, with ``background``, pasted onto it)."""
     root = Path(root)
@@ -276,8 +286,9 @@ def trace_exemplar(root: str | Path, ref: tuple[str, int], *, background: bool =
     info = ds.info
     pool = {(e["volume"], int(e["slice"])) for e in (info.get("background_pool") or [])}
     listed = {(e["volume"], int(e["slice"])) for e in (info.get("exemplars") or [])}
+    records = _records(root, ds)
     if ds.kind in ("all-slices", "volumes"):
-        listed = {(r["source"]["volume"], int(r["source"]["slice"])) for r in read_samples(root)}
+        listed = {(r["source"]["volume"], int(r["source"]["slice"])) for r in records}
     if background and ref not in pool:
         raise DataError(f"{root}: {ref[0]}:{ref[1]} is not in the background pool of this dataset")
     if not background and ref not in listed:
@@ -285,7 +296,7 @@ def trace_exemplar(root: str | Path, ref: tuple[str, int], *, background: bool =
         why = " (it was excluded with --exclude-exemplar)" if f"{ref[0]}:{ref[1]}" in excluded else ""
         raise DataError(f"{root}: {ref[0]}:{ref[1]} is not an exemplar of this dataset{why}")
     out = []
-    for rec in read_samples(root):
+    for rec in records:
         if background:
             if "synthesis" in rec and _ref(rec["synthesis"]["background"]["ref"]) == ref:
                 out.append(rec)
@@ -296,8 +307,8 @@ def trace_exemplar(root: str | Path, ref: tuple[str, int], *, background: bool =
 
 def find_sample(root: str | Path, sample_id: str) -> dict[str, Any]:
     root = Path(root)
-    open_dataset(root, check_files=False)
-    for rec in read_samples(root):
+    ds = open_dataset(root, check_files=False)
+    for rec in _records(root, ds):
         if rec.get("id") == sample_id:
             return rec
     raise DataError(f"{root}: no sample with id {sample_id!r}")
@@ -308,7 +319,7 @@ def dataset_summary(root: str | Path) -> dict[str, Any]:
     root = Path(root)
     ds = open_dataset(root, check_files=False)
     info = ds.info
-    records = read_samples(root)
+    records = _records(root, ds)
     names = list(ds.class_names)
     present = Counter()
     pixels = Counter()

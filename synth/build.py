@@ -12,18 +12,19 @@ Determinism: sample ``i`` depends only on (seed, i, exemplar list, background po
 each worker process builds whole shards, so the output does not depend on ``--workers``.
 ``--part i/n`` builds a shard-aligned slice of the sample range; :func:`merge_parts` joins parts.
 
-Safety: the output folder is locked (``.lock``, O_CREAT|O_EXCL with pid and host); shards are
+Safety: the output folder is locked (``.lock``, flock, see :mod:`shared.locks`; readers hold it
+shared, so a rebuild cannot start under a running fit); shards are
 written under temporary names and renamed; each finished shard leaves a sidecar
 ``.build/shard-XXXXX.json`` (its hashes and sample records) so ``--resume`` keeps the shards whose
 sha256 still checks; ``samples.jsonl`` then ``dataset.json`` are written last, atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ import numpy as np
 
 from shared.errors import ConfigError, DataError
 from shared.hashing import sha256_path
+from shared.locks import LOCK_FILE, FolderLock, LockBusy
 from shared.manifest import SCHEMA_VERSION, dumps, read_json, tool_version, write_dataset, write_json_atomic
 from shared.shards import (DATASET_FILE, IMAGE_DTYPES, SAMPLES_FILE, SHARD_FORMATS, SHARDS_DIR, ShardWriter,
                            shard_relpath)
@@ -42,7 +44,6 @@ from synth.pool import DEFAULT_POOL_SIZE
 
 KINDS = ("synthesized", "exemplars", "all-slices", "volumes")
 DEFAULT_SHARD_SIZE = 256
-LOCK_FILE = ".lock"
 STATE_DIR = ".build"
 STATE_FILE = "state.json"
 OWNED_ENTRIES = {DATASET_FILE, SAMPLES_FILE, SHARDS_DIR, STATE_DIR}
@@ -246,63 +247,63 @@ def class_pixels(label: np.ndarray, class_names: Sequence[str], sample_id: str) 
 # Output folder: lock, safety checks, resume state
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class BuildLock:
-    """Exclusive lock on an output folder: ``DIR/.lock`` created with O_CREAT|O_EXCL."""
+    """Exclusive lock on an output folder (``DIR/.lock``, flock; see :mod:`shared.locks`).
+
+    Refused while another build writes the folder or a reader (``train fit``, ``synth verify``)
+    reads it. A build killed with -9 leaves the file but not the flock: the next build simply
+    takes it (and says so). Atomic by construction: the kernel hands the flock to one process.
+    """
 
     def __init__(self, folder: Path, log: Log = _stderr):
-        self.path = folder / LOCK_FILE
+        self.lock = FolderLock(folder, shared=False)
+        self.path = self.lock.path
         self.log = log
-        self.held = False
+
+    @property
+    def held(self) -> bool:
+        return self.lock.held
 
     def acquire(self) -> "BuildLock":
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
-        for _attempt in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                other = self._read()
-                pid, host = other.get("pid"), other.get("host")
-                if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
-                    self.log(f"note: taking over the stale lock {self.path} of process {pid}, which is no longer running")
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise DataError(f"{self.path.parent}: another build (pid {pid} on {host}) is writing to this folder; "
-                                f"if it is not running, remove {self.path}") from None
-            except OSError as exc:
-                raise DataError(f"{self.path.parent}: output folder is not writable ({exc.strerror})") from exc
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return self
-        raise DataError(f"{self.path}: could not take the lock")
-
-    def _read(self) -> dict[str, Any]:
+        previous = self.lock.owner()
         try:
-            data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, json.JSONDecodeError):
-            return {}
+            self.lock.acquire()
+        except LockBusy:
+            other = self.lock.owner()
+            if other.get("pid"):
+                raise DataError(f"{self.path.parent}: another build (pid {other.get('pid')} on {other.get('host')}) "
+                                f"is writing to this folder") from None
+            raise DataError(f"{self.path.parent}: the dataset is being read (train fit, train eval, synth verify ...); "
+                            f"it cannot be rewritten until the reader ends (or write to another folder)") from None
+        except OSError as exc:
+            raise DataError(f"{self.path.parent}: output folder is not writable ({exc.strerror})") from exc
+        pid, host = previous.get("pid"), previous.get("host")
+        if isinstance(pid, int) and pid != os.getpid():  # we hold the flock: that build is gone
+            self.log(f"note: taking over the stale lock {self.path} of process {pid} on {host}, "
+                     f"which is no longer running (killed?)")
+        self.lock.write_owner()
+        return self
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        self.lock.release()
 
     def __enter__(self) -> "BuildLock":
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def check_out_outside_source(out: Path, source: dict[str, Any]) -> None:
+    """Refuse an output folder inside the source tree: the source readers scan their root, so a
+    dataset written there would break every later command on that source."""
+    root = source.get("root")
+    if not root:
+        return
+    root_path, out_path = Path(root).resolve(), Path(out).resolve()
+    if out_path == root_path or root_path in out_path.parents:
+        raise DataError(f"--out {out}: inside the source folder {root_path}; write the dataset elsewhere "
+                        f"(the source must stay as it is)")
 
 
 def make_output_dir(out: Path) -> None:
@@ -356,6 +357,16 @@ def _diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[s
 # Worker side (module globals are set in the parent before fork, or by the pool initializer)
 
 _JOB: dict[str, Any] = {}
+
+
+def _init_pool_worker(job: dict[str, Any] | None) -> None:
+    import signal
+
+    # Ctrl-C reaches every process of the group: the parent stops the pool and reports once;
+    # workers die quietly (no traceback each) when the pool terminates them (SIGTERM, default).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _init_worker(job)
 
 
 def _init_worker(job: dict[str, Any] | None) -> None:
@@ -428,8 +439,11 @@ class BuildSummary:
     seconds: float
     bytes_written: int
     kept_shards: int = 0
+    already_complete: bool = False
 
     def line(self) -> str:
+        if self.already_complete:
+            return f"{self.out}: already complete ({self.num_samples} samples), nothing to do"
         rate = self.built / self.seconds if self.seconds > 0 else float("inf")
         kept = f" ({self.kept_shards} shard(s) kept from the interrupted build)" if self.kept_shards else ""
         return (f"built {self.built} samples in {self.seconds:.2f} s, {rate:.0f} samples/s, "
@@ -471,6 +485,7 @@ def run_job(job: Job, *, workers: int = 1, part: Part | None = None, overwrite: 
     todo_shards = part_shards(len(plan), part)
     identity = job.identity()
     key = identity_key(identity)
+    check_out_outside_source(out, job.source)
     make_output_dir(out)
     with BuildLock(out, log):
         clear_output(out, overwrite=overwrite, resume=resume)
@@ -483,7 +498,7 @@ def run_job(job: Job, *, workers: int = 1, part: Part | None = None, overwrite: 
                                   f"configuration (use --overwrite to replace it)")
             log(f"{out}: already complete, nothing to resume")
             return BuildSummary(out, _count(plan, todo_shards), 0, time.perf_counter() - t0, 0,
-                                kept_shards=len(todo_shards))
+                                already_complete=True)
         if resume and state_path.exists():
             state = read_json(state_path)
             if state.get("key") != key or state.get("part") != (str(part) if part else None):
@@ -503,12 +518,39 @@ def run_job(job: Job, *, workers: int = 1, part: Part | None = None, overwrite: 
                                        "config": cfg.to_dict()})
         todo = [k for k in todo_shards if k not in set(kept)]
         n_todo = sum(plan[k][1] for k in todo)
-        written = _run_shards(job, plan, todo, workers=workers, progress=progress,
-                              initial=_count(plan, kept), total=_count(plan, todo_shards))
+        try:
+            with _sigterm_as_interrupt():
+                written = _run_shards(job, plan, todo, workers=workers, progress=progress,
+                                      initial=_count(plan, kept), total=_count(plan, todo_shards))
+        except KeyboardInterrupt:
+            done = len(list((out / STATE_DIR).glob("shard-*.json")))
+            log(f"\ninterrupted: {done} finished shard(s) kept in {out}; continue with the same command "
+                f"and --resume")
+            raise
         _finalize(job, plan, todo_shards, part, key)
         shutil.rmtree(out / STATE_DIR, ignore_errors=True)
     return BuildSummary(out, _count(plan, todo_shards), n_todo, time.perf_counter() - t0, written,
                         kept_shards=len(kept))
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (kill, a batch system's time limit) stops a build like Ctrl-C: workers stopped,
+    finished shards kept for --resume, the lock released, one message."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _count(plan: list[tuple[int, int]], shards: Iterable[int]) -> int:
@@ -595,7 +637,7 @@ def _run_shards(job: Job, plan, todo: list[int], *, workers: int, progress: bool
             poller = threading.Thread(target=poll, daemon=True)
             poller.start()
             try:
-                with ctx.Pool(workers, initializer=_init_worker, initargs=(init_arg,)) as pool:
+                with ctx.Pool(workers, initializer=_init_pool_worker, initargs=(init_arg,)) as pool:
                     for res in pool.imap_unordered(_pool_build_shard, todo):
                         written += res["bytes"]
             finally:

@@ -98,7 +98,8 @@ def _apply_excludes(exemplars: list[dict[str, Any]], excludes: Sequence[str], wh
     return kept
 
 
-def prepare_exemplar_job(cfg: BuildConfig, out: Path, *, workers: int, progress: bool, log: Log = _stderr) -> Job:
+def prepare_exemplar_job(cfg: BuildConfig, out: Path, *, workers: int, progress: bool, log: Log = _stderr,
+                         verify_hashes: bool = True) -> Job:
     """A ``synthesized`` or ``exemplars`` (``--no-synthesis``) job from --exemplars / --exemplar-list."""
     from shared.splits import resolve_split
     from synth.selection import ExemplarList, ExemplarSpec, select_exemplars
@@ -118,6 +119,10 @@ def prepare_exemplar_job(cfg: BuildConfig, out: Path, *, workers: int, progress:
     if cfg.exemplar_list is not None:
         listing = ExemplarList.from_json(cfg.exemplar_list, source)
         where = str(cfg.exemplar_list)
+        if verify_hashes:  # the list must describe these files, not an older copy of them
+            listing.verify_hashes(source, where)
+        else:
+            log(f"{where}: --no-verify-hashes: not comparing the source files with the recorded sha256")
         if not listing.background_pool or any("classes" not in e for e in listing.exemplars):
             log(f"{where}: completing the list from the data (classes, hashes, background pool)")
             had_pool = bool(listing.background_pool)

@@ -25,6 +25,7 @@ section, not an empty slab.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -249,12 +250,17 @@ class ExemplarList:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise DataError(f"{path}: exemplar list not found") from None
+        except IsADirectoryError:
+            raise DataError(f"{path}: is a folder, not an exemplar list") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+        except RecursionError:
+            raise DataError(f"{path}: JSON nested too deeply to be an exemplar list") from None
         if isinstance(data, list):  # a bare list of {volume, slice}
             data = {"exemplars": data}
         if not isinstance(data, dict) or not isinstance(data.get("exemplars"), list) or not data["exemplars"]:
             raise DataError(f"{path}: expected an object with a non-empty 'exemplars' list")
+        check_schema(_check_entries(data, path), path)
         entries = []
         for i, entry in enumerate(data["exemplars"]):
             if not isinstance(entry, dict) or not isinstance(entry.get("volume"), str) \
@@ -300,16 +306,25 @@ class ExemplarList:
                         raise DataError(f"{path}: {what}[{i}] ({volume}, slice {k}) is listed twice")
                     seen.add((volume, k))
 
-    def verify_hashes(self, source, path: str | Path = "exemplar list") -> None:
-        """DataError when a source file differs from the sha256 recorded for an exemplar."""
+    def verify_hashes(self, source, path: str | Path = "exemplar list") -> int:
+        """DataError naming the changed file when a source file differs from the sha256 recorded
+        for an exemplar (the list was made from other data). Returns the number of files checked."""
         hasher = _Hasher(source)
+        checked: set[str] = set()
         for i, entry in enumerate(self.exemplars):
             recorded = entry.get("sha256") or {}
-            current = hasher.slice_record(entry["volume"], int(entry["slice"]))[1]
+            if not recorded:
+                continue
+            names, current = hasher.slice_record(entry["volume"], int(entry["slice"]))
             for key, digest in recorded.items():
-                if current.get(key) != digest:
-                    raise DataError(f"{path}: exemplars[{i}] ({entry['volume']}, slice {entry['slice']}): "
-                                    f"{key} sha256 differs from the recorded one (different data?)")
+                if key not in current:
+                    continue
+                checked.add(names[key])
+                if current[key] != digest:
+                    raise DataError(f"{path}: {names[key]} changed since the list was made (sha256 differs from "
+                                    f"the one recorded for exemplars[{i}], {entry['volume']} slice {entry['slice']}); "
+                                    f"select again, or pass --no-verify-hashes to use the list anyway")
+        return len(checked)
 
     def complete(self, source, *, min_pixels: int = 1, progress: bool = False) -> "ExemplarList":
         """Fill in what a hand-written list lacks (classes, sha256, background pool) from the data;
@@ -334,6 +349,68 @@ class ExemplarList:
         if not self.background_pool:
             self.background_pool = background_pool(list(scans.values()), set(self.pairs()))
         return self
+
+
+EXEMPLAR_LIST_SCHEMA = "exemplar_list"
+
+
+def check_schema(data: dict[str, Any], path: str | Path) -> None:
+    """One-line DataError naming the file and the field when ``data`` does not match
+    data_manifests/schemas/exemplar_list.schema.json.
+
+    A list written by `synth select` (it has ``schema_version``) must match in full; a hand-written
+    one needs only ``exemplars`` with ``volume``/``slice`` (the rest is filled in from the data),
+    but every field it does give is type-checked by the same schema.
+    """
+    import jsonschema
+    from shared.manifest import load_schema
+
+    schema = load_schema(EXEMPLAR_LIST_SCHEMA)
+    if "schema_version" not in data:
+        schema = copy.deepcopy(schema)
+        schema["required"] = ["exemplars"]
+        schema["properties"]["exemplars"]["items"]["required"] = ["volume", "slice"]
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "top level"
+        message = " ".join(error.message.split())
+        if len(message) > 160:
+            message = message[:157] + "..."
+        raise DataError(f"{path}: {where}: {message} (see data_manifests/schemas/{EXEMPLAR_LIST_SCHEMA}.schema.json)")
+
+
+def _check_entries(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """One pass over ``exemplars`` and ``background_pool``: a slice listed twice is an error (a
+    pasted list repeated a million times must not turn into a 66 MB dataset.json), and so is a
+    pool entry without a string ``volume`` and an integer ``slice`` >= 0.
+
+    Returns ``data`` with the pool cut to its first entries for the schema check: the schema says
+    nothing more about pool entries than this pass checked, and jsonschema takes ~0.1 ms per
+    entry (minutes for a million). Exemplar entries of the wrong type are left to the schema.
+    """
+    for what in ("exemplars", "background_pool"):
+        entries = data.get(what)
+        if not isinstance(entries, list):
+            continue
+        seen: set[tuple[str, int]] = set()
+        for i, entry in enumerate(entries):
+            volume = entry.get("volume") if isinstance(entry, dict) else None
+            k = entry.get("slice") if isinstance(entry, dict) else None
+            if not isinstance(volume, str) or isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                if what == "exemplars":
+                    continue
+                shown = repr(entry)
+                raise DataError(f"{path}: background_pool/{i}: needs 'volume' (string) and 'slice' (integer >= 0), "
+                                f"got {shown if len(shown) < 80 else shown[:77] + '...'}")
+            if (volume, k) in seen:
+                raise DataError(f"{path}: {what}[{i}] ({volume}, slice {k}) is listed twice"
+                                + (f" ({len(entries):,} entries in all)" if len(entries) > 1000 else ""))
+            seen.add((volume, k))
+    pool = data.get("background_pool")
+    if isinstance(pool, list) and len(pool) > 100:
+        data = {**data, "background_pool": pool[:100]}
+    return data
 
 
 def background_pool(scans: list[VolumeScan], exemplar_pairs: set[tuple[str, int]]) -> list[dict[str, Any]]:

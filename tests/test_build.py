@@ -89,6 +89,7 @@ def test_build_reads_back(single: Path):
         assert records[i]["class_pixels"]["tumour"] == int((s["label"] == 1).sum())
         syn = records[i]["synthesis"]
         assert syn["seed"] == [3, i] and syn["objects"] and syn["background"]["ref"]
+    ds.close()  # a reader holds DIR/.lock (shared) while open; the last one out removes it
     assert not (single / ".build").exists() and not (single / ".lock").exists()
     validate_manifests(single)
 
@@ -177,11 +178,14 @@ def test_output_safety(single: Path, tmp_path: Path):
     assert "afile" in text
     text = fail("build", *SMALL, "--out", blocker)
     assert "not a folder" in text
-    # a concurrent build (live pid in the lock) is refused
+    # a concurrent build (holding the flock of DIR/.lock) is refused
+    from shared.locks import FolderLock
+
     busy = tmp_path / "busy"
     busy.mkdir()
-    (busy / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
-    text = fail("build", *SMALL, "--out", busy)
+    with FolderLock(busy, shared=False) as other:
+        other.write_owner()
+        text = fail("build", *SMALL, "--out", busy)
     assert "another build" in text
 
 

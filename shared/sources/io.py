@@ -1,6 +1,8 @@
 """Reading scans: NIfTI with one-line errors, and the raw -> (S, R, C) [0, 1] preprocessing."""
 from __future__ import annotations
 
+import math
+import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,12 @@ from shared.errors import DataError
 from shared.intensity import apply_intensity
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# A header can claim any size; it is checked before any voxel is read or allocated.
+MAX_VOXELS_ENV = "EXEMPLAR_SAM_MAX_VOXELS"
+DEFAULT_MAX_VOXELS = 1 << 30  # ~1.07e9 voxels (4 GB as float32); a 512x512x1000 CT is 2.6e8
+# deflate never compresses better than ~1032:1, so a .nii.gz smaller than its voxel data / 1032
+# cannot hold that data (a 1 KB file claiming 1200^3 voxels is truncated or lying).
+GZIP_MAX_RATIO = 1032
 
 
 def strip_nifti_suffix(name: str) -> str | None:
@@ -35,6 +43,7 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, Any]:
         raise DataError(f"{path}: file not found")
     try:
         img = nib.load(str(path))
+        check_nifti_size(path, img)
         data = np.asanyarray(img.dataobj)
     except (ImageFileError, EOFError, OSError, zlib.error, ValueError, TypeError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
@@ -85,7 +94,11 @@ def read_nifti_array(path: str | Path) -> np.ndarray:
             return read_nifti(path)[0]
         shape = tuple(int(n) for n in header.get_data_shape())
         offset = int(header.get_data_offset())
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # Python ints: a lying header cannot overflow the check
+        limit = max_voxels()
+        if count > limit:
+            raise DataError(f"{path}: NIfTI header claims shape {shape} = {count:,} voxels, more than the limit "
+                            f"{limit:,} (set ${MAX_VOXELS_ENV} to raise it)")
         if offset + count * dtype.itemsize > len(blob):
             raise EOFError(f"{len(blob) - offset} data bytes, the header announces {count * dtype.itemsize}")
         data = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
@@ -105,10 +118,58 @@ def nifti_shape(path: str | Path) -> tuple[int, int, int]:
     from nibabel.filebasedimages import ImageFileError
 
     try:
-        shape = tuple(int(v) for v in nib.load(str(path)).shape)
+        img = nib.load(str(path))
+        shape = tuple(int(v) for v in img.shape)
     except (ImageFileError, EOFError, OSError, zlib.error, ValueError) as exc:
         raise DataError(f"{path}: unreadable NIfTI header ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
-    return shape[:3]  # type: ignore[return-value]
+    check_nifti_size(Path(path), img)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {shape}")
+    return shape  # type: ignore[return-value]
+
+
+def max_voxels() -> int:
+    """The largest volume a header may claim: ``$EXEMPLAR_SAM_MAX_VOXELS`` or DEFAULT_MAX_VOXELS."""
+    raw = os.environ.get(MAX_VOXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_VOXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise DataError(f"${MAX_VOXELS_ENV}={raw!r}: expected a number of voxels") from None
+    if value < 1:
+        raise DataError(f"${MAX_VOXELS_ENV}={raw!r}: must be positive")
+    return value
+
+
+def check_nifti_size(path: Path, img: Any) -> None:
+    """DataError when the header's array size cannot be right, before anything is allocated.
+
+    Checks the voxel count against :func:`max_voxels` and the voxel bytes against the file size
+    (uncompressed: offset + data must fit; gzip: at most GZIP_MAX_RATIO times the file size).
+    """
+    shape = tuple(int(v) for v in img.shape)
+    if any(v < 1 for v in shape):
+        raise DataError(f"{path}: NIfTI header claims an empty array of shape {shape}")
+    voxels = math.prod(shape)
+    limit = max_voxels()
+    if voxels > limit:
+        raise DataError(f"{path}: NIfTI header claims shape {shape} = {voxels:,} voxels, more than the limit "
+                        f"{limit:,} (set ${MAX_VOXELS_ENV} to raise it)")
+    try:
+        itemsize = int(img.get_data_dtype().itemsize)
+        offset = int(img.header.get_data_offset())
+        size = path.stat().st_size
+    except (AttributeError, TypeError, ValueError, OSError):
+        return  # not a plain NIfTI-1/2 header: leave the read to nibabel
+    need = offset + voxels * itemsize
+    gz = path.name.endswith(".gz")
+    if need > size * (GZIP_MAX_RATIO if gz else 1):
+        what = f"{size:,} bytes{' compressed' if gz else ''}"
+        raise DataError(f"{path}: truncated NIfTI or wrong header: shape {shape} of {img.get_data_dtype()} needs "
+                        f"{need:,} bytes, the file has {what}")
 
 
 def check_finite(array: np.ndarray, file: str | Path) -> None:

@@ -95,6 +95,9 @@ def _abs(p: Path | None) -> str | None:
 @click.option("--exemplar-list", type=click.Path(path_type=Path), default=None, metavar="FILE.json",
               help="Use the exemplars (and background pool) of a `synth select` output, or a hand-written "
                    "list of {volume, slice}.")
+@click.option("--no-verify-hashes", is_flag=True,
+              help="Use an --exemplar-list even when the image/label files differ from the sha256 it "
+                   "recorded (by default that is an error naming the changed file).")
 @click.option("--min-pixels", type=int, default=10, show_default=True,
               help="Selection: a slice is eligible when it holds at least this many foreground pixels.")
 @click.option("--exclude-exemplar", "exclude", multiple=True, metavar="CASE:SLICE",
@@ -124,7 +127,8 @@ def _abs(p: Path | None) -> str | None:
                    "join the parts with `synth merge`.")
 @output_options("float16")
 @debug_option
-def build(dataset, root, modality, source_config, split, split_file, spec, exemplar_list, min_pixels, exclude,
+def build(dataset, root, modality, source_config, split, split_file, spec, exemplar_list, no_verify_hashes,
+          min_pixels, exclude,
           num_samples, seed, synthesis_config, no_synthesis, all_slices, pool_size, part, out, fmt, image_dtype, shard_size,
           workers, overwrite, resume, progress) -> None:
     """Synthesize a training set from a few exemplars into shards with provenance manifests.
@@ -176,7 +180,10 @@ def build(dataset, root, modality, source_config, split, split_file, spec, exemp
     if kind == "all-slices":
         job = prepare_slices_job(cfg, out, workers=n_workers, progress=progress)
     else:
-        job = prepare_exemplar_job(cfg, out, workers=n_workers, progress=progress)
+        if no_verify_hashes and exemplar_list is None:
+            raise ConfigError("--no-verify-hashes applies to --exemplar-list only")
+        job = prepare_exemplar_job(cfg, out, workers=n_workers, progress=progress,
+                                   verify_hashes=not no_verify_hashes)
     summary = run_job(job, workers=n_workers, part=part_, overwrite=overwrite, resume=resume, progress=progress)
     click.echo(summary.line())
 
