@@ -72,3 +72,28 @@ class LazyGroup(click.Group):
             module_name, attr = self.lazy_commands[cmd_name].split(":")
             return getattr(importlib.import_module(module_name), attr)
         return super().get_command(ctx, cmd_name)
+
+
+def check_writable(folder, what: str = "--out") -> None:
+    """Create ``folder`` (and parents) if needed and prove it writable, before any work starts.
+
+    Creates and removes a probe file: permission bits say nothing for root, and a read-only
+    mount or a path below a regular file fails only on a real write. DataError (exit 2) naming
+    the folder otherwise.
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from shared.errors import DataError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{what} {folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(f"{what} {folder}: not writable ({exc.strerror or type(exc).__name__})") from None

@@ -4,7 +4,9 @@ A run directory (``train fit --out RUNDIR``)::
 
     RUNDIR/config.json            {"train": TrainConfig, "dataset": {...}, "model": {...}, ...}
     RUNDIR/metrics.jsonl          one JSON object per logged step
-    RUNDIR/checkpoints/last.pt    the latest checkpoint (see :func:`save_checkpoint`)
+    RUNDIR/checkpoints/last.pt    the latest checkpoint (see :func:`save_checkpoint`): every
+                                  save_every_steps steps / save_every_minutes minutes, on Ctrl-C,
+                                  SIGTERM or an error in the loop, and at the end
     RUNDIR/checkpoints/step-000100.pt   with --checkpoint-every
     RUNDIR/summary.json           written when a fit finishes
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +60,10 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # a crash right after the rename must not leave an empty last.pt
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -86,6 +92,7 @@ def dataset_identity(ds, shards_dir: str | Path) -> dict[str, Any]:
         "source": info.get("source"),
         "fingerprint": info.get("fingerprint"),
         "seed": info.get("seed"),
+        "build_id": getattr(ds, "generation", None),
         "content_sha256": hashlib.sha256("\n".join(shard_hashes).encode()).hexdigest(),
     }
 
@@ -124,8 +131,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        msg = " ".join(str(exc).split())[:200]
-        raise DataError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {msg})") from None
+        raise DataError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {_first_sentence(exc)}); "
+                        f"the file is damaged or not a `train fit` checkpoint") from None
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path}: not a `train fit` checkpoint (format {CHECKPOINT_FORMAT} expected)")
     for key in ("step", "samples_seen", "config", "trainable", "optimizer", "scheduler"):
@@ -149,6 +156,17 @@ def check_resume_compatible(saved: dict, config: dict, dataset: dict, path: Path
             raise DataError(f"{path}: cannot resume, the dataset differs ({name}: was "
                             f"{_short(old.get(name))}, now {_short(dataset.get(name))}; run saved from "
                             f"{old.get('path')})")
+
+
+def _first_sentence(exc: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception message (torch's are paragraphs), cut at a word if long."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    m = re.match(r"(.+?[.!?:])(\s|$)", text)
+    if m:
+        text = m.group(1).rstrip(":")
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
 
 
 def _short(v: Any) -> str:

@@ -77,6 +77,8 @@ class TrainConfig:
     shuffle_block_shards: int = 2
     log_every: int = 10
     checkpoint_every: int = 0
+    save_every_steps: int = 500       # update checkpoints/last.pt every N steps (0: off)
+    save_every_minutes: float = 10.0  # ... and when this many minutes passed since the last save (0: off)
     grad_checkpointing: bool = False
     grad_clip: float = 0.0
     device: str = "auto"
@@ -115,7 +117,7 @@ class TrainConfig:
         for name in ("batch_size", "decay_every", "log_every", "lora_rank", "prefetch_factor", "shuffle_block_shards"):
             if getattr(self, name) < 1:
                 raise bad(f"{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("warmup_steps", "checkpoint_every", "num_workers", "num_threads"):
+        for name in ("warmup_steps", "checkpoint_every", "save_every_steps", "num_workers", "num_threads"):
             if getattr(self, name) < 0:
                 raise bad(f"{name} must be >= 0 (got {getattr(self, name)})")
         if self.steps is not None and self.epochs is not None:
@@ -124,6 +126,8 @@ class TrainConfig:
             raise bad(f"steps must be >= 1 (got {self.steps})")
         if self.epochs is not None and self.epochs <= 0:
             raise bad(f"epochs must be > 0 (got {self.epochs})")
+        if not self.save_every_minutes >= 0:
+            raise bad(f"save_every_minutes must be >= 0 (got {self.save_every_minutes})")
         if not (self.lr > 0 and 0 < self.decay_gamma <= 1 and 0 <= self.min_lr_ratio <= 1):
             raise bad("need lr > 0, 0 < decay_gamma <= 1 and 0 <= min_lr_ratio <= 1")
         if self.ce_weight < 0 or self.dice_weight < 0 or self.ce_weight + self.dice_weight == 0:
@@ -275,13 +279,14 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Train
         cfg = TrainConfig(**values, augment=aug)
         for name in ("img_size", "lora_rank", "batch_size", "warmup_steps", "decay_every", "seed",
                      "num_workers", "prefetch_factor", "shuffle_block_shards", "log_every",
-                     "checkpoint_every", "num_threads"):
+                     "checkpoint_every", "save_every_steps", "num_threads"):
             v = getattr(cfg, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{source}: {name} must be an integer (got {v!r})")
         if cfg.steps is not None:
             cfg.steps = _int(cfg.steps, "steps", source)
-        for name in ("lr", "weight_decay", "decay_gamma", "min_lr_ratio", "ce_weight", "dice_weight", "grad_clip"):
+        for name in ("lr", "weight_decay", "decay_gamma", "min_lr_ratio", "ce_weight", "dice_weight", "grad_clip",
+                     "save_every_minutes"):
             setattr(cfg, name, float(getattr(cfg, name)))
         if cfg.epochs is not None:
             cfg.epochs = float(cfg.epochs)

@@ -393,9 +393,12 @@ def prepare_outdir(out: str | Path, overwrite: bool) -> tuple[Path, Path]:
                 raise ConfigError(f"--out {out}: not a previous evaluation (no summary.json); "
                                   "refusing to replace it")
     tmp = out.parent / f".{out.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise DataError(f"--out {out}: cannot write there ({exc.strerror or type(exc).__name__})") from None
     return out, tmp
 
 

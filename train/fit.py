@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from shared.errors import ConfigError, DataError
+from shared.cli_support import check_writable
 from shared.remote import as_location
 from train.checkpointing import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE,
                                  atomic_write_json, build_model, check_resume_compatible,
@@ -111,18 +112,27 @@ def set_threads(cfg: TrainConfig, device: torch.device) -> int:
 
 
 def prepare_rundir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber a run; create the directory."""
+    """Refuse to clobber a run; create the directory (and check it is writable)."""
     last = last_checkpoint(out)
-    if resume:
-        if not last.exists():
-            raise DataError(f"{last}: no checkpoint to resume from")
-        return
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a directory")
+    for tmp in (out / CHECKPOINT_DIR).glob(".*.tmp-*") if out.is_dir() else ():
+        tmp.unlink(missing_ok=True)  # a save cut short by kill -9 (last.pt itself is intact)
+    if resume:
+        if not last.exists():
+            if (out / METRICS_FILE).exists() or (out / CONFIG_FILE).exists():
+                raise DataError(f"{out}: the run stopped before its first checkpoint, nothing to resume; "
+                                f"start it again with --overwrite")
+            raise DataError(f"{last}: no checkpoint to resume from")
+        check_writable(out)
+        return
     if last.exists() or (out / METRICS_FILE).exists():
         if not overwrite:
-            raise ConfigError(f"--out {out}: already holds a run; use --resume to continue it or "
-                              "--overwrite to start over")
+            if last.exists():
+                raise ConfigError(f"--out {out}: already holds a run; use --resume to continue it from its last "
+                                  "checkpoint or --overwrite to start over")
+            raise ConfigError(f"--out {out}: holds a run that stopped before its first checkpoint; "
+                              "use --overwrite to start it again")
         for p in (out / METRICS_FILE, out / SUMMARY_FILE):
             if p.exists():
                 p.unlink()
@@ -130,7 +140,7 @@ def prepare_rundir(out: Path, *, resume: bool, overwrite: bool) -> None:
         if ckdir.is_dir():
             for p in ckdir.glob("*.pt"):
                 p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -355,24 +365,38 @@ def _fit(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *, resum
     last_loss: float | None = None
     last_rate = 0.0
 
+    saved_step = start_step  # the step last.pt holds
+    saved_at = time.monotonic()
+
     def checkpoint(path: Path) -> None:
+        nonlocal saved_step, saved_at
         save_checkpoint(path, step=step, samples_seen=start_sample + (step - start_step) * global_batch,
                         config=cfg.to_dict(), dataset=identity, trainable=trainable_state_dict(model),
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                         world_size=world)
+        if path == last_checkpoint(out):
+            saved_step, saved_at = step, time.monotonic()
 
-    # Ctrl-C (one process): finish the current step, save last.pt, then stop.
-    interrupted = False
-    restore_sigint = lambda: None  # noqa: E731
+    def save_due() -> bool:
+        """Periodic last.pt (kill -9 or a power cut loses at most this much): every
+        save_every_steps steps or save_every_minutes minutes. Only trainable weights and their
+        optimizer state are saved, so this is cheap for LoRA runs."""
+        if cfg.save_every_steps and step % cfg.save_every_steps == 0:
+            return True
+        return bool(cfg.save_every_minutes) and time.monotonic() - saved_at >= 60 * cfg.save_every_minutes
+
+    # Ctrl-C or SIGTERM (one process): finish the current step, save last.pt, then stop.
+    interrupted: str | None = None
+    restore_signals = lambda: None  # noqa: E731
     if world == 1 and threading.current_thread() is threading.main_thread():
-        def on_sigint(_signum, _frame):
+        def on_signal(signum, _frame):
             nonlocal interrupted
-            if interrupted:            # a second Ctrl-C stops at once
+            if interrupted:            # a second signal stops at once
                 raise KeyboardInterrupt
-            interrupted = True
+            interrupted = signal.Signals(signum).name
 
-        previous = signal.signal(signal.SIGINT, on_sigint)
-        restore_sigint = lambda: signal.signal(signal.SIGINT, previous)  # noqa: E731
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        restore_signals = lambda: [signal.signal(s, h) for s, h in previous.items()]  # noqa: E731
 
     try:
         for batch in batches:
@@ -427,12 +451,26 @@ def _fit(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *, resum
             if di.is_main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != total_steps:
                 checkpoint(out / CHECKPOINT_DIR / f"step-{step:06d}.pt")
                 checkpoint(last_checkpoint(out))
+            elif di.is_main and step != total_steps and save_due():
+                checkpoint(last_checkpoint(out))
             if interrupted:
                 checkpoint(last_checkpoint(out))
-                say(f"\ninterrupted: saved step {step} to {last_checkpoint(out)}; continue with --resume")
+                say(f"\ninterrupted ({interrupted}): saved step {step} to {last_checkpoint(out)}; "
+                    "continue with --resume")
                 raise KeyboardInterrupt
+    except Exception:
+        # A corrupt sample, out of memory, a diverged loss ...: the steps done so far are intact
+        # (the failing step never reached optimizer.step), keep them for --resume.
+        if di.is_main and step > saved_step:
+            try:
+                checkpoint(last_checkpoint(out))
+                say(f"\nstopped by an error: saved step {step} to {last_checkpoint(out)}; "
+                    "fix the cause and continue with --resume")
+            except Exception:
+                pass  # the original error is the one to report
+        raise
     finally:
-        restore_sigint()
+        restore_signals()
         if bar is not None:
             bar.close()
         if metrics_file is not None:

@@ -57,6 +57,7 @@ def select(dataset: str, root: Path | None, modality: str, config: Path | None, 
 
     Example: synth select --dataset brats --root BraTS2018 --exemplars 1% --out brats_1pct.json
     """
+    from shared.cli_support import check_writable
     from shared.errors import ConfigError, DataError
     from shared.sources import open_source
     from shared.splits import resolve_split
@@ -74,6 +75,9 @@ def select(dataset: str, root: Path | None, modality: str, config: Path | None, 
     n_workers = _workers(workers)
     if out.exists() and not overwrite:
         raise DataError(f"{out}: already exists (pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise DataError(f"{out.parent}: output folder does not exist")
+    check_writable(out.parent, "--out")  # before scanning every volume, not after
     source = open_source(dataset, root, modality=modality, config=config)
     cases = resolve_split(source, split, split_file)
     # streaming scan: one volume at a time per worker, only per-slice numbers kept

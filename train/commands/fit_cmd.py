@@ -48,13 +48,20 @@ MODEL_CHOICES = ("tiny", "vit_b", "vit_l", "vit_h")
 @click.option("--log-every", type=int, help="Write metrics.jsonl every N steps. [default: 10]")
 @click.option("--checkpoint-every", type=int,
               help="Also keep checkpoints/step-NNNNNN.pt every N steps (0: only last.pt).")
+@click.option("--save-every-steps", type=int,
+              help="Update checkpoints/last.pt every N steps, so a killed run loses at most that much "
+                   "(0: off). [default: 500]")
+@click.option("--save-every-minutes", type=float,
+              help="Also update last.pt when this many minutes passed since the last save (0: off). "
+                   "Ctrl-C, SIGTERM and errors in the loop save it too. [default: 10]")
 @click.option("--grad-checkpointing/--no-grad-checkpointing", default=None,
               help="Recompute encoder blocks in backward (less memory, slower).")
 @click.option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N. [default: auto]")
 @click.option("--num-threads", "--threads", "num_threads", type=int,
               help="torch intra-op threads (0: all CPUs / processes per node on CPU).")
 @click.option("--resume", is_flag=True,
-              help="Continue the run in --out from checkpoints/last.pt up to the new --steps/--epochs, "
+              help="Continue the run in --out from checkpoints/last.pt up to --steps/--epochs (default: "
+                   "the run's own target, e.g. after a crash), "
                    "with the data order of an uninterrupted run. Uses the saved config; flags that "
                    "change the model or data (model, img-size, prompt, seed ...) are refused.")
 @click.option("--overwrite", is_flag=True, help="Start over in an --out that already holds a run.")
@@ -70,8 +77,8 @@ MODEL_CHOICES = ("tiny", "vit_b", "vit_l", "vit_h")
 @debug_option
 def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batch_size, prompt,
         config_file, seed, lr, lora_rank, trainable, num_workers, log_every, checkpoint_every,
-        grad_checkpointing, device, num_threads, resume, overwrite, log_sample_ids,
-        tensorboard, tensorboard_images_every, no_progress) -> None:
+        save_every_steps, save_every_minutes, grad_checkpointing, device, num_threads, resume, overwrite,
+        log_sample_ids, tensorboard, tensorboard_images_every, no_progress) -> None:
     """Train on a shard dataset: point-prompted LoRA fine-tuning of SAM (1.0 CE + 0.8 Dice,
     AdamW with warm-up and exponential decay).
 
@@ -95,6 +102,7 @@ def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batc
         "prompt": prompt, "seed": seed, "lr": lr, "lora_rank": lora_rank, "trainable": trainable,
         "num_workers": num_workers,
         "log_every": log_every, "checkpoint_every": checkpoint_every,
+        "save_every_steps": save_every_steps, "save_every_minutes": save_every_minutes,
         "grad_checkpointing": grad_checkpointing, "device": device, "num_threads": num_threads,
     }
     if resume:
@@ -102,9 +110,7 @@ def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batc
             raise ConfigError("--resume and --overwrite exclude each other")
         if config_file is not None:
             raise ConfigError("--resume uses the run's saved config; pass only the flags to change (e.g. --steps)")
-        if steps is None and epochs is None:
-            raise ConfigError("--resume needs the new total --steps (or --epochs)")
-        cfg = resume_config(out, overrides)
+        cfg = resume_config(out, overrides)  # without --steps/--epochs: the run's own target
     else:
         cfg = resolve_config(config_file, overrides)
         if cfg.steps is None and cfg.epochs is None:
