@@ -341,6 +341,11 @@ class ShardBatchStream(IterableDataset):
                 raise
             # Re-raised cleanly (one line) by the main process instead of DataLoader's traceback dump.
             yield {"error": (type(exc).__name__, str(exc))}
+        finally:
+            if self._ds is not None and self._pid == os.getpid():
+                self._ds.close()  # lets go of the dataset's reader lock (shared.locks) when done
+                self._ds, self._order = None, None
+                self._cache.clear()
 
 
 def _reraise(item: dict[str, Any]) -> dict[str, Any]:

@@ -119,11 +119,7 @@ def prepare_rundir(out: Path, *, resume: bool, overwrite: bool) -> None:
     for tmp in (out / CHECKPOINT_DIR).glob(".*.tmp-*") if out.is_dir() else ():
         tmp.unlink(missing_ok=True)  # a save cut short by kill -9 (last.pt itself is intact)
     if resume:
-        if not last.exists():
-            if (out / METRICS_FILE).exists() or (out / CONFIG_FILE).exists():
-                raise DataError(f"{out}: the run stopped before its first checkpoint, nothing to resume; "
-                                f"start it again with --overwrite")
-            raise DataError(f"{last}: no checkpoint to resume from")
+        require_checkpoint(out)
         check_writable(out)
         return
     if last.exists() or (out / METRICS_FILE).exists():
@@ -141,6 +137,17 @@ def prepare_rundir(out: Path, *, resume: bool, overwrite: bool) -> None:
             for p in ckdir.glob("*.pt"):
                 p.unlink()
     check_writable(out)
+
+
+def require_checkpoint(out: Path) -> Path:
+    """checkpoints/last.pt of a run to resume, or a DataError that says what to do instead."""
+    last = last_checkpoint(out)
+    if not last.exists():
+        if (out / METRICS_FILE).exists() or (out / CONFIG_FILE).exists():
+            raise DataError(f"{out}: the run stopped before its first checkpoint, nothing to resume; "
+                            f"start it again with --overwrite")
+        raise DataError(f"{last}: no checkpoint to resume from")
+    return last
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -508,7 +515,7 @@ def resume_config(rundir: str | Path, overrides: dict[str, Any]) -> TrainConfig:
 
     from train.config import upgrade_config_dict
 
-    ck = load_checkpoint(last_checkpoint(Path(rundir)))
+    ck = load_checkpoint(require_checkpoint(Path(rundir)))
     values = upgrade_config_dict(ck["config"])
     for key, value in overrides.items():
         if value is None:

@@ -1,8 +1,6 @@
 """`train eval` and `train report`."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from shared.cli_support import debug_option
@@ -95,9 +93,11 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
         raise ConfigError("--img-size is for zero-shot SAM; a run uses the size it was trained at")
     if overlay_count < 1:
         raise ConfigError(f"--overlay-count must be >= 1, got {overlay_count}")
+    import pathlib
+
     from shared.cli_support import check_writable
 
-    check_writable(Path(out).resolve().parent, "--out")  # before loading the model and the volumes
+    check_writable(pathlib.Path(out).resolve().parent, "--out")  # before loading the model and the volumes
 
     if run is not None:
         loaded = load_run_model(run, run_checkpoint, checkpoint)
