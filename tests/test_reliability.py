@@ -165,7 +165,7 @@ def test_sigterm_saves_and_a_rebuild_under_the_fit_is_refused(tmp_path: Path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and "interrupted (SIGTERM): saved step" in out + err
+    assert "Traceback" not in err and "interrupted by SIGTERM: saved step" in out + err
     from train.checkpointing import last_checkpoint, load_checkpoint
 
     step = load_checkpoint(last_checkpoint(run))["step"]

@@ -462,8 +462,8 @@ def _fit(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *, resum
                 checkpoint(last_checkpoint(out))
             if interrupted:
                 checkpoint(last_checkpoint(out))
-                say(f"\ninterrupted ({interrupted}): saved step {step} to {last_checkpoint(out)}; "
-                    "continue with --resume")
+                by = " by SIGTERM" if interrupted == "SIGTERM" else ""
+                say(f"\ninterrupted{by}: saved step {step} to {last_checkpoint(out)}; continue with --resume")
                 raise KeyboardInterrupt
     except Exception:
         # A corrupt sample, out of memory, a diverged loss ...: the steps done so far are intact
