@@ -875,13 +875,16 @@ class ShardDataset:
         if handle.direct:
             try:
                 rows = np.arange(n, dtype=np.int64)
-                return np.asarray(handle.label.read(rows)), np.asarray(handle.size.read(rows))
+                labels, sizes = np.asarray(handle.label.read(rows)), np.asarray(handle.size.read(rows))
             except _ChunkError as exc:
                 raise DataError(f"{handle.path}: cannot read shard data ({exc.array}: {exc.problem})") from None
-        try:
-            return np.asarray(handle.label[:]), np.asarray(handle.size[:])
-        except Exception as exc:
-            raise DataError(f"{handle.path}: cannot read shard data ({_short(exc)})") from exc
+        else:
+            try:
+                labels, sizes = np.asarray(handle.label[:]), np.asarray(handle.size[:])
+            except Exception as exc:
+                raise DataError(f"{handle.path}: cannot read shard data ({_short(exc)})") from exc
+        self.check_generation()  # the labels read are the pinned build's (see _read)
+        return labels, sizes
 
     def read_shard(self, k: int) -> list[dict[str, Any]]:
         """All samples of shard k (one bulk read per array), as ``ds[i]`` would give them."""

@@ -478,6 +478,7 @@ def _fit(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *, resum
         raise
     finally:
         restore_signals()
+        ds.close()  # lets go of the dataset folder's reader lock (a rebuild may start now)
         if bar is not None:
             bar.close()
         if metrics_file is not None:
