@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import sys
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -839,8 +840,11 @@ class ShardDataset:
             path = self.shard_path(k)
             if not path.exists():
                 raise DataError(f"{path}: shard missing")
+            # a weak reference: no cycle, so a dataset dropped without close() frees its lock at once
+            me = weakref.ref(self)
             handle = _ShardHandle(path, int(self._shards[k]["count"]),
-                                  sample_name=lambda j, start=self._starts[k]: self._sample_name(start + j))
+                                  sample_name=lambda j, start=self._starts[k]: (
+                                      me()._sample_name(start + j) if me() is not None else f"index {start + j}"))
             self._handles[k] = handle
         return handle
 
