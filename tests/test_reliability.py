@@ -317,12 +317,13 @@ def test_exemplar_list_hashes_are_verified(tmp_path: Path):
 # ----------------------------------------------------------------- 4, 7. NIfTI headers that lie, 2-D scans
 def test_nifti_header_sizes_are_checked_before_reading(tmp_path: Path, monkeypatch):
     from shared.sources import read_nifti
-    from shared.sources.io import nifti_shape
+    from shared.sources.io import nifti_shape, read_nifti_array
 
     big = lying_nifti(tmp_path / "big.nii.gz", (1200, 1200, 1200))
     assert big.stat().st_size < 2000
-    with pytest.raises(DataError, match=r"big.nii.gz: .*\(1200, 1200, 1200\)"):
-        read_nifti(big)
+    for reader in (read_nifti, read_nifti_array, nifti_shape):  # the one-piece reader of streaming scans too
+        with pytest.raises(DataError, match=r"big.nii.gz: .*\(1200, 1200, 1200\)"):
+            reader(big)
     huge = lying_nifti(tmp_path / "huge.nii.gz", (30000, 30000, 30000))
     with pytest.raises(DataError, match=r"huge.nii.gz: .*more than the limit .*EXEMPLAR_SAM_MAX_VOXELS"):
         nifti_shape(huge)
@@ -331,8 +332,9 @@ def test_nifti_header_sizes_are_checked_before_reading(tmp_path: Path, monkeypat
         read_nifti(small)
     src = nifti_source(tmp_path / "src")
     monkeypatch.setenv("EXEMPLAR_SAM_MAX_VOXELS", "100")
-    with pytest.raises(DataError, match="more than the limit 100"):
-        read_nifti(src / "images" / "case0.nii.gz")
+    for reader in (read_nifti, read_nifti_array):
+        with pytest.raises(DataError, match="more than the limit 100"):
+            reader(src / "images" / "case0.nii.gz")
 
 
 def test_build_pack_on_lying_and_2d_nifti_end_cleanly(tmp_path: Path):
