@@ -67,7 +67,7 @@ def naive_paste_record(image: np.ndarray, label: np.ndarray, obj: dict, bank: Sl
     params = TransformParams.from_dict(obj["params"])
     fwd = forward_affine(params, tuple(obj["center"]), src_img.shape, image.shape)
     a, b = fwd.a, fwd.b
-    cls = obj["class"]
+    cls = obj.get("class")
     src_obj = src_lab if cls is None else (src_lab == cls).astype(np.uint8) * np.uint8(cls)
     lab = _scipy_warp(src_obj, a, b, image.shape, 0)
     mask = lab > 0
@@ -146,7 +146,7 @@ def chained_paste_record(image: np.ndarray, label: np.ndarray, obj: dict, bank: 
     src_img, src_lab = bank.exemplar(ref)
     params = TransformParams.from_dict(obj["params"])
     center = (float(obj["center"][0]), float(obj["center"][1]))
-    cls = obj["class"]
+    cls = obj.get("class")
     src_obj = src_lab if cls is None else (src_lab == cls).astype(np.uint8) * np.uint8(cls)
     lab = _chain(src_obj, params, center, image.shape, 0)
     mask = lab > 0

@@ -1,6 +1,8 @@
 """Shared command-line plumbing: clean one-line errors unless --debug."""
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from typing import Callable
 
@@ -19,7 +21,8 @@ def run_cli(group: click.Group, argv: list[str] | None = None) -> None:
     if debug:
         args.remove("--debug")
     try:
-        group.main(args=args, prog_name=group.name, standalone_mode=False)
+        with plain_progress_when_piped():
+            group.main(args=args, prog_name=group.name, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -36,6 +39,66 @@ def run_cli(group: click.Group, argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {type(exc).__name__}: {_one_line(str(exc))} (rerun with --debug for a traceback)", err=True)
         sys.exit(1)
+
+
+class ProgressLines:
+    """A stderr for logs: a progress bar's carriage-return redraws become whole lines.
+
+    tqdm redraws its bar in place with "\r"; in a file or a pipe that is one endless line of
+    redraws. Here each redraw becomes one line (repeats dropped), and every other write passes
+    through unchanged. With tqdm's refresh interval raised (see :func:`plain_progress_when_piped`)
+    a log gets a bar line every half minute plus the final one, with the rate.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._last = ""
+        self._in_bar = False
+
+    def write(self, s: str) -> int:
+        if "\r" in s:
+            text = next((p.strip() for p in reversed(s.split("\r")) if p.strip()), "")
+            if text and text != self._last:
+                self._stream.write(text + "\n")
+                self._last = text
+            self._in_bar = True
+            return len(s)
+        if self._in_bar and s == "\n":  # tqdm ends a kept bar with a newline: already written
+            return len(s)
+        self._in_bar = False
+        return self._stream.write(s)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+PROGRESS_INTERVAL_S = 30
+
+
+@contextlib.contextmanager
+def plain_progress_when_piped():
+    """When stderr is not a terminal, progress bars write a line every PROGRESS_INTERVAL_S seconds
+    (tqdm reads TQDM_MININTERVAL) through :class:`ProgressLines` instead of redrawing with "\r"."""
+    stream = sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        yield
+        return
+    defaults = {"TQDM_MININTERVAL": str(PROGRESS_INTERVAL_S), "TQDM_MAXINTERVAL": str(2 * PROGRESS_INTERVAL_S),
+                "TQDM_ASCII": " 123456789#"}  # tqdm's ASCII bar: reads better in a log than block characters
+    saved = {k: os.environ.get(k) for k in defaults}
+    for k, v in defaults.items():
+        os.environ.setdefault(k, v)
+    sys.stderr = ProgressLines(stream)
+    try:
+        yield
+    finally:
+        sys.stderr = stream
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _one_line(message: str) -> str:

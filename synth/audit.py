@@ -305,13 +305,22 @@ def trace_exemplar(root: str | Path, ref: tuple[str, int], *, background: bool =
     return out
 
 
-def find_sample(root: str | Path, sample_id: str) -> dict[str, Any]:
+def find_sample(root: str | Path, sample: str) -> dict[str, Any]:
+    """One sample's record, by id (s000012) or by its 0-based number in the dataset (12), the
+    same two forms `synth show --sample` takes."""
     root = Path(root)
     ds = open_dataset(root, check_files=False)
-    for rec in _records(root, ds):
-        if rec.get("id") == sample_id:
+    records = list(_records(root, ds))
+    for rec in records:
+        if rec.get("id") == sample:
             return rec
-    raise DataError(f"{root}: no sample with id {sample_id!r}")
+    if sample.isdigit():
+        if int(sample) < len(records):
+            return records[int(sample)]
+        raise DataError(f"{root}: sample number {int(sample)} out of range (dataset has {len(records)} samples)")
+    example = records[0].get("id") if records else "none"
+    raise DataError(f"{root}: no sample with id {sample!r} (give an id like {example} or a 0-based "
+                    f"sample number below {len(records)})")
 
 
 def dataset_summary(root: str | Path) -> dict[str, Any]:

@@ -283,7 +283,15 @@ def reopen_source(info: dict[str, Any], root_override: str | Path | None = None)
     desc = dict(info["source"])
     if root_override is not None:
         desc["root"] = str(root_override)
-    return open_described(desc)
+    try:
+        return open_described(desc)
+    except DataError as exc:
+        root = desc.get("root")
+        if root_override is None and root and not Path(root).exists():
+            # the usual cause: the data moved after the build; say how to point at its new place
+            raise DataError(f"{exc} (the dataset was built from {root}; if the source data moved, "
+                            "pass --source-root NEW_FOLDER)") from None
+        raise
 
 
 def check_fingerprint(source: Any, fingerprint: dict[str, Any], cases: Sequence[str], where: str,

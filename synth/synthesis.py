@@ -466,11 +466,14 @@ def _synthesize(index: int, seed: int, bank: SliceBank, config: SynthesisConfig,
         extra = rng.uniform(-1.0, 1.0, size=(pl.max_tries - 1, 2))
         params, inside = _place(info, params, extra, src_shape, image, pl, tc.object.max_shift)
         classes = ([int(c) for c in np.flatnonzero(bank.class_counts(ref)[1:]) + 1] if cls is None else [cls])
-        objects.append({"ref": ref.to_json(), "class": cls, "classes": classes, "pixels": info.count,
-                        "center": [info.center[0], info.center[1]], "src_shape": [int(src_shape[0]), int(src_shape[1])],
-                        "params": params.to_dict(), "inside": inside})
+        obj = {"ref": ref.to_json(), "classes": classes, "pixels": info.count,
+               "center": [info.center[0], info.center[1]], "src_shape": [int(src_shape[0]), int(src_shape[1])],
+               "params": params.to_dict(), "inside": inside}
+        if cls is not None:  # multi: the one organ cut out; single: every foreground class of the slice
+            obj["class"] = cls
+        objects.append(obj)
     # Overlap rule: larger objects first, so smaller organs (pasted later) stay visible.
-    objects.sort(key=lambda o: (-o["pixels"], o["class"] or 0))
+    objects.sort(key=lambda o: (-o["pixels"], o.get("class") or 0))
 
     label = np.zeros(shape, dtype=np.uint8)
     for obj in objects:
@@ -613,7 +616,7 @@ def _paste_record(image: np.ndarray, label: np.ndarray, obj: dict, bank: SliceBa
     src_img, src_lab = bank.exemplar(ref)
     if list(src_img.shape) != list(obj["src_shape"]):
         raise DataError(f"exemplar {ref} has shape {src_img.shape}, the record says {obj['src_shape']}")
-    cls = obj["class"]
+    cls = obj.get("class")  # absent (or null in records before 2026-11-26): the whole foreground
     cls = None if cls is None else int(cls)
     info = bank.object_info(ref, cls)
     _paste(image, label, src_img, src_lab, info.bbox, cls,

@@ -148,7 +148,7 @@ def params_lines(record: dict, class_names: Sequence[str]) -> list[str]:
              f"background {bg['ref']['volume']}[{bg['ref']['slice']}]",
              "  T': " + fmt(bg["params"])]
     for i, obj in enumerate(record["objects"]):
-        cls = obj["class"]
+        cls = obj.get("class")
         name = "foreground" if cls is None else (class_names[cls] if cls < len(class_names) else str(cls))
         lines.append(f"#{i} {name} <- {obj['ref']['volume']}[{obj['ref']['slice']}] "
                      f"({obj['pixels']} px, centre {obj['center'][0]:.0f},{obj['center'][1]:.0f}, "

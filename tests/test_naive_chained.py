@@ -27,7 +27,7 @@ def _draws(record: dict) -> list:
     keep = ("scale", "rotation", "flip_h", "flip_v", "blur_sigma", "gain", "gamma", "shift")
     return [record["exemplar"], record["background"]["ref"],
             {k: record["background"]["params"][k] for k in keep}] + \
-        [(o["ref"], o["class"], {k: o["params"][k] for k in keep}) for o in record["objects"]]
+        [(o["ref"], o.get("class"), {k: o["params"][k] for k in keep}) for o in record["objects"]]
 
 
 def test_chained_baseline_matches_fast_path_geometry(tmp_path: Path) -> None:

@@ -28,11 +28,8 @@ from shared.errors import ConfigError, DataError
 from shared.remote import is_remote
 
 CHECKPOINT_FORMAT = "exemplar-sam-train/1"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.pt"
+# The run-folder layout lives in the torch-free train.precheck (checked before torch is imported).
+from train.precheck import CHECKPOINT_DIR, CONFIG_FILE, LAST, METRICS_FILE, SUMMARY_FILE  # noqa: E402,F401
 
 # Config fields a resumed run may not change (they change the model or what it learns from).
 IDENTITY_FIELDS = ("model", "checkpoint", "img_size", "lora_rank", "trainable", "prompt", "seed")

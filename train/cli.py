@@ -26,6 +26,9 @@ def cli() -> None:
 
 
 def main() -> None:
+    from train.threads import apply_env_defaults
+
+    apply_env_defaults()  # before any command imports torch (OpenMP reads it once)
     run_cli(cli)
 
 

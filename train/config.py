@@ -215,6 +215,12 @@ def _check_keys(layer: Mapping[str, Any], source: str) -> None:
 
 
 def _apply(values: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    # A layer that sets only one of steps/epochs replaces the other (tiny's default steps must
+    # not clash with "epochs" from a --config file).
+    if layer.get("steps") is not None and "epochs" not in layer:
+        values["epochs"] = None
+    elif layer.get("epochs") is not None and "steps" not in layer:
+        values["steps"] = None
     for key, value in layer.items():
         if key == "models" or key.startswith("_"):
             continue

@@ -99,8 +99,7 @@ def predict_scan(loaded: LoadedModel, rundir: str | Path, image: str | Path, poi
         raise ConfigError(f"--out {out}: give a NIfTI file name (*.nii.gz or *.nii)")
     if out.exists() and not overwrite:
         raise ConfigError(f"--out {out}: exists (use --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
+    out.parent.mkdir(parents=True, exist_ok=True)
     class_names = loaded.class_names
     if not class_names:
         raise DataError(f"{rundir}/config.json: the run does not record its class names")

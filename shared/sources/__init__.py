@@ -19,8 +19,12 @@ DATASETS = ("brats", "synapse", "transunet", "nifti", "demo-brain", "demo-abdome
 
 def open_source(dataset: str, root: str | Path | None = None, *, modality: str = "flair",
                 config: str | Path | None = None) -> Source:
-    """Open a dataset by name. ``root`` is ignored for the demo sources; ``modality`` applies to
+    """Open a dataset by name. The demo sources read no folder: a ``root`` for them is an error
+    (silently ignoring it would let a user believe their data was read); ``modality`` applies to
     ``brats``; ``config`` to ``nifti`` (default: ``source.json`` in the root)."""
+    if dataset in ("demo", "demo-brain", "demo-abdomen") and root is not None:
+        raise ConfigError(f"--root {root}: --dataset {dataset} generates its phantoms and reads no folder; "
+                          "drop --root, or choose the layout of your data (brats, synapse, transunet, nifti)")
     if dataset in ("demo", "demo-brain"):
         from shared.sources.demo import DemoBrainSource
 

@@ -93,6 +93,27 @@ class Source:
         return f"<{type(self).__name__} {self.name} root={self.root}>"
 
 
+def layout_hint(root: Path, marker: str, depth: int = 2) -> str:
+    """"; the layout is in SUB (use --root SUB)" when ``marker`` (e.g. "HGG") lies a level or two
+    below ``root`` (a root given one level too high), else ""."""
+    pattern = marker
+    for _ in range(depth):
+        pattern = "*/" + pattern
+        try:
+            found = sorted(p for p in root.glob(pattern) if p.is_dir())
+        except OSError:
+            return ""
+        if found:
+            subs = []
+            for sub in found:
+                for _ in range(len(Path(marker).parts)):
+                    sub = sub.parent
+                subs.append(str(sub))
+            also = f" (also in {', '.join(subs[1:3])}{', ...' if len(subs) > 3 else ''})" if len(subs) > 1 else ""
+            return f"; {Path(marker).parts[0]}/ is in a subfolder: use --root {subs[0]}{also}"
+    return ""
+
+
 def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{path}: {what} folder not found")

@@ -11,7 +11,7 @@ from pathlib import Path
 from shared.classmaps import BRATS_MAP
 from shared.errors import ConfigError, DataError
 from shared.intensity import SLICE_MINMAX
-from shared.sources.base import Source, require_dir
+from shared.sources.base import Source, layout_hint, require_dir
 from shared.sources.io import nifti_shape
 from shared.sources.nifti_pair import load_pair, read_image_chunks, read_labels
 from shared.volume import Volume
@@ -39,8 +39,9 @@ class BratsSource(Source):
         case_dirs: dict[str, Path] = {}
         grades = [self.root / g for g in GRADES if (self.root / g).is_dir()]
         if not grades:
+            hint = layout_hint(self.root, "HGG") or layout_hint(self.root, "LGG")
             raise DataError(f"{self.root}: no HGG/ or LGG/ folder (expected the BraTS 2018 training layout "
-                            "HGG|LGG/<case>/<case>_<modality>.nii.gz)")
+                            f"HGG|LGG/<case>/<case>_<modality>.nii.gz){hint}")
         for grade in grades:
             for case_dir in sorted(p for p in grade.iterdir() if p.is_dir()):
                 case = case_dir.name

@@ -13,7 +13,7 @@ from pathlib import Path
 from shared.classmaps import SYNAPSE_MAP
 from shared.errors import DataError
 from shared.intensity import CT_ABDOMEN
-from shared.sources.base import require_dir
+from shared.sources.base import layout_hint, require_dir
 from shared.sources.nifti_pair import PairedNiftiSource
 
 _IMG = re.compile(r"^img(\d+)\.nii(\.gz)?$")
@@ -37,7 +37,8 @@ class SynapseSource(PairedNiftiSource):
             if (base / "img").is_dir():
                 return base
         raise DataError(f"{self.root}: no RawData/Training/img/ folder (expected the Synapse layout "
-                        "RawData/Training/img/imgNNNN.nii.gz with label/labelNNNN.nii.gz)")
+                        "RawData/Training/img/imgNNNN.nii.gz with label/labelNNNN.nii.gz)"
+                        + layout_hint(self.root, "RawData/Training"))
 
     @cached_property
     def _cases(self) -> dict[str, tuple[Path, Path]]:

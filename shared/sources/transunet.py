@@ -19,7 +19,7 @@ import numpy as np
 from shared.classmaps import SYNAPSE8_MAP
 from shared.errors import DataError
 from shared.intensity import CT_ABDOMEN
-from shared.sources.base import Source, check_shapes, require_dir
+from shared.sources.base import Source, check_shapes, layout_hint, require_dir
 from shared.volume import Volume
 
 _NPZ = re.compile(r"^(case\d+)_slice(\d+)\.npz$")
@@ -39,7 +39,8 @@ class TransUNetSource(Source):
         require_dir(self.root, "TransUNet data root")
         self._npz, self._h5
         if not self._npz and not self._h5:
-            raise DataError(f"{self.root}: no train_npz/caseNNNN_sliceNNN.npz or test_vol_h5/caseNNNN.npy.h5 files")
+            raise DataError(f"{self.root}: no train_npz/caseNNNN_sliceNNN.npz or test_vol_h5/caseNNNN.npy.h5 files"
+                            + (layout_hint(self.root, "train_npz") or layout_hint(self.root, "test_vol_h5")))
 
     @cached_property
     def _npz(self) -> dict[str, dict[int, Path]]:

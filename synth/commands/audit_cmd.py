@@ -105,7 +105,9 @@ def info(dataset_dir: Path, as_json: bool, show_shards: bool) -> None:
                    "mislabelled exemplar; rebuild without it with `synth build ... --exclude-exemplar`).")
 @click.option("--background", "background", default=None, metavar="CASE:SLICE",
               help="List every sample pasted onto this background slice.")
-@click.option("--sample", "sample_id", default=None, metavar="ID", help="Print one sample's provenance record.")
+@click.option("--sample", "sample_id", default=None, metavar="ID",
+              help="Print one sample's provenance record: its id (e.g. s000012) or its 0-based number "
+                   "in the dataset (e.g. 12), as `synth show --sample`.")
 @click.option("--json", "as_json", is_flag=True, help="Print full records as JSON lines instead of ids.")
 @debug_option
 def trace(dataset_dir: Path, exemplar: str | None, background: str | None, sample_id: str | None,

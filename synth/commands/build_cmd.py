@@ -18,16 +18,20 @@ def _default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def source_options(split_default: str):
-    """--dataset/--root/--modality/--config/--split/--split-file, named exactly as in `synth select`."""
+def source_options(split_default: str, *, from_list: bool = False):
+    """--dataset/--root/--modality/--config/--split/--split-file, named exactly as in `synth select`.
+
+    ``from_list``: --dataset may be left out when --exemplar-list names it (build)."""
     def deco(f):
         opts = [
-            click.option("--dataset", required=True, type=click.Choice(DATASET_CHOICES),
+            click.option("--dataset", required=not from_list, type=click.Choice(DATASET_CHOICES),
                          help="Source layout: brats (BraTS 2018 HGG|LGG folders), synapse (RawData/Training "
                               "img/label), transunet (train_npz / test_vol_h5), nifti (images/ + labels/ with "
-                              "a config), demo-brain / demo-abdomen (procedural phantoms; demo = demo-brain)."),
+                              "a config), demo-brain / demo-abdomen (procedural phantoms; demo = demo-brain)."
+                              + (" Default with --exemplar-list: the dataset the list records." if from_list else "")),
             click.option("--root", type=click.Path(path_type=Path), default=None,
-                         help="Dataset folder (not needed for the demo sources)."),
+                         help="Dataset folder (the demo sources take none)."
+                              + (" Default with --exemplar-list: the root the list records." if from_list else "")),
             click.option("--modality", type=click.Choice(["t1", "t1ce", "t2", "flair"]), default="flair",
                          show_default=True, help="BraTS modality to read."),
             click.option("--config", "source_config", type=click.Path(path_type=Path), default=None,
@@ -88,7 +92,7 @@ def _abs(p: Path | None) -> str | None:
 
 
 @click.command("build")
-@source_options("train")
+@source_options("train", from_list=True)
 @click.option("--exemplars", "spec", default=None, metavar="N|P%",
               help="Select exemplars here: a count (150) or a percentage of the eligible slices (1%), "
                    "by the rule of `synth select`. Give this or --exemplar-list.")
@@ -155,6 +159,8 @@ def build(dataset, root, modality, source_config, split, split_file, spec, exemp
     kind = "all-slices" if all_slices else "exemplars" if no_synthesis else "synthesized"
     if all_slices and (spec or exemplar_list or exclude):
         raise ConfigError("--all-slices packs every slice; --exemplars/--exemplar-list/--exclude-exemplar do not apply")
+    if dataset is None:
+        dataset, root, modality, source_config = _source_from_list(exemplar_list, root, modality, source_config)
     if kind != "synthesized" and (num_samples is not None or synthesis_config is not None):
         raise ConfigError(f"--num-samples and --synthesis-config apply to synthesis, not to "
                           f"{'--all-slices' if all_slices else '--no-synthesis'}")
@@ -186,6 +192,35 @@ def build(dataset, root, modality, source_config, split, split_file, spec, exemp
                                    verify_hashes=not no_verify_hashes)
     summary = run_job(job, workers=n_workers, part=part_, overwrite=overwrite, resume=resume, progress=progress)
     click.echo(summary.line())
+
+
+def _source_from_list(exemplar_list: Path | None, root: Path | None, modality: str,
+                      source_config: Path | None) -> tuple[str, Path | None, str, Path | None]:
+    """--dataset/--root/--modality/--config from the source an exemplar list records (flags win)."""
+    from shared.errors import ConfigError
+    from shared.manifest import read_json
+
+    if exemplar_list is None:
+        raise ConfigError("give --dataset (or --exemplar-list FILE.json, whose recorded dataset is then used)")
+    data = read_json(exemplar_list)
+    described = data.get("dataset") if isinstance(data, dict) else None
+    if not isinstance(described, dict) or not described.get("name"):
+        raise ConfigError(f"{exemplar_list}: the list does not record its dataset; give --dataset (and --root)")
+    ctx = click.get_current_context()
+    options = described.get("options") or {}
+    name = str(described["name"])
+    if root is None and described.get("root") is not None:
+        root = Path(described["root"])
+        if not root.exists():
+            raise ConfigError(f"{exemplar_list}: the list's dataset root {root} does not exist (moved?); "
+                              "give --root NEW_FOLDER")
+    if ctx.get_parameter_source("modality") is click.core.ParameterSource.DEFAULT and "modality" in options:
+        modality = str(options["modality"])
+    if source_config is None and options.get("config"):
+        source_config = Path(options["config"])
+    click.echo(f"{exemplar_list}: dataset {name}" + (f", root {root}" if root else "")
+               + (f", modality {modality}" if name == "brats" else ""), err=True)
+    return name, root, modality, source_config
 
 
 def _check_out_early(out: Path, overwrite: bool, resume: bool) -> None:

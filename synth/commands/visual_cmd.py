@@ -19,7 +19,8 @@ def _out_option(f):
 @click.command("show")
 @click.argument("directory", type=click.Path(path_type=Path), metavar="DIR")
 @click.option("--sample", "sample", required=True, metavar="ID",
-              help="Sample id as in samples.jsonl (e.g. s000012) or its 0-based index.")
+              help="Sample id as in samples.jsonl (e.g. s000012) or its 0-based number in the dataset "
+                   "(e.g. 12; the record's line in samples.jsonl), as `synth trace --sample`.")
 @_out_option
 @click.option("--size", type=click.IntRange(64, 1024), default=256, show_default=True,
               help="Panel size in pixels (the longer side of each slice).")
@@ -117,8 +118,9 @@ def _resolve_sample(ds: Any, sample: str, directory: Path) -> int:
         i = int(sample)
         if i < len(ds):
             return i
-        raise DataError(f"{directory}: sample index {i} out of range (dataset has {len(ds)} samples)")
-    raise DataError(f"{directory}: no sample with id {sample!r} (ids look like {ids[0] if ids else 'none'})")
+        raise DataError(f"{directory}: sample number {i} out of range (dataset has {len(ds)} samples)")
+    raise DataError(f"{directory}: no sample with id {sample!r} (give an id like {ids[0] if ids else 'none'} "
+                    f"or a 0-based sample number below {len(ds)})")
 
 
 def _read_record(directory: Path, i: int) -> dict | None:

@@ -50,7 +50,7 @@ from shared.errors import ConfigError
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Slices per encoder call.")
 @click.option("--decode-batch", type=int, default=64, show_default=True, help="Prompts per decoder call.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N] (bf16 autocast on CUDA).")
-@click.option("--num-threads", type=int, default=0, show_default=True, help="torch CPU threads (0: torch's default, one per core; on a machine busy with other jobs 1 can be much faster).")
+@click.option("--num-threads", type=int, default=0, show_default=True, help="torch CPU threads (0: one per CPU; waiting threads sleep, so other jobs on the same cores do not slow it down much).")
 @click.option("--max-volumes", type=int, default=None, help="Evaluate only the first N volumes (smoke tests).")
 @click.option("--save-predictions", is_flag=True, help="Write OUT/predictions/<volume>.nii.gz (uint8 labels, source affine).")
 @click.option("--overlays", is_flag=True, help="Write OUT/overlays/*.png of the worst slices (GT green, prediction red).")
@@ -98,6 +98,14 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
     from shared.cli_support import check_writable
 
     check_writable(pathlib.Path(out).resolve().parent, "--out")  # before loading the model and the volumes
+    from train import precheck
+
+    # Paths first, before the seconds of importing torch and building the model.
+    if run is not None:
+        precheck.check_run_dir(run, run_checkpoint)
+    precheck.check_file(checkpoint, "--checkpoint", "SAM checkpoint")
+    if shards is not None:
+        precheck.check_dataset_dir(shards)
 
     if run is not None:
         loaded = load_run_model(run, run_checkpoint, checkpoint)

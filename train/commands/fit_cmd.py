@@ -25,7 +25,8 @@ MODEL_CHOICES = ("tiny", "vit_b", "vit_l", "vit_h")
               help="Official SAM checkpoint for vit_* (e.g. sam_vit_b_01ec64.pth).")
 @click.option("--img-size", type=int, help="Model input size in pixels (multiple of the patch size). "
                                            "[default: 512 for vit_*, 128 for tiny]")
-@click.option("--steps", type=int, help="Optimizer steps to run (total, counting resumed ones).")
+@click.option("--steps", type=int, help="Optimizer steps to run (total, counting resumed ones). "
+                                        "[default: 2000 for tiny; vit_* need --steps or --epochs]")
 @click.option("--epochs", type=float, help="Passes over the dataset instead of --steps "
                                            "(rounded up to whole steps).")
 @click.option("--batch-size", type=int, help="Samples per step per process. [default: 8]")
@@ -90,12 +91,15 @@ def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batc
     Example: train fit --shards data/brats150 --model tiny --steps 150 --out runs/tiny
     """
     from shared.errors import ConfigError
+    from train import precheck
     from train.config import resolve_config
-    from train.fit import fit as run_fit
-    from train.fit import resume_config
 
+    # Everything that can be checked without torch is checked first: a wrong path is answered in
+    # well under a second instead of after the 5-10 s of importing torch and building the model.
     if steps is not None and epochs is not None:
         raise ConfigError("give either --steps or --epochs, not both")
+    precheck.check_dataset_dir(shards)
+    precheck.check_fit_out(out, resume=resume, overwrite=overwrite)
     overrides = {
         "model": model, "checkpoint": None if checkpoint is None else str(checkpoint),
         "img_size": img_size, "steps": steps, "epochs": epochs, "batch_size": batch_size,
@@ -110,19 +114,37 @@ def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batc
             raise ConfigError("--resume and --overwrite exclude each other")
         if config_file is not None:
             raise ConfigError("--resume uses the run's saved config; pass only the flags to change (e.g. --steps)")
-        cfg = resume_config(out, overrides)  # without --steps/--epochs: the run's own target
     else:
         cfg = resolve_config(config_file, overrides)
         if cfg.steps is None and cfg.epochs is None:
             raise ConfigError("give --steps N or --epochs N (or set steps/epochs in --config)")
+        if cfg.model != "tiny":
+            if cfg.checkpoint is None:
+                raise ConfigError(f"--model {cfg.model} needs --checkpoint (the official SAM weights, e.g. "
+                                  "sam_vit_b_01ec64.pth); --model tiny trains without one")
+            precheck.check_file(cfg.checkpoint, "--checkpoint", "SAM checkpoint")
     if tensorboard:   # fail before training, not at the first log line
         import importlib.util
 
         if importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("--tensorboard needs the tensorboard package: pip install \"exemplar-sam[tensorboard]\"")
-    result = run_fit(cfg, shards, out, resume=resume, overwrite=overwrite,
-                     log_sample_ids=log_sample_ids, progress=not no_progress, echo=click.echo,
-                     tensorboard=tensorboard, tensorboard_images_every=tensorboard_images_every)
+
+    from train.fit import fit as run_fit
+    from train.fit import resume_config
+
+    if resume:
+        cfg = resume_config(out, overrides)
+    created = not out.exists()  # a failed fit must not leave an empty or half-started run folder
+    try:
+        result = run_fit(cfg, shards, out, resume=resume, overwrite=overwrite,
+                         log_sample_ids=log_sample_ids, progress=not no_progress, echo=click.echo,
+                         tensorboard=tensorboard, tensorboard_images_every=tensorboard_images_every)
+    except BaseException:
+        if created and out.is_dir() and not precheck.last_checkpoint_path(out).exists():
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
