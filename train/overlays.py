@@ -1,9 +1,15 @@
-"""PNG overlays of the worst slices: ground truth and prediction contours over the image.
+"""PNG overlays of the worst slices: ground truth and prediction over the image, per class.
 
-Ground truth is drawn in green, the prediction in red (one colour each, all classes; class
-regions of the prediction are also tinted with a per-class colour so organs can be told apart),
-and the prompt points as yellow crosses.
-A title bar names the volume, the slice and its Dice; a legend names the colours.
+Every class has one colour (``CLASS_BGR``): its ground truth is drawn as an outline in that
+colour and its prediction as a translucent fill of the same colour, so organs can be told apart
+and a missed region (outline without fill) or a false one (fill without outline) shows at a
+glance. Prompt points are small hollow crosses drawn under the outlines (a small ground truth
+stays visible). The legend shows exactly these marks: an outline swatch, a fill swatch, a cross,
+then one swatch per class present.
+
+Slices are shown in the radiological convention when the volume's affine is known: patient's
+anterior at the top (the spine at the bottom of an axial CT), patient's right on the image's
+left; letters on the edges say so.
 """
 from __future__ import annotations
 
@@ -12,23 +18,72 @@ from typing import Sequence
 
 import numpy as np
 
-GT_BGR = (60, 220, 60)
-PRED_BGR = (40, 40, 240)
-POINT_BGR = (0, 230, 255)  # prompt points: yellow crosses
-# Tints for predicted classes 1..K (BGR), cycled.
-CLASS_BGR = [(255, 140, 0), (0, 200, 255), (255, 0, 200), (0, 255, 160), (180, 120, 255),
-             (0, 128, 255), (255, 255, 0), (160, 160, 255), (128, 255, 0), (255, 96, 96)]
+POINT_BGR = (0, 230, 255)  # prompt points: yellow
+# Colours of classes 1..K (BGR), cycled; distinct hues that stay visible on grey scans.
+CLASS_BGR = [(0, 140, 255), (255, 160, 0), (255, 0, 200), (0, 220, 120), (180, 120, 255),
+             (0, 230, 255), (255, 255, 0), (90, 90, 255), (128, 255, 0), (255, 96, 96)]
+FILL_ALPHA = 0.4
 MIN_SIDE = 384  # small slices are enlarged so contours and text stay readable
 
 
-def render_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, title: str,
-                   class_names: Sequence[str], points: Sequence[tuple] = ()) -> np.ndarray:
-    """BGR uint8 picture of one slice with contours, prompt points, a title bar and a legend.
+def class_colour(c: int) -> tuple[int, int, int]:
+    return CLASS_BGR[(int(c) - 1) % len(CLASS_BGR)]
 
-    `points`: (class, x, y) prompt points at the slice's resolution.
+
+def display_orientation(affine: np.ndarray | None) -> tuple[bool, bool, bool] | None:
+    """(transpose, flip rows, flip columns) that show an axial slice ``[j, i]`` radiologically.
+
+    None when unknown (no affine) or the slice is not axial (then the array is shown as stored).
     """
+    if affine is None:
+        return None
+    import nibabel as nib
+
+    try:
+        ornt = nib.orientations.io_orientation(np.asarray(affine, np.float64))
+    except Exception:  # a degenerate affine: show the array as stored
+        return None
+    world_i, world_j = int(ornt[0, 0]), int(ornt[1, 0])
+    if {world_i, world_j} != {0, 1}:
+        return None
+    transpose = world_i == 1  # i runs along y: make the rows (second array axis after .T) follow y
+    col_sign = ornt[1, 1] if transpose else ornt[0, 1]  # direction of the screen's column axis in x (+1 = to R)
+    row_sign = ornt[0, 1] if transpose else ornt[1, 1]  # direction of the screen's row axis in y (+1 = to A)
+    # radiological: columns run towards the patient's left (-x), rows towards posterior (-y)
+    return transpose, bool(row_sign > 0), bool(col_sign > 0)
+
+
+def orient(arrays: Sequence[np.ndarray], points: Sequence[tuple], how: tuple[bool, bool, bool] | None
+           ) -> tuple[list[np.ndarray], list[tuple]]:
+    """Apply :func:`display_orientation`'s answer to 2-D arrays and (class, x, y) points."""
+    arrays = list(arrays)
+    points = [tuple(p) for p in points]
+    if how is None:
+        return arrays, points
+    transpose, flip_rows, flip_cols = how
+    if transpose:
+        arrays = [a.T for a in arrays]
+        points = [(c, y, x) for c, x, y in points]
+    h, w = arrays[0].shape
+    if flip_rows:
+        arrays = [a[::-1] for a in arrays]
+        points = [(c, x, h - 1 - y) for c, x, y in points]
+    if flip_cols:
+        arrays = [a[:, ::-1] for a in arrays]
+        points = [(c, w - 1 - x, y) for c, x, y in points]
+    return [np.ascontiguousarray(a) for a in arrays], points
+
+
+def render_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, title: str,
+                   class_names: Sequence[str], points: Sequence[tuple] = (),
+                   affine: np.ndarray | None = None) -> np.ndarray:
+    """BGR uint8 picture of one slice: prediction fills, ground-truth outlines, prompt points,
+    a title bar and a legend. `points`: (class, x, y) prompt points at the slice's resolution;
+    `affine`: the volume's (for the radiological orientation)."""
     import cv2
 
+    how = display_orientation(affine)
+    (image, label, pred), points = orient([image, label, pred], points, how)
     h, w = image.shape
     scale = max(1, int(np.ceil(MIN_SIDE / max(1, min(h, w)))))
     gray = (np.clip(image, 0, 1) * 255).astype(np.uint8)
@@ -38,46 +93,71 @@ def render_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, title
     canvas = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     tint = canvas.copy()
     for c in np.unique(prd[prd > 0]):
-        tint[prd == c] = CLASS_BGR[(int(c) - 1) % len(CLASS_BGR)]
-    canvas = cv2.addWeighted(tint, 0.3, canvas, 0.7, 0)
+        tint[prd == c] = class_colour(c)
+    canvas = cv2.addWeighted(tint, FILL_ALPHA, canvas, 1 - FILL_ALPHA, 0)
     thickness = max(1, scale // 2 + 1)
-    for mask, colour in ((lab, GT_BGR), (prd, PRED_BGR)):
-        for c in np.unique(mask[mask > 0]):
-            contours, _ = cv2.findContours((mask == c).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-            cv2.drawContours(canvas, contours, -1, colour, thickness)
 
+    # Prompt points first, so the outlines drawn next stay on top of them; hollow centre.
+    arm_out, arm_in = 3 * scale + 3, scale + 1
     for _, x, y in points:
-        centre = (int(round((x + 0.5) * scale)), int(round((y + 0.5) * scale)))
-        cv2.drawMarker(canvas, centre, POINT_BGR, cv2.MARKER_CROSS, 6 * scale + 4, thickness + 1)
+        cx, cy = int(round((x + 0.5) * scale)), int(round((y + 0.5) * scale))
+        for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            cv2.line(canvas, (cx + dx * arm_in, cy + dy * arm_in), (cx + dx * arm_out, cy + dy * arm_out),
+                     POINT_BGR, max(1, thickness - 1), cv2.LINE_AA)
+    for c in np.unique(lab[lab > 0]):
+        contours, _ = cv2.findContours((lab == c).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(canvas, contours, -1, class_colour(c), thickness)
 
-    font, fs = cv2.FONT_HERSHEY_SIMPLEX, 0.5
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    if how is not None:  # orientation letters: radiological view
+        H, W = canvas.shape[:2]
+        for text, (x, y) in (("A", (W // 2 - 5, 16)), ("P", (W // 2 - 5, H - 6)),
+                             ("R", (4, H // 2 + 5)), ("L", (W - 14, H // 2 + 5))):
+            cv2.putText(canvas, text, (x, y), font, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(canvas, text, (x, y), font, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+
     classes_here = sorted({int(c) for c in np.unique(np.concatenate([label.ravel(), pred.ravel()])) if c > 0})
-    legend = [("ground truth", GT_BGR), ("prediction", PRED_BGR)]
+    marks = [("ground truth: outline", "outline"), ("prediction: fill", "fill")]
     if len(points):
-        legend.append(("prompt point", POINT_BGR))
-    legend += [(class_names[c] if c < len(class_names) else str(c), CLASS_BGR[(c - 1) % len(CLASS_BGR)])
-               for c in classes_here]
-    bar_h = 26 + 20 * ((len(legend) + 2) // 3)
+        marks.append(("prompt point", "cross"))
+    legend = marks + [(class_names[c] if c < len(class_names) else str(c), class_colour(c)) for c in classes_here]
+    per_row = 3
+    bar_h = 26 + 20 * ((len(legend) + per_row - 1) // per_row)
     top = np.full((bar_h, canvas.shape[1], 3), 32, np.uint8)
-    cv2.putText(top, title, (6, 18), font, fs, (255, 255, 255), 1, cv2.LINE_AA)
-    col_w = max(1, canvas.shape[1] // 3)
-    for i, (name, colour) in enumerate(legend):
-        x, y = 6 + (i % 3) * col_w, 26 + 20 * (i // 3)
-        cv2.rectangle(top, (x, y + 3), (x + 14, y + 15), colour, -1)
+    cv2.putText(top, title, (6, 18), font, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    col_w = max(1, canvas.shape[1] // per_row)
+    sample = class_colour(classes_here[0]) if classes_here else (200, 200, 200)
+    for i, (name, mark) in enumerate(legend):
+        x, y = 6 + (i % per_row) * col_w, 26 + 20 * (i // per_row)
+        box = ((x, y + 3), (x + 14, y + 15))
+        if mark == "outline":
+            cv2.rectangle(top, *box, sample, 2)
+        elif mark == "fill":
+            patch = top[y + 3:y + 16, x:x + 15]
+            patch[:] = (np.asarray(sample) * FILL_ALPHA + patch * (1 - FILL_ALPHA)).astype(np.uint8)
+        elif mark == "cross":
+            cv2.line(top, (x, y + 9), (x + 4, y + 9), POINT_BGR, 2)
+            cv2.line(top, (x + 10, y + 9), (x + 14, y + 9), POINT_BGR, 2)
+            cv2.line(top, (x + 7, y + 2), (x + 7, y + 6), POINT_BGR, 2)
+            cv2.line(top, (x + 7, y + 12), (x + 7, y + 16), POINT_BGR, 2)
+        else:
+            cv2.rectangle(top, *box, mark, -1)
         cv2.putText(top, name, (x + 20, y + 14), font, 0.45, (230, 230, 230), 1, cv2.LINE_AA)
     return np.concatenate([top, canvas], axis=0)
 
 
 def write_overlays(directory: Path, items: Sequence[dict], class_names: Sequence[str]) -> list[Path]:
-    """One PNG per item (dicts with volume, slice, dice, image, label, pred), worst first."""
+    """One PNG per item (dicts with volume, slice, dice, image, label, pred, optional points and
+    affine), worst first."""
     import cv2
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for rank, it in enumerate(items, 1):
-        title = f"#{rank} {it['volume']} slice {it['slice']}  Dice {100 * it['dice']:.1f}%"
+        gt_px = int(np.count_nonzero(it["label"]))
+        title = f"#{rank} {it['volume']} slice {it['slice']}  Dice {100 * it['dice']:.1f}%  GT {gt_px} px"
         picture = render_overlay(it["image"], it["label"], it["pred"], title, class_names,
-                                 it.get("points", ()))
+                                 it.get("points", ()), it.get("affine"))
         path = directory / f"{rank:02d}_{it['volume']}_slice{it['slice']:03d}.png"
         if not cv2.imwrite(str(path), picture):
             raise OSError(f"{path}: cannot write PNG")

@@ -58,7 +58,7 @@ def _mm(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
 
 
-def markdown_table(entries: Sequence[tuple[str, dict]]) -> str:
+def markdown_table(entries: Sequence[tuple[str, dict]], *, prompt_column: bool = False) -> str:
     """A paper-style Markdown table from (method name, summary.json dict) pairs.
 
     Columns: Method, DSC (%), HD95 (its unit), then per-class DSC (%) when any entry is multi-class
@@ -77,8 +77,10 @@ def markdown_table(entries: Sequence[tuple[str, dict]]) -> str:
     conventions = {empty_case(s) for _, s in entries}
     one_unit = len(units) == 1
     hd_head = f"HD95 ({_UNIT_WORD[next(iter(units))]})" if one_unit else "HD95"
-    header = ["Method", "DSC (%)", hd_head] + [c.replace("_", " ") for c in classes]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lead = ["Method", "Prompt"] if prompt_column else ["Method"]
+    header = lead + ["DSC (%)", hd_head] + [c.replace("_", " ") for c in classes]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join([":---"] * len(lead) + ["---:"] * (len(header) - len(lead))) + "|"]
     for name, s in entries:
         per = s.get("per_class", {})
         hd = _mm(s.get("mean_hd95"))
@@ -86,7 +88,8 @@ def markdown_table(entries: Sequence[tuple[str, dict]]) -> str:
             hd += f" {_UNIT_WORD[hd95_unit(s)]}"
         if len(conventions) > 1:
             name = f"{name} ({empty_case(s)})"
-        cells = [name, _pct(s.get("mean_dsc")), hd]
+        cells = [name] + ([str(s.get("prompt") or "–")] if prompt_column else [])
+        cells += [_pct(s.get("mean_dsc")), hd]
         cells += [_pct(per[c]["dsc"]) if c in per else "–" for c in classes]
         lines.append("| " + " | ".join(cells) + " |")
     unit_text = ", ".join(_UNIT_WORD[u] for u in sorted(units))
@@ -132,4 +135,34 @@ def compare(evaldirs: Sequence[str | Path], names: Sequence[str] | None = None) 
     if names and len(names) != len(evaldirs):
         raise DataError(f"--names gives {len(names)} names for {len(evaldirs)} evaluation directories")
     names = list(names) if names else [Path(d).resolve().name for d in evaldirs]
-    return markdown_table([(n, read_summary(d)) for n, d in zip(names, evaldirs)])
+    return markdown_table([(n, read_summary(d)) for n, d in zip(names, evaldirs)], prompt_column=True)
+
+
+def test_data_identity(evaldir: str | Path) -> tuple:
+    """What an evaluation was scored on: (source name, class names, volume ids from cases.csv)."""
+    s = read_summary(evaldir)
+    desc = s.get("dataset") or {}
+    source = desc.get("source") or {}
+    volumes: tuple[str, ...] = ()
+    cases = Path(evaldir) / "cases.csv"
+    if cases.is_file():
+        with cases.open(newline="") as f:
+            volumes = tuple(sorted({row["volume"] for row in csv.DictReader(f) if row.get("volume")}))
+    return (source.get("name"), tuple(s.get("class_names") or ()), volumes)
+
+
+def comparability_warnings(evaldirs: Sequence[str | Path], names: Sequence[str] | None = None) -> list[str]:
+    """Warnings when evaluations put side by side were scored on different test data."""
+    names = list(names) if names else [Path(d).resolve().name for d in evaldirs]
+    ids = [test_data_identity(d) for d in evaldirs]
+    if len(set(ids)) <= 1:
+        return []
+    groups: dict[tuple, list[str]] = {}
+    for n, i in zip(names, ids):
+        groups.setdefault(i, []).append(n)
+    parts = []
+    for (source, classes, volumes), members in groups.items():
+        vols = f"{len(volumes)} volume{'s' if len(volumes) != 1 else ''}"
+        parts.append(f"{', '.join(members)}: {source or '?'} ({len(classes) - 1 if classes else '?'} classes, {vols})")
+    return ["the evaluations were scored on different test data, so their rows do not compare: "
+            + "; ".join(parts)]

@@ -53,7 +53,7 @@ from shared.errors import ConfigError
 @click.option("--num-threads", type=int, default=0, show_default=True, help="torch CPU threads (0: one per CPU; waiting threads sleep, so other jobs on the same cores do not slow it down much).")
 @click.option("--max-volumes", type=int, default=None, help="Evaluate only the first N volumes (smoke tests).")
 @click.option("--save-predictions", is_flag=True, help="Write OUT/predictions/<volume>.nii.gz (uint8 labels, source affine).")
-@click.option("--overlays", is_flag=True, help="Write OUT/overlays/*.png of the worst slices (GT green, prediction red).")
+@click.option("--overlays", is_flag=True, help="Write OUT/overlays/*.png of the worst slices (per class: ground truth outlined, prediction filled).")
 @click.option("--overlay-count", type=int, default=8, show_default=True, help="How many worst slices --overlays draws.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing evaluation directory.")
 @click.option("--tensorboard", is_flag=True,
@@ -151,9 +151,27 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
         write_eval(logdir, Path(out).name, result, (Path(out) / "table.md").read_text(), step)
 
     click.echo((Path(out) / "table.md").read_text(), nl=False)
+    empty = _all_predictions_empty(Path(out) / "cases.csv")
+    if empty:
+        click.echo(f"warning: every prediction is empty ({empty}): the model segments nothing here; "
+                   "check the run (trained long enough? on this kind of data?) and the prompts", err=True)
     rate = result.get("slices_per_s")
-    click.echo(f"{result['n_volumes']} volumes, {result['slices']} slices in {result['seconds']:.1f} s"
+    n_vol = result["n_volumes"]
+    click.echo(f"{n_vol} volume{'s' if n_vol != 1 else ''}, {result['slices']} slices in {result['seconds']:.1f} s"
                + (f" ({rate:.2f} slices/s)" if rate else "") + f"; results in {out}")
+
+
+def _all_predictions_empty(cases_csv) -> str:
+    """"N volume(s) x M class(es)" when no case of cases.csv has a predicted voxel, else ""."""
+    import csv
+
+    with open(cases_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or any(int(r.get("pred_voxels") or 0) > 0 for r in rows):
+        return ""
+    n_vol = len({r["volume"] for r in rows})
+    n_cls = len({r["class"] for r in rows})
+    return f"{n_vol} volume{'s' if n_vol != 1 else ''} x {n_cls} class{'es' if n_cls != 1 else ''}"
 
 
 @click.command("report")
@@ -166,15 +184,18 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
 def report(evaldirs, names, out_file) -> None:
     """Put several evaluations side by side in one Markdown table (like the paper's Tables 1-6).
 
-    Rows are evaluations, columns DSC (%), HD95 (in the evaluations' unit) and, for multi-organ
-    tasks, per-organ DSC (%); a line under the table gives the HD95 unit and empty-case rule.
+    Rows are evaluations, columns the prompt mode, DSC (%), HD95 (in the evaluations' unit) and,
+    for multi-organ tasks, per-organ DSC (%); a line under the table gives the HD95 unit and
+    empty-case rule. Warns when the evaluations were scored on different test data.
     """
     from pathlib import Path
 
-    from train.report import compare
+    from train.report import comparability_warnings, compare
 
     name_list = [n.strip() for n in names.split(",")] if names else None
     table = compare(list(evaldirs), name_list)
+    for warning in comparability_warnings(list(evaldirs), name_list):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(table, nl=False)
     if out_file:
         Path(out_file).write_text(table)

@@ -32,7 +32,7 @@ class ModelSpec:
     iou_head_hidden_dim: int = 256
     num_multimask_outputs: int = 3
     checkpoint_img_size: int = 1024      # the input size official weights were trained at
-    default_img_size: int = 512          # `--img-size` default (SAMed and the paper use 512)
+    default_img_size: int = 512          # `--img-size` default: SAMed's 512 (the paper does not state its input size)
     default_training: str = "lora"       # "lora" (pretrained weights) or "full" (random init)
     notes: str = field(default="", compare=False)
 
