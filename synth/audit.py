@@ -46,7 +46,8 @@ class VerifyReport:
     def summary(self) -> str:
         if self.ok:
             rep = f", {len(self.replayed)} replayed bit-identical" if self.replayed else ""
-            return f"OK: {self.num_samples} samples in {self.num_shards} shards match the manifest{rep} ({self.root})"
+            shards = f"{self.num_shards} shard{'s' if self.num_shards != 1 else ''}"
+            return f"OK: {self.num_samples} samples in {shards} match the manifest{rep} ({self.root})"
         ids = list(self.bad_samples) + [i for i in self.replay_mismatches if i not in self.bad_samples]
         head = ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else "")
         return (f"FAILED: {len(self.bad_shards)} shard(s), {len(self.bad_samples)} sample(s) and "

@@ -49,7 +49,7 @@ def test_fit_and_predict_fail_before_importing_torch(tmp_path):
     assert r["rc"] == 2 and not r["torch"], r
     assert "--shards" in r["err"] and "MISSING" in r["err"] and "does not exist" in r["err"]
     assert not (tmp_path / "run").exists()
-    (tmp_path / "parent" / "ds").mkdir(parents=True)
+    (tmp_path / "parent" / "ds" / "shards").mkdir(parents=True)
     (tmp_path / "parent" / "ds" / "dataset.json").write_text("{}")
     r = _cli_in_subprocess("train", ["fit", "--shards", str(tmp_path / "parent"), "--out", str(tmp_path / "run"),
                                      "--model", "tiny"])
