@@ -80,11 +80,9 @@ def test_train_entry_point_sets_passive_openmp_wait_unless_the_user_chose(tmp_pa
     assert r["omp"] == "ACTIVE"
     from train.threads import apply_env_defaults
 
-    env: dict[str, str] = {}
-    import train.threads as th
-
-    assert "torch" in sys.modules or apply_env_defaults(env) == {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert th.default_threads(1) >= 1 and th.default_threads(10 ** 6) == 1
+    env: dict[str, str] = {"OMP_WAIT_POLICY": "ACTIVE"}
+    apply_env_defaults(env)
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}  # the user's choice is kept (or torch already loaded)
 
 
 def test_failed_fit_leaves_no_run_folder(tmp_path, capsys, monkeypatch):

@@ -34,16 +34,3 @@ def apply_env_defaults(environ: MutableMapping[str, str] | None = None) -> dict[
             environ[key] = value
             applied[key] = value
     return applied
-
-
-def cpus_available() -> int:
-    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def default_threads(processes_per_node: int = 1) -> int:
-    """torch intra-op threads when none are asked for: the CPUs shared among this node's processes."""
-    return max(1, cpus_available() // max(1, processes_per_node))

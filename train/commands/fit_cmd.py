@@ -59,7 +59,9 @@ MODEL_CHOICES = ("tiny", "vit_b", "vit_l", "vit_h")
               help="Recompute encoder blocks in backward (less memory, slower).")
 @click.option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N. [default: auto]")
 @click.option("--num-threads", "--threads", "num_threads", type=int,
-              help="torch intra-op threads (0: all CPUs / processes per node on CPU).")
+              help="torch intra-op threads (0: all CPUs / processes per node on CPU). Waiting threads "
+                   "sleep (OMP_WAIT_POLICY=PASSIVE unless set), so the default stays fast on a busy "
+                   "machine; two jobs side by side on 2 cores: 1 each.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from checkpoints/last.pt up to --steps/--epochs (default: "
                    "the run's own target, e.g. after a crash), "
