@@ -535,9 +535,9 @@ def _save_prediction(path: Path, pred: np.ndarray, affine: np.ndarray) -> None:
     nib.save(img, str(path))
 
 
-# Worst-slice overlays skip slivers: a slice whose ground truth (or prediction) covers less than
-# this share of the volume's largest ground-truth slice, or fewer pixels than the floor, is not a
-# candidate (a few-pixel tumour end scores Dice 0 easily and says little about the model).
+# Worst-slice overlays skip slivers: a slice whose ground truth covers less than this share of the
+# volume's largest ground-truth slice, or fewer pixels than the floor, is not a candidate (a
+# few-pixel tumour end scores Dice 0 easily and says little about the model).
 WORST_MIN_SHARE = 0.2
 WORST_MIN_PIXELS = 25
 
@@ -548,9 +548,8 @@ def _collect_worst(heap: list, counter: int, n: int, vol: EvalVolume, pred: np.n
     WORST_MIN_SHARE; all slices if none qualifies); ties: larger ground truth first."""
     d = slice_dice(pred, vol.label)
     gt_area = (vol.label > 0).reshape(len(d), -1).sum(1)
-    area = np.maximum(gt_area, (pred > 0).reshape(len(d), -1).sum(1))
     scored = ~np.isnan(d)
-    big = scored & (area >= max(WORST_MIN_PIXELS, WORST_MIN_SHARE * int(gt_area.max(initial=0))))
+    big = scored & (gt_area >= max(WORST_MIN_PIXELS, WORST_MIN_SHARE * int(gt_area.max(initial=0))))
     for k in np.flatnonzero(big if big.any() else scored):
         # heap holds the n worst so far; its root is the best of them (highest badness key first)
         key = (-float(d[k]), int(gt_area[k]))

@@ -4,8 +4,8 @@ Every class has one colour (``CLASS_BGR``): its ground truth is drawn as an outl
 colour and its prediction as a translucent fill of the same colour, so organs can be told apart
 and a missed region (outline without fill) or a false one (fill without outline) shows at a
 glance. Prompt points are small hollow crosses drawn under the outlines (a small ground truth
-stays visible). The legend shows exactly these marks: an outline swatch, a fill swatch, a cross,
-then one swatch per class present.
+stays visible). The legend shows these marks (outline, fill, cross) and then each class present
+as it appears on the slice: its fill over grey tissue inside its outline.
 
 Slices are shown in the radiological convention when the volume's affine is known: patient's
 anterior at the top (the spine at the bottom of an axial CT), patient's right on the image's
@@ -23,6 +23,8 @@ POINT_BGR = (0, 230, 255)  # prompt points: yellow
 CLASS_BGR = [(0, 140, 255), (255, 160, 0), (255, 0, 200), (0, 220, 120), (180, 120, 255),
              (0, 230, 255), (255, 255, 0), (90, 90, 255), (128, 255, 0), (255, 96, 96)]
 FILL_ALPHA = 0.4
+NEUTRAL_BGR = (235, 235, 235)  # the generic "outline" / "fill" legend marks
+TISSUE_BGR = (140, 140, 140)   # what a legend fill swatch is blended over (mid-grey tissue)
 MIN_SIDE = 384  # small slices are enlarged so contours and text stay readable
 
 
@@ -117,31 +119,31 @@ def render_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, title
             cv2.putText(canvas, text, (x, y), font, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
 
     classes_here = sorted({int(c) for c in np.unique(np.concatenate([label.ravel(), pred.ravel()])) if c > 0})
-    marks = [("ground truth: outline", "outline"), ("prediction: fill", "fill")]
+    # Legend: the two marks in a neutral colour, then each class as it appears on the slice
+    # (its fill over grey tissue, with its outline), so legend and picture match.
+    legend: list[tuple[str, str, tuple[int, int, int]]] = [
+        ("ground truth: outline", "outline", NEUTRAL_BGR), ("prediction: fill", "fill", NEUTRAL_BGR)]
     if len(points):
-        marks.append(("prompt point", "cross"))
-    legend = marks + [(class_names[c] if c < len(class_names) else str(c), class_colour(c)) for c in classes_here]
+        legend.append(("prompt point", "cross", POINT_BGR))
+    legend += [(class_names[c] if c < len(class_names) else str(c), "class", class_colour(c)) for c in classes_here]
     per_row = 3
     bar_h = 26 + 20 * ((len(legend) + per_row - 1) // per_row)
     top = np.full((bar_h, canvas.shape[1], 3), 32, np.uint8)
     cv2.putText(top, title, (6, 18), font, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     col_w = max(1, canvas.shape[1] // per_row)
-    sample = class_colour(classes_here[0]) if classes_here else (200, 200, 200)
-    for i, (name, mark) in enumerate(legend):
+    for i, (name, mark, colour) in enumerate(legend):
         x, y = 6 + (i % per_row) * col_w, 26 + 20 * (i // per_row)
         box = ((x, y + 3), (x + 14, y + 15))
-        if mark == "outline":
-            cv2.rectangle(top, *box, sample, 2)
-        elif mark == "fill":
+        if mark in ("fill", "class"):
             patch = top[y + 3:y + 16, x:x + 15]
-            patch[:] = (np.asarray(sample) * FILL_ALPHA + patch * (1 - FILL_ALPHA)).astype(np.uint8)
+            patch[:] = (np.asarray(colour) * FILL_ALPHA + np.asarray(TISSUE_BGR) * (1 - FILL_ALPHA)).astype(np.uint8)
+        if mark in ("outline", "class"):
+            cv2.rectangle(top, *box, colour, 2)
         elif mark == "cross":
-            cv2.line(top, (x, y + 9), (x + 4, y + 9), POINT_BGR, 2)
-            cv2.line(top, (x + 10, y + 9), (x + 14, y + 9), POINT_BGR, 2)
-            cv2.line(top, (x + 7, y + 2), (x + 7, y + 6), POINT_BGR, 2)
-            cv2.line(top, (x + 7, y + 12), (x + 7, y + 16), POINT_BGR, 2)
-        else:
-            cv2.rectangle(top, *box, mark, -1)
+            cv2.line(top, (x, y + 9), (x + 4, y + 9), colour, 2)
+            cv2.line(top, (x + 10, y + 9), (x + 14, y + 9), colour, 2)
+            cv2.line(top, (x + 7, y + 2), (x + 7, y + 6), colour, 2)
+            cv2.line(top, (x + 7, y + 12), (x + 7, y + 16), colour, 2)
         cv2.putText(top, name, (x + 20, y + 14), font, 0.45, (230, 230, 230), 1, cv2.LINE_AA)
     return np.concatenate([top, canvas], axis=0)
 
