@@ -144,3 +144,37 @@ def check_json_file(path: str | Path | None, flag: str) -> None:
         raise DataError(f"{path}: cannot read ({exc})") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def check_fit_model(config_file: str | Path | None, model: str | None, checkpoint: str | Path | None) -> None:
+    """`train fit`: a vit_* model needs an existing --checkpoint. Resolved from the flags, the
+    --config file and default.json the way train.config does it, but without importing it
+    (resolving the full config imports torch)."""
+    from train.configs import DEFAULT_CONFIG
+
+    layers = []
+    for path in (DEFAULT_CONFIG, config_file):
+        if path is None:
+            continue
+        check_json_file(path, "--config")
+        data = json.loads(Path(path).read_text())
+        if isinstance(data, dict):
+            layers.append(data)
+    name = model
+    if name is None:
+        name = "vit_b"
+        for layer in layers:
+            name = layer.get("model", name)
+    ckpt = checkpoint
+    if ckpt is None:
+        for layer in layers:
+            section = (layer.get("models") or {}).get(name) if isinstance(layer.get("models"), dict) else None
+            for source in (layer, section if isinstance(section, dict) else {}):
+                if source.get("checkpoint") is not None:
+                    ckpt = source["checkpoint"]
+    if name == "tiny":
+        return
+    if ckpt is None:
+        raise ConfigError(f"--model {name} needs --checkpoint (the official SAM weights, e.g. "
+                          "sam_vit_b_01ec64.pth); --model tiny trains without one")
+    check_file(ckpt, "--checkpoint", "SAM checkpoint")

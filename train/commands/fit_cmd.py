@@ -102,6 +102,8 @@ def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batc
         raise ConfigError("give either --steps or --epochs, not both")
     precheck.check_dataset_dir(shards)
     precheck.check_fit_out(out, resume=resume, overwrite=overwrite)
+    if not resume:
+        precheck.check_fit_model(config_file, model, checkpoint)
     overrides = {
         "model": model, "checkpoint": None if checkpoint is None else str(checkpoint),
         "img_size": img_size, "steps": steps, "epochs": epochs, "batch_size": batch_size,
@@ -120,11 +122,6 @@ def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batc
         cfg = resolve_config(config_file, overrides)
         if cfg.steps is None and cfg.epochs is None:
             raise ConfigError("give --steps N or --epochs N (or set steps/epochs in --config)")
-        if cfg.model != "tiny":
-            if cfg.checkpoint is None:
-                raise ConfigError(f"--model {cfg.model} needs --checkpoint (the official SAM weights, e.g. "
-                                  "sam_vit_b_01ec64.pth); --model tiny trains without one")
-            precheck.check_file(cfg.checkpoint, "--checkpoint", "SAM checkpoint")
     if tensorboard:   # fail before training, not at the first log line
         import importlib.util
 
