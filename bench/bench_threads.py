@@ -206,6 +206,7 @@ def main() -> None:
     ap.add_argument("--cap", type=float, default=3.0,
                     help="Stop a spinning setting at this multiple of the condition's best time so far.")
     ap.add_argument("--no-before", action="store_true", help="Skip the 'before' (libgomp default) setting.")
+    ap.add_argument("--only", default="", help="Run only these settings: labels as printed, separated by ';'.")
     ap.add_argument("--eval", action="store_true", help="Also time `train eval` per setting.")
     ap.add_argument("--append", action="store_true", help="Append the result to BENCHMARKS.md.")
     args = ap.parse_args()
@@ -221,8 +222,10 @@ def main() -> None:
             try:
                 if load:
                     time.sleep(2.0)
-                plain = [s for s in settings(cpus, not args.no_before) if not s.label.startswith(f"--num-threads {cpus},")]
-                extreme = [s for s in settings(cpus, not args.no_before) if s not in plain]
+                chosen = [s for s in settings(cpus, not args.no_before)
+                          if not args.only or s.label in args.only.split(";")]
+                plain = [s for s in chosen if not s.label.startswith(f"--num-threads {cpus},")]
+                extreme = [s for s in chosen if s not in plain]
                 # Rounds of the plain settings, interleaved so a change of the machine's load hits
                 # them alike (best of the rounds counts), then each spinning setting once, stopped
                 # at --cap x the best time so far (it only has to show how much slower it is).

@@ -314,3 +314,16 @@ def test_worst_slices_skip_slivers():
     heap: list = []
     _collect_worst(heap, 0, 1, vol, pred, {})
     assert heap[0][2]["slice"] == 2
+
+
+def test_dataset_affine_for_the_radiological_sheet(tmp_path):
+    import nibabel as nib
+
+    from shared.orientation import dataset_affine, display_orientation
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.int16), np.diag([3.0, 3.0, 3.0, 1.0])), str(tmp_path / "img.nii.gz"))
+    info = {"source": {"name": "synapse", "root": str(tmp_path)},
+            "exemplars": [{"volume": "0001", "slice": 0, "files": {"image_file": "img.nii.gz"}}]}
+    assert display_orientation(dataset_affine(info)) == (False, True, True)
+    assert dataset_affine({"source": {"name": "demo-brain", "root": None}, "exemplars": []}) is None
+    assert dataset_affine({**info, "source": {"name": "synapse", "root": str(tmp_path / "gone")}}) is None

@@ -18,10 +18,14 @@ from typing import Sequence
 
 import numpy as np
 
+from shared.orientation import display_orientation, orient
+
 POINT_BGR = (0, 230, 255)  # prompt points: yellow
 # Colours of classes 1..K (BGR), cycled; distinct hues that stay visible on grey scans.
+# None of them is the prompt points' yellow (Synapse order: spleen orange, right kidney blue,
+# left kidney purple, gallbladder green, liver pink, stomach brown, aorta cyan, pancreas red).
 CLASS_BGR = [(0, 140, 255), (255, 160, 0), (255, 0, 200), (0, 220, 120), (180, 120, 255),
-             (0, 230, 255), (255, 255, 0), (90, 90, 255), (128, 255, 0), (255, 96, 96)]
+             (30, 90, 170), (255, 255, 0), (90, 90, 255), (128, 255, 0), (255, 96, 96)]
 FILL_ALPHA = 0.4
 NEUTRAL_BGR = (235, 235, 235)  # the generic "outline" / "fill" legend marks
 TISSUE_BGR = (140, 140, 140)   # what a legend fill swatch is blended over (mid-grey tissue)
@@ -30,50 +34,6 @@ MIN_SIDE = 384  # small slices are enlarged so contours and text stay readable
 
 def class_colour(c: int) -> tuple[int, int, int]:
     return CLASS_BGR[(int(c) - 1) % len(CLASS_BGR)]
-
-
-def display_orientation(affine: np.ndarray | None) -> tuple[bool, bool, bool] | None:
-    """(transpose, flip rows, flip columns) that show an axial slice ``[j, i]`` radiologically.
-
-    None when unknown (no affine) or the slice is not axial (then the array is shown as stored).
-    """
-    if affine is None:
-        return None
-    import nibabel as nib
-
-    try:
-        ornt = nib.orientations.io_orientation(np.asarray(affine, np.float64))
-    except Exception:  # a degenerate affine: show the array as stored
-        return None
-    world_i, world_j = int(ornt[0, 0]), int(ornt[1, 0])
-    if {world_i, world_j} != {0, 1}:
-        return None
-    transpose = world_i == 1  # i runs along y: make the rows (second array axis after .T) follow y
-    col_sign = ornt[1, 1] if transpose else ornt[0, 1]  # direction of the screen's column axis in x (+1 = to R)
-    row_sign = ornt[0, 1] if transpose else ornt[1, 1]  # direction of the screen's row axis in y (+1 = to A)
-    # radiological: columns run towards the patient's left (-x), rows towards posterior (-y)
-    return transpose, bool(row_sign > 0), bool(col_sign > 0)
-
-
-def orient(arrays: Sequence[np.ndarray], points: Sequence[tuple], how: tuple[bool, bool, bool] | None
-           ) -> tuple[list[np.ndarray], list[tuple]]:
-    """Apply :func:`display_orientation`'s answer to 2-D arrays and (class, x, y) points."""
-    arrays = list(arrays)
-    points = [tuple(p) for p in points]
-    if how is None:
-        return arrays, points
-    transpose, flip_rows, flip_cols = how
-    if transpose:
-        arrays = [a.T for a in arrays]
-        points = [(c, y, x) for c, x, y in points]
-    h, w = arrays[0].shape
-    if flip_rows:
-        arrays = [a[::-1] for a in arrays]
-        points = [(c, x, h - 1 - y) for c, x, y in points]
-    if flip_cols:
-        arrays = [a[:, ::-1] for a in arrays]
-        points = [(c, w - 1 - x, y) for c, x, y in points]
-    return [np.ascontiguousarray(a) for a in arrays], points
 
 
 def render_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, title: str,

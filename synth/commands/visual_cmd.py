@@ -63,7 +63,16 @@ def show(directory: Path, sample: str, out: Path, size: int, source_root: Path |
         exemplars, background, warning = _source_slices(description, synth_rec)
         if warning:
             click.echo(f"warning: {warning}; drawing the sample and its parameters only", err=True)
-        fig = visual.show_figure(exemplars, background, (title, item["image"], item["label"]), synth_rec, names, size)
+        from shared.orientation import dataset_affine, display_orientation, orient
+
+        # radiological view, like `synth sheet` and `train eval --overlays`
+        how = display_orientation(dataset_affine(ds.info, source_root))
+        if how is not None:
+            title += "  (radiological view)"
+        exemplars = [(t, *orient([img, lab], [], how)[0]) for t, img, lab in exemplars]
+        background = (background[0], orient([background[1]], [], how)[0][0])
+        (image, label), _ = orient([item["image"], item["label"]], [], how)
+        fig = visual.show_figure(exemplars, background, (title, image, label), synth_rec, names, size)
     _write_png(cv2, out, fig)
     click.echo(f"wrote {out} ({fig.shape[1]}x{fig.shape[0]})")
 
@@ -94,13 +103,18 @@ def sheet(directory: Path, out: Path, n: int, seed: int, cols: int, size: int) -
     total = len(ds)
     rng = np.random.default_rng(seed)
     picks = sorted(int(i) for i in rng.choice(total, size=min(n, total), replace=False))
+    from shared.orientation import dataset_affine, display_orientation, orient
+
+    how = display_orientation(dataset_affine(ds.info))  # radiological view when the source says how
     samples = []
     for i in picks:
         item = ds[i]
-        samples.append((str(item["id"]), item["image"], item["label"]))
+        (image, label), _ = orient([item["image"], item["label"]], [], how)
+        samples.append((str(item["id"]), image, label))
     fig = visual.sheet_figure(samples, tuple(ds.class_names), cols=cols, size=size)
+    view = ", radiological view (anterior up, patient's right on the left)" if how is not None else ""
     header = visual.text_panel([f"{directory}: {len(picks)} of {total} samples (seed {seed}), "
-                                f"task {ds.task}, kind {ds.info.get('kind')}"], fig.shape[1])
+                                f"task {ds.task}, kind {ds.info.get('kind')}{view}"], fig.shape[1])
     fig = visual.vstack([header, fig], gap=0)
     _write_png(cv2, out, fig)
     click.echo(f"wrote {out} ({fig.shape[1]}x{fig.shape[0]}, {len(picks)} samples)")
