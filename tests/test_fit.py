@@ -191,7 +191,9 @@ def test_bad_input_is_one_line(ds, tmp_path, capsys):
                         capsys)
     _one_line_error(code, err)
     assert "last.pt" in err
-    code, _, err = _run(["fit", "--shards", str(ds), "--out", str(tmp_path / "r9"), *FAST], capsys)
+    # tiny has a default length (2000 steps); vit_* need --steps or --epochs
+    code, _, err = _run(["fit", "--shards", str(ds), "--out", str(tmp_path / "r9"), "--model", "vit_b",
+                         "--checkpoint", str(wrong), "--no-progress"], capsys)
     _one_line_error(code, err)
     assert "--steps" in err
 

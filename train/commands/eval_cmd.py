@@ -93,6 +93,13 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
         raise ConfigError("--img-size is for zero-shot SAM; a run uses the size it was trained at")
     if overlay_count < 1:
         raise ConfigError(f"--overlay-count must be >= 1, got {overlay_count}")
+    if shards is not None:
+        ctx = click.get_current_context()
+        given = [f"--{name.replace('source_', '')}" for name in ("split", "root", "modality", "source_config")
+                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if given:  # packed shards already fix the volumes; silently ignoring these would mislead
+            raise ConfigError(f"{', '.join(given)} only apply with --dataset; --shards {shards} already holds "
+                              "its packed volumes (choose the split with `synth pack --split`)")
     import pathlib
 
     from shared.cli_support import check_writable
@@ -114,12 +121,6 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
         loaded = load_zero_shot(model_name, checkpoint, img_size)
         where = f"--model {model_name}"
     if shards is not None:
-        ctx = click.get_current_context()
-        given = [f"--{name.replace('source_', '')}" for name in ("split", "root", "modality", "source_config")
-                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
-        if given:  # packed shards already fix the volumes; silently ignoring these would mislead
-            raise ConfigError(f"{', '.join(given)} only apply with --dataset; --shards {shards} already holds "
-                              "its packed volumes (choose the split with `synth pack --split`)")
         testset = open_shards_testset(shards)
         where += f" vs --shards {shards}"
     else:
