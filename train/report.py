@@ -163,6 +163,7 @@ def comparability_warnings(evaldirs: Sequence[str | Path], names: Sequence[str] 
     parts = []
     for (source, classes, volumes), members in groups.items():
         vols = f"{len(volumes)} volume{'s' if len(volumes) != 1 else ''}"
-        parts.append(f"{', '.join(members)}: {source or '?'} ({len(classes) - 1 if classes else '?'} classes, {vols})")
+        n_cls = len(classes) - 1 if classes else 0
+        parts.append(f"{', '.join(members)}: {source or '?'} ({n_cls} class{'es' if n_cls != 1 else ''}, {vols})")
     return ["the evaluations were scored on different test data, so their rows do not compare: "
             + "; ".join(parts)]
