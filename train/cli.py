@@ -7,6 +7,7 @@ from shared.cli_support import DEBUG_HELP, LazyGroup, run_cli
 
 COMMANDS = {
     "fit": "train.commands.fit_cmd:fit",
+    "pretrain": "train.commands.pretrain_cmd:pretrain",
     "eval": "train.commands.eval_cmd:eval_",
     "report": "train.commands.eval_cmd:report",
     "predict": "train.commands.predict_cmd:predict",
@@ -19,7 +20,8 @@ COMMANDS = {
 def cli() -> None:
     """Fine-tune SAM with LoRA on shard datasets and evaluate it with point prompts.
 
-    `train fit` trains from shard directories written by `synth build`, `train eval` scores a run
+    `train fit` trains from shard directories written by `synth build`, `train pretrain` makes a
+    pretrained tiny SAM from unlabelled slices (automatic masks), `train eval` scores a run
     (or zero-shot SAM) on test volumes with DSC/HD95, `train report` puts evaluations side by side,
     `train predict` segments a new scan from clicked points.
     """

@@ -320,8 +320,10 @@ def _fit(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *, resum
         say(f"model {cfg.model} at {cfg.img_size}px, prompt {cfg.prompt}: "
             f"trainable parameters {params.trainable:,} ({100 * params.share:.2f}%) of {params.total:,}")
         say(f"trainable set {cfg.trainable}: {describe_counts(trainable_info.get('counts', {}))}")
-        say(f"dataset {shards}: {len(ds)} samples in {ds.num_shards} shard{'s' if ds.num_shards != 1 else ''}, classes "
-            f"{', '.join(class_names[1:])}")
+        names = class_names[1:]
+        shown = ", ".join(names) if len(names) <= 16 else f"{', '.join(names[:3])} ... {names[-1]} ({len(names)})"
+        say(f"dataset {shards}: {len(ds)} samples in {ds.num_shards} shard{'s' if ds.num_shards != 1 else ''}, "
+            f"classes {shown}")
         if n_train != len(ds):
             say(f"prompted training skips {len(ds) - n_train} of {len(ds)} samples without foreground "
                 f"at {cfg.img_size}px; an epoch is {n_train} samples")

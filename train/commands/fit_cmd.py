@@ -20,9 +20,11 @@ MODEL_CHOICES = ("tiny", "vit_b", "vit_l", "vit_h")
               help="Run directory: config.json, metrics.jsonl, checkpoints/last.pt, summary.json.")
 @click.option("--model", type=click.Choice(MODEL_CHOICES),
               help="SAM variant. vit_* need --checkpoint and adapt it (LoRA rank --lora-rank plus the "
-                   "--trainable set); tiny is a small CPU model trained fully from random init. [default: vit_b]")
+                   "--trainable set); tiny is a small CPU model trained fully from random init, or adapted "
+                   "like vit_* when --checkpoint names a `train pretrain` model. [default: vit_b]")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
-              help="Official SAM checkpoint for vit_* (e.g. sam_vit_b_01ec64.pth).")
+              help="Pretrained weights: an official SAM checkpoint for vit_* (e.g. sam_vit_b_01ec64.pth), "
+                   "or PRE/model.pt written by `train pretrain` for tiny.")
 @click.option("--img-size", type=int, help="Model input size in pixels (multiple of the patch size). "
                                            "[default: 512 for vit_*, 128 for tiny]")
 @click.option("--steps", type=int, help="Optimizer steps to run (total, counting resumed ones). "
