@@ -20,7 +20,7 @@ def _commands() -> dict[str, click.Group]:
     return {"synth": synth_cli, "train": train_cli}
 
 
-@pytest.mark.parametrize("config", ["brats_sample.json", "synapse_sample.json"])
+@pytest.mark.parametrize("config", ["brats_sample.json", "synapse_sample.json", "brats_cohort.json"])
 def test_dry_run_commands_use_existing_options(config, tmp_path):
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
                              str(PROJECT_ROOT / "bench" / "experiments" / config), "--dry-run", "--jobs", "2",
@@ -41,6 +41,8 @@ def test_dry_run_commands_use_existing_options(config, tmp_path):
         assert not unknown, f"{tool} {sub} does not take {unknown}"
         seen.add((tool, sub))
     assert {("synth", "pack"), ("synth", "select"), ("synth", "build"), ("train", "fit"), ("train", "eval")} <= seen
+    if config == "brats_cohort.json":     # pretrained arms: `train pretrain` then fit/eval from its model.pt
+        assert ("train", "pretrain") in seen
 
 
 def _fake_eval(folder: Path, dsc: float, hd95: float, cases: list[tuple[str, float]]) -> None:

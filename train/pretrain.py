@@ -54,6 +54,7 @@ class PretrainOptions:
     split: str = "train"              # never "test": evaluation must not see its own cases
     slice_stride: int = 2             # every n-th slice (neighbours are near copies)
     max_cases: int | None = None      # the first n cases of the split per source (quick runs)
+    split_file: str | None = None     # a user split, JSON {"train": [...], "test": [...]}
     masks: AutoMaskConfig = field(default_factory=AutoMaskConfig)
     preview_samples: int = 6
 
@@ -72,7 +73,7 @@ class PretrainResult:
 
 def _data_key(opts: PretrainOptions, described: list[dict], cases: list[list[str]], img_size: int,
               seed: int) -> str:
-    blob = json.dumps({"sources": described, "cases": cases, "split": opts.split,
+    blob = json.dumps({"sources": described, "cases": cases, "split": opts.split, "split_file": opts.split_file,
                        "stride": opts.slice_stride, "max_cases": opts.max_cases, "masks": opts.masks.to_dict(),
                        "img_size": img_size, "seed": seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -95,7 +96,7 @@ def build_automask_dataset(opts: PretrainOptions, out: Path, img_size: int, seed
         src = open_source(s.dataset, s.root, modality=s.modality)
         sources.append(src)
         described.append(src.describe())
-        cases.append(resolve_split(src, opts.split)[:opts.max_cases])
+        cases.append(resolve_split(src, opts.split, opts.split_file)[:opts.max_cases])
     key = _data_key(opts, described, cases, img_size, seed)
     info_path = out / "dataset.json"
     if info_path.exists():
@@ -175,6 +176,7 @@ def build_automask_dataset(opts: PretrainOptions, out: Path, img_size: int, seed
     summary = {
         "sources": per_source,
         "split": opts.split,
+        "split_file": opts.split_file,
         "num_cases": total_cases,
         "num_slices": used_slices,
         "num_samples": len(samples),

@@ -20,6 +20,9 @@ DEFAULT_STEPS = 2000
 @click.option("--split", type=click.Choice(("train", "all")), default="train", show_default=True,
               help="Cases to pretrain on (data_manifests/splits). 'train' keeps the test cases unseen; "
                    "'all' only for a source without a test split of its own.")
+@click.option("--split-file", type=click.Path(path_type=Path), default=None,
+              help='Your own split, JSON {"train": [...], "test": [...]} of case ids (default: each '
+                   "dataset's recorded split, see docs/sources.md).")
 @click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True,
               help="Optimizer steps (total, counting resumed ones).")
 @click.option("--batch-size", type=int, help="Samples per step. [default: 8, the tiny recipe]")
@@ -39,7 +42,7 @@ DEFAULT_STEPS = 2000
 @click.option("--overwrite", is_flag=True, help="Start over in a PRE that already holds a run.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @debug_option
-def pretrain(datasets, roots, modality, split, steps, batch_size, slice_stride, max_cases, out, seed, device,
+def pretrain(datasets, roots, modality, split, split_file, steps, batch_size, slice_stride, max_cases, out, seed, device,
              num_threads, resume, overwrite, no_progress) -> None:
     """Pretrain the tiny SAM without labels, so it can be fine-tuned with LoRA like SAM.
 
@@ -74,7 +77,8 @@ def pretrain(datasets, roots, modality, split, steps, batch_size, slice_stride, 
     else:
         cfg = resolve_config(None, overrides)
     opts = PretrainOptions(sources=sources, split=split, slice_stride=slice_stride,
-                           max_cases=max_cases)
+                           max_cases=max_cases,
+                           split_file=None if split_file is None else str(split_file.resolve()))
     result = run_pretrain(cfg, opts, out, resume=resume, overwrite=overwrite,
                           progress=not no_progress, echo=click.echo)
     first = "n/a" if result.first_loss is None else f"{result.first_loss:.4f}"
