@@ -95,7 +95,7 @@ def test_fit_from_pretrained_trains_lora_only(pre, tmp_path, capsys):
                                 "--out", run], capsys)
     assert code == 0, err
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["model"]["lora"]["rank"] == 4 and cfg["train"]["finetune"] == "lora"
+    assert cfg["model"]["lora"]["rank"] == 4 and cfg["train"]["trainable"] == "samed_lora"   # as for vit_*
     assert cfg["model"]["trainable_params"] < cfg["model"]["total_params"] / 5
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["trainable"]
     assert any("lora_A" in k for k in saved)
@@ -110,7 +110,7 @@ def test_fit_from_pretrained_trains_lora_only(pre, tmp_path, capsys):
 
     full = tmp_path / "full"
     code, out, err = run_train(["fit", "--shards", shards, "--model", "tiny", "--checkpoint", pre / "model.pt",
-                                "--finetune", "full", "--steps", "2", "--batch-size", "4", "--num-threads", "1",
+                                "--trainable", "full", "--steps", "2", "--batch-size", "4", "--num-threads", "1",
                                 "--no-progress", "--out", full], capsys)
     assert code == 0, err
     cfg = json.loads((full / "config.json").read_text())
