@@ -37,6 +37,8 @@ PREVIEW_FILE = "preview.png"
 SHARD_SIZE = 256
 _ORDER_STREAM = 11     # rng stream ids under the run seed (sample order, preview prompts)
 _PREVIEW_STREAM = 12
+TARGET_BGR = (60, 220, 60)       # preview: the automatic mask (green) and the prediction (red)
+PREDICTION_BGR = (40, 40, 240)
 
 
 @dataclass(frozen=True)
@@ -310,7 +312,7 @@ def _panel(image: np.ndarray, title: str, *, regions: np.ndarray | None = None,
            point: tuple[int, int] | None = None, scale: int = 2) -> np.ndarray:
     import cv2
 
-    from train.overlays import CLASS_BGR, GT_BGR, POINT_BGR, PRED_BGR
+    from train.overlays import CLASS_BGR, POINT_BGR
 
     h, w = image.shape
     gray = cv2.resize((np.clip(image, 0, 1) * 255).astype(np.uint8), (w * scale, h * scale),
@@ -321,7 +323,7 @@ def _panel(image: np.ndarray, title: str, *, regions: np.ndarray | None = None,
         palette = np.array([(0, 0, 0)] + [CLASS_BGR[c % len(CLASS_BGR)] for c in range(255)], np.uint8)
         tint = palette[big]
         canvas = np.where(big[..., None] > 0, cv2.addWeighted(tint, 0.45, canvas, 0.55, 0), canvas)
-    for mask, colour in ((target, GT_BGR), (pred, PRED_BGR)):
+    for mask, colour in ((target, TARGET_BGR), (pred, PREDICTION_BGR)):
         if mask is None:
             continue
         big = cv2.resize(mask.astype(np.uint8), (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
