@@ -203,7 +203,8 @@ def plan_and_run(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: boo
                              "--out", str(test_dir)], test_dir / "dataset.json", test_dir)
 
     pretrained = out / "pretrain" / "model.pt"
-    uses_pretrained = any("{pretrained}" in str(v) for v in fit.values()) or "zero-shot" in cfg.arms
+    uses_pretrained = ("zero-shot" in cfg.arms
+                       or any("{pretrained}" in str(v) for v in [*fit.values(), *cfg.samed_fit.values()]))
     if cfg.pretrain is not None and uses_pretrained:
         pre_dir = pretrained.parent
         runner.run("pretrain", [train, "pretrain", *source, "--split", cfg.train_split, *split_file,
@@ -411,6 +412,7 @@ def render_tables(cfg: ExperimentConfig, rows: dict, fit: dict, wall_s: float, j
     seeds = cfg.seed_list
     n = len(seeds)
     unit = next((e["hd95_unit"] for r in rows.values() for e in r["prompts"].values() if e["hd95_unit"]), "mm")
+    unit = "voxels" if unit == "voxel" else unit
     classes: list[str] = []
     for r in rows.values():
         for e in r["prompts"].values():
