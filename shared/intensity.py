@@ -8,9 +8,15 @@ exactly what synthesis applied:
 - ``{"kind": "minmax", "per": "slice"}``: each slice (along the NIfTI's third axis) scaled by its
   own min and max, as the paper does for BraTS MRI; ``"per": "volume"`` uses the whole volume's.
   A constant slice (or volume) becomes all 0.
+- ``{"kind": "minmax", "per": "slice", "upper_percentile": 99.5}``: the same, but the top of the
+  range is that percentile of the slice's (volume's) content voxels (those above its minimum),
+  and brighter voxels are clipped to 1. Robust to single outlier voxels (some BraTS LGG FLAIR
+  volumes hold voxels of 32767 that squeeze the brain into a few grey levels under plain
+  min-max). The minimum stays the minimum, so background stays exactly 0.
 
-Named presets (``PRESETS``) can stand in for the dict in config files: ``"ct-abdomen"``,
-``"mri-slice-minmax"``, ``"volume-minmax"``.
+Named presets (``PRESETS``) can stand in for the dict in config files and on the command line
+(``--intensity``): ``"ct-abdomen"``, ``"mri-slice-minmax"``, ``"volume-minmax"``,
+``"mri-slice-p99.5"``.
 """
 from __future__ import annotations
 
@@ -24,10 +30,13 @@ CT_ABDOMEN: dict[str, Any] = {"kind": "clip", "low": -125.0, "high": 275.0}
 SLICE_MINMAX: dict[str, Any] = {"kind": "minmax", "per": "slice"}
 VOLUME_MINMAX: dict[str, Any] = {"kind": "minmax", "per": "volume"}
 
+SLICE_P995: dict[str, Any] = {"kind": "minmax", "per": "slice", "upper_percentile": 99.5}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "ct-abdomen": CT_ABDOMEN,
     "mri-slice-minmax": SLICE_MINMAX,
     "volume-minmax": VOLUME_MINMAX,
+    "mri-slice-p99.5": SLICE_P995,
 }
 
 
@@ -53,7 +62,16 @@ def validate_preset(preset: Any, where: str = "intensity preset") -> dict[str, A
         per = preset.get("per", "slice")
         if per not in ("slice", "volume"):
             raise ConfigError(f"{where}: 'minmax' preset 'per' must be 'slice' or 'volume', got {per!r}")
-        return {"kind": "minmax", "per": per}
+        unknown = sorted(set(preset) - {"kind", "per", "upper_percentile"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} in a 'minmax' preset "
+                              "(known: per, upper_percentile)")
+        if "upper_percentile" not in preset:
+            return {"kind": "minmax", "per": per}
+        q = preset["upper_percentile"]
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 50.0 <= float(q) <= 100.0:
+            raise ConfigError(f"{where}: 'upper_percentile' must be a number in [50, 100], got {q!r}")
+        return {"kind": "minmax", "per": per, "upper_percentile": float(q)}
     raise ConfigError(f"{where}: unknown preset kind {kind!r} (expected 'clip' or 'minmax')")
 
 
@@ -71,7 +89,11 @@ def apply_intensity(volume: np.ndarray, preset: dict[str, Any]) -> np.ndarray:
     if x.ndim == 2:
         axes = None
     lo = x.min(axis=axes, keepdims=True)
-    span = x.max(axis=axes, keepdims=True) - lo
+    if "upper_percentile" in preset:
+        hi = _content_percentile(x, lo, preset["upper_percentile"], per_slice=axes is not None)
+    else:
+        hi = x.max(axis=axes, keepdims=True)
+    span = hi - lo
     out = x - lo
     np.divide(out, span, out=out, where=np.broadcast_to(span > 0, out.shape))
     # a constant slice is already all 0 after subtracting its minimum: no division by zero
@@ -95,3 +117,17 @@ def intensity_chunks(volume: np.ndarray, preset: dict[str, Any], chunk: int = 8)
         return
     for k0 in range(0, volume.shape[0], chunk):
         yield k0, apply_intensity(volume[k0:k0 + chunk], preset)
+
+
+def _content_percentile(x: np.ndarray, lo: np.ndarray, q: float, *, per_slice: bool) -> np.ndarray:
+    """The ``q``-th percentile of the voxels above the minimum ``lo``, per slice (S, 1, 1) or for the
+    whole array (broadcastable like ``lo``); the minimum itself where nothing is above it."""
+    if not per_slice:
+        content = x[x > lo]
+        return np.full_like(lo, np.percentile(content, q) if content.size else lo.item(), dtype=np.float32)
+    out = lo.astype(np.float32).copy()
+    for k in range(x.shape[0]):  # one vectorised percentile per slice
+        content = x[k][x[k] > lo[k]]
+        if content.size:
+            out[k] = np.percentile(content, q)
+    return out

@@ -387,6 +387,124 @@ def dataset_summary(root: str | Path) -> dict[str, Any]:
             "unused": [f"{v}:{k}" for v, k in listed if use[(v, k)] == 0][:20],
         },
     }
+    single = ((info.get("config") or {}).get("synthesis") or {}).get(ds.task) or {}
+    summary["placement"] = placement_summary(records, (single.get("placement") or {}).get("min_inside", 0.9))
     if ds.volumes:
         summary["volumes"] = [{"id": v["id"], "slices": v["count"], "spacing": v.get("spacing")} for v in ds.volumes]
     return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Placement: the manifest's own figures and the pixel-level ring test (docs/synthesis.md)
+
+
+def placement_summary(records: list[dict[str, Any]], min_inside: float | None = None) -> dict[str, Any] | None:
+    """What the synthesis records say about placement: objects below ``min_inside`` on the body,
+    fallbacks taken, tries, and the ring test computed at build time (float32 pixels). None for
+    datasets that are not synthesized."""
+    synth = [r["synthesis"] for r in records if "synthesis" in r]
+    if not synth:
+        return None
+    objects = [o for r in synth for o in r.get("objects", [])]
+    inside = np.array([float(o.get("inside", 1.0)) for o in objects]) if objects else np.zeros(0)
+    fallback = Counter(r.get("placement", {}).get("fallback", "unrecorded") for r in synth)
+    checked = [r["check"] for r in synth if "check" in r]
+    out: dict[str, Any] = {
+        "samples": len(synth),
+        "objects": len(objects),
+        "inside_min": float(inside.min()) if inside.size else None,
+        "inside_mean": float(inside.mean()) if inside.size else None,
+        "objects_below_min_inside": (int(np.count_nonzero(inside < min_inside - 1e-9))
+                                     if min_inside is not None and inside.size else None),
+        "min_inside": min_inside,
+        "fallbacks": dict(fallback),
+        "tries_mean": (float(np.mean([r["placement"]["tries"] for r in synth if "placement" in r]))
+                       if any("placement" in r for r in synth) else None),
+        "extra_pairs": sum(r.get("placement", {}).get("pairs", 1) - 1 for r in synth),
+        "extra_backgrounds": sum(r.get("placement", {}).get("backgrounds", 1) - 1 for r in synth),
+        "floating_at_build": (sum(1 for c in checked if c.get("floating")) if checked else None),
+    }
+    return out
+
+
+def floating_from_pixels(root: str | Path, *, max_samples: int | None = None) -> dict[str, Any]:
+    """The ring test on the stored pixels of every sample (or the first ``max_samples``): share of
+    samples with a floating object (more than half of the pixels 2-4 px outside the object are
+    air, intensity < 0.04). Works on any dataset, whatever code built it."""
+    from synth.anatomy import floating_objects
+
+    ds = open_dataset(Path(root), check_files=False)
+    n = n_float = n_obj = 0
+    worst: list[tuple[float, str]] = []
+    for k in range(ds.num_shards):
+        for s in ds.read_shard(k):
+            if max_samples is not None and n >= max_samples:
+                break
+            f, air = floating_objects(s["image"], s["label"], ds.task)
+            n += 1
+            n_obj += f
+            if f:
+                n_float += 1
+                worst.append((air, s["id"]))
+    worst.sort(reverse=True)
+    return {"samples": n, "floating_samples": n_float, "floating_objects": n_obj,
+            "floating_fraction": n_float / max(1, n), "worst": [w for _, w in worst[:8]]}
+
+
+def placement_lines(p: dict[str, Any] | None, pixels: dict[str, Any] | None) -> list[str]:
+    """The placement figures of a synthesized dataset, as printed by `synth info` and `synth build`."""
+    out = []
+    if p:
+        below = p.get("objects_below_min_inside")
+        out.append(f"placement: {p['objects']} objects, on the body (inside) min {p['inside_min']:.2f} / mean "
+                   f"{p['inside_mean']:.3f}"
+                   + (f"; {below} ({100 * below / max(1, p['objects']):.1f} %) below min_inside {p['min_inside']:g}"
+                      if below is not None else ""))
+        fb = p.get("fallbacks") or {}
+        order = ["drawn", "moved", "redrawn", "shrunk", "background", "pair", "unrecorded"]
+        out.append("placed: " + ", ".join(f"{k} {fb[k]}" for k in order if fb.get(k))
+                   + (f"; mean {p['tries_mean']:.1f} positions tested" if p.get("tries_mean") is not None else "")
+                   + f"; {p['extra_backgrounds']} extra background(s), {p['extra_pairs']} new pair(s)")
+        if p.get("floating_at_build") is not None and not pixels:
+            n = p["samples"]
+            out.append(f"floating objects (ring test at build time): {p['floating_at_build']} of {n} samples "
+                       f"({100 * p['floating_at_build'] / max(1, n):.2f} %)")
+    if pixels:
+        out.append(f"floating objects (ring test on the stored pixels): {pixels['floating_samples']} of "
+                   f"{pixels['samples']} samples ({100 * pixels['floating_fraction']:.2f} %)"
+                   + (f"; worst: {', '.join(pixels['worst'][:4])}" if pixels["worst"] else ""))
+    return out
+
+
+def build_summary_lines(root: str | Path) -> list[str]:
+    """What `synth build` prints at the end of a synthesized build: the exemplars chosen of how
+    many eligible, the background pool and its slice range, placement fallbacks, floating objects
+    (the ring test computed at build time) and the commands to look at the data."""
+    from shared.manifest import read_json
+    from shared.shards import DATASET_FILE
+
+    root = Path(root)
+    info = read_json(root / DATASET_FILE)
+    el = info.get("exemplar_list") or {}
+    sel = el.get("selection") or {}
+    exemplars = info.get("exemplars") or []
+    pool = info.get("background_pool") or []
+    cfg = info.get("config") or {}
+    lines = []
+    eligible = sel.get("eligible_slices")
+    lines.append(f"exemplars: {len(exemplars)}" + (f" of {eligible} eligible slices" if eligible else "")
+                 + f" from {len({e['volume'] for e in exemplars})} volume(s)"
+                 + (f" (spec {el.get('spec')}, rule {el.get('rule')}, seed {el.get('seed')})" if el.get("spec") else ""))
+    if pool:
+        ks = np.array([int(e["slice"]) for e in pool])
+        lines.append(f"background pool: {len(pool)} slices from {len({e['volume'] for e in pool})} volume(s), "
+                     f"slice index {ks.min()}-{ks.max()} (quartiles {int(np.percentile(ks, 25))} / "
+                     f"{int(np.median(ks))} / {int(np.percentile(ks, 75))})")
+    records = read_samples(root)
+    task = info.get("task", "single")
+    synth_cfg = (cfg.get("synthesis") or {}).get(task) or {}
+    lines.append(f"recipe: {cfg.get('recipe', 'extended')}")
+    lines += placement_lines(placement_summary(records, (synth_cfg.get("placement") or {}).get("min_inside")), None)
+    lines.append(f"next: synth sheet {root} --out {root}/sheet.png   (open the PNG: objects on the body?)")
+    lines.append(f"      synth info {root}   (counts, placement, the ring test on the stored pixels)")
+    return lines

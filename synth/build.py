@@ -78,6 +78,7 @@ class BuildConfig:
     dataset: str = "demo-brain"
     root: str | None = None
     modality: str = "flair"
+    intensity: Any = None  # --intensity: a preset replacing the source's (brats, nifti); None = its own
     source_config: str | None = None
     split: str = "all"
     split_file: str | None = None
@@ -92,6 +93,7 @@ class BuildConfig:
     format: str = "zarr"
     image_dtype: str = "float16"
     synthesis_config: str | None = None
+    recipe: str = "extended"  # synthesis recipe (synth.synthesis.RECIPES), before --synthesis-config
     synthesis: dict[str, Any] | None = None  # the resolved synthesis config (recorded in full)
     pool_size: int | None = DEFAULT_POOL_SIZE  # background pool: seeded sample above this (synth/pool.py)
 

@@ -80,7 +80,8 @@ def _fingerprint(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def _open_source(cfg: BuildConfig):
     from shared.sources import open_source
 
-    return open_source(cfg.dataset, cfg.root, modality=cfg.modality, config=cfg.source_config)
+    return open_source(cfg.dataset, cfg.root, modality=cfg.modality, config=cfg.source_config,
+                       intensity=cfg.intensity)
 
 
 def _apply_excludes(exemplars: list[dict[str, Any]], excludes: Sequence[str], where: str) -> list[dict[str, Any]]:
@@ -112,7 +113,7 @@ def prepare_exemplar_job(cfg: BuildConfig, out: Path, *, workers: int, progress:
     if cfg.kind == "synthesized":
         from synth.synthesis import load_config
 
-        synth_config = load_config(cfg.synthesis_config)
+        synth_config = load_config(cfg.synthesis_config, cfg.recipe)
         cfg.synthesis = synth_config.to_json()
     stored: dict[tuple[str, int], Any] = {}  # background slices, encoded (synth.pool)
     infos: dict[tuple[str, int], BackgroundInfo] = {}

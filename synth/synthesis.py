@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from shared.errors import ConfigError, DataError
+from synth.anatomy import anatomy_index, choose_background, floating_objects, search_placement
 from synth.transforms import (
     TransformParams,
     TransformRanges,
@@ -49,8 +50,15 @@ from synth.transforms import (
 RECORD_VERSION = 1
 TASKS = ("single", "multi")
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "synthesis.json"
+# Named recipes (``synth build --recipe``): overrides applied to synthesis.json (= "extended").
+RECIPES = ("extended", "paper")
+DEFAULT_RECIPE = "extended"
+RECIPE_PATHS = {"paper": Path(__file__).resolve().parent / "configs" / "recipe_paper.json"}
+BACKGROUND_CHOICES = ("fit", "random")
 _KERNEL3 = np.ones((3, 3), np.uint8)
 _MAX_POINTS = 256  # object pixels sampled for the "inside the background's body" check
+# How a sample was placed, mildest first (the record's placement.fallback is the strongest used).
+_STEP_ORDER = ("drawn", "moved", "redrawn", "shrunk", "background", "pair")
 
 
 # =============================================================================================
@@ -249,12 +257,19 @@ class Placement:
     """Where and how objects are pasted (not random; the rules around the random draws)."""
 
     content_threshold: float = 0.02  # background "body" = pixels above this (after T')
-    min_inside: float = 0.9  # accept a translation when this fraction of the object lands on body
-    max_tries: int = 8  # translations tried (then no shift, then the best of all)
-    background_candidates: int = 4  # pool slices drawn; the one covering the exemplar's object best is used
+    min_inside: float = 0.9  # the anatomy rule: this fraction of the object must land on body
+    max_tries: int = 8  # drawn translations per scale (then no shift), after the drawn one and the moves
+    background_candidates: int = 4  # background_choice "fit": eligible slices drawn, the best-covering used
     feather: bool = True  # blend a 1-pixel ring outside each pasted object 50/50
     mix_prob: float = 0.0  # multi: probability that organ k comes from another exemplar containing k
     min_object_pixels: int = 1  # objects smaller than this in their exemplar are not pasted
+    background_choice: str = "fit"  # "fit": eligible slices for the object (synth.anatomy); "random": the pool
+    level_ratio: float = 0.7  # "fit": content area within [r, 1/r] x the exemplar's (a compatible level)
+    min_ring_content: float = 0.6  # the anatomy rule: this share of the ring 2-4 px outside must be tissue
+    air_threshold: float = 0.04  # "air" (ring test): T'(Ib) below this
+    shrink_steps: int = 3  # fallback scales, geometric from the drawn one down to the range's low end
+    max_backgrounds: int = 4  # backgrounds tried for one exemplar before drawing a new pair
+    max_pairs: int = 50  # (exemplar, background) pairs tried before the sample fails (DataError)
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -299,10 +314,16 @@ class SynthesisConfig:
                    multi=_task_config(merged["multi"], origin, "multi"), version=1)
 
 
-def load_config(path: str | Path | None = None) -> SynthesisConfig:
-    """The defaults (synth/configs/synthesis.json), or a user JSON file overriding any subset of them."""
+def load_config(path: str | Path | None = None, recipe: str = DEFAULT_RECIPE) -> SynthesisConfig:
+    """A recipe's config (``extended``: synth/configs/synthesis.json; ``paper``: that with
+    synth/configs/recipe_paper.json over it), with a user JSON file overriding any subset of it."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown synthesis recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
+    raw = _default_raw()
+    if recipe in RECIPE_PATHS:
+        raw = _merge(raw, json.loads(RECIPE_PATHS[recipe].read_text()), str(RECIPE_PATHS[recipe]), "")
     if path is None:
-        return SynthesisConfig.from_json(_default_raw(), str(DEFAULT_CONFIG_PATH))
+        return SynthesisConfig.from_json(raw, str(RECIPE_PATHS.get(recipe, DEFAULT_CONFIG_PATH)))
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -312,7 +333,9 @@ def load_config(path: str | Path | None = None) -> SynthesisConfig:
         raise ConfigError(f"{path}: cannot read synthesis config ({exc})") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    return SynthesisConfig.from_json(data, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a synthesis config must be a JSON object, got {type(data).__name__}")
+    return SynthesisConfig.from_json(_merge(raw, data, str(path), ""), str(path))
 
 
 _DEFAULT_RAW: dict | None = None
@@ -390,12 +413,24 @@ def _task_config(d: dict, origin: str, where: str) -> TaskConfig:
         raise ConfigError(f"{origin}: {w}min_object_pixels must be an integer >= 1, got {min_px!r}")
     if not isinstance(p["feather"], bool):
         raise ConfigError(f"{origin}: {w}feather must be true or false, got {p['feather']!r}")
+    ints = {}
+    for key, lo, hi in (("shrink_steps", 0, 16), ("max_backgrounds", 1, 64), ("max_pairs", 1, 10000)):
+        v = p[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ConfigError(f"{origin}: {w}{key} must be an integer in [{lo}, {hi}], got {v!r}")
+        ints[key] = v
+    if p["background_choice"] not in BACKGROUND_CHOICES:
+        raise ConfigError(f"{origin}: {w}background_choice must be one of {', '.join(BACKGROUND_CHOICES)}, "
+                          f"got {p['background_choice']!r}")
     placement = Placement(
         content_threshold=_number(p["content_threshold"], origin, w + "content_threshold", 0.0, 0.99),
         min_inside=_number(p["min_inside"], origin, w + "min_inside", 0.0, 1.0),
         max_tries=tries, background_candidates=n_bg, feather=p["feather"],
         mix_prob=_number(p["mix_prob"], origin, w + "mix_prob", 0.0, 1.0),
-        min_object_pixels=min_px)
+        min_object_pixels=min_px, background_choice=p["background_choice"],
+        level_ratio=_number(p["level_ratio"], origin, w + "level_ratio", 0.01, 1.0),
+        min_ring_content=_number(p["min_ring_content"], origin, w + "min_ring_content", 0.0, 1.0),
+        air_threshold=_number(p["air_threshold"], origin, w + "air_threshold", 0.0, 0.99), **ints)
     return TaskConfig(object=_ranges(d["object"], origin, where + ".object"),
                       background=_ranges(d["background"], origin, where + ".background"),
                       placement=placement)
@@ -421,57 +456,74 @@ def _synthesize(index: int, seed: int, bank: SliceBank, config: SynthesisConfig,
     seed, index = int(seed), int(index)
     rng = np.random.default_rng([seed, index])
 
-    # 1. Exemplar (the base: the tumour's slice, or the slice whose organs are pasted).
     usable = bank.exemplars_with(None, pl.min_object_pixels)
     if not usable:
         raise DataError(f"no exemplar slice has an object of >= {pl.min_object_pixels} pixels to paste")
-    base = usable[int(rng.integers(len(usable)))]
+    scale_low = tc.object.scale[0]
+    backgrounds_tried = 0
+    # The anatomy rule (synth/anatomy.py): an object is pasted only where it lies on the
+    # background's content. Fallbacks, in order: moved towards the content, redrawn positions,
+    # smaller scales (search_placement); another background; a new (exemplar, background) pair.
+    for pair in range(pl.max_pairs):
+        # 1. Exemplar (the base: the tumour's slice, or the slice whose organs are pasted).
+        base = usable[int(rng.integers(len(usable)))]
+        if task == "single":
+            wanted: list[tuple[int | None, SliceRef]] = [(None, base)]
+        else:
+            wanted = []
+            counts = bank.class_counts(base)
+            for k in range(1, len(bank.class_names)):
+                if counts[k] < pl.min_object_pixels:
+                    continue
+                u = float(rng.random())
+                others = bank.exemplars_with(k, pl.min_object_pixels)
+                j = int(rng.integers(len(others)))
+                wanted.append((k, others[j] if u < pl.mix_prob else base))
+        for bg_try in range(pl.max_backgrounds):
+            backgrounds_tried += 1
+            # 2. Background: random from the pool (paper), or one that can hold the object ("fit").
+            bg_ref, bg_match, bg_choice = choose_background(rng, bank, base, pl, scale_low)
+            bg_src = bank.background(bg_ref)
+            shape = bg_src.shape
+            bg_params = sample_params(rng, tc.background, shape)
+            bg_center = ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
+            bg_params = _clamp_background(bg_params, bg_center, shape,
+                                          bank.content_bbox(bg_ref, pl.content_threshold), tc.background.max_shift)
+            image = render_background(bg_src, bg_params, bg_center, bank.content_bbox(bg_ref, 0.0))
 
-    # 2. Background: of `background_candidates` random pool slices, the one whose content (body)
-    # covers most of the base exemplar's foreground at its own position (similar anatomy).
-    cand_idx = rng.integers(len(bank.background_refs), size=pl.background_candidates)
-    bg_ref, bg_match = None, -1.0
-    for i in cand_idx:
-        ref = bank.background_refs[int(i)]
-        score = bank.coverage(base, ref, pl.content_threshold)
-        if score > bg_match:
-            bg_ref, bg_match = ref, score
-    bg_src = bank.background(bg_ref)
-    shape = bg_src.shape
-    bg_params = sample_params(rng, tc.background, shape)
-    bg_center = ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
-    bg_params = _clamp_background(bg_params, bg_center, shape, bank.content_bbox(bg_ref, pl.content_threshold),
-                                  tc.background.max_shift)
-    image = render_background(bg_src, bg_params, bg_center, bank.content_bbox(bg_ref, 0.0))
-
-    # 3. Objects: draw all parameters first (fixed draw order), then paste.
-    if task == "single":
-        wanted: list[tuple[int | None, SliceRef]] = [(None, base)]
+            # 3. Objects: draw all parameters first (fixed draw order), then place, then paste.
+            drawn = []
+            for cls, ref in wanted:
+                params = sample_params(rng, tc.object, shape)
+                extra = rng.uniform(-1.0, 1.0, size=(pl.max_tries - 1, 2))
+                drawn.append((cls, ref, params, extra))
+            objects = []
+            ctx: dict = {}  # the background's padded frame and content centre, for all its objects
+            for cls, ref, params, extra in drawn:
+                info = bank.object_info(ref, cls)
+                src_shape = bank.exemplar(ref)[0].shape
+                placed = search_placement(info, anatomy_index(bank).ring(ref, cls), params, extra, src_shape,
+                                          image, pl, scale_low, tc.object.max_shift, ctx)
+                if placed is None:
+                    break
+                classes = ([int(c) for c in np.flatnonzero(bank.class_counts(ref)[1:]) + 1] if cls is None else [cls])
+                obj = {"ref": ref.to_json(), "classes": classes, "pixels": info.count,
+                       "center": [info.center[0], info.center[1]], "src_shape": [int(src_shape[0]), int(src_shape[1])],
+                       "params": placed.params.to_dict(), "inside": placed.inside, "ring": placed.ring,
+                       "placed": placed.step, "tries": placed.tries}
+                if cls is not None:  # multi: the one organ cut out; single: every foreground class of the slice
+                    obj["class"] = cls
+                objects.append(obj)
+            else:
+                break  # every object placed
+        else:
+            continue  # no background took this exemplar: a new pair
+        break
     else:
-        wanted = []
-        counts = bank.class_counts(base)
-        for k in range(1, len(bank.class_names)):
-            if counts[k] < pl.min_object_pixels:
-                continue
-            u = float(rng.random())
-            others = bank.exemplars_with(k, pl.min_object_pixels)
-            j = int(rng.integers(len(others)))
-            wanted.append((k, others[j] if u < pl.mix_prob else base))
-
-    objects = []
-    for cls, ref in wanted:
-        info = bank.object_info(ref, cls)
-        src_shape = bank.exemplar(ref)[0].shape
-        params = sample_params(rng, tc.object, shape)
-        extra = rng.uniform(-1.0, 1.0, size=(pl.max_tries - 1, 2))
-        params, inside = _place(info, params, extra, src_shape, image, pl, tc.object.max_shift)
-        classes = ([int(c) for c in np.flatnonzero(bank.class_counts(ref)[1:]) + 1] if cls is None else [cls])
-        obj = {"ref": ref.to_json(), "classes": classes, "pixels": info.count,
-               "center": [info.center[0], info.center[1]], "src_shape": [int(src_shape[0]), int(src_shape[1])],
-               "params": params.to_dict(), "inside": inside}
-        if cls is not None:  # multi: the one organ cut out; single: every foreground class of the slice
-            obj["class"] = cls
-        objects.append(obj)
+        raise DataError(f"sample {index} (seed {seed}): no placement meets the anatomy rule (>= {pl.min_inside:g} "
+                        f"of the object on body, >= {pl.min_ring_content:g} of its ring on tissue) after "
+                        f"{pl.max_pairs} exemplar/background pairs; check the background pool or lower "
+                        f"placement.min_inside / min_ring_content")
     # Overlap rule: larger objects first, so smaller organs (pasted later) stay visible.
     objects.sort(key=lambda o: (-o["pixels"], o.get("class") or 0))
 
@@ -479,11 +531,18 @@ def _synthesize(index: int, seed: int, bank: SliceBank, config: SynthesisConfig,
     for obj in objects:
         paste_record(image, label, obj, bank, pl.feather)
 
+    fallback = ("pair" if pair else "background" if bg_try else
+                max((o["placed"] for o in objects), key=_STEP_ORDER.index))
     record = {"version": RECORD_VERSION, "task": task, "seed": [seed, index], "shape": [int(shape[0]), int(shape[1])],
               "exemplar": base.to_json(),
               "background": {"ref": bg_ref.to_json(), "center": [bg_center[0], bg_center[1]],
-                             "params": bg_params.to_dict(), "match": bg_match},
-              "objects": objects}
+                             "params": bg_params.to_dict(), "match": bg_match, **bg_choice},
+              "objects": objects,
+              "placement": {"fallback": fallback, "pairs": pair + 1, "backgrounds": backgrounds_tried,
+                            "tries": sum(o["tries"] for o in objects)}}
+    # the pixel-level check of the result (docs/synthesis.md, "Floating objects")
+    n_float, ring_air = floating_objects(image, label, task, sorted({o["class"] for o in objects if o.get("class")}))
+    record["check"] = {"floating": n_float, "ring_air": round(ring_air, 4)}
     return image, label, record
 
 
@@ -531,57 +590,6 @@ def _clamp_background(params: TransformParams, center: tuple[float, float], shap
     fwd = forward_affine(params, center, shape, shape, with_translation=False)
     lx, hx, ly, hy = _shift_bounds(fwd.bbox(content), shape, max_shift)
     return params.replace(tx=_clamp(params.tx, lx, hx), ty=_clamp(params.ty, ly, hy))
-
-
-def _place(info: ObjectInfo, params: TransformParams, extra: np.ndarray, src_shape: tuple[int, int],
-           background: np.ndarray, pl: Placement, max_shift: float) -> tuple[TransformParams, float]:
-    """Choose the translation: the drawn one, then ``extra`` candidates, then no shift, each clamped
-    so the object's box stays in the frame; the first with >= min_inside of the object on the
-    background's content (T'(Ib) > content_threshold) wins, else the first best. Returns the
-    final params and that fraction."""
-    h, w = background.shape
-    fwd = forward_affine(params, info.center, src_shape, (h, w), with_translation=False)
-    lx, hx, ly, hy = _shift_bounds(fwd.bbox(info.bbox), (h, w), max_shift)
-    px, py = fwd.apply_xy(info.points[:, 0], info.points[:, 1])
-    flat = background.ravel()
-    # When both clamps apply, the object's box (its pixel centres +- 0.5, mapped) stays inside the
-    # frame, so its rounded points are valid pixels: no bounds test needed.
-    bounded = lx <= hx and ly <= hy
-    thr = pl.content_threshold
-    # The drawn translation usually lands on tissue: test it alone first, then all the others.
-    tx, ty = _clamp(params.tx, lx, hx), _clamp(params.ty, ly, hy)
-    first = float(_inside_fractions(px, py, np.array([tx]), np.array([ty]), flat, w, h, thr, bounded)[0])
-    if first >= pl.min_inside:
-        return params.with_translation(tx, ty), first
-    txs = np.concatenate(([tx], extra[:, 0] * (max_shift * w), [0.0]))
-    tys = np.concatenate(([ty], extra[:, 1] * (max_shift * h), [0.0]))
-    if lx <= hx:
-        np.minimum(np.maximum(txs, lx, out=txs), hx, out=txs)
-    if ly <= hy:
-        np.minimum(np.maximum(tys, ly, out=tys), hy, out=tys)
-    frac = np.empty(txs.size)
-    frac[0] = first
-    frac[1:] = _inside_fractions(px, py, txs[1:], tys[1:], flat, w, h, thr, bounded)
-    good = np.flatnonzero(frac >= pl.min_inside)
-    j = int(good[0]) if good.size else int(np.argmax(frac))
-    return params.with_translation(float(txs[j]), float(tys[j])), float(frac[j])
-
-
-def _inside_fractions(px: np.ndarray, py: np.ndarray, txs: np.ndarray, tys: np.ndarray, flat: np.ndarray,
-                      w: int, h: int, threshold: float, bounded: bool = False) -> np.ndarray:
-    """For each translation (txs[k], tys[k]), the fraction of the points (px, py) that land on
-    background content (``flat``: the background raveled, ``h`` x ``w``). ``bounded``: the caller
-    guarantees every translated point rounds to a pixel of the frame."""
-    qx = np.rint(px[None, :] + txs[:, None]).astype(np.intp)
-    qy = np.rint(py[None, :] + tys[:, None]).astype(np.intp)
-    if bounded:
-        qy *= w
-        qy += qx
-        hit = flat.take(qy, mode="clip") > threshold  # (clip: never needed, just no wrap-around)
-    else:
-        ok = (qx.view(np.uintp) < w) & (qy.view(np.uintp) < h)  # negatives wrap to huge unsigned values
-        hit = (flat[np.where(ok, qy * w + qx, 0)] > threshold) & ok
-    return hit.sum(axis=1) / hit.shape[1]
 
 
 def _render_background(src: np.ndarray, params: TransformParams, center: tuple[float, float],

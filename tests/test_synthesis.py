@@ -322,10 +322,13 @@ def test_real_synapse_organs_near_their_positions(synapse_root) -> None:
             visible = label == obj["class"]
             if visible.sum() < 0.8 * obj["pixels"]:
                 continue  # mostly overwritten by a smaller organ pasted later
+            assert obj["inside"] >= cfg.multi.placement.min_inside
+            if obj["placed"] not in ("drawn", "redrawn"):
+                continue  # moved towards the body by the anatomy rule (synth/anatomy.py)
             bound = np.array([r.max_shift * w, r.max_shift * h]) + 3.0
             assert (np.abs(_centroid(visible) - np.array(obj["center"])) <= bound).all()
             checked += 1
-    assert checked >= 30
+    assert checked >= 20
 
 
 def test_naive_baseline_draws_the_same_samples(tmp_path) -> None:

@@ -120,12 +120,13 @@ def source_geometry_known(source: dict) -> bool:
 
 
 def open_source_testset(dataset: str, root: str | Path | None, split: str, *, modality: str = "flair",
-                        config: str | Path | None = None) -> TestSet:
-    """Volumes read straight from a source folder through shared.sources / shared.splits."""
+                        config: str | Path | None = None, intensity=None) -> TestSet:
+    """Volumes read straight from a source folder through shared.sources / shared.splits
+    (``intensity``: a preset replacing the source's, for brats and nifti)."""
     from shared.sources import open_source
     from shared.splits import resolve_split
 
-    source = open_source(dataset, root, modality=modality, config=config)
+    source = open_source(dataset, root, modality=modality, config=config, intensity=intensity)
     ids = list(resolve_split(source, split))
     if not ids:
         raise DataError(f"{dataset} source at {root}: split {split!r} holds no volumes")

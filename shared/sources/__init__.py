@@ -18,13 +18,18 @@ DATASETS = ("brats", "synapse", "transunet", "nifti", "demo-brain", "demo-abdome
 
 
 def open_source(dataset: str, root: str | Path | None = None, *, modality: str = "flair",
-                config: str | Path | None = None) -> Source:
+                config: str | Path | None = None, intensity: Any = None) -> Source:
     """Open a dataset by name. The demo sources read no folder: a ``root`` for them is an error
     (silently ignoring it would let a user believe their data was read); ``modality`` applies to
-    ``brats``; ``config`` to ``nifti`` (default: ``source.json`` in the root)."""
+    ``brats``; ``config`` to ``nifti`` (default: ``source.json`` in the root); ``intensity`` (a
+    preset name or dict, see shared.intensity) replaces the intensity preset of ``brats`` and
+    ``nifti`` sources (None: the source's own)."""
     if dataset in ("demo", "demo-brain", "demo-abdomen") and root is not None:
         raise ConfigError(f"--root {root}: --dataset {dataset} generates its phantoms and reads no folder; "
                           "drop --root, or choose the layout of your data (brats, synapse, transunet, nifti)")
+    if intensity is not None and dataset not in ("brats", "nifti"):
+        raise ConfigError(f"--intensity applies to the brats and nifti sources, not to {dataset!r} "
+                          "(its intensity is fixed by its format)")
     if dataset in ("demo", "demo-brain"):
         from shared.sources.demo import DemoBrainSource
 
@@ -40,7 +45,7 @@ def open_source(dataset: str, root: str | Path | None = None, *, modality: str =
     if dataset == "brats":
         from shared.sources.brats import BratsSource
 
-        return BratsSource(root, modality=modality)
+        return BratsSource(root, modality=modality, intensity=intensity)
     if dataset == "synapse":
         from shared.sources.synapse import SynapseSource
 
@@ -51,13 +56,13 @@ def open_source(dataset: str, root: str | Path | None = None, *, modality: str =
         return TransUNetSource(root)
     from shared.sources.nifti import NiftiSource
 
-    return NiftiSource(root, config=config)
+    return NiftiSource(root, config=config, intensity=intensity)
 
 
 def open_described(description: dict[str, Any]) -> Source:
     """Re-open the source a manifest recorded with ``Source.describe()``."""
     options = dict(description.get("options") or {})
-    kwargs = {k: options[k] for k in ("modality", "config") if k in options}
+    kwargs = {k: options[k] for k in ("modality", "config", "intensity") if k in options}
     return open_source(description["name"], description.get("root"), **kwargs)
 
 

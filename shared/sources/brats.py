@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from shared.classmaps import BRATS_MAP
 from shared.errors import ConfigError, DataError
-from shared.intensity import SLICE_MINMAX
+from shared.intensity import SLICE_MINMAX, validate_preset
 from shared.sources.base import Source, layout_hint, require_dir
 from shared.sources.io import nifti_shape
 from shared.sources.nifti_pair import load_pair, read_image_chunks, read_labels
@@ -25,12 +26,17 @@ class BratsSource(Source):
     task = "single"
     classmap = BRATS_MAP
 
-    def __init__(self, root: str | Path, *, modality: str = "flair"):
+    def __init__(self, root: str | Path, *, modality: str = "flair", intensity: Any = None):
         if modality not in MODALITIES:
             raise ConfigError(f"unknown BraTS modality {modality!r} (choose from {', '.join(MODALITIES)})")
-        super().__init__(root, {"modality": modality})
+        preset = dict(SLICE_MINMAX) if intensity is None else validate_preset(intensity, "--intensity")
+        # the option is recorded only when it differs from the paper's rule (old manifests stay valid)
+        options: dict[str, Any] = {"modality": modality}
+        if preset != SLICE_MINMAX:
+            options["intensity"] = preset
+        super().__init__(root, options)
         self.modality = modality
-        self.intensity = dict(SLICE_MINMAX)
+        self.intensity = preset
         require_dir(self.root, "BraTS root")
         self._cases  # scan now: a wrong root or a scan without its label fails at open time
 

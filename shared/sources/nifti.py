@@ -88,7 +88,7 @@ def parse_classmap(config: dict[str, Any], where: Path) -> ClassMap:
 class NiftiSource(PairedNiftiSource):
     name = "nifti"
 
-    def __init__(self, root: str | Path, *, config: str | Path | None = None):
+    def __init__(self, root: str | Path, *, config: str | Path | None = None, intensity: Any = None):
         root_path = Path(root).resolve()
         require_dir(root_path, "nifti root")
         if config is None:
@@ -98,14 +98,18 @@ class NiftiSource(PairedNiftiSource):
                                   "in the root; see docs/sources.md)")
             config = found[0]
         config_path = Path(config).resolve()
-        super().__init__(root_path, {"config": str(config_path)})
+        options: dict[str, Any] = {"config": str(config_path)}
+        if intensity is not None:
+            options["intensity"] = validate_preset(intensity, "--intensity")
+        super().__init__(root_path, options)
         cfg = read_config(config_path)
         self.config = cfg
         self.classmap = parse_classmap(cfg, config_path)
         if "intensity" not in cfg:
             raise ConfigError(f"{config_path}: missing 'intensity' (e.g. \"ct-abdomen\", "
                               "{\"kind\": \"clip\", \"low\": -125, \"high\": 275} or {\"kind\": \"minmax\", \"per\": \"slice\"})")
-        self.intensity = validate_preset(cfg["intensity"], f"{config_path}: intensity")
+        self.intensity = (options["intensity"] if "intensity" in options  # --intensity replaces the config's
+                          else validate_preset(cfg["intensity"], f"{config_path}: intensity"))
         task = cfg.get("task", "single" if len(self.classmap.names) == 2 else "multi")
         if task not in ("single", "multi"):
             raise ConfigError(f"{config_path}: 'task' must be 'single' or 'multi', got {task!r}")

@@ -55,17 +55,26 @@ def verify(dataset_dir: Path, replay: int, seed: int, source_root: Path | None, 
 @click.argument("dataset_dir", metavar="DIR", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--shards", "show_shards", is_flag=True, help="List every shard with its range and size.")
+@click.option("--pixels/--no-pixels", default=True, show_default=True,
+              help="Run the floating-object ring test on the stored pixels of every sample (reads all shards).")
 @debug_option
-def info(dataset_dir: Path, as_json: bool, show_shards: bool) -> None:
-    """Summarise DIR: sample counts, class frequencies, shard sizes, exemplars.
+def info(dataset_dir: Path, as_json: bool, show_shards: bool, pixels: bool) -> None:
+    """Summarise DIR: sample counts, class frequencies, shard sizes, exemplars, placement.
+
+    Placement (synthesized datasets): the manifest's `inside` figures (share of each object on
+    the background's body), the fallbacks taken, and the floating-object ring test on the stored
+    pixels (an object floats when more than half of the pixels 2-4 px outside it are air,
+    intensity < 0.04; docs/synthesis.md).
 
     \b
     Example:
       synth info ds/brats150
     """
-    from synth.audit import dataset_summary
+    from synth.audit import dataset_summary, floating_from_pixels, placement_lines
 
     s = dataset_summary(dataset_dir)
+    if pixels and s["kind"] == "synthesized":
+        s["floating_pixels"] = floating_from_pixels(dataset_dir)
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
@@ -92,6 +101,8 @@ def info(dataset_dir: Path, as_json: bool, show_shards: bool) -> None:
             click.echo("exemplar slices per class: " + ", ".join(f"{k} {v}" for k, v in ex["slices_with_class"].items()))
         if ex["excluded"]:
             click.echo(f"excluded exemplars: {', '.join(ex['excluded'])}")
+    for line in placement_lines(s.get("placement"), s.get("floating_pixels")):
+        click.echo(line)
     if s.get("volumes"):
         click.echo(f"volumes: {len(s['volumes'])} (" + ", ".join(f"{v['id']} {v['slices']} slices"
                                                               for v in s["volumes"][:6])
@@ -138,3 +149,4 @@ def trace(dataset_dir: Path, exemplar: str | None, background: str | None, sampl
     hint = (f"; rebuild without it: synth build ... --exclude-exemplar {text}" if exemplar is not None and records
             and records[0].get("kind") == "synthesized" else "")
     click.echo(f"{len(records)} sample(s) derived from {what} {text}{hint}", err=True)
+

@@ -36,6 +36,12 @@ def source_options(split_default: str, *, from_list: bool = False):
                          show_default=True, help="BraTS modality to read."),
             click.option("--config", "source_config", type=click.Path(path_type=Path), default=None,
                          help="nifti source config (classes, intensity preset); default ROOT/source.json."),
+            click.option("--intensity", default=None, metavar="PRESET",
+                         help="brats / nifti: replace the source's intensity preset, by name "
+                              "(mri-slice-p99.5: per-slice min-max with the top at the 99.5th percentile "
+                              "of the brain, robust to outlier voxels; mri-slice-minmax: the paper's rule, "
+                              "the brats default) or as JSON. Recorded in dataset.json; train eval and "
+                              "train predict apply the same preset (docs/sources.md)."),
             click.option("--split", type=click.Choice(["train", "test", "all"]), default=split_default,
                          show_default=True, help="Which cases to read: the training part of the dataset's "
                                                  "split, the test part, or every case."),
@@ -87,6 +93,23 @@ def _workers(workers: int | None) -> int:
     return workers
 
 
+def _preset(text: str | None):
+    """--intensity: a preset name, or a JSON object; validated by the source."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text.startswith("{"):
+        import json
+
+        from shared.errors import ConfigError
+
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--intensity {text!r}: not valid JSON ({exc.msg})") from None
+    return text
+
+
 def _abs(p: Path | None) -> str | None:
     return None if p is None else str(Path(p).resolve())
 
@@ -115,6 +138,12 @@ def _abs(p: Path | None) -> str | None:
 @click.option("--synthesis-config", type=click.Path(path_type=Path), default=None, metavar="FILE.json",
               help="Override the transform ranges of synth/configs/synthesis.json (any subset of keys); "
                    "the full resolved config is recorded in dataset.json.")
+@click.option("--recipe", type=click.Choice(["extended", "paper"]), default=None,
+              help="Synthesis recipe (default: extended). paper: Eq. 1-3 literally (objects of the one base "
+                   "exemplar, background drawn at random from the pool, T = blur, intensity, scale, flip, "
+                   "rotation, objects keep their position); extended: the project's (best-fitting background, "
+                   "organ mixing, translation, gamma). Both keep every object on the body/brain "
+                   "(docs/synthesis.md). --synthesis-config overrides either.")
 @click.option("--no-synthesis", is_flag=True,
               help="Pack the exemplar slices themselves (the paper's 'w/o data synthesis' ablation); "
                    "ids e0000, e0001, ...")
@@ -131,9 +160,9 @@ def _abs(p: Path | None) -> str | None:
                    "join the parts with `synth merge`.")
 @output_options("float16")
 @debug_option
-def build(dataset, root, modality, source_config, split, split_file, spec, exemplar_list, no_verify_hashes,
-          min_pixels, exclude,
-          num_samples, seed, synthesis_config, no_synthesis, all_slices, pool_size, part, out, fmt, image_dtype, shard_size,
+def build(dataset, root, modality, source_config, intensity, split, split_file, spec, exemplar_list,
+          no_verify_hashes, min_pixels, exclude, num_samples, seed, synthesis_config, recipe, no_synthesis,
+          all_slices, pool_size, part, out, fmt, image_dtype, shard_size,
           workers, overwrite, resume, progress) -> None:
     """Synthesize a training set from a few exemplars into shards with provenance manifests.
 
@@ -153,6 +182,7 @@ def build(dataset, root, modality, source_config, split, split_file, spec, exemp
     from shared.errors import ConfigError
     from synth.build import BuildConfig, Part, run_job
     from synth.jobs import prepare_exemplar_job, prepare_slices_job
+    from synth.synthesis import DEFAULT_RECIPE
 
     if no_synthesis and all_slices:
         raise ConfigError("--no-synthesis and --all-slices exclude each other")
@@ -161,8 +191,8 @@ def build(dataset, root, modality, source_config, split, split_file, spec, exemp
         raise ConfigError("--all-slices packs every slice; --exemplars/--exemplar-list/--exclude-exemplar do not apply")
     if dataset is None:
         dataset, root, modality, source_config = _source_from_list(exemplar_list, root, modality, source_config)
-    if kind != "synthesized" and (num_samples is not None or synthesis_config is not None):
-        raise ConfigError(f"--num-samples and --synthesis-config apply to synthesis, not to "
+    if kind != "synthesized" and (num_samples is not None or synthesis_config is not None or recipe is not None):
+        raise ConfigError(f"--num-samples, --recipe and --synthesis-config apply to synthesis, not to "
                           f"{'--all-slices' if all_slices else '--no-synthesis'}")
     if kind != "all-slices" and (spec is None) == (exemplar_list is None):
         raise ConfigError("give exactly one of --exemplars N|P% and --exemplar-list FILE.json")
@@ -171,12 +201,12 @@ def build(dataset, root, modality, source_config, split, split_file, spec, exemp
         raise ConfigError("--resume and --overwrite exclude each other")
     n_workers = _workers(workers)
     cfg = BuildConfig(kind=kind, dataset="demo-brain" if dataset == "demo" else dataset, root=_abs(root),
-                      modality=modality, source_config=_abs(source_config), split=split,
+                      modality=modality, source_config=_abs(source_config), intensity=_preset(intensity), split=split,
                       split_file=_abs(split_file), exemplars=spec, exemplar_list=_abs(exemplar_list),
                       min_pixels=min_pixels if kind != "all-slices" else None,
                       exclude_exemplars=sorted(exclude), num_samples=num_samples, seed=seed,
                       shard_size=shard_size, format=fmt, image_dtype=image_dtype,
-                      synthesis_config=_abs(synthesis_config))
+                      synthesis_config=_abs(synthesis_config), recipe=recipe or DEFAULT_RECIPE)
     if pool_size is not None:
         cfg.pool_size = pool_size
     if kind != "synthesized":
@@ -192,6 +222,11 @@ def build(dataset, root, modality, source_config, split, split_file, spec, exemp
                                    verify_hashes=not no_verify_hashes)
     summary = run_job(job, workers=n_workers, part=part_, overwrite=overwrite, resume=resume, progress=progress)
     click.echo(summary.line())
+    if kind == "synthesized":
+        from synth.audit import build_summary_lines
+
+        for line in build_summary_lines(out):
+            click.echo(line)
 
 
 def _source_from_list(exemplar_list: Path | None, root: Path | None, modality: str,
@@ -244,7 +279,7 @@ def _check_out_early(out: Path, overwrite: bool, resume: bool) -> None:
 @source_options("test")
 @output_options("float32")
 @debug_option
-def pack(dataset, root, modality, source_config, split, split_file, out, fmt, image_dtype, shard_size, workers,
+def pack(dataset, root, modality, source_config, intensity, split, split_file, out, fmt, image_dtype, shard_size, workers,
          overwrite, resume, progress) -> None:
     """Pack whole volumes (default: the test split) into shards for `train eval`.
 
@@ -266,7 +301,7 @@ def pack(dataset, root, modality, source_config, split, split_file, out, fmt, im
         raise ConfigError("--resume and --overwrite exclude each other")
     n_workers = _workers(workers)
     cfg = BuildConfig(kind="volumes", dataset="demo-brain" if dataset == "demo" else dataset, root=_abs(root),
-                      modality=modality, source_config=_abs(source_config), split=split,
+                      modality=modality, source_config=_abs(source_config), intensity=_preset(intensity), split=split,
                       split_file=_abs(split_file), shard_size=shard_size, format=fmt, image_dtype=image_dtype)
     cfg.check()
     _check_out_early(out, overwrite, resume)

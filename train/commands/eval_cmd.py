@@ -31,6 +31,10 @@ from shared.errors import ConfigError
 @click.option("--modality", default="flair", show_default=True, help="With --dataset brats: the MRI modality.")
 @click.option("--config", "source_config", type=click.Path(dir_okay=False), default=None,
               help="With --dataset nifti: the source.json describing the folder.")
+@click.option("--intensity", default=None, metavar="PRESET",
+              help="With --dataset brats|nifti: the intensity preset (name or JSON, see docs/sources.md). "
+                   "Default with --run: the preset the run's training data was made with (recorded in its "
+                   "dataset.json), so test scans are preprocessed like the training data, as train predict does.")
 @click.option("--prompt", type=click.Choice(["center", "random", "none"]), default=None,
               help="center: one point per slice and class, farthest from the class border (default for "
                    "prompted runs); random: a seeded random pixel of the class; none: promptless "
@@ -62,8 +66,8 @@ from shared.errors import ConfigError
 @click.option("--out", required=True, type=click.Path(file_okay=True), help="Evaluation directory to write.")
 @debug_option
 def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset, root, split, modality,
-          source_config, prompt, seed, hd95_unit, empty_case, multimask, batch_size, decode_batch, device, num_threads, max_volumes,
-          save_predictions, overlays, overlay_count, overwrite, tensorboard, out) -> None:
+          source_config, intensity, prompt, seed, hd95_unit, empty_case, multimask, batch_size, decode_batch, device,
+          num_threads, max_volumes, save_predictions, overlays, overlay_count, overwrite, tensorboard, out) -> None:
     """Score a run (or zero-shot SAM) on test volumes: DSC and HD95 per volume and class.
 
     \b
@@ -95,7 +99,7 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
         raise ConfigError(f"--overlay-count must be >= 1, got {overlay_count}")
     if shards is not None:
         ctx = click.get_current_context()
-        given = [f"--{name.replace('source_', '')}" for name in ("split", "root", "modality", "source_config")
+        given = [f"--{name.replace('source_', '')}" for name in ("split", "root", "modality", "source_config", "intensity")
                  if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
         if given:  # packed shards already fix the volumes; silently ignoring these would mislead
             raise ConfigError(f"{', '.join(given)} only apply with --dataset; --shards {shards} already holds "
@@ -124,7 +128,8 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
         testset = open_shards_testset(shards)
         where += f" vs --shards {shards}"
     else:
-        testset = open_source_testset(dataset, root, split, modality=modality, config=source_config)
+        testset = open_source_testset(dataset, root, split, modality=modality, config=source_config,
+                                      intensity=_eval_intensity(intensity, dataset, loaded))
         where += f" vs --dataset {dataset}"
     if prompt is None:
         prompt = "none" if loaded.trained_prompt == "none" else "center"
@@ -173,6 +178,27 @@ def _all_predictions_empty(cases_csv) -> str:
     n_vol = len({r["volume"] for r in rows})
     n_cls = len({r["class"] for r in rows})
     return f"{n_vol} volume{'s' if n_vol != 1 else ''} x {n_cls} class{'es' if n_cls != 1 else ''}"
+
+
+def _eval_intensity(text: str | None, dataset: str, loaded):
+    """--intensity, else (with --run, brats/nifti) the preset the run's training data recorded."""
+    if text is not None:
+        text = text.strip()
+        if text.startswith("{"):
+            import json
+
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"--intensity {text!r}: not valid JSON ({exc.msg})") from None
+        return text
+    if dataset not in ("brats", "nifti") or not loaded.run_config:
+        return None
+    source = (loaded.run_config.get("dataset") or {}).get("source") or {}
+    if source.get("name") != dataset:
+        return None  # trained on another source: its own preset decides (say so with --intensity)
+    preset = source.get("intensity")
+    return preset if isinstance(preset, dict) else None
 
 
 @click.command("report")

@@ -1,0 +1,349 @@
+"""The anatomy rule of the synthesis: backgrounds chosen for the object, placements that never
+leave an object hanging off the body, and the pixel-level "floating object" measure.
+
+Three jobs, each a pure function of its inputs (randomness comes from the caller's generator):
+
+- :class:`AnatomyIndex` caches, per bank, what the background choice needs: each pool slice's
+  content (body/brain) area and extent, each exemplar's content area and object extent, and the
+  ring of pixels 2-4 px outside each object (for the placement test).
+- :func:`search_placement`: for one drawn object transform, the first acceptable placement in
+  the issue's order: the drawn position; moved towards the background's content; other drawn
+  positions; the same again at smaller scales within the configured range. ``None`` if none is
+  acceptable (the caller then tries another background, then a new exemplar/background pair).
+- :func:`floating_objects`: the measure on a finished sample (image + label): an object floats
+  when more than half of its ring (pixels 2-4 px outside it) is air (intensity < 0.04).
+
+Acceptance ("the anatomy rule"): at least ``min_inside`` of the object's pixels land on the
+background's content (``T'(Ib) > content_threshold``) and at least ``min_ring_content`` of its
+ring lands on tissue (``T'(Ib) >= air_threshold``). Both are tested on fixed subsamples (<= 256
+points each) of the object and its ring, mapped by the object's affine.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from synth.transforms import TransformParams, forward_affine
+
+if TYPE_CHECKING:  # pragma: no cover
+    from synth.synthesis import ObjectInfo, Placement, SliceBank, SliceRef
+
+RING_INNER_PX = 2.0  # the ring of an object: pixels at distance 2..4 px from it
+RING_OUTER_PX = 4.0
+AIR_THRESHOLD = 0.04  # "air": normalised intensity below this
+FLOAT_AIR_FRACTION = 0.5  # an object floats when more than this share of its ring is air
+_MAX_RING_POINTS = 256
+_MOVE_STEPS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)  # fractions of the way to the content centre
+
+
+# =============================================================================================
+# Ring geometry
+# =============================================================================================
+
+def _disk(radius: float) -> np.ndarray:
+    r = int(math.floor(radius))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return (xx * xx + yy * yy <= radius * radius).astype(np.uint8)
+
+
+# Exact Euclidean distances on the pixel grid: dist <= 4 is a dilation by the radius-4 disk;
+# dist < 2 (the values 1 and sqrt 2) a dilation by the radius-sqrt(2) disk (the 3x3 square).
+_OUTER = _disk(RING_OUTER_PX)
+_INNER = _disk(math.sqrt(2.0))
+
+
+def ring_mask(mask: np.ndarray) -> np.ndarray:
+    """Pixels at Euclidean distance RING_INNER_PX..RING_OUTER_PX from ``mask`` (bool, same shape).
+    Only pixels inside the array are considered (the caller pads if the ring must not be cut)."""
+    m = np.ascontiguousarray(mask, dtype=np.uint8)
+    outer = cv2.dilate(m, _OUTER)
+    inner = cv2.dilate(m, _INNER)
+    return (outer > inner)
+
+
+def ring_points(crop: np.ndarray, bbox: tuple[int, int, int, int]) -> np.ndarray:
+    """(N, 2) float64 (x, y) source-frame points of the ring around a label crop (nonzero =
+    object) whose top-left pixel is ``bbox``'s; a deterministic subsample of <= 256."""
+    pad = int(math.ceil(RING_OUTER_PX)) + 1
+    padded = np.pad(crop > 0, pad)
+    ys, xs = np.nonzero(ring_mask(padded))
+    step = max(1, -(-ys.size // _MAX_RING_POINTS))
+    y0, _, x0, _ = bbox
+    return np.stack([xs[::step] + (x0 - pad), ys[::step] + (y0 - pad)], axis=1).astype(np.float64)
+
+
+# =============================================================================================
+# Per-bank caches for the background choice
+# =============================================================================================
+
+@dataclass(frozen=True)
+class ContentStats:
+    area: int  # content pixels
+    height: int  # content bounding box, pixels (0 when empty)
+    width: int
+
+
+class AnatomyIndex:
+    """Derived geometry of a bank's slices (cached; no randomness, no state beyond the caches)."""
+
+    def __init__(self, bank: "SliceBank"):
+        self.bank = bank
+        self._bg: dict[tuple[Any, float], ContentStats] = {}
+        self._ex: dict[tuple[Any, float], int] = {}
+        self._ring: dict[tuple[Any, int | None], np.ndarray] = {}
+        self._eligible: dict[tuple, tuple[list, str]] = {}
+
+    def background_stats(self, ref: "SliceRef", threshold: float) -> ContentStats:
+        key = (ref, threshold)
+        s = self._bg.get(key)
+        if s is None:
+            mask = self.bank.content_mask(ref, threshold)
+            box = self.bank.content_bbox(ref, threshold)
+            s = ContentStats(int(np.count_nonzero(mask)), 0 if box is None else box[1] - box[0] + 1,
+                             0 if box is None else box[3] - box[2] + 1)
+            self._bg[key] = s
+        return s
+
+    def exemplar_area(self, ref: "SliceRef", threshold: float) -> int:
+        key = (ref, threshold)
+        a = self._ex.get(key)
+        if a is None:
+            a = self._ex[key] = int(np.count_nonzero(self.bank.exemplar(ref)[0] > threshold))
+        return a
+
+    def ring(self, ref: "SliceRef", cls: int | None) -> np.ndarray:
+        """(N, 2) points: the object's sample points, then its ring's (``ObjectInfo.points``
+        first, so ``len(info.points)`` splits them)."""
+        key = (ref, cls)
+        pts = self._ring.get(key)
+        if pts is None:
+            info = self.bank.object_info(ref, cls)
+            pts = self._ring[key] = np.ascontiguousarray(
+                np.concatenate([info.points, ring_points(info.crop, info.bbox)]).T)
+        return pts
+
+    def eligible_backgrounds(self, base: "SliceRef", pl: "Placement", scale_low: float) -> tuple[list, str]:
+        """Pool slices that can hold ``base``'s object(s) and sit at a compatible level, in pool
+        order, and the tier used: ``"level"`` (content area within ``level_ratio`` of the
+        exemplar's own and room for the object), ``"room"`` (room only: no slice at a compatible
+        level), ``"pool"`` (nothing has room: the whole pool; placement fallbacks decide)."""
+        key = (base, pl.content_threshold, pl.min_inside, pl.level_ratio, scale_low)
+        hit = self._eligible.get(key)
+        if hit is not None:
+            return hit
+        thr = pl.content_threshold
+        ex_img = self.bank.exemplar(base)[0]
+        info = self.bank.object_info(base, None)
+        y0, y1, x0, x1 = info.bbox
+        ex_area = self.exemplar_area(base, thr)
+        room, level = [], []
+        for ref in self.bank.background_refs:
+            s = self.background_stats(ref, thr)
+            h, w = self.bank.background(ref).shape
+            fy, fx = h / ex_img.shape[0], w / ex_img.shape[1]
+            k = scale_low  # the smallest object scale the placement may use
+            need_h, need_w = (y1 - y0 + 1) * fy * k, (x1 - x0 + 1) * fx * k
+            need_area = info.count * fy * fx * k * k * pl.min_inside
+            if s.area >= need_area and s.height >= need_h and s.width >= need_w:
+                room.append(ref)
+                mapped = ex_area * fy * fx
+                if mapped > 0 and pl.level_ratio * mapped <= s.area <= mapped / pl.level_ratio:
+                    level.append(ref)
+        hit = (level, "level") if level else (room, "room") if room else (list(self.bank.background_refs), "pool")
+        self._eligible[key] = hit
+        return hit
+
+
+def anatomy_index(bank: "SliceBank") -> AnatomyIndex:
+    """The bank's index (created on first use, stored on the bank: caches of derived data only)."""
+    idx = getattr(bank, "_anatomy_index", None)
+    if idx is None:
+        idx = AnatomyIndex(bank)
+        bank._anatomy_index = idx  # type: ignore[attr-defined]
+    return idx
+
+
+def choose_background(rng: np.random.Generator, bank: "SliceBank", base: "SliceRef",
+                      pl: "Placement", scale_low: float) -> tuple["SliceRef", float, dict]:
+    """One background for ``base``. ``random``: uniform over the pool (the paper). ``fit``: of
+    ``background_candidates`` uniform draws from the eligible slices (see
+    :meth:`AnatomyIndex.eligible_backgrounds`), the one whose content covers most of the
+    exemplar's object at its own position. Returns (ref, coverage, record)."""
+    if pl.background_choice == "random":
+        ref = bank.background_refs[int(rng.integers(len(bank.background_refs)))]
+        return ref, bank.coverage(base, ref, pl.content_threshold), {"choice": "random"}
+    refs, tier = anatomy_index(bank).eligible_backgrounds(base, pl, scale_low)
+    cand = rng.integers(len(refs), size=pl.background_candidates)
+    best, score = None, -1.0
+    for i in cand:
+        ref = refs[int(i)]
+        c = bank.coverage(base, ref, pl.content_threshold)
+        if c > score:
+            best, score = ref, c
+    return best, score, {"choice": "fit", "tier": tier, "eligible": len(refs)}
+
+
+# =============================================================================================
+# Placement search
+# =============================================================================================
+
+def _shift_bounds(extent: tuple[float, float, float, float], shape: tuple[int, int],
+                  max_shift: float) -> tuple[float, float, float, float]:
+    """Translations keeping an extent (x0, y0, x1, y1) inside the frame, within +-max_shift."""
+    x0, y0, x1, y1 = extent
+    h, w = shape
+    mx, my = max_shift * w, max_shift * h
+    return max(-mx, -0.5 - x0), min(mx, w - 0.5 - x1), max(-my, -0.5 - y0), min(my, h - 0.5 - y1)
+
+
+def _clip(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return v if lo > hi else np.clip(v, lo, hi)
+
+
+def padded_frame(image: np.ndarray) -> np.ndarray:
+    """``image`` with a 1-pixel border of -1 (below every threshold), raveled: points that leave
+    the frame are clipped onto the border and so count as off the body (see :func:`fractions_on`)."""
+    return cv2.copyMakeBorder(image, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=-1.0).ravel()
+
+
+def fractions_on(px: np.ndarray, py: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.ndarray,
+                 w: int, h: int, n_obj: int, content: float, air: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each translation k, of the points (px + txs[k], py + tys[k]) (rounded): the share of
+    the first ``n_obj`` (the object) on pixels ``> content`` and the share of the rest (its ring)
+    on pixels ``>= air``. ``padded``: :func:`padded_frame` of the h x w background; points outside
+    the frame count as off."""
+    qx = px[None, :] + txs[:, None]
+    qy = py[None, :] + tys[:, None]
+    np.rint(qx, out=qx)
+    np.rint(qy, out=qy)
+    np.clip(qx, -1.0, float(w), out=qx)
+    np.clip(qy, -1.0, float(h), out=qy)
+    qy += 1.0
+    qy *= float(w + 2)
+    qy += qx
+    qy += 1.0
+    vals = padded.take(qy.astype(np.intp))
+    inside = np.count_nonzero(vals[:, :n_obj] > content, axis=1) / max(1, n_obj)
+    n_ring = vals.shape[1] - n_obj
+    ring = (np.count_nonzero(vals[:, n_obj:] >= air, axis=1) / n_ring) if n_ring else np.ones(len(txs))
+    return inside, ring
+
+
+@dataclass(frozen=True)
+class PlacementResult:
+    params: TransformParams
+    inside: float  # share of the object on content
+    ring: float  # share of its ring on tissue
+    step: str  # drawn | moved | redrawn | shrunk
+    tries: int  # candidate placements tested
+
+
+def content_centre(image: np.ndarray, threshold: float) -> tuple[float, float] | None:
+    """Centroid (x, y) of the rendered background's content (pixels > threshold)."""
+    m = cv2.moments((image > threshold).view(np.uint8), binaryImage=True)
+    if m["m00"] <= 0:
+        return None
+    return m["m10"] / m["m00"], m["m01"] / m["m00"]
+
+
+def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformParams, extra: np.ndarray,
+                     src_shape: tuple[int, int], image: np.ndarray, pl: "Placement",
+                     scale_low: float, max_shift: float, ctx: dict) -> PlacementResult | None:
+    """The first acceptable placement of one object on the rendered background ``image``.
+
+    Order (each group tested in one vectorised lookup, first acceptable wins): the drawn
+    translation (clamped so the object's box stays in the frame and within +-max_shift); moved
+    5 % .. 100 % of the way towards the content's centre (clamped to the frame only); the
+    ``extra`` drawn translations and no shift; then the same at ``shrink_steps`` smaller scales,
+    geometrically down to ``scale_low`` (the configured range's lower bound). ``ctx``: a dict
+    per rendered background caching its padded frame and content centre (shared by its objects)."""
+    h, w = image.shape
+    padded = ctx.get("padded")
+    if padded is None:
+        padded = ctx["padded"] = padded_frame(image)
+    thr, air = pl.content_threshold, pl.air_threshold
+    n_obj = len(info.points)
+    ring = points
+    scales = [params.scale]
+    if pl.shrink_steps > 0 and scale_low < params.scale:
+        ratio = (scale_low / params.scale) ** (1.0 / pl.shrink_steps)
+        scales += [params.scale * ratio ** k for k in range(1, pl.shrink_steps + 1)]
+    tries = 0
+    for si, s in enumerate(scales):
+        p = params if si == 0 else params.replace(scale=float(s))
+        fwd = forward_affine(p, info.center, src_shape, (h, w), with_translation=False)
+        box = fwd.bbox(info.bbox)
+        lx, hx, ly, hy = _shift_bounds(box, (h, w), max_shift)
+        fx0, fx1, fy0, fy1 = _shift_bounds(box, (h, w), 1.0)
+        px, py = fwd.apply_xy(ring[0], ring[1])
+        tx0 = min(max(p.tx, lx), hx) if lx <= hx else p.tx
+        ty0 = min(max(p.ty, ly), hy) if ly <= hy else p.ty
+        for name in ("drawn", "moved", "redrawn"):
+            if name == "drawn":
+                txs, tys = np.array([tx0]), np.array([ty0])
+            elif name == "moved":  # (the content centre only when a move is needed: most samples skip it)
+                centre = ctx.get("centre")
+                if centre is None:
+                    centre = ctx["centre"] = content_centre(image, thr) or ((w - 1) / 2.0, (h - 1) / 2.0)
+                cx, cy = fwd.apply_xy(np.array([info.center[0]]), np.array([info.center[1]]))
+                a = np.asarray(_MOVE_STEPS)
+                txs = _clip(tx0 + a * (centre[0] - (cx[0] + tx0)), fx0, fx1)
+                tys = _clip(ty0 + a * (centre[1] - (cy[0] + ty0)), fy0, fy1)
+            else:
+                txs = _clip(np.concatenate((extra[:, 0] * (max_shift * w), [0.0])), lx, hx)
+                tys = _clip(np.concatenate((extra[:, 1] * (max_shift * h), [0.0])), ly, hy)
+            tries += txs.size
+            inside, on = fractions_on(px, py, txs, tys, padded, w, h, n_obj, thr, air)
+            ok = (inside >= pl.min_inside) & (on >= pl.min_ring_content)
+            good = np.flatnonzero(ok)
+            if good.size:
+                j = int(good[0])
+                step = name if si == 0 else "shrunk"
+                return PlacementResult(p.with_translation(float(txs[j]), float(tys[j])), float(inside[j]),
+                                       float(on[j]), step, tries)
+    return None
+
+
+# =============================================================================================
+# The measure on finished samples
+# =============================================================================================
+
+def object_masks(label: np.ndarray, task: str, classes=None) -> list[np.ndarray]:
+    """The pasted objects of a sample: all foreground (single task) or each class present (multi;
+    ``classes``: the classes to look at, default those in the label)."""
+    if task == "single":
+        return [label > 0]
+    if classes is None:
+        classes = [int(c) for c in np.flatnonzero(np.bincount(label.ravel()))[1:]] if label.any() else []
+    return [label == c for c in classes]
+
+
+def ring_air_fraction(image: np.ndarray, mask: np.ndarray, air: float = AIR_THRESHOLD) -> float:
+    """Share of an object's ring (pixels 2-4 px outside it, inside the frame) that is air."""
+    x, y, bw, bh = cv2.boundingRect(mask.view(np.uint8))
+    if bw == 0:
+        return 0.0
+    pad = int(math.ceil(RING_OUTER_PX)) + 1
+    h, w = mask.shape
+    y0, y1 = max(y - pad, 0), min(y + bh + pad, h)
+    x0, x1 = max(x - pad, 0), min(x + bw + pad, w)
+    ring = ring_mask(mask[y0:y1, x0:x1])
+    n = int(np.count_nonzero(ring))
+    if n == 0:
+        return 0.0
+    return float(np.count_nonzero(ring & (image[y0:y1, x0:x1] < air))) / n
+
+
+def floating_objects(image: np.ndarray, label: np.ndarray, task: str, classes=None) -> tuple[int, float]:
+    """(number of floating objects, the largest ring air share) of one sample."""
+    worst, n = 0.0, 0
+    img = np.asarray(image, dtype=np.float32)
+    for m in object_masks(np.asarray(label), task, classes):
+        f = ring_air_fraction(img, m)
+        worst = max(worst, f)
+        n += f > FLOAT_AIR_FRACTION
+    return n, worst

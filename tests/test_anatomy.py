@@ -1,0 +1,182 @@
+"""The anatomy rule (synth/anatomy.py): placement never leaves an object off the body, fallbacks
+are recorded and replay exactly, backgrounds fit the object, the ring test, the recipes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from shared.errors import ConfigError, DataError
+from synth.anatomy import floating_objects, ring_air_fraction, ring_mask
+from synth.synthesis import SliceBank, SliceRef, SynthesisConfig, load_config, replay, synthesize
+from synthkit import _ellipse, abdomen_bank, brain_bank
+
+CONFIG = load_config()
+
+
+def _small_heads_bank(n_bg_small: int = 6, n_bg_large: int = 1) -> SliceBank:
+    """Exemplars with a large off-centre tumour; most backgrounds are small heads (skull-base
+    like) where the tumour cannot sit at its own position."""
+    shape = (96, 96)
+    rng = np.random.default_rng(3)
+    exemplars = {}
+    for i in range(4):
+        head = _ellipse(shape, 48, 48, 34, 40)
+        tum = _ellipse(shape, 48 + (-1) ** i * 18, 40 + 4 * i, 9, 10) & head
+        img = np.where(head, 0.4 + 0.2 * rng.random(shape), 0.0)
+        img = np.where(tum, 0.85, img).astype(np.float32)
+        exemplars[SliceRef("c", 60 + i)] = (img, tum.astype(np.uint8))
+    backgrounds = {}
+    for i in range(n_bg_small):
+        m = _ellipse(shape, 48, 52, 13 + i, 15 + i)
+        backgrounds[SliceRef("c", i)] = np.where(m, 0.45, 0.0).astype(np.float32)
+    for i in range(n_bg_large):
+        m = _ellipse(shape, 48, 48, 33, 39)
+        backgrounds[SliceRef("c", 100 + i)] = np.where(m, 0.5, 0.0).astype(np.float32)
+    return SliceBank(exemplars, backgrounds, ("background", "tumour"))
+
+
+def _check_rule(image, label, record, cfg, task):
+    pl = cfg.task(task).placement
+    for obj in record["objects"]:
+        assert obj["inside"] >= pl.min_inside
+        assert obj["ring"] >= pl.min_ring_content
+        assert obj["placed"] in ("drawn", "moved", "redrawn", "shrunk")
+    assert record["placement"]["fallback"] in ("drawn", "moved", "redrawn", "shrunk", "background", "pair")
+    assert record["check"]["floating"] == floating_objects(image, label, task)[0]
+
+
+@pytest.mark.parametrize("recipe", ["extended", "paper"])
+def test_placement_never_breaks_the_rule_and_replays(recipe: str) -> None:
+    bank = _small_heads_bank()
+    cfg = load_config(None, recipe)
+    fallbacks = set()
+    for i in range(60):
+        image, label, rec = synthesize(i, 5, bank, cfg, "single")
+        _check_rule(image, label, rec, cfg, "single")
+        assert rec["check"]["floating"] == 0
+        fallbacks.add(rec["placement"]["fallback"])
+        rec2 = json.loads(json.dumps(rec))
+        image2, label2 = replay(rec2, bank, cfg)
+        assert image2.tobytes() == image.tobytes() and label2.tobytes() == label.tobytes()
+    # the small heads force fallbacks beyond the drawn position
+    assert fallbacks - {"drawn"}
+
+
+def test_scale_stays_in_the_configured_range_when_shrinking() -> None:
+    # a round tumour of radius 10; the only background head has radius 12.5: at scale >= ~0.95
+    # its ring (2-4 px outside) leaves the head, so large draws must shrink
+    shape = (64, 64)
+    tum = _ellipse(shape, 32, 32, 10, 10)
+    img = np.where(tum, 0.9, np.where(_ellipse(shape, 32, 32, 25, 25), 0.4, 0.0)).astype(np.float32)
+    bg = np.where(_ellipse(shape, 32, 32, 12.5, 12.5), 0.5, 0.0).astype(np.float32)
+    bank = SliceBank({SliceRef("a", 1): (img, tum.astype(np.uint8))}, {SliceRef("a", 2): bg},
+                     ("background", "tumour"))
+    cfg = CONFIG
+    lo, hi = cfg.single.object.scale
+    shrunk = 0
+    for i in range(40):
+        image, label, rec = synthesize(i, 1, bank, cfg, "single")
+        _check_rule(image, label, rec, cfg, "single")
+        for obj in rec["objects"]:
+            assert lo - 1e-12 <= obj["params"]["scale"] <= hi + 1e-12
+            shrunk += obj["placed"] == "shrunk"
+    assert shrunk > 0
+
+
+def test_no_acceptable_placement_is_an_error_not_a_violation() -> None:
+    shape = (64, 64)
+    tum = _ellipse(shape, 32, 32, 12, 12)
+    head = _ellipse(shape, 32, 32, 20, 20)
+    img = np.where(tum, 0.9, np.where(head, 0.4, 0.0)).astype(np.float32)
+    tiny = np.where(_ellipse(shape, 10, 10, 2, 2), 0.5, 0.0).astype(np.float32)
+    bank = SliceBank({SliceRef("a", 1): (img, tum.astype(np.uint8))}, {SliceRef("a", 2): tiny},
+                     ("background", "tumour"))
+    cfg = SynthesisConfig.from_json({"single": {"placement": {"max_pairs": 3}}})
+    with pytest.raises(DataError, match="anatomy rule"):
+        synthesize(0, 0, bank, cfg, "single")
+
+
+def test_fit_backgrounds_prefer_slices_that_hold_the_object() -> None:
+    bank = _small_heads_bank(n_bg_small=6, n_bg_large=2)
+    cfg = load_config()
+    used = [synthesize(i, 2, bank, cfg, "single")[2]["background"] for i in range(30)]
+    assert all(b["choice"] == "fit" for b in used)
+    assert all(b["ref"]["slice"] >= 100 for b in used)  # only the large heads hold these tumours
+    assert {b["tier"] for b in used} <= {"level", "room"}
+
+
+def test_paper_recipe_is_eq_1_3() -> None:
+    cfg = load_config(None, "paper")
+    for task in ("single", "multi"):
+        tc = cfg.task(task)
+        assert tc.placement.background_choice == "random"
+        assert tc.placement.mix_prob == 0.0
+        assert tc.object.max_shift == 0.0 and tc.object.gamma == (1.0, 1.0)
+    assert cfg.multi.object.flip_h_prob == 0.0 and cfg.multi.background.flip_h_prob == 0.0
+    bank = abdomen_bank()
+    for i in range(20):
+        image, label, rec = synthesize(i, 3, bank, cfg, "multi")
+        _check_rule(image, label, rec, cfg, "multi")
+        assert all(o["ref"] == rec["exemplar"] for o in rec["objects"])  # one base exemplar only
+        assert all(not o["params"]["flip_h"] for o in rec["objects"])
+        assert rec["background"]["choice"] == "random"
+
+
+def test_unknown_recipe_and_bad_placement_keys() -> None:
+    with pytest.raises(ConfigError, match="unknown synthesis recipe"):
+        load_config(None, "fancy")
+    with pytest.raises(ConfigError, match="background_choice"):
+        SynthesisConfig.from_json({"single": {"placement": {"background_choice": "best"}}})
+    with pytest.raises(ConfigError, match="max_pairs"):
+        SynthesisConfig.from_json({"single": {"placement": {"max_pairs": 0}}})
+
+
+def test_extended_multi_keeps_organs_on_the_body() -> None:
+    bank = abdomen_bank()
+    for i in range(20):
+        image, label, rec = synthesize(i, 4, bank, CONFIG, "multi")
+        _check_rule(image, label, rec, CONFIG, "multi")
+
+
+# --- the ring test -------------------------------------------------------------------------------
+
+def test_ring_mask_is_the_2_to_4_px_band() -> None:
+    mask = np.zeros((40, 40), bool)
+    mask[15:22, 12:20] = True
+    mask[22, 14] = True
+    ring = ring_mask(mask)
+    ys, xs = np.nonzero(mask)
+    yy, xx = np.mgrid[:40, :40]
+    dist = np.sqrt(((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2)).min(axis=-1)
+    assert np.array_equal(ring, (dist >= 2) & (dist <= 4))
+
+
+def test_floating_measure() -> None:
+    shape = (60, 60)
+    head = _ellipse(shape, 30, 30, 20, 20)
+    image = np.where(head, 0.5, 0.0).astype(np.float32)
+    inside = _ellipse(shape, 30, 30, 5, 5)
+    outside = _ellipse(shape, 5, 5, 3, 3)
+    edge = _ellipse(shape, 30, 10, 5, 5)  # straddles the head's edge
+    lab = np.zeros(shape, np.uint8)
+    lab[inside] = 1
+    assert floating_objects(image, lab, "single") == (0, 0.0)
+    lab[:] = 0
+    lab[outside] = 1
+    n, air = floating_objects(image, lab, "single")
+    assert n == 1 and air == 1.0
+    assert 0.2 < ring_air_fraction(image, edge) < 0.8
+    multi = np.zeros(shape, np.uint8)
+    multi[inside] = 2
+    multi[outside] = 5
+    assert floating_objects(image, multi, "multi")[0] == 1
+
+
+def test_brain_bank_samples_do_not_float() -> None:
+    bank = brain_bank()
+    for i in range(30):
+        image, label, rec = synthesize(i, 0, bank, CONFIG, "single")
+        assert rec["check"]["floating"] == 0
+        assert floating_objects(image, label, "single")[0] == 0
