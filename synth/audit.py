@@ -461,10 +461,13 @@ def placement_lines(p: dict[str, Any] | None, pixels: dict[str, Any] | None) -> 
                    + (f"; {below} ({100 * below / max(1, p['objects']):.1f} %) below min_inside {p['min_inside']:g}"
                       if below is not None else ""))
         fb = p.get("fallbacks") or {}
-        order = ["drawn", "moved", "redrawn", "shrunk", "background", "pair", "unrecorded"]
-        out.append("placed: " + ", ".join(f"{k} {fb[k]}" for k in order if fb.get(k))
-                   + (f"; mean {p['tries_mean']:.1f} positions tested" if p.get("tries_mean") is not None else "")
-                   + f"; {p['extra_backgrounds']} extra background(s), {p['extra_pairs']} new pair(s)")
+        order = ["drawn", "moved", "redrawn", "shrunk", "background", "pair"]
+        if any(fb.get(k) for k in order):
+            out.append("placed: " + ", ".join(f"{k} {fb[k]}" for k in order if fb.get(k))
+                       + (f"; mean {p['tries_mean']:.1f} positions tested" if p.get("tries_mean") is not None else "")
+                       + f"; {p['extra_backgrounds']} extra background(s), {p['extra_pairs']} new pair(s)")
+        else:
+            out.append("placed: not recorded (built before the anatomy rule)")
         if p.get("floating_at_build") is not None and not pixels:
             n = p["samples"]
             out.append(f"floating objects (ring test at build time): {p['floating_at_build']} of {n} samples "
@@ -505,6 +508,7 @@ def build_summary_lines(root: str | Path) -> list[str]:
     synth_cfg = (cfg.get("synthesis") or {}).get(task) or {}
     lines.append(f"recipe: {cfg.get('recipe', 'extended')}")
     lines += placement_lines(placement_summary(records, (synth_cfg.get("placement") or {}).get("min_inside")), None)
-    lines.append(f"next: synth sheet {root} --out {root}/sheet.png   (open the PNG: objects on the body?)")
+    sheet = root.parent / f"{root.name}_sheet.png"  # beside the dataset: DIR holds only dataset files
+    lines.append(f"next: synth sheet {root} --out {sheet}   (open the PNG: objects on the body?)")
     lines.append(f"      synth info {root}   (counts, placement, the ring test on the stored pixels)")
     return lines
