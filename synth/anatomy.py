@@ -201,7 +201,10 @@ def _shift_bounds(extent: tuple[float, float, float, float], shape: tuple[int, i
 
 
 def _clip(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    return v if lo > hi else np.clip(v, lo, hi)
+    if lo > hi:
+        return v
+    np.maximum(v, lo, out=v)
+    return np.minimum(v, hi, out=v)
 
 
 def padded_frame(image: np.ndarray) -> np.ndarray:
@@ -210,27 +213,30 @@ def padded_frame(image: np.ndarray) -> np.ndarray:
     return cv2.copyMakeBorder(image, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=-1.0).ravel()
 
 
-def fractions_on(px: np.ndarray, py: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.ndarray,
+def fractions_on(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.ndarray,
                  w: int, h: int, n_obj: int, content: float, air: float) -> tuple[np.ndarray, np.ndarray]:
-    """For each translation k, of the points (px + txs[k], py + tys[k]) (rounded): the share of
-    the first ``n_obj`` (the object) on pixels ``> content`` and the share of the rest (its ring)
-    on pixels ``>= air``. ``padded``: :func:`padded_frame` of the h x w background; points outside
-    the frame count as off."""
-    qx = px[None, :] + txs[:, None]
-    qy = py[None, :] + tys[:, None]
-    np.rint(qx, out=qx)
-    np.rint(qy, out=qy)
-    np.clip(qx, -1.0, float(w), out=qx)
-    np.clip(qy, -1.0, float(h), out=qy)
-    qy += 1.0
-    qy *= float(w + 2)
-    qy += qx
-    qy += 1.0
-    vals = padded.take(qy.astype(np.intp))
+    """For each translation k, of the points ``pts`` (2, N) (x row, y row) moved by (txs[k],
+    tys[k]) and rounded: the share of the first ``n_obj`` (the object) on pixels ``> content`` and
+    the share of the rest (its ring) on pixels ``>= air``. ``padded``: :func:`padded_frame` of the
+    h x w background; points outside the frame land on its -1 border and count as off."""
+    q = pts[:, None, :] + np.stack((txs, tys))[:, :, None]  # (2, K, N)
+    np.rint(q, out=q)
+    np.maximum(q, -1.0, out=q)  # ufuncs, not np.clip (its Python wrapper costs more than the work)
+    np.minimum(q, _frame_hi(w, h), out=q)
+    idx = q[1]
+    idx += 1.0
+    idx *= float(w + 2)
+    idx += q[0]
+    idx += 1.0
+    vals = padded.take(idx.astype(np.intp))
     inside = np.count_nonzero(vals[:, :n_obj] > content, axis=1) / max(1, n_obj)
     n_ring = vals.shape[1] - n_obj
     ring = (np.count_nonzero(vals[:, n_obj:] >= air, axis=1) / n_ring) if n_ring else np.ones(len(txs))
     return inside, ring
+
+
+def _frame_hi(w: int, h: int) -> np.ndarray:
+    return np.array([[[float(w)]], [[float(h)]]])
 
 
 @dataclass(frozen=True)
@@ -279,7 +285,7 @@ def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformPa
         box = fwd.bbox(info.bbox)
         lx, hx, ly, hy = _shift_bounds(box, (h, w), max_shift)
         fx0, fx1, fy0, fy1 = _shift_bounds(box, (h, w), 1.0)
-        px, py = fwd.apply_xy(ring[0], ring[1])
+        pts = np.stack(fwd.apply_xy(ring[0], ring[1]))
         tx0 = min(max(p.tx, lx), hx) if lx <= hx else p.tx
         ty0 = min(max(p.ty, ly), hy) if ly <= hy else p.ty
         for name in ("drawn", "moved", "redrawn"):
@@ -297,7 +303,7 @@ def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformPa
                 txs = _clip(np.concatenate((extra[:, 0] * (max_shift * w), [0.0])), lx, hx)
                 tys = _clip(np.concatenate((extra[:, 1] * (max_shift * h), [0.0])), ly, hy)
             tries += txs.size
-            inside, on = fractions_on(px, py, txs, tys, padded, w, h, n_obj, thr, air)
+            inside, on = fractions_on(pts, txs, tys, padded, w, h, n_obj, thr, air)
             ok = (inside >= pl.min_inside) & (on >= pl.min_ring_content)
             good = np.flatnonzero(ok)
             if good.size:
