@@ -45,6 +45,14 @@ def test_demo_source_and_packed_shards_give_the_same_numbers(brain_run, tmp_path
     assert sa["dataset"]["kind"] == "source" and sb["dataset"]["kind"] == "shards"
     rows = cases(a)
     assert {r["class"] for r in rows} == {"tumour"} and all(int(r["gt_voxels"]) > 0 for r in rows)
+    # over-/under-segmentation columns: pred/true volume and mean signed surface distance (mm)
+    for r in rows:
+        assert float(r["volume_ratio"]) == pytest.approx(int(r["pred_voxels"]) / int(r["gt_voxels"]), abs=1e-4)
+        assert (r["mssd"] == "NaN") == (int(r["pred_voxels"]) == 0)
+    ratios = [float(r["volume_ratio"]) for r in rows]
+    assert sa["median_volume_ratio"] == pytest.approx(float(np.median(ratios)), abs=1e-4)
+    assert sa["per_class"]["tumour"]["volume_ratio_median"] == pytest.approx(sa["median_volume_ratio"])
+    assert "positive" in sa["mssd_sign"] and "outside" in sa["mssd_sign"]
     table = (a / "table.md").read_text().splitlines()
     assert table[0] == "| Method | DSC (%) | HD95 (mm) |"
     assert table[2].startswith("| tiny-brain | ") and f"{100 * sa['mean_dsc']:.2f}" in table[2]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from train.metrics import diagonal_mm, dice, hd95, score_volume, slice_dice, summarise
+from train.metrics import (diagonal_mm, dice, hd95, mean_signed_surface_distance, score_volume, slice_dice,
+                           summarise, volume_ratio)
 
 medpy_binary = pytest.importorskip("medpy.metric.binary", reason="medpy is a test-only dependency")
 
@@ -102,7 +103,17 @@ def test_score_volume_and_summary_average_like_the_tables():
     assert by["v2", "c"].dsc == 0.0 and by["v2", "c"].scored
     summary = summarise(rows, names)
     assert summary.n_volumes == 2
-    assert summary.per_class["a"] == {"dsc": 1.0, "hd95": 0.0, "n_volumes": 2}
+    assert {k: summary.per_class["a"][k] for k in ("dsc", "hd95", "n_volumes")} == \
+        {"dsc": 1.0, "hd95": 0.0, "n_volumes": 2}
+    # shape columns: perfect class a -> ratio 1, mssd 0; missed b -> ratio 0, mssd NaN; c has no gt
+    assert by["v1", "a"].volume_ratio == 1.0 and by["v1", "a"].mssd == 0.0
+    assert by["v1", "b"].volume_ratio == 0.0 and math.isnan(by["v1", "b"].mssd)
+    assert math.isnan(by["v2", "c"].volume_ratio) and math.isnan(by["v2", "c"].mssd)
+    assert summary.per_class["a"]["volume_ratio_median"] == 1.0 and summary.per_class["a"]["mssd"] == 0.0
+    assert summary.per_class["b"]["volume_ratio_median"] == 0.0 and math.isnan(summary.per_class["b"]["mssd"])
+    assert math.isnan(summary.per_class["c"]["volume_ratio_median"])
+    assert summary.median_volume_ratio == 1.0  # over the cases (v1 a, v1 b, v2 a) = (1, 0, 1)
+    assert summary.mean_mssd == 0.0  # classes with an mssd: a only
     assert summary.per_class["b"]["n_volumes"] == 1 and summary.per_class["b"]["dsc"] == 0.0
     assert summary.per_class["c"]["n_volumes"] == 1 and summary.per_class["c"]["dsc"] == 0.0
     assert summary.mean_dsc == pytest.approx((1.0 + 0.0 + 0.0) / 3)
@@ -117,3 +128,49 @@ def test_slice_dice():
     pred[1, :2, :2] = 2  # wrong class
     d = slice_dice(pred, gt)
     assert d[0] == 1.0 and d[1] == 0.0 and math.isnan(d[2])
+
+
+def test_volume_ratio_and_signed_surface_distance_by_hand():
+    """1-D masks, spacing 2 mm: the ground truth is voxels 2..5, the prediction spills to 2..7.
+
+    Surfaces (ends of each run): gt {2, 5}, pred {2, 7}. Pred voxel 2 lies on the gt surface (0);
+    pred voxel 7 is outside the gt, 2 voxels = 4 mm from gt voxel 5 (+4). Gt voxel 2 lies on the
+    pred surface (0); gt voxel 5 is inside the prediction, 4 mm from pred voxel 7 (+4).
+    mssd = (0 + 4 + 0 + 4) / 4 = +2 mm; volume ratio 6 / 4.
+    """
+    gt = np.zeros(10, bool)
+    gt[2:6] = True
+    pred = np.zeros(10, bool)
+    pred[2:8] = True
+    assert mean_signed_surface_distance(pred, gt, (2.0,)) == pytest.approx(2.0)
+    assert volume_ratio(int(pred.sum()), int(gt.sum())) == pytest.approx(1.5)
+    # the same shortfall the other way round is negative: prediction inside the ground truth
+    assert mean_signed_surface_distance(gt, pred, (2.0,)) == pytest.approx(-2.0)
+    assert volume_ratio(int(gt.sum()), int(pred.sum())) == pytest.approx(4 / 6)
+    # a spill on one side and a shortfall of the same size on the other cancel out (a shift)
+    shifted = np.zeros(10, bool)
+    shifted[3:7] = True
+    assert mean_signed_surface_distance(shifted, gt, (2.0,)) == pytest.approx(0.0)
+
+
+def test_signed_surface_distance_of_a_one_voxel_dilation():
+    """A 4x4x4 cube dilated by the 6-neighbour cross: the 96 added face voxels form the prediction
+    surface, each 1 voxel from the cube's surface and outside it (+1); all 56 cube surface voxels
+    are inside the prediction, 1 voxel from its surface (+1). So mssd = +1 voxel = the spacing,
+    and -1 voxel for the cube against its dilation (the prediction falls short)."""
+    gt = np.zeros((8, 8, 8), bool)
+    gt[2:6, 2:6, 2:6] = True
+    pred = ndimage.binary_dilation(gt, structure=ndimage.generate_binary_structure(3, 1))
+    assert int(pred.sum()) == 64 + 96
+    assert mean_signed_surface_distance(pred, gt, (1.0, 1.0, 1.0)) == pytest.approx(1.0)
+    assert mean_signed_surface_distance(pred, gt, (2.5, 2.5, 2.5)) == pytest.approx(2.5)
+    assert mean_signed_surface_distance(gt, pred, (1.0, 1.0, 1.0)) == pytest.approx(-1.0)
+    rows = score_volume("v", pred.astype(np.uint8), gt.astype(np.uint8), (1.0, 1.0, 1.0), ("bg", "t"))
+    assert rows[0].volume_ratio == pytest.approx(160 / 64) and rows[0].mssd == pytest.approx(1.0)
+    # touching the array border: the border counts as background, like HD95's surfaces
+    gt_b = np.zeros((6, 6, 6), bool)
+    gt_b[0:3, 0:3, 0:3] = True
+    assert mean_signed_surface_distance(gt_b, gt_b, (1.0, 1.0, 1.0)) == 0.0
+    empty = np.zeros_like(gt)
+    assert math.isnan(mean_signed_surface_distance(empty, gt, (1.0, 1.0, 1.0)))
+    assert math.isnan(mean_signed_surface_distance(gt, empty, (1.0, 1.0, 1.0)))

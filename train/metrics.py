@@ -34,6 +34,15 @@ empty              empty              0            0   (still counted in the ave
 
 HD95 unit: ``mm`` (distances use the voxel spacing) or ``voxel`` (unit spacing, as SAMed calls
 medpy's ``hd95`` without a spacing); the strict penalty diagonal is then in voxels too.
+
+Over- and under-segmentation (issue 18): ``volume_ratio`` = predicted / ground-truth voxels (NaN
+when the ground truth is empty; 0 for a missed structure), and ``mssd``, the mean signed surface
+distance in mm, pooled over both surfaces like HD95. Sign convention: POSITIVE = the prediction
+lies OUTSIDE the ground truth (spill), negative = inside it (shortfall). A prediction surface voxel
+counts +d when it lies outside the ground truth and -d when inside; a ground-truth surface voxel
+counts +d when it lies inside the prediction (the prediction reaches past it) and -d when outside.
+So a prediction equal to the ground truth dilated by one voxel of 1 mm has mssd +1, eroded by one
+voxel -1. NaN when either mask is empty (no surface to measure).
 """
 from __future__ import annotations
 
@@ -127,6 +136,35 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Spacing) -> float:
     return float(np.percentile(np.hstack((d_pg, d_gp)), 95))
 
 
+def volume_ratio(pred_voxels: int, gt_voxels: int) -> float:
+    """Predicted / ground-truth volume (voxel counts); NaN when the ground truth is empty."""
+    return float(pred_voxels) / float(gt_voxels) if gt_voxels > 0 else float("nan")
+
+
+def mean_signed_surface_distance(pred: np.ndarray, gt: np.ndarray, spacing: Spacing) -> float:
+    """Mean signed surface distance (mm), + = prediction outside the ground truth (module doc).
+
+    Pools both directions like :func:`hd95`: prediction-surface voxels signed by whether they lie
+    outside ``gt``, ground-truth-surface voxels signed by whether they lie inside ``pred``.
+    NaN when either mask is empty.
+    """
+    pred = np.asarray(pred, dtype=bool)
+    gt = np.asarray(gt, dtype=bool)
+    if not pred.any() or not gt.any():
+        return float("nan")
+    # the crop surface_distances works on (union box + 1 voxel): same surface voxels, same order
+    lo, hi = _bbox(pred | gt)
+    crop = tuple(slice(int(max(l - 1, 0)), int(min(h + 1, n))) for l, h, n in zip(lo, hi, pred.shape))
+    pred, gt = pred[crop], gt[crop]
+    d_pg, d_gp = surface_distances(pred, gt, spacing)
+    fp = ndimage.generate_binary_structure(pred.ndim, 1)
+    p_surf = pred ^ ndimage.binary_erosion(pred, structure=fp, iterations=1, border_value=0)
+    g_surf = gt ^ ndimage.binary_erosion(gt, structure=fp, iterations=1, border_value=0)
+    sign_p = np.where(gt[p_surf], -1.0, 1.0)  # prediction surface outside the gt: spill
+    sign_g = np.where(pred[g_surf], 1.0, -1.0)  # gt surface covered by the prediction: spill
+    return float(np.concatenate((sign_p * d_pg, sign_g * d_gp)).mean())
+
+
 @dataclass
 class CaseScore:
     """One row of ``cases.csv``: one volume and one class."""
@@ -139,6 +177,8 @@ class CaseScore:
     gt_voxels: int
     pred_voxels: int
     note: str = ""  # why a case is unscored or penalised
+    volume_ratio: float = float("nan")  # pred_voxels / gt_voxels; NaN when the gt is empty
+    mssd: float = float("nan")  # mean signed surface distance, mm, + = prediction outside the gt
 
     @property
     def scored(self) -> bool:
@@ -193,7 +233,8 @@ def score_volume(
         g = gt == k
         n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
         d, h, note = score_case(p, g, spacing, hd95_unit=hd95_unit, empty_case=empty_case)
-        rows.append(CaseScore(volume_id, k, class_names[k], d, h, n_g, n_p, note))
+        rows.append(CaseScore(volume_id, k, class_names[k], d, h, n_g, n_p, note, volume_ratio(n_p, n_g),
+                              mean_signed_surface_distance(p, g, spacing)))
     return rows
 
 
@@ -202,31 +243,48 @@ class Summary:
     """Averages as the published tables compute them.
 
     Per class: the mean over the volumes where that class is scored. Overall: the mean of the
-    per-class means (classes never scored are left out).
+    per-class means (classes never scored are left out). Volume ratio: per class the median and
+    mean over the volumes whose ground truth holds the class, overall the median over all those
+    (volume, class) cases; mssd: mean over the volumes where both masks are non-empty, overall
+    the mean of the per-class means.
     """
 
     mean_dsc: float
     mean_hd95: float
-    per_class: dict  # name -> {"dsc", "hd95", "n_volumes"}
+    per_class: dict  # name -> {"dsc", "hd95", "n_volumes", "volume_ratio_median", "volume_ratio_mean", "mssd"}
     n_volumes: int
+    median_volume_ratio: float = float("nan")
+    mean_mssd: float = float("nan")
+
+
+def _nanstat(fn, values: Sequence[float]) -> float:
+    v = [x for x in values if not math.isnan(x)]
+    return float(fn(v)) if v else float("nan")
 
 
 def summarise(rows: Sequence[CaseScore], class_names: Sequence[str]) -> Summary:
     per_class: dict[str, dict] = {}
     for k in range(1, len(class_names)):
-        scored = [r for r in rows if r.class_index == k and r.scored]
+        mine = [r for r in rows if r.class_index == k]
+        scored = [r for r in mine if r.scored]
+        ratios = [r.volume_ratio for r in mine]
+        shape = {"volume_ratio_median": _nanstat(np.median, ratios),
+                 "volume_ratio_mean": _nanstat(np.mean, ratios),
+                 "mssd": _nanstat(np.mean, [r.mssd for r in mine])}
         if scored:
             per_class[class_names[k]] = {
                 "dsc": float(np.mean([r.dsc for r in scored])),
                 "hd95": float(np.mean([r.hd95 for r in scored])),
-                "n_volumes": len(scored),
+                "n_volumes": len(scored), **shape,
             }
         else:
-            per_class[class_names[k]] = {"dsc": float("nan"), "hd95": float("nan"), "n_volumes": 0}
+            per_class[class_names[k]] = {"dsc": float("nan"), "hd95": float("nan"), "n_volumes": 0, **shape}
     valid = [v for v in per_class.values() if v["n_volumes"] > 0]
     mean_dsc = float(np.mean([v["dsc"] for v in valid])) if valid else float("nan")
     mean_hd95 = float(np.mean([v["hd95"] for v in valid])) if valid else float("nan")
-    return Summary(mean_dsc, mean_hd95, per_class, len({r.volume for r in rows}))
+    return Summary(mean_dsc, mean_hd95, per_class, len({r.volume for r in rows}),
+                   median_volume_ratio=_nanstat(np.median, [r.volume_ratio for r in rows]),
+                   mean_mssd=_nanstat(np.mean, [v["mssd"] for v in valid]))
 
 
 def slice_dice(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:

@@ -17,7 +17,11 @@ from shared.errors import DataError
 
 from .metrics import CaseScore, Summary
 
-CASES_COLUMNS = ("volume", "class", "dsc", "hd95", "gt_voxels", "pred_voxels", "note")
+CASES_COLUMNS = ("volume", "class", "dsc", "hd95", "gt_voxels", "pred_voxels", "volume_ratio", "mssd",
+                 "note")
+
+
+SHAPE_KEYS = ("volume_ratio_median", "volume_ratio_mean", "mssd")  # per-class keys next to dsc/hd95
 
 
 def _num(x: float) -> float | None:
@@ -30,8 +34,13 @@ def summary_dict(summary: Summary, *, task: str, class_names: Sequence[str], **e
     return {
         "mean_dsc": _num(summary.mean_dsc),
         "mean_hd95": _num(summary.mean_hd95),
-        "per_class": {name: {"dsc": _num(v["dsc"]), "hd95": _num(v["hd95"]), "n_volumes": v["n_volumes"]}
+        "per_class": {name: {"dsc": _num(v["dsc"]), "hd95": _num(v["hd95"]), "n_volumes": v["n_volumes"],
+                             **{key: _num(v.get(key, float("nan"))) for key in SHAPE_KEYS}}
                       for name, v in summary.per_class.items()},
+        # over-/under-segmentation (train.metrics): pred/true volume, signed surface distance in mm
+        "median_volume_ratio": _num(summary.median_volume_ratio),
+        "mean_mssd": _num(summary.mean_mssd),
+        "mssd_sign": "positive = prediction outside the ground truth (spill), negative = inside",
         "n_volumes": summary.n_volumes,
         "task": task,
         "class_names": list(class_names),
@@ -46,7 +55,9 @@ def cases_csv(rows: Iterable[CaseScore]) -> str:
     writer.writerow(CASES_COLUMNS)
     for r in rows:
         writer.writerow([r.volume, r.class_name, f"{r.dsc:.6f}" if r.scored else "NaN",
-                         "NaN" if math.isnan(r.hd95) else f"{r.hd95:.4f}", r.gt_voxels, r.pred_voxels, r.note])
+                         "NaN" if math.isnan(r.hd95) else f"{r.hd95:.4f}", r.gt_voxels, r.pred_voxels,
+                         "NaN" if math.isnan(r.volume_ratio) else f"{r.volume_ratio:.4f}",
+                         "NaN" if math.isnan(r.mssd) else f"{r.mssd:.4f}", r.note])
     return buf.getvalue()
 
 
