@@ -70,6 +70,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     ce_weight: float = 1.0
     dice_weight: float = 0.8
+    dice_reduction: str = "sample"  # point prompts: soft Dice per "sample" (averaged) or over the "batch"
     prompt: str = "point"
     seed: int = 1234
     num_workers: int = 2
@@ -132,6 +133,8 @@ class TrainConfig:
             raise bad("need lr > 0, 0 < decay_gamma <= 1 and 0 <= min_lr_ratio <= 1")
         if self.ce_weight < 0 or self.dice_weight < 0 or self.ce_weight + self.dice_weight == 0:
             raise bad("ce_weight and dice_weight must be >= 0 and not both 0")
+        if self.dice_reduction not in ("sample", "batch"):
+            raise bad(f"dice_reduction {self.dice_reduction!r} is not one of sample, batch")
         from train.model.trainable import TRAINABLE_NAMES
 
         if self.trainable not in TRAINABLE_NAMES:

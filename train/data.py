@@ -65,14 +65,16 @@ def _resize_image_into(image: np.ndarray, out: np.ndarray) -> None:
 
 
 def _resize_label_into(label: np.ndarray, out: np.ndarray) -> None:
-    """``out[...] = train.resize.resize_label(label, size)`` (uint8, INTER_NEAREST), in place."""
+    """``out[...] = train.resize.resize_label(label, size)`` (uint8, pixel-centre nearest), in place."""
     import cv2
+
+    from train.resize import LABEL_INTERPOLATION
 
     label = label.astype(np.uint8, copy=False)
     if label.shape == out.shape:
         out[...] = label
         return
-    res = cv2.resize(label, (out.shape[1], out.shape[0]), dst=out, interpolation=cv2.INTER_NEAREST)
+    res = cv2.resize(label, (out.shape[1], out.shape[0]), dst=out, interpolation=LABEL_INTERPOLATION)
     if not _same_buffer(res, out):
         out[...] = res
 

@@ -417,7 +417,8 @@ def _fit(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *, resum
                     logits = forward(images)
                 else:
                     logits = forward(images, batch["points"].to(device), batch["point_labels"].to(device))
-            loss, ce, dice = ce_dice_loss(logits.float(), target, cfg.ce_weight, cfg.dice_weight)
+            loss, ce, dice = ce_dice_loss(logits.float(), target, cfg.ce_weight, cfg.dice_weight,
+                                          dice_reduction=cfg.dice_reduction)
             if not math.isfinite(loss.item()):  # before the step: no NaN reaches a checkpoint
                 raise DataError(f"training diverged at step {step + 1} (loss {loss.item()}); "
                                 "lower --lr or check the dataset")

@@ -2,7 +2,14 @@
 
 - Binary (point prompt): logits (B, 1, H, W), target (B, H, W) or (B, 1, H, W) in {0, 1}.
   CE = BCE-with-logits averaged over pixels; Dice = 1 - soft Dice of sigmoid(logits), computed
-  per sample and averaged (every target is non-empty: prompts are drawn from present classes).
+  per sample and averaged (``dice_reduction="sample"``; every target is non-empty: prompts are
+  drawn from present classes), or over the whole batch as one region (``"batch"``, how SAMed's
+  DiceLoss sums). Per-sample soft Dice pays off a pixel of foreground probability q as soon as
+  q > Dice/2 of that sample (Bertels et al. 2019), so on small or uncertain objects (low Dice)
+  it learns to include pixels that are more likely background than not: a volume bias that
+  thresholding at 0.5 turns into over-segmentation (issue 18, docs/training.md). Over the batch,
+  the break-even is the batch's Dice/2, set by the large objects, and small ones lose their
+  extra weight.
 - Multi-class (promptless, SAMed style): logits (B, K+1, H, W), target (B, H, W) integer.
   CE over the K+1 channels; Dice per class over the whole batch (as SAMed's DiceLoss), averaged
   over the foreground classes 1..K (``include_background=True`` also averages class 0, which
@@ -23,15 +30,25 @@ def _dice_loss(prob: torch.Tensor, target: torch.Tensor, dims: tuple[int, ...],
     return 1.0 - (2.0 * inter + smooth) / (denom + smooth)
 
 
+DICE_REDUCTIONS = ("sample", "batch")
+
+
 def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: float = 1.0,
                  dice_weight: float = 0.8, *, include_background: bool = False,
-                 smooth: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (loss, ce, dice); loss = ce_weight * ce + dice_weight * dice."""
+                 smooth: float = 1e-5, dice_reduction: str = "sample"
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (loss, ce, dice); loss = ce_weight * ce + dice_weight * dice.
+
+    ``dice_reduction`` (binary only): "sample" = soft Dice per sample, averaged; "batch" = one soft
+    Dice over all pixels of the batch."""
+    if dice_reduction not in DICE_REDUCTIONS:
+        raise ValueError(f"dice_reduction must be one of {DICE_REDUCTIONS}, got {dice_reduction!r}")
     logits = logits.float()
     if logits.shape[1] == 1:
         t = target.float().reshape(logits.shape)
         ce = F.binary_cross_entropy_with_logits(logits, t)
-        dice = _dice_loss(torch.sigmoid(logits), t, (1, 2, 3), smooth).mean()
+        dims = (1, 2, 3) if dice_reduction == "sample" else (0, 1, 2, 3)
+        dice = _dice_loss(torch.sigmoid(logits), t, dims, smooth).mean()
     else:
         t = target.long()
         if t.ndim == 4:
