@@ -61,6 +61,13 @@ def test_config_layers(tmp_path):
         resolve_config(cfg_file)
     with pytest.raises(ConfigError, match="img_size"):
         resolve_config(overrides={"img_size": 100})
+    # the soft Dice reduction (issue 18): per sample by default, "batch" from a config file
+    assert resolve_config().dice_reduction == "sample"
+    cfg_file.write_text(json.dumps({"dice_reduction": "batch"}))
+    assert resolve_config(cfg_file).dice_reduction == "batch"
+    cfg_file.write_text(json.dumps({"dice_reduction": "volume"}))
+    with pytest.raises(ConfigError, match="dice_reduction"):
+        resolve_config(cfg_file)
 
 
 # -- training ------------------------------------------------------------------------------------
