@@ -40,6 +40,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def parse_preset_option(text: str | None) -> str | dict | None:
+    """An `--intensity` value: a preset name, or a JSON object (validated later by the source)."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text.startswith("{"):
+        import json
+
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--intensity {text!r}: not valid JSON ({exc.msg})") from None
+    return text
+
+
 def validate_preset(preset: Any, where: str = "intensity preset") -> dict[str, Any]:
     """Return a normalised copy of ``preset`` (a dict or a preset name); ConfigError if invalid."""
     if isinstance(preset, str):

@@ -21,6 +21,15 @@ DEFAULT_MAX_VOXELS = 1 << 30  # ~1.07e9 voxels (4 GB as float32); a 512x512x1000
 GZIP_MAX_RATIO = 1032
 
 
+
+def _as_3d(path, data):
+    """A 3D volume: a trailing singleton 4th axis is dropped, anything else but 3D is refused."""
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {tuple(data.shape)}")
+    return data
+
 def strip_nifti_suffix(name: str) -> str | None:
     """``img0001.nii.gz`` -> ``img0001``; None when the name is not a NIfTI file name."""
     for suffix in NIFTI_SUFFIXES:
@@ -48,10 +57,7 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, Any]:
     except (ImageFileError, EOFError, OSError, zlib.error, ValueError, TypeError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{path}: unreadable or truncated NIfTI ({type(exc).__name__}: {reason})") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(f"{path}: expected a 3D volume, got shape {tuple(data.shape)}")
+    data = _as_3d(path, data)
     return data, img
 
 
@@ -105,10 +111,7 @@ def read_nifti_array(path: str | Path) -> np.ndarray:
     except (HeaderDataError, EOFError, OSError, zlib.error, ValueError, TypeError, gzip.BadGzipFile) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{path}: unreadable or truncated NIfTI ({type(exc).__name__}: {reason})") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(f"{path}: expected a 3D volume, got shape {tuple(data.shape)}")
+    data = _as_3d(path, data)
     return data
 
 

@@ -95,19 +95,9 @@ def _workers(workers: int | None) -> int:
 
 def _preset(text: str | None):
     """--intensity: a preset name, or a JSON object; validated by the source."""
-    if text is None:
-        return None
-    text = text.strip()
-    if text.startswith("{"):
-        import json
+    from shared.intensity import parse_preset_option
 
-        from shared.errors import ConfigError
-
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--intensity {text!r}: not valid JSON ({exc.msg})") from None
-    return text
+    return parse_preset_option(text)
 
 
 def _abs(p: Path | None) -> str | None:

@@ -183,15 +183,9 @@ def _all_predictions_empty(cases_csv) -> str:
 def _eval_intensity(text: str | None, dataset: str, loaded):
     """--intensity, else (with --run, brats/nifti) the preset the run's training data recorded."""
     if text is not None:
-        text = text.strip()
-        if text.startswith("{"):
-            import json
+        from shared.intensity import parse_preset_option
 
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"--intensity {text!r}: not valid JSON ({exc.msg})") from None
-        return text
+        return parse_preset_option(text)
     if dataset not in ("brats", "nifti") or not loaded.run_config:
         return None
     source = (loaded.run_config.get("dataset") or {}).get("source") or {}
