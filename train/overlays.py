@@ -86,13 +86,19 @@ def render_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, title
     if len(points):
         legend.append(("prompt point", "cross", POINT_BGR))
     legend += [(class_names[c] if c < len(class_names) else str(c), "class", class_colour(c)) for c in classes_here]
-    per_row = 3
-    bar_h = 26 + 20 * ((len(legend) + per_row - 1) // per_row)
+    # Flow layout by measured text width, so a long entry never runs into the next mark.
+    positions: list[tuple[int, int]] = []
+    x, row = 6, 0
+    for name, _, _ in legend:
+        width = 20 + cv2.getTextSize(name, font, 0.45, 1)[0][0] + 14
+        if x > 6 and x + width > canvas.shape[1]:
+            x, row = 6, row + 1
+        positions.append((x, 26 + 20 * row))
+        x += width
+    bar_h = 26 + 20 * (row + 1)
     top = np.full((bar_h, canvas.shape[1], 3), 32, np.uint8)
     cv2.putText(top, title, (6, 18), font, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-    col_w = max(1, canvas.shape[1] // per_row)
-    for i, (name, mark, colour) in enumerate(legend):
-        x, y = 6 + (i % per_row) * col_w, 26 + 20 * (i // per_row)
+    for (name, mark, colour), (x, y) in zip(legend, positions):
         box = ((x, y + 3), (x + 14, y + 15))
         if mark in ("fill", "class"):
             patch = top[y + 3:y + 16, x:x + 15]
