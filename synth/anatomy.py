@@ -191,7 +191,7 @@ def choose_background(rng: np.random.Generator, bank: "SliceBank", base: "SliceR
 # Placement search
 # =============================================================================================
 
-def _shift_bounds(extent: tuple[float, float, float, float], shape: tuple[int, int],
+def shift_bounds(extent: tuple[float, float, float, float], shape: tuple[int, int],
                   max_shift: float) -> tuple[float, float, float, float]:
     """Translations keeping an extent (x0, y0, x1, y1) inside the frame, within +-max_shift."""
     x0, y0, x1, y1 = extent
@@ -283,8 +283,8 @@ def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformPa
         p = params if si == 0 else params.replace(scale=float(s))
         fwd = forward_affine(p, info.center, src_shape, (h, w), with_translation=False)
         box = fwd.bbox(info.bbox)
-        lx, hx, ly, hy = _shift_bounds(box, (h, w), max_shift)
-        fx0, fx1, fy0, fy1 = _shift_bounds(box, (h, w), 1.0)
+        lx, hx, ly, hy = shift_bounds(box, (h, w), max_shift)
+        fx0, fx1, fy0, fy1 = shift_bounds(box, (h, w), 1.0)
         pts = np.stack(fwd.apply_xy(ring[0], ring[1]))
         tx0 = min(max(p.tx, lx), hx) if lx <= hx else p.tx
         ty0 = min(max(p.ty, ly), hy) if ly <= hy else p.ty

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from shared.errors import ConfigError, DataError
-from synth.anatomy import anatomy_index, choose_background, floating_objects, search_placement
+from synth.anatomy import anatomy_index, choose_background, floating_objects, search_placement, shift_bounds
 from synth.transforms import (
     TransformParams,
     TransformRanges,
@@ -573,22 +573,13 @@ def _clamp(t: float, lo: float, hi: float) -> float:
     return t if lo > hi else min(max(t, lo), hi)
 
 
-def _shift_bounds(extent: tuple[float, float, float, float], shape: tuple[int, int],
-                  max_shift: float) -> tuple[float, float, float, float]:
-    """Translations keeping an extent (x0, y0, x1, y1) inside the frame, within +-max_shift."""
-    x0, y0, x1, y1 = extent
-    h, w = shape
-    mx, my = max_shift * w, max_shift * h
-    return max(-mx, -0.5 - x0), min(mx, w - 0.5 - x1), max(-my, -0.5 - y0), min(my, h - 0.5 - y1)
-
-
 def _clamp_background(params: TransformParams, center: tuple[float, float], shape: tuple[int, int],
                       content: tuple[int, int, int, int] | None, max_shift: float) -> TransformParams:
     """Keep the background's content (e.g. the head) inside the frame by clamping the translation."""
     if content is None:
         return params
     fwd = forward_affine(params, center, shape, shape, with_translation=False)
-    lx, hx, ly, hy = _shift_bounds(fwd.bbox(content), shape, max_shift)
+    lx, hx, ly, hy = shift_bounds(fwd.bbox(content), shape, max_shift)
     return params.replace(tx=_clamp(params.tx, lx, hx), ty=_clamp(params.ty, ly, hy))
 
 

@@ -46,3 +46,24 @@ def synapse_root(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def transunet_root(shared_data: Path) -> Path:
     return _sample_folder(shared_data, "transunet_sample")
+
+
+@pytest.fixture(scope="session")
+def vit_b_random_checkpoint(tmp_path_factory):
+    """An 'official' checkpoint: segment_anything's own vit_b builder, random init, torch.save.
+
+    Returns (path, {name: shape}, state dict). Built once per session (about 9 s on 2 cores)."""
+    import torch
+    from segment_anything import sam_model_registry
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        ref = sam_model_registry["vit_b"]()
+        # rel-pos tables are zero-initialised; give them values so resizing is observable
+        for blk in ref.image_encoder.blocks:
+            torch.nn.init.normal_(blk.attn.rel_pos_h, std=0.02)
+            torch.nn.init.normal_(blk.attn.rel_pos_w, std=0.02)
+    path = tmp_path_factory.mktemp("ckpt") / "sam_vit_b_random.pth"
+    state = ref.state_dict()
+    torch.save(state, path)
+    return path, {k: v.shape for k, v in state.items()}, state

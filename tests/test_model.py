@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from segment_anything import sam_model_registry
 
 from shared.errors import ConfigError, DataError
 from train.losses import ce_dice_loss
@@ -32,19 +31,8 @@ def _threads():
 
 
 @pytest.fixture(scope="module")
-def vit_b_ckpt(tmp_path_factory):
-    """An 'official' checkpoint: segment_anything's own vit_b builder, random init, torch.save."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(123)
-        ref = sam_model_registry["vit_b"]()
-        # rel-pos tables are zero-initialised; give them values so resizing is observable
-        for blk in ref.image_encoder.blocks:
-            torch.nn.init.normal_(blk.attn.rel_pos_h, std=0.02)
-            torch.nn.init.normal_(blk.attn.rel_pos_w, std=0.02)
-    path = tmp_path_factory.mktemp("ckpt") / "sam_vit_b_random.pth"
-    state = ref.state_dict()
-    torch.save(state, path)
-    return path, {k: v.shape for k, v in state.items()}, state
+def vit_b_ckpt(vit_b_random_checkpoint):
+    return vit_b_random_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from segment_anything import sam_model_registry
 
 from evalkit import make_tiny_run, run_train
 from train_datasets import blob_sample
@@ -31,14 +30,9 @@ def _threads():
 
 
 @pytest.fixture(scope="module")
-def vit_b_ckpt(tmp_path_factory) -> Path:
-    """An 'official' vit_b checkpoint: segment_anything's builder, random init, torch.save."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(7)
-        ref = sam_model_registry["vit_b"]()
-    path = tmp_path_factory.mktemp("ckpt") / "sam_vit_b_random.pth"
-    torch.save(ref.state_dict(), path)
-    return path
+def vit_b_ckpt(vit_b_random_checkpoint) -> Path:
+    """An 'official' vit_b checkpoint (random init), built once per session in conftest."""
+    return vit_b_random_checkpoint[0]
 
 
 def _source_shards(out: Path, dataset: str, root: Path, n_fg: int, n_empty: int) -> Path:
