@@ -1,4 +1,4 @@
-"""Maintained Zarr libraries vs the hand-written shard codec (`shared/shards.py`), read and write.
+"""Maintained Zarr libraries vs the hand-written shard codec (`shared/shards/zarr_codec.py`), read and write.
 
 The question (issue 16): can tensorstore or zarr itself replace the hand-written Zarr v3 sharding
 codec (Blosc-LZ4 + crc32c inner chunks, sharding index) without losing more than 10 % of its
@@ -8,7 +8,7 @@ slices (every slice with >= 10 tumour pixels, float16, 256 samples per shard, sy
 
 * **read** (what a loader worker does per shard): open the shard and decode all of ``image``,
   ``label`` and ``size``:
-  - hand-written: ``shared.shards._ShardHandle(...).read(slice(None))`` (the training path);
+  - hand-written: ``shared.shards.ShardHandle(...).read(slice(None))`` (the training path);
   - zarr: ``zarr.open_group`` + ``array[...]`` with ``codec_pipeline.batch_size`` = samples per
     shard (all chunks decoded in one batch, the setting the fallback reader uses);
   - tensorstore: ``ts.open`` (driver ``zarr3``, file kvstore) + ``.read().result()``, once with
@@ -20,7 +20,7 @@ slices (every slice with >= 10 tumour pixels, float16, 256 samples per shard, sy
   worker: synthesis, float16, hashes, manifests) with the shard writer swapped: the end-to-end
   effect on a build;
 * **write** (what `synth build` does per shard): write the three arrays of a shard:
-  - hand-written: ``shared.shards._write_zarr(..., direct=True)`` (zarr writes zarr.json, the
+  - hand-written: ``shared.shards.zarr_format.write_zarr_shard(..., direct=True)`` (zarr writes zarr.json, the
     chunks are encoded here);
   - zarr: the same layout written by zarr (``direct=False``, ``codec_pipeline.batch_size`` = n);
   - tensorstore: ``ts.open(create=True)`` with the same metadata and ``.write(array).result()``
@@ -53,17 +53,17 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_loader import collect_slices, write_shard_dataset  # noqa: E402
 from bench.machine_info import cpu_model, load_average, ncpu  # noqa: E402
-from shared.shards import _write_zarr  # noqa: E402  (the original: build_pass swaps the module's)
+from shared.shards.zarr_format import write_zarr_shard  # noqa: E402
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 # -- readers: shard folder -> (image, label, size) as stored -------------------------------------
 def read_hand(path: Path) -> Arrays:
-    from shared.shards import _ShardHandle
+    from shared.shards import ShardHandle
 
     count = json.loads((path / "size" / "zarr.json").read_text())["shape"][0]
-    handle = _ShardHandle(path, count)
+    handle = ShardHandle(path, count)
     assert handle.direct, "the hand-written reader did not take this shard"
     return handle.read(slice(None))
 
@@ -97,14 +97,14 @@ def read_ts(path: Path, context) -> Arrays:
 
 # -- writers: stacked arrays -> shard folder -----------------------------------------------------
 def write_hand(path: Path, a: Arrays) -> None:
-    _write_zarr(path, *a, direct=True)
+    write_zarr_shard(path, *a, direct=True)
 
 
 def write_zarr(path: Path, a: Arrays) -> None:
     import zarr
 
     with zarr.config.set({"codec_pipeline.batch_size": a[0].shape[0]}):
-        _write_zarr(path, *a, direct=False)
+        write_zarr_shard(path, *a, direct=False)
 
 
 def _ts_meta(data: np.ndarray, codec: dict | None) -> dict:
@@ -133,14 +133,15 @@ def _ts_meta(data: np.ndarray, codec: dict | None) -> dict:
 def write_ts(path: Path, a: Arrays, context) -> None:
     import tensorstore as ts
 
-    from shared.shards import _ZARR_IMAGE_CODEC, _ZARR_LABEL_CODEC, SHARD_LAYOUT_VERSION
+    from shared.shards import SHARD_LAYOUT_VERSION
+    from shared.shards.zarr_codec import IMAGE_BLOSC, LABEL_BLOSC
 
     path.mkdir(parents=True)
     (path / "zarr.json").write_text(json.dumps({
         "zarr_format": 3, "node_type": "group",
         "attributes": {"exemplar_sam_shard": SHARD_LAYOUT_VERSION, "count": int(a[0].shape[0])}}))
     futures = []
-    for name, data, codec in (("image", a[0], _ZARR_IMAGE_CODEC), ("label", a[1], _ZARR_LABEL_CODEC),
+    for name, data, codec in (("image", a[0], IMAGE_BLOSC), ("label", a[1], LABEL_BLOSC),
                               ("size", a[2], None)):
         store = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path / name)},
                          "metadata": _ts_meta(data, codec),
@@ -175,18 +176,22 @@ def loader_pass(root: Path, reader: Callable[[Path], Arrays] | None, img_size: i
 
 
 def build_pass(job, writer: Callable[[Path, Arrays], None] | None) -> int:
-    """Samples of `job` built on one worker with `shared.shards._write_zarr` swapped for `writer`."""
-    import shared.shards as shards
+    """Samples of `job` built on one worker with the Zarr row of the format table
+    (`shared.shards.FORMATS`) writing through `writer`."""
+    import dataclasses
+
+    from shared.shards import FORMATS
     from synth.build import run_job
 
-    original = shards._write_zarr
+    original = FORMATS["zarr"]
     if writer is not None:
-        shards._write_zarr = lambda path, images, labels, sizes, **_kw: writer(path, (images, labels, sizes))
+        FORMATS["zarr"] = dataclasses.replace(
+            original, write=lambda path, images, labels, sizes: writer(path, (images, labels, sizes)) or "bench")
     try:
         shutil.rmtree(job.out, ignore_errors=True)
         return run_job(job, workers=1, progress=False, log=lambda m: None).built
     finally:
-        shards._write_zarr = original
+        FORMATS["zarr"] = original
         shutil.rmtree(job.out, ignore_errors=True)
 
 
@@ -218,13 +223,13 @@ def main() -> None:
         n = sum(a[0].shape[0] for a in stacked)
         one, full = ts_context(1), ts_context(None)
         readers: dict[str, Callable[[Path], Arrays]] = {
-            "hand-written (shared/shards.py)": read_hand,
+            "hand-written (shared/shards/zarr_codec.py)": read_hand,
             "zarr 3 (batch_size = shard)": read_zarr,
             "tensorstore, 1 thread": lambda p: read_ts(p, one),
             f"tensorstore, default threads ({ncpu()} CPUs)": lambda p: read_ts(p, full),
         }
         writers: dict[str, Callable[[Path, Arrays], None]] = {
-            "hand-written (shared/shards.py)": write_hand,
+            "hand-written (shared/shards/zarr_codec.py)": write_hand,
             "zarr 3 (batch_size = shard)": write_zarr,
             "tensorstore, 1 thread": lambda p, a: write_ts(p, a, one),
             f"tensorstore, default threads ({ncpu()} CPUs)": lambda p, a: write_ts(p, a, full),
@@ -294,7 +299,7 @@ def main() -> None:
                  "median samples/CPU-s | vs hand-written per CPU-s | same files as the hand-written/zarr shard |",
                  "|---|---|---:|---:|---:|---:|---:|---|"]
         for phase, by_method in results.items():
-            base = by_method["hand-written (shared/shards.py)"]
+            base = by_method["hand-written (shared/shards/zarr_codec.py)"]
             base_med = float(np.median([r[0] for r in base]))
             base_cpu = float(np.median([r[1] for r in base]))
             for name, rs in by_method.items():

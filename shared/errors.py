@@ -19,3 +19,10 @@ class DataError(ExemplarSamError):
 
 class ConfigError(ExemplarSamError):
     """A command-line option or config file is invalid."""
+
+
+def exception_summary(exc: BaseException, limit: int = 200) -> str:
+    """``TypeName: message`` squeezed onto one line (message cut at ``limit`` characters), for
+    one-line errors that wrap what a library raised."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:limit]}"

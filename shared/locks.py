@@ -24,6 +24,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from shared.errors import DataError
+from shared.fileio import read_json
+
 LOCK_FILE = ".lock"
 
 
@@ -87,9 +90,8 @@ class FolderLock:
     def owner(self) -> dict[str, Any]:
         """What the builder holding (or last holding) the lock wrote: {"pid", "host"} or {}."""
         try:
-            data = json.loads(self.path.read_text() or "{}")
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
+            return read_json(self.path, what="lock file", expect=dict)
+        except DataError:  # no owner recorded (emptied by a finished build), gone, or half-written
             return {}
 
     def write_owner(self) -> None:

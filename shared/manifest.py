@@ -6,12 +6,12 @@ a directory without it is visibly incomplete. JSON Schemas: ``data_manifests/sch
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from shared import fileio
 from shared.errors import DataError
 from shared.shards import DATASET_FILE, SAMPLES_FILE, compute_build_id
 
@@ -52,18 +52,8 @@ def dumps(obj: Any, *, indent: int | None = None) -> str:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
+    """UTF-8 text, atomically (:func:`shared.fileio.atomic_write_text`)."""
+    fileio.atomic_write_text(path, text)
 
 
 def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
@@ -76,13 +66,8 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> N
 
 
 def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from exc
+    """A JSON file, or a one-line DataError naming it (:func:`shared.fileio.read_json`)."""
+    return fileio.read_json(path)
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:

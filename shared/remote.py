@@ -48,14 +48,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-from shared.errors import ConfigError, DataError
+from shared.errors import ConfigError, DataError, exception_summary
+from shared.fileio import atomic_write_bytes
 from shared.hashing import path_bytes, sha256_path
-from shared.shards import DATASET_FILE, SAMPLES_FILE, ShardDataset, _short, read_dataset_info
+from shared.shards import DATASET_FILE, SAMPLES_FILE, ShardDataset, ShardHandle, read_dataset_info
+from shared.shards.layout import SHARD_ARRAYS
 
 CACHE_ENV = "EXEMPLAR_SAM_CACHE"
 CACHE_LIMIT_ENV = "EXEMPLAR_SAM_CACHE_LIMIT"
 DEFAULT_CACHE_LIMIT = 20 * 10**9
-ZARR_SHARD_ARRAYS = ("image", "label", "size")   # the arrays of a shard group (shared/shards.py)
 
 # The optional package each protocol needs (fsspec's own ImportError names it less clearly).
 _PROTOCOL_PACKAGES = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs",
@@ -146,9 +147,9 @@ class RemoteFolder:
             except ImportError as exc:
                 package = _PROTOCOL_PACKAGES.get(protocol, "the fsspec implementation of this protocol")
                 raise ConfigError(f"{self.url}: reading {protocol}:// needs fsspec and {package} "
-                                  f"(pip install \"exemplar-sam[remote]\"; {_short(exc)})") from None
+                                  f"(pip install \"exemplar-sam[remote]\"; {exception_summary(exc)})") from None
             except ValueError as exc:   # fsspec: "Protocol not known"
-                raise ConfigError(f"{self.url}: no fsspec filesystem for {protocol}:// ({_short(exc)})") from None
+                raise ConfigError(f"{self.url}: no fsspec filesystem for {protocol}:// ({exception_summary(exc)})") from None
             self._root = self._root.rstrip("/")
             self._pid = os.getpid()
         return self._fs, self._root
@@ -164,7 +165,7 @@ class RemoteFolder:
         except FileNotFoundError:
             raise DataError(f"{self.where(rel)}: not found") from None
         except Exception as exc:  # network, permission, server errors
-            raise DataError(f"{self.where(rel)}: cannot read ({_short(exc)})") from None
+            raise DataError(f"{self.where(rel)}: cannot read ({exception_summary(exc)})") from None
 
     def read_many(self, rels: list[str]) -> dict[str, bytes | None]:
         """Several files at once (concurrent for async filesystems); None for a missing one."""
@@ -173,7 +174,7 @@ class RemoteFolder:
         try:
             got = fs.cat(list(paths), on_error="return")
         except Exception as exc:
-            raise DataError(f"{self.url}: cannot read {len(rels)} files ({_short(exc)})") from None
+            raise DataError(f"{self.url}: cannot read {len(rels)} files ({exception_summary(exc)})") from None
         out: dict[str, bytes | None] = {}
         for path, rel in paths.items():
             # (some filesystems key the answer by the path without its protocol)
@@ -181,7 +182,7 @@ class RemoteFolder:
             if isinstance(value, FileNotFoundError):
                 out[rel] = None
             elif isinstance(value, BaseException):
-                raise DataError(f"{self.where(rel)}: cannot read ({_short(value)})")
+                raise DataError(f"{self.where(rel)}: cannot read ({exception_summary(value)})")
             else:
                 out[rel] = value
         return out
@@ -192,9 +193,9 @@ def _zarr_shard_files(folder: RemoteFolder, rel: str) -> dict[str, bytes]:
     found from its metadata: the group's ``zarr.json``, then each array's ``zarr.json`` and the
     chunk keys of its regular grid (keys the server lacks are chunks zarr did not store)."""
     files = {"zarr.json": folder.read(f"{rel}/zarr.json")}
-    metas = folder.read_many([f"{rel}/{name}/zarr.json" for name in ZARR_SHARD_ARRAYS])
+    metas = folder.read_many([f"{rel}/{name}/zarr.json" for name in SHARD_ARRAYS])
     chunk_keys: list[str] = []
-    for name in ZARR_SHARD_ARRAYS:
+    for name in SHARD_ARRAYS:
         raw = metas[f"{rel}/{name}/zarr.json"]
         if raw is None:
             raise DataError(f"{folder.where(rel)}/{name}/zarr.json: not found (not a complete shard)")
@@ -206,7 +207,7 @@ def _zarr_shard_files(folder: RemoteFolder, rel: str) -> dict[str, bytes]:
             encoding = meta.get("chunk_key_encoding") or {"name": "default"}
             sep = (encoding.get("configuration") or {}).get("separator", "/" if encoding["name"] == "default" else ".")
         except (ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"{folder.where(rel)}/{name}/zarr.json: not Zarr v3 array metadata ({_short(exc)})") from None
+            raise DataError(f"{folder.where(rel)}/{name}/zarr.json: not Zarr v3 array metadata ({exception_summary(exc)})") from None
         if meta.get("chunk_grid", {}).get("name") != "regular" or len(shape) != len(chunks) or min(chunks, default=1) < 1:
             raise DataError(f"{folder.where(rel)}/{name}/zarr.json: unsupported chunk grid")
         grid = [max(1, math.ceil(s / c)) for s, c in zip(shape, chunks)]
@@ -322,20 +323,14 @@ class ShardCache:
             current = local / DATASET_FILE
             fresh = current.exists() and current.read_bytes() == raw and (local / SAMPLES_FILE).exists()
             if not fresh:
-                _atomic_write(local / SAMPLES_FILE, folder.read(SAMPLES_FILE))
+                atomic_write_bytes(local / SAMPLES_FILE, folder.read(SAMPLES_FILE))
                 (local / "url.txt").write_text(folder.url + "\n")
-                _atomic_write(current, raw)   # last: a complete folder for this dataset.json
+                atomic_write_bytes(current, raw)   # last: a complete folder for this dataset.json
         try:
             info = read_dataset_info(local)
         except DataError as exc:   # name the URL, not the cache path
             raise DataError(str(exc).replace(str(local), folder.url)) from None
         return local, info
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class RemoteShardDataset(ShardDataset):
@@ -352,14 +347,14 @@ class RemoteShardDataset(ShardDataset):
     def shard_path(self, k: int) -> Path:
         return self.cache.fetch(self.folder, self._shards[k])
 
-    def _handle(self, k: int):
+    def handle(self, k: int) -> ShardHandle:
         handle = self._handles.get(k)
         if handle is not None:
             if handle.path.exists() and handle.pid == os.getpid():
                 self.cache.touch(handle.path)
             else:   # evicted (by any process) since it was opened: fetch it again
                 self._handles.pop(k, None)
-        return super()._handle(k)
+        return super().handle(k)
 
     def __repr__(self) -> str:
         return f"Remote{super().__repr__()[:-1]}, url={self.url!r})"

@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import ConfigError, DataError
+from shared.fileio import read_json
 
 SPLITS = ("train", "test", "all")
 SPLITS_DIR = Path(__file__).resolve().parents[1] / "data_manifests" / "splits"
@@ -32,16 +32,8 @@ DEFAULT_RULE: dict[str, Any] = {"kind": "seeded-random", "seed": 2018, "test_fra
 TRANSUNET_TEST_CASES: tuple[int, ...] = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: split file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object with 'train' and/or 'test' lists")
-    return data
+def _read_split_json(path: Path) -> dict[str, Any]:
+    return read_json(path, what="split file", expect=dict)
 
 
 def seeded_split(case_ids: list[str], seed: int, test_fraction: float = 0.2) -> dict[str, list[str]]:
@@ -58,7 +50,7 @@ def seeded_split(case_ids: list[str], seed: int, test_fraction: float = 0.2) -> 
 def seeded_rule() -> dict[str, Any]:
     path = SPLITS_DIR / "seeded_80_20.json"
     if path.is_file():
-        data = _read_json(path)
+        data = _read_split_json(path)
         return {"kind": data["kind"], "seed": int(data["seed"]), "test_fraction": float(data["test_fraction"])}
     return dict(DEFAULT_RULE)
 
@@ -66,7 +58,7 @@ def seeded_rule() -> dict[str, Any]:
 def transunet_test_cases() -> tuple[int, ...]:
     path = SPLITS_DIR / "synapse_transunet.json"
     if path.is_file():
-        return tuple(int(c) for c in _read_json(path)["test_cases"])
+        return tuple(int(c) for c in _read_split_json(path)["test_cases"])
     return TRANSUNET_TEST_CASES
 
 
@@ -82,7 +74,7 @@ def _recorded_split(dataset: str, case_ids: list[str]) -> tuple[dict[str, list[s
         return None
     wanted = set(case_ids)
     for path in sorted(SPLITS_DIR.glob("*.json")):
-        data = _read_json(path)
+        data = _read_split_json(path)
         if data.get("dataset") != dataset or "train" not in data:
             continue
         if set(data["train"]) | set(data.get("test", [])) == wanted:
@@ -93,7 +85,7 @@ def _recorded_split(dataset: str, case_ids: list[str]) -> tuple[dict[str, list[s
 def read_split_file(path: str | Path, case_ids: list[str]) -> dict[str, list[str]]:
     """A user split file ``{"train": [...], "test": [...]}``; unknown case ids are an error."""
     path = Path(path)
-    data = _read_json(path)
+    data = _read_split_json(path)
     if "train" not in data and "test" not in data:
         raise DataError(f"{path}: a split file needs a 'train' and/or 'test' list of case ids")
     known = set(case_ids)

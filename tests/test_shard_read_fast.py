@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import shared.shards as shards
 from shared import open_dataset
 from shared.errors import DataError
 from shared.manifest import write_dataset
-from shared.shards import shard_relpath, write_shard
+from shared.shards import ShardHandle, shard_relpath, write_shard, zarr_codec, zarr_format
 
 N, H, W = 6, 40, 48
 SELECTIONS = (slice(None), slice(1, 4), slice(None, None, 2), slice(4, None), 0, 3, -1)
@@ -32,7 +31,7 @@ def _arrays(dtype=np.float16, n=N, h=H, w=W, seed=0):
 def _assert_reads_like_zarr(path: Path, n: int, direct: bool = True) -> None:
     import zarr
 
-    handle = shards._ShardHandle(path, n)
+    handle = ShardHandle(path, n)
     assert handle.direct is direct
     group = zarr.open_group(str(path), mode="r")
     for sel in SELECTIONS:
@@ -46,15 +45,15 @@ def _assert_reads_like_zarr(path: Path, n: int, direct: bool = True) -> None:
 
 @pytest.mark.parametrize("direct_writer", [True, False])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_direct_read_equals_zarr_on_both_writers(tmp_path: Path, monkeypatch, direct_writer: bool, dtype):
+def test_direct_read_equals_zarr_on_both_writers(tmp_path: Path, direct_writer: bool, dtype):
     """Shards from the fast encoder and from zarr itself read back identically to zarr."""
-    monkeypatch.setattr(shards, "_ZARR_METADATA", {})
+    zarr_format.clear_metadata_cache()
     images, labels, sizes = _arrays(dtype)
     images[2, 0, 0] = -0.0
     path = tmp_path / "s.zarr"
-    shards._write_zarr(path, images, labels, sizes, direct=direct_writer)
+    zarr_format.write_zarr_shard(path, images, labels, sizes, direct=direct_writer)
     _assert_reads_like_zarr(path, N)
-    image, label, size = shards._ShardHandle(path, N).read(slice(None))
+    image, label, size = ShardHandle(path, N).read(slice(None))
     np.testing.assert_array_equal(image, images)
     np.testing.assert_array_equal(label, labels)
     np.testing.assert_array_equal(size, sizes)
@@ -100,7 +99,7 @@ def test_direct_read_other_understood_layouts(tmp_path: Path, variant: str):
     _plain_zarr(path, variant)
     if variant == "missing":
         index = np.frombuffer((path / "image" / "c" / "0" / "0" / "0").read_bytes()[-(N * 16 + 4):-4], "<u8")
-        assert (index.reshape(N, 2)[1] == shards._INDEX_EMPTY).all() and not (path / "size" / "c").exists()
+        assert (index.reshape(N, 2)[1] == zarr_codec.INDEX_EMPTY).all() and not (path / "size" / "c").exists()
     _assert_reads_like_zarr(path, N)
 
 
@@ -142,7 +141,7 @@ def test_corrupt_chunk_names_shard_and_sample(tmp_path: Path):
     damaged[int(index[2, 0]) + 20] ^= 0xFF       # inside chunk 2 = sample 7
     f.write_bytes(bytes(damaged))
     ds = open_dataset(tmp_path)
-    assert ds._handle(1).direct
+    assert ds.handle(1).direct
     with pytest.raises(DataError) as err:
         ds.shard_arrays(1)
     msg = str(err.value)

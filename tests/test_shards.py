@@ -150,7 +150,7 @@ def test_broken_datasets(tmp_path: Path):
         ds.read_shard(0)
     # bad dataset.json
     (tmp_path / "c" / "dataset.json").write_text("{not json")
-    with pytest.raises(DataError, match="dataset.json: unreadable"):
+    with pytest.raises(DataError, match="dataset.json: not valid JSON"):
         open_dataset(tmp_path / "c")
     info = {"shards": [{"path": "shards/shard-00000.zarr", "start": 0, "count": 5}], "num_samples": 7,
             "class_names": ["background"]}

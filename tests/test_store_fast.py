@@ -1,4 +1,5 @@
-"""The fast storage paths of shared/shards.py give exactly what the plain numpy / zarr paths give."""
+"""The fast storage paths of shared/shards/ (writer.store_into, the direct Zarr encoder) give exactly
+what the plain numpy / zarr paths give."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,12 +10,12 @@ import pytest
 import shared.shards as shards
 from shared import open_dataset
 from shared.hashing import sha256_tree, tree_files
-from shared.shards import to_stored
+from shared.shards import store_into, to_stored, zarr_codec, zarr_format
 
 
 def _f16_bits(x: np.ndarray) -> np.ndarray:
     out = np.empty(x.shape, np.float16)
-    shards._store_into(x, out)
+    store_into(x, out)
     return out.view(np.uint16)
 
 
@@ -42,12 +43,8 @@ def test_float16_store_matches_numpy():
 
 @pytest.mark.parametrize("n,h,w,dtype", [(5, 40, 48, np.float16), (3, 30, 20, np.float32), (1, 7, 9, np.float16),
                                          (40, 240, 240, np.float16)])
-def test_direct_zarr_encoder_is_byte_identical(tmp_path: Path, monkeypatch, n, h, w, dtype):
+def test_direct_zarr_encoder_is_byte_identical(tmp_path: Path, n, h, w, dtype):
     """The shard data encoded without zarr's pipeline is byte for byte what zarr writes itself."""
-    taken = []
-    real_sharded, real_plain = shards._write_sharded_direct, shards._write_plain_direct
-    monkeypatch.setattr(shards, "_write_sharded_direct", lambda *a: taken.append(real_sharded(*a)) or taken[-1])
-    monkeypatch.setattr(shards, "_write_plain_direct", lambda *a: taken.append(real_plain(*a)) or taken[-1])
     rng = np.random.default_rng(n)
     images = np.zeros((n, h, w), dtype)
     images[:, 2:h - 3, 3:w - 2] = rng.random((n, h - 5, w - 5)).astype(dtype)
@@ -55,14 +52,14 @@ def test_direct_zarr_encoder_is_byte_identical(tmp_path: Path, monkeypatch, n, h
     labels[0] = 0  # an all-background chunk
     sizes = np.full((n, 2), (h, w), np.int32)
     sizes[-1] = (h - 1, w - 2)
-    monkeypatch.setattr(shards, "_ZARR_METADATA", {})
+    zarr_format.clear_metadata_cache()
     a, a2, b = tmp_path / "direct.zarr", tmp_path / "cached.zarr", tmp_path / "zarr.zarr"
-    shards._write_zarr(a, images, labels, sizes, direct=True)
-    assert taken == [True, True, True]  # image, label, size all went through the direct encoder
-    assert len(shards._ZARR_METADATA) == 1
-    shards._write_zarr(a2, images, labels, sizes, direct=True)  # zarr.json from the cache, no zarr calls
-    assert taken == [True, True, True]
-    shards._write_zarr(b, images, labels, sizes, direct=False)
+    # image, label, size all go through the direct encoder (zarr writes only the metadata) ...
+    assert zarr_format.write_zarr_shard(a, images, labels, sizes, direct=True) == "direct"
+    assert zarr_format.cached_layouts() == 1
+    # ... then zarr.json comes from the cache, no zarr calls at all
+    assert zarr_format.write_zarr_shard(a2, images, labels, sizes, direct=True) == "cached"
+    assert zarr_format.write_zarr_shard(b, images, labels, sizes, direct=False) == "zarr"
     for x in (a, a2):
         assert [p.relative_to(x).as_posix() for p in tree_files(x)] == [p.relative_to(b).as_posix() for p in tree_files(b)]
         for px in tree_files(x):
@@ -77,16 +74,21 @@ def test_direct_zarr_encoder_is_byte_identical(tmp_path: Path, monkeypatch, n, h
 
 
 def test_unknown_layout_falls_back_to_zarr(tmp_path: Path, monkeypatch):
-    """If zarr's metadata is not the layout the encoder knows, zarr writes the data itself."""
-    monkeypatch.setattr(shards, "_DEFAULT_KEYS", {"name": "v2"})
-    monkeypatch.setattr(shards, "_ZARR_METADATA", {})
+    """If zarr's metadata is not the layout the encoder knows (as with another zarr version's
+    defaults), zarr writes the data itself, and the shard is the same."""
     images = np.random.default_rng(0).random((3, 10, 12)).astype(np.float16)
     labels = (images > 0.5).astype(np.uint8)
+    sizes = np.full((3, 2), (10, 12), np.int32)
+    zarr_format.clear_metadata_cache()
+    monkeypatch.setattr(zarr_codec, "sharded_layout_matches", lambda *a: False)
+    monkeypatch.setattr(zarr_codec, "plain_layout_matches", lambda *a: False)
+    assert zarr_format.write_zarr_shard(tmp_path / "fallback.zarr", images, labels, sizes) == "zarr"
+    assert zarr_format.cached_layouts() == 0  # nothing learnt from a layout the encoder does not know
     path = tmp_path / "shards" / "shard-00000.zarr"
     res = shards.write_shard(path, list(images), list(labels))
     monkeypatch.undo()
     ref = shards.write_shard(tmp_path / "ref" / "shard-00000.zarr", list(images), list(labels))
-    assert res.sha256 == ref.sha256
+    assert res.sha256 == ref.sha256 == sha256_tree(tmp_path / "fallback.zarr")
 
 
 def test_written_dataset_reads_back(tmp_path: Path):

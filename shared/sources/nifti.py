@@ -6,13 +6,13 @@ how to scale intensities; see docs/sources.md. Without ``--config`` the source l
 """
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from shared.classmaps import ClassMap
 from shared.errors import ConfigError, DataError
+from shared.fileio import read_json
 from shared.intensity import validate_preset
 from shared.sources.base import require_dir
 from shared.sources.io import strip_nifti_suffix
@@ -25,17 +25,15 @@ _KEYS = {"images", "labels", "classes", "label_values", "intensity", "task", "im
 def read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: nifti source config not found")
-    text = path.read_text()
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
 
-            config = yaml.safe_load(text)
-        else:
-            config = json.loads(text)
-    except Exception as exc:  # json.JSONDecodeError / yaml.YAMLError
-        raise ConfigError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} "
-                          f"({' '.join(str(exc).split())})") from None
+        try:
+            config = yaml.safe_load(path.read_text())
+        except Exception as exc:  # yaml.YAMLError, a file that is not text
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    else:
+        config = read_json(path, what="nifti source config", error=ConfigError)
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected an object with 'classes' and 'intensity'")
     unknown = sorted(set(config) - _KEYS)
