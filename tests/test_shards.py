@@ -11,7 +11,8 @@ from shared import open_dataset
 from shared.errors import DataError
 from shared.hashing import sha256_array, sha256_path
 from shared.manifest import write_dataset
-from shared.shards import ShardWriter, shard_relpath, to_stored, write_shard
+from shared.shards import (FORMATS, SHARD_FORMATS, ShardHandle, ShardWriter, shard_relpath, to_stored,
+                           write_shard)
 
 
 def _samples(n: int, seed: int = 0, shapes=None):
@@ -101,6 +102,24 @@ def test_writer_refuses_existing_and_cleans_tmp(tmp_path: Path):
         with ShardWriter(tmp_path / shard_relpath(1, "zarr")) as w:
             w.add(images[0], labels[0][:3])  # shape mismatch
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["shard-00000.zarr"]
+
+
+def test_every_format_in_the_table_has_a_suffix_and_round_trips(tmp_path: Path):
+    """The format table (shared.shards.FORMATS) and the suffixes of the layout name the same
+    formats; each row's writer and reader agree through ShardHandle."""
+    assert tuple(FORMATS) == SHARD_FORMATS
+    images, labels = _samples(3, shapes=[(40, 48), (33, 48), (40, 21)])
+    for fmt in FORMATS:
+        path = tmp_path / shard_relpath(0, fmt)
+        write_shard(path, images, labels, fmt=fmt)
+        handle = ShardHandle(path, 3)
+        stored_images, stored_labels, sizes = handle.read(slice(None))
+        assert sizes.tolist() == [[40, 48], [33, 48], [40, 21]]
+        np.testing.assert_array_equal(stored_images[1, :33], to_stored(images[1]))
+        np.testing.assert_array_equal(handle.read_labels()[0], stored_labels)
+        handle.close()
+    with pytest.raises(ValueError, match="unknown shard format 'npz'"):
+        ShardWriter(tmp_path / "x.npz", fmt="npz")
 
 
 def test_volumes(tmp_path: Path):

@@ -10,21 +10,24 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from shared.errors import DataError, exception_summary
 from shared.shards.hdf5_format import Hdf5ShardReader, write_hdf5_shard
-from shared.shards.layout import SHARD_FORMATS, SHARD_SUFFIX, format_of
+from shared.shards.layout import SHARD_FORMATS, format_of
 from shared.shards.zarr_codec import ChunkError
 from shared.shards.zarr_format import ZarrShardReader, write_zarr_shard
 
 
 class ShardReader(Protocol):
-    """The open arrays of one shard (``image``, ``label``, ``size`` have ``.shape``)."""
+    """The open arrays of one shard, as stored (a format's reader class)."""
 
-    direct: bool
+    image: Any   # (N, H, W), with .shape
+    label: Any   # (N, H, W)
+    size: Any    # (N, 2)
+    direct: bool  # read without the format's library (Zarr: by .zarr_codec)
 
     def read(self, sl: slice | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
@@ -43,10 +46,6 @@ class ShardFormat:
     name: str
     write: ShardWrite
     reader: Callable[[Path], ShardReader]
-
-    @property
-    def suffix(self) -> str:
-        return SHARD_SUFFIX[self.name]
 
 
 FORMATS: dict[str, ShardFormat] = {
