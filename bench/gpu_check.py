@@ -96,8 +96,8 @@ def random_checkpoint(work: Path, plan: Plan) -> Path:
 
     path = work / f"random_{plan.model}.pth"
     if not path.exists():
-        sam = build_sam(plan.model, None, None, seed=0, allow_random=True)   # native size (1024 for vit_*)
-        torch.save(sam.state_dict(), path)
+        built = build_sam(plan.model, None, None, seed=0, allow_random=True)   # native size (1024 for vit_*)
+        torch.save(built.sam.state_dict(), path)
     return path
 
 

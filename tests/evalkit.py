@@ -18,14 +18,15 @@ def make_tiny_run(rundir: Path, source, *, img_size: int = 64, prompt: str = "po
     Built with the fit helper's own `build_model` / `save_checkpoint`, so eval and predict load it
     through exactly the code path of a real run.
     """
-    from train.checkpointing import CONFIG_FILE, atomic_write_json, build_model, last_checkpoint, save_checkpoint
+    from shared.fileio import atomic_write_json
+    from train.checkpointing import CONFIG_FILE, build_model, last_checkpoint, save_checkpoint
     from train.config import resolve_config
     from train.model import PromptSAM, trainable_state_dict
 
     cfg = resolve_config(overrides={"model": "tiny", "img_size": img_size, "prompt": prompt, "seed": seed})
     class_names = list(source.class_names)
     num_classes = len(class_names) - 1 if prompt == "none" else None
-    sam = build_model(cfg, num_classes)
+    built = build_model(cfg, num_classes)
     dataset = {"path": None, "kind": "synthesized", "task": source.task, "class_names": class_names,
                "source": source.describe()}
     rundir.mkdir(parents=True, exist_ok=True)
@@ -34,7 +35,7 @@ def make_tiny_run(rundir: Path, source, *, img_size: int = 64, prompt: str = "po
         "model": {"name": "tiny", "img_size": img_size, "num_classes": num_classes,
                   "class_names": class_names, "prompt": prompt}})
     save_checkpoint(last_checkpoint(rundir), step=0, samples_seen=0, config=cfg.to_dict(), dataset=dataset,
-                    trainable=trainable_state_dict(PromptSAM(sam)), optimizer={}, scheduler={}, world_size=1)
+                    trainable=trainable_state_dict(PromptSAM(built)), optimizer={}, scheduler={}, world_size=1)
     return rundir
 
 

@@ -56,18 +56,19 @@ def _inputs(size, b=1, seed=0):
 
 def test_vit_b_1024_loads_official_state(vit_b_ckpt):
     path, shapes, state = vit_b_ckpt
-    sam = build_sam("vit_b", path, 1024)
-    got = sam.state_dict()
+    built = build_sam("vit_b", path, 1024)
+    got = built.sam.state_dict()
     assert {k: v.shape for k, v in got.items()} == shapes   # same architecture as the registry
     for key in ("image_encoder.pos_embed", "image_encoder.blocks.3.attn.qkv.weight",
                 "mask_decoder.iou_prediction_head.layers.2.bias"):
         assert torch.equal(got[key], state[key])
-    assert sam.exemplar.model == "vit_b" and sam.exemplar.img_size == 1024
+    assert built.model == "vit_b" and built.img_size == 1024 and built.num_classes is None
+    assert not hasattr(built.sam, "exemplar")          # the facts travel in the record, not on the module
 
 
 def test_vit_b_512_resizes_position_tables(vit_b_ckpt, vit_b_512):
     _, _, state = vit_b_ckpt
-    enc = vit_b_512.image_encoder
+    enc = vit_b_512.sam.image_encoder
     assert enc.pos_embed.shape == (1, 32, 32, 768)
     want = F.interpolate(state["image_encoder.pos_embed"].permute(0, 3, 1, 2), (32, 32),
                          mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
@@ -84,7 +85,9 @@ def test_vit_b_512_resizes_position_tables(vit_b_ckpt, vit_b_512):
 def test_lora_equals_base_and_counts(vit_b_256):
     base = PromptSAM(vit_b_256)
     lora_sam = copy.deepcopy(vit_b_256)
-    add_lora(lora_sam, rank=4)
+    info = add_lora(lora_sam, rank=4)
+    assert info == lora_sam.lora == {"rank": 4, "alpha": 4.0, "targets": ["encoder_qv", "decoder_attn"],
+                                     "train_decoder": "lora", "trainable": []}
     model = PromptSAM(lora_sam)
     inputs = _inputs(256)
     with torch.no_grad():
@@ -94,12 +97,12 @@ def test_lora_equals_base_and_counts(vit_b_256):
         got_eval = model(*inputs)
     assert torch.allclose(got, want, atol=1e-6) and torch.allclose(got_eval, want, atol=1e-6)
 
-    qkv = lora_sam.image_encoder.blocks[0].attn.qkv
+    qkv = lora_sam.sam.image_encoder.blocks[0].attn.qkv
     assert "lora_ind" in dict(qkv.named_buffers())          # moves with .to(device)
-    assert not any(k.endswith("lora_ind") for k in lora_sam.state_dict())
+    assert not any(k.endswith("lora_ind") for k in lora_sam.sam.state_dict())
     count = count_parameters(model)
     assert count.trainable == VIT_B_LORA4
-    names = [n for n, p in lora_sam.named_parameters() if p.requires_grad]
+    names = [n for n, p in lora_sam.sam.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
     assert sum("image_encoder" in n for n in names) == 24 and sum("mask_decoder" in n for n in names) == 28
 
@@ -112,7 +115,7 @@ def test_trainable_state_round_trip(vit_b_256, tmp_path):
     sam = copy.deepcopy(vit_b_256)
     add_lora(sam, rank=4)
     with torch.no_grad():
-        for name, p in sam.named_parameters():
+        for name, p in sam.sam.named_parameters():
             if "lora_B" in name:
                 p.normal_(std=0.01)
     model = PromptSAM(sam)
@@ -139,11 +142,11 @@ def test_trainable_state_round_trip(vit_b_256, tmp_path):
 
 def test_promptless_head_from_checkpoint(vit_b_ckpt):
     sam = build_sam("vit_b", vit_b_ckpt[0], 256, num_classes=8)
-    reinit = sam.exemplar.reinitialised
+    reinit = sam.reinitialised
     assert "mask_decoder.mask_tokens.weight" in reinit
     assert all(k.startswith("mask_decoder.") for k in reinit)
     add_lora(sam, rank=4)
-    trainable = [n for n, p in sam.named_parameters() if p.requires_grad]
+    trainable = [n for n, p in sam.sam.named_parameters() if p.requires_grad]
     assert "mask_decoder.mask_tokens.weight" in trainable
     images, _, _ = _inputs(256, b=2)
     with torch.no_grad():
@@ -196,11 +199,11 @@ def test_tiny_build_is_seeded_and_leaves_global_rng():
     assert torch.equal(torch.get_rng_state(), before)
     b = build_sam("tiny", None, 64, seed=3)
     c = build_sam("tiny", None, 64, seed=4)
-    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    sa, sb, sc = a.sam.state_dict(), b.sam.state_dict(), c.sam.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(sa["image_encoder.patch_embed.proj.weight"],
                            sc["image_encoder.patch_embed.proj.weight"])
-    assert a.exemplar.img_size == 64 and build_sam("tiny", None).exemplar.img_size == 128
+    assert a.img_size == 64 and build_sam("tiny", None).img_size == 128
 
 
 def test_tiny_checkpoint_and_shapes(tmp_path):

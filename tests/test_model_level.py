@@ -131,8 +131,8 @@ def test_lora_init_honours_seed():
     def lora_a(seed: int) -> dict:
         cfg = resolve_config(overrides={"model": "tiny", "trainable": "samed_lora", "seed": seed,
                                         "img_size": 64})
-        sam = build_model(cfg, None)
-        return {k: v for k, v in sam.state_dict().items() if "lora_A" in k}
+        built = build_model(cfg, None)
+        return {k: v for k, v in built.sam.state_dict().items() if "lora_A" in k}
 
     torch.manual_seed(0)
     a1 = lora_a(5)
@@ -189,8 +189,8 @@ def test_promptless_single_class_head_from_official_checkpoint(vit_b_ckpt):
     from train.model import PromptSAM, build_sam
 
     sam = build_sam("vit_b", vit_b_ckpt, 64, num_classes=1)       # was: 2 unexpected MLP keys
-    assert sam.mask_decoder.num_mask_tokens == 2
-    assert set(sam.exemplar.reinitialised) >= {"mask_decoder.mask_tokens.weight",
+    assert sam.sam.mask_decoder.num_mask_tokens == 2
+    assert set(sam.reinitialised) >= {"mask_decoder.mask_tokens.weight",
                                                "mask_decoder.output_hypernetworks_mlps.1.layers.0.weight"}
     with torch.no_grad():
         assert PromptSAM(sam).forward_promptless(torch.rand(1, 1, 64, 64)).shape == (1, 2, 64, 64)
@@ -331,7 +331,7 @@ def test_eval_states_unit_and_convention_and_transunet_is_in_voxels(tmp_path, ca
 def test_multimask_keeps_the_mask_with_the_best_predicted_iou():
     from train.model import PromptSAM, build_sam
 
-    sam = build_sam("tiny", None, 64, seed=3)
+    sam = build_sam("tiny", None, 64, seed=3).sam
     model = PromptSAM(sam).eval()
     images = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     points = torch.tensor([[[10.0, 20.0]], [[40.0, 33.0]]])

@@ -56,7 +56,7 @@ def test_pretrain_writes_model_config_metrics_preview(pre):
 
     state = torch.load(pre / "model.pt", weights_only=True)
     assert guess_model(state) == "tiny"
-    assert set(state) == set(build_sam("tiny", None).state_dict())      # a full state dict
+    assert set(state) == set(build_sam("tiny", None).sam.state_dict())      # a full state dict
     cfg = json.loads((pre / "config.json").read_text())
     p = cfg["pretrain"]
     assert p["split"] == "train" and p["seed"] == 5 and p["slice_stride"] == 6

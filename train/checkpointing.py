@@ -16,8 +16,6 @@ so evaluating needs the base SAM checkpoint named in the config as well.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import torch
 
 from shared.errors import ConfigError, DataError
+from shared.fileio import atomic_writer, read_json
 from shared.remote import is_remote
 
 CHECKPOINT_FORMAT = "exemplar-sam-train/1"
@@ -35,36 +34,10 @@ from train.precheck import CHECKPOINT_DIR, CONFIG_FILE, LAST, METRICS_FILE, SUMM
 IDENTITY_FIELDS = ("model", "checkpoint", "img_size", "lora_rank", "trainable", "prompt", "seed")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())  # a crash right after the rename must not leave an empty last.pt
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """``torch.save`` through shared.fileio's atomic writer (a crash leaves the old file)."""
+    with atomic_writer(path) as fh:
+        torch.save(obj, fh)
 
 
 def last_checkpoint(rundir: Path) -> Path:
@@ -175,10 +148,7 @@ def read_run_config(rundir: Path) -> dict[str, Any]:
     path = Path(rundir) / CONFIG_FILE
     if not path.exists():
         raise DataError(f"{path}: missing, {rundir} is not a `train fit` run directory")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable ({exc})") from None
+    return read_json(path, what="run config")
 
 
 def load_trained_model(rundir: str | Path, checkpoint: str | Path | None = None,
@@ -198,18 +168,19 @@ def load_trained_model(rundir: str | Path, checkpoint: str | Path | None = None,
     ckpt_path = Path(checkpoint) if checkpoint is not None else last_checkpoint(rundir)
     saved = load_checkpoint(ckpt_path)
     base = base_checkpoint if base_checkpoint is not None else cfg.checkpoint
-    sam = build_model(cfg, run["model"].get("num_classes"), base=base)
-    load_trainable_state(sam, saved["trainable"], str(ckpt_path))
-    model = PromptSAM(sam).to(device).eval()
+    built = build_model(cfg, run["model"].get("num_classes"), base=base)
+    load_trainable_state(built, saved["trainable"], str(ckpt_path))
+    model = PromptSAM(built).to(device).eval()
     return model, run
 
 
 def build_model(cfg, num_classes: int | None, base: str | Path | None = None):
-    """The Sam a config trains: base weights (or random init), then the named trainable set
-    ``cfg.trainable`` (train.model.trainable; LoRA seeded from ``cfg.seed``)."""
+    """The model a config trains, as a train.model.BuiltSam: base weights (or random init), then
+    the named trainable set ``cfg.trainable`` (train.model.trainable; LoRA seeded from
+    ``cfg.seed``), recorded in its ``lora`` / ``trainable`` facts."""
     from train.model import apply_trainable_set, build_sam
 
-    sam = build_sam(cfg.model, base if base is not None else cfg.checkpoint, cfg.img_size,
-                    num_classes=num_classes, seed=cfg.seed)
-    apply_trainable_set(sam, cfg.trainable, rank=cfg.lora_rank, seed=cfg.seed)
-    return sam
+    built = build_sam(cfg.model, base if base is not None else cfg.checkpoint, cfg.img_size,
+                      num_classes=num_classes, seed=cfg.seed)
+    apply_trainable_set(built, cfg.trainable, rank=cfg.lora_rank, seed=cfg.seed)
+    return built

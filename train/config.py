@@ -12,13 +12,13 @@ The resolved config is saved with the run as ``RUNDIR/config.json`` (key ``train
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from shared.errors import ConfigError
+from shared.fileio import read_json
 
 MODELS = ("tiny", "vit_b", "vit_l", "vit_h")
 PROMPTS = ("point", "none")
@@ -150,18 +150,7 @@ _AUG_FIELDS = {f.name for f in dataclasses.fields(AugmentConfig)}
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON config file (same layout as default.json); ConfigError on any problem."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must hold a JSON object")
-    return data
+    return read_json(path, what="config file", expect=dict, error=ConfigError)
 
 
 _LEGACY_KEYS = {"train_decoder"}   # read, translated by _upgrade_legacy

@@ -368,18 +368,6 @@ class EvalOptions:
     multimask: bool = False  # zero-shot SAM: three masks per point, keep the best predicted IoU
 
 
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"--device {name!r} must be auto, cpu or cuda[:N]")
-    return torch.device(name)
-
-
 def prepare_outdir(out: str | Path, overwrite: bool) -> tuple[Path, Path]:
     """(final dir, temporary dir). Results go to the temporary dir, renamed at the end."""
     out = Path(out)
@@ -456,6 +444,8 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
     try:
         if opts.num_threads > 0:  # restored below: no process-wide side effect for API callers
             torch.set_num_threads(opts.num_threads)
+        from train.devices import pick_device
+
         device = pick_device(opts.device)
         model.to(device).eval()
         inf = Inference(model, device, opts.batch_size, opts.decode_batch, opts.multimask)

@@ -7,12 +7,12 @@ callers do not come through here).
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from shared.errors import ConfigError, DataError
+from shared.fileio import read_json
 
 # The run-directory layout (train.checkpointing re-exports these; kept here so checks need no torch).
 CONFIG_FILE = "config.json"
@@ -52,12 +52,7 @@ def check_dataset_dir(path: str | Path, flag: str = "--shards") -> dict[str, Any
         if subs:
             hint = f"; did you mean {path / subs[0]}?"
         raise DataError(f"{flag} {path}: no dataset.json (not a `synth build` output folder){hint}")
-    try:
-        info = json.loads(manifest.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{manifest}: cannot read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{manifest}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    info = read_json(manifest, what="dataset manifest")
     if not isinstance(info, dict):
         raise DataError(f"{manifest}: not a dataset manifest (expected a JSON object)")
     if info.get("num_samples") == 0:
@@ -133,17 +128,13 @@ def check_nifti_out(out: str | Path, *, overwrite: bool) -> None:
             break
 
 
-def check_json_file(path: str | Path | None, flag: str) -> None:
-    """A JSON file that must exist and parse (its content is checked where it is used)."""
+def check_json_file(path: str | Path | None, flag: str) -> Any:
+    """A JSON file that must exist and parse (its content is checked where it is used); returns
+    the parsed content (None without a path)."""
     if path is None:
-        return
+        return None
     check_file(path, flag)
-    try:
-        json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return read_json(path)
 
 
 def check_fit_model(config_file: str | Path | None, model: str | None, checkpoint: str | Path | None) -> None:
@@ -156,8 +147,7 @@ def check_fit_model(config_file: str | Path | None, model: str | None, checkpoin
     for path in (DEFAULT_CONFIG, config_file):
         if path is None:
             continue
-        check_json_file(path, "--config")
-        data = json.loads(Path(path).read_text())
+        data = check_json_file(path, "--config")
         if isinstance(data, dict):
             layers.append(data)
     name = model

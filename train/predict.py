@@ -28,7 +28,7 @@ import numpy as np
 
 from shared.errors import ConfigError, DataError
 
-from .evaluate import Inference, LoadedModel, combine_class_logits, pick_device
+from .evaluate import Inference, LoadedModel, combine_class_logits
 
 
 def read_points(path: str | Path, class_names: Sequence[str], shape_ijk: Sequence[int]) -> dict[int, list[tuple[int, int, int]]]:
@@ -36,10 +36,7 @@ def read_points(path: str | Path, class_names: Sequence[str], shape_ijk: Sequenc
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: points file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+    data = read_json(path, what="points file")
     if not isinstance(data, dict) or not data:
         raise DataError(f'{path}: expected an object like {{"{class_names[1]}": [[i, j, k], ...]}}')
     index = {name: c for c, name in enumerate(class_names) if c > 0}
@@ -116,6 +113,8 @@ def predict_scan(loaded: LoadedModel, rundir: str | Path, image: str | Path, poi
         clicks: dict[int, list[tuple[int, int, int]]] = {}
     else:
         clicks = read_points(points, class_names, shape_ijk)
+
+    from train.devices import pick_device
 
     dev = pick_device(device)
     loaded.model.to(dev).eval()

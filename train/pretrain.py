@@ -223,7 +223,8 @@ def pretrain(cfg, opts: PretrainOptions, out: str | Path, *, resume: bool = Fals
 
     from train.checkpointing import (CONFIG_FILE, atomic_torch_save, atomic_write_json,
                                      load_trained_model)
-    from train.fit import fit, prepare_rundir
+    from train.fit import fit
+    from train.fit_setup import prepare_rundir
 
     if cfg.model != "tiny":
         raise ConfigError(f"train pretrain builds the tiny model only (got model {cfg.model!r})")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from shared.errors import DataError
+from shared.fileio import read_json
 
 from .metrics import CaseScore, Summary
 
@@ -130,10 +130,7 @@ def read_summary(evaldir: str | Path) -> dict:
     path = Path(evaldir) / "summary.json"
     if not path.is_file():
         raise DataError(f"{evaldir}: not an evaluation directory (no summary.json; run `train eval --out {evaldir}`)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot read summary ({' '.join(str(exc).split())})") from None
+    data = read_json(path, what="summary")
     if not isinstance(data, dict) or "mean_dsc" not in data or "per_class" not in data:
         raise DataError(f"{path}: not a `train eval` summary (mean_dsc / per_class missing)")
     return data

@@ -1,4 +1,8 @@
-"""`build_sam`: assemble SAM from segment_anything's modeling classes and load weights."""
+"""`build_sam`: assemble SAM from segment_anything's modeling classes and load weights.
+
+It returns a :class:`BuiltSam`: the module together with the facts about it (model name, input
+size, promptless head, weights file, heads left at random init). Code that needs those facts gets
+the record passed to it; nothing is stored on the module itself."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,7 +15,7 @@ from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncod
 
 from shared.errors import ConfigError, DataError
 
-from .checkpoint import guess_model, load_sam_state, read_checkpoint
+from .sam_weights import guess_model, load_sam_state, read_checkpoint
 from .registry import MODEL_NAMES, MODEL_SPECS, ModelSpec
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -19,17 +23,22 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass
-class SamInfo:
-    """What `build_sam` made; attached to the model as ``sam.exemplar``."""
+class BuiltSam:
+    """What `build_sam` made: the Sam module and its facts.
 
+    `lora` and `trainable` are filled in by :func:`train.model.apply_trainable_set` (or
+    :func:`train.model.add_lora`) when they are given this record.
+    """
+
+    sam: Sam
     model: str
     img_size: int
     num_classes: int | None
     checkpoint: str | None
     spec: dict
     reinitialised: list[str] = field(default_factory=list)   # checkpoint keys not loaded (heads)
-    lora: dict | None = None                                   # set by add_lora
-    trainable: dict | None = None                              # set by apply_trainable_set
+    lora: dict | None = None                                   # recorded by add_lora
+    trainable: dict | None = None                              # recorded by apply_trainable_set
 
     @property
     def embedding_size(self) -> int:
@@ -83,7 +92,7 @@ def assemble_sam(spec: ModelSpec, img_size: int, num_multimask_outputs: int | No
 
 def build_sam(model: str, checkpoint: str | Path | None, img_size: int | None = None, *,
               num_classes: int | None = None, seed: int = 0,
-              allow_random: bool = False) -> Sam:
+              allow_random: bool = False) -> BuiltSam:
     """Build SAM `model` ("tiny", "vit_b", "vit_l", "vit_h") for square inputs of `img_size`.
 
     - vit_*: `checkpoint` (an official SAM state dict) is required unless `allow_random` (tests);
@@ -91,7 +100,7 @@ def build_sam(model: str, checkpoint: str | Path | None, img_size: int | None = 
     - tiny: random init from `seed`; a `checkpoint` of a tiny model (a full state dict) may be given.
     - `num_classes`: SAMed-style promptless head, the mask decoder predicts num_classes + 1 masks
       (background first). Checkpoint mask tokens / hypernetwork MLPs / IoU head of another shape
-      are not loaded and keep their random init (listed in ``sam.exemplar.reinitialised``).
+      are not loaded and keep their random init (listed in ``BuiltSam.reinitialised``).
     Random init uses `seed` without touching torch's global RNG state.
     """
     if model not in MODEL_SPECS:
@@ -124,7 +133,6 @@ def build_sam(model: str, checkpoint: str | Path | None, img_size: int | None = 
     if state is not None:
         reinit = load_sam_state(sam, state, spec, checkpoint,
                                 allow_head_reinit=num_classes is not None)
-    sam.exemplar = SamInfo(model=model, img_size=img_size, num_classes=num_classes,
-                           checkpoint=None if checkpoint is None else str(checkpoint),
-                           spec=spec.to_dict(), reinitialised=reinit)
-    return sam
+    return BuiltSam(sam=sam, model=model, img_size=img_size, num_classes=num_classes,
+                    checkpoint=None if checkpoint is None else str(checkpoint),
+                    spec=spec.to_dict(), reinitialised=reinit)

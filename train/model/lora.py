@@ -24,7 +24,8 @@ from torch import nn
 
 from shared.errors import ConfigError, DataError
 
-from .checkpoint import HEAD_PREFIXES
+from .build import BuiltSam
+from .sam_weights import HEAD_PREFIXES
 
 LORA_TARGETS = ("encoder_qv", "decoder_attn")
 TRAIN_DECODER = ("lora", "full", "frozen")
@@ -43,12 +44,12 @@ class ParamCount(NamedTuple):
                 f"({100 * self.share:.2f}%)")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """PromptSAM -> its Sam, so checkpoint keys never depend on the wrapper."""
-    return getattr(model, "sam", model)
+def _unwrap(model: nn.Module | BuiltSam) -> nn.Module:
+    """PromptSAM or BuiltSam -> its Sam, so checkpoint keys never depend on the wrapper."""
+    return model.sam if isinstance(model, BuiltSam) else getattr(model, "sam", model)
 
 
-def count_parameters(model: nn.Module) -> ParamCount:
+def count_parameters(model: nn.Module | BuiltSam) -> ParamCount:
     params = list(_unwrap(model).parameters())
     return ParamCount(sum(p.numel() for p in params if p.requires_grad),
                       sum(p.numel() for p in params))
@@ -82,10 +83,11 @@ def _copy_base(old: nn.Linear, new: nn.Linear) -> nn.Linear:
     return new
 
 
-def add_lora(sam: nn.Module, rank: int = 4, alpha: float | None = None,
+def add_lora(model: BuiltSam | nn.Module, rank: int = 4, alpha: float | None = None,
              targets: Iterable[str] = LORA_TARGETS, *, train_decoder: str = "lora",
-             trainable: Iterable[str] = ()) -> None:
-    """Insert LoRA layers into `sam` (in place) and freeze everything else.
+             trainable: Iterable[str] = ()) -> dict:
+    """Insert LoRA layers into the Sam of `model` (in place) and freeze everything else; returns
+    what was added ({rank, alpha, targets, train_decoder, trainable}).
 
     rank, alpha: LoRA rank and loralib's lora_alpha (scaling = alpha / rank; default alpha = rank,
         i.e. scaling 1 as in SAMed).
@@ -94,9 +96,11 @@ def add_lora(sam: nn.Module, rank: int = 4, alpha: float | None = None,
     train_decoder: "lora" (decoder adapted by LoRA only, if targeted), "full" (the whole mask
         decoder trained, as SAMed; no LoRA is put into it then), "frozen" (no decoder LoRA either).
     trainable: extra parameter-name prefixes (relative to the Sam) kept trainable.
-    Heads re-initialised by build_sam(num_classes=...) are always kept trainable.
+    Given a BuiltSam, the heads build_sam(num_classes=...) re-initialised are always kept trainable
+    and the returned facts are recorded in ``built.lora`` as well.
     """
-    sam = _unwrap(sam)
+    built = model if isinstance(model, BuiltSam) else None
+    sam = _unwrap(model)
     targets = tuple(targets)
     if rank < 1:
         raise ConfigError(f"LoRA rank must be >= 1, got {rank}")
@@ -122,19 +126,20 @@ def add_lora(sam: nn.Module, rank: int = 4, alpha: float | None = None,
     keep = list(trainable)
     if train_decoder == "full":
         keep.append("mask_decoder.")
-    info = getattr(sam, "exemplar", None)
-    if info is not None and info.reinitialised:
+    if built is not None and built.reinitialised:
         keep.extend(HEAD_PREFIXES)
     if keep:
         for name, p in sam.named_parameters():
             if name.startswith(tuple(keep)):
                 p.requires_grad = True
-    if info is not None:
-        info.lora = {"rank": rank, "alpha": alpha, "targets": list(targets),
-                     "train_decoder": train_decoder, "trainable": list(trainable)}
+    info = {"rank": rank, "alpha": alpha, "targets": list(targets),
+            "train_decoder": train_decoder, "trainable": list(trainable)}
+    if built is not None:
+        built.lora = info
+    return info
 
 
-def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def trainable_state_dict(model: nn.Module | BuiltSam) -> dict[str, torch.Tensor]:
     """The trainable weights (LoRA + unfrozen parameters) plus persistent buffers, detached.
 
     Keys are relative to the Sam (a PromptSAM is unwrapped). The buffers (only the prompt
@@ -152,7 +157,7 @@ def _is_persistent(sam: nn.Module, name: str) -> bool:
     return leaf not in module._non_persistent_buffers_set
 
 
-def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor],
+def load_trainable_state(model: nn.Module | BuiltSam, state: dict[str, torch.Tensor],
                          source: str = "checkpoint") -> None:
     """Load what `trainable_state_dict` saved; names and shapes must match exactly.
 

@@ -14,26 +14,29 @@ from torch.utils.checkpoint import checkpoint
 
 from shared.errors import ConfigError
 
+from .build import BuiltSam
+
 
 class PromptSAM(nn.Module):
-    """Wraps a Sam built by `build_sam`.
+    """Wraps the Sam of a `build_sam` result (a BuiltSam; a bare Sam with `num_classes` works too).
 
     Inputs are square single-channel images (B, 1, S, S) in [0, 1] with S = the model's img_size.
     Points are (x, y) in input pixel coordinates (0..S-1, the pixel's index; SAM adds 0.5 to reach
     its centre), point labels 1 = foreground, 0 = background.
-    `grad_checkpoint`: recompute encoder blocks in the backward pass (less memory, ~30% slower).
+    `num_classes`: the promptless head's class count (None: a prompted model); taken from a
+    BuiltSam. `grad_checkpoint`: recompute encoder blocks in the backward pass (less memory, ~30%
+    slower).
     """
 
-    def __init__(self, sam: Sam, *, grad_checkpoint: bool = False) -> None:
+    def __init__(self, sam: BuiltSam | Sam, *, num_classes: int | None = None,
+                 grad_checkpoint: bool = False) -> None:
         super().__init__()
+        if isinstance(sam, BuiltSam):
+            num_classes, sam = sam.num_classes, sam.sam
         self.sam = sam
+        self.num_classes = num_classes
         self.grad_checkpoint = grad_checkpoint
         self.img_size = int(sam.image_encoder.img_size)
-
-    @property
-    def num_classes(self) -> int | None:
-        info = getattr(self.sam, "exemplar", None)
-        return None if info is None else info.num_classes
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(B,1,S,S) in [0,1] -> (B,3,S,S): x255, replicated to RGB, SAM mean/std normalised."""

@@ -47,6 +47,8 @@ from torch import nn
 
 from shared.errors import ConfigError
 
+from .build import BuiltSam
+
 GROUPS = ("encoder_lora", "encoder", "decoder_lora", "decoder_transformer", "point_embeddings",
           "mask_prompt", "output_tokens", "output_upscaling", "hypernetwork_mlps", "iou_head")
 
@@ -136,34 +138,35 @@ def lora_seed(seed: int) -> int:
     return int(np.random.SeedSequence([int(seed), 0x10EA]).generate_state(1)[0])
 
 
-def apply_trainable_set(sam: nn.Module, name: str, *, rank: int = 4, seed: int = 0,
+def apply_trainable_set(model: BuiltSam | nn.Module, name: str, *, rank: int = 4, seed: int = 0,
                         alpha: float | None = None, extra_groups: Iterable[str] = ()) -> dict[str, int]:
-    """Make `sam` (built by build_sam) train the named set, in place; returns the counts per group.
+    """Make the Sam of `model` train the named set, in place; returns the counts per group.
 
     LoRA layers are created under ``torch.random.fork_rng`` seeded from `seed` (:func:`lora_seed`),
-    so one seed gives identical LoRA weights and the global RNG is untouched. Output heads that
-    build_sam re-initialised (promptless head) are always trained, whatever the set.
-    The choice is recorded in ``sam.exemplar.lora`` / ``sam.exemplar.trainable``.
+    so one seed gives identical LoRA weights and the global RNG is untouched. Given a BuiltSam,
+    output heads that build_sam re-initialised (promptless head) are always trained, whatever the
+    set, and the choice is recorded in ``built.lora`` / ``built.trainable``.
     """
     from .lora import add_lora
 
     if name not in TRAINABLE_SETS:
         raise ConfigError(f"unknown trainable set {name!r}; choose one of {', '.join(TRAINABLE_NAMES)}")
     tset = TRAINABLE_SETS[name]
+    built = model if isinstance(model, BuiltSam) else None
+    sam = model.sam if built is not None else model
     groups = set(tset.groups) | set(extra_groups)
-    info = getattr(sam, "exemplar", None)
-    if info is not None and info.reinitialised:
+    if built is not None and built.reinitialised:
         groups |= {"output_tokens", "hypernetwork_mlps", "iou_head"}
     if tset.lora_targets:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(lora_seed(seed))
-            add_lora(sam, rank, alpha, tset.lora_targets, train_decoder="lora")
+            add_lora(model, rank, alpha, tset.lora_targets, train_decoder="lora")
     for pname, p in sam.named_parameters():
         p.requires_grad = param_group(pname) in groups
     counts = group_counts(sam)
-    if info is not None:
-        info.trainable = {"set": name, "groups": sorted(groups, key=GROUPS.index), "counts": counts,
-                          "total": sum(counts.values())}
+    if built is not None:
+        built.trainable = {"set": name, "groups": sorted(groups, key=GROUPS.index), "counts": counts,
+                           "total": sum(counts.values())}
     return counts
 
 
