@@ -52,7 +52,9 @@ def main() -> None:
     ap.add_argument("--append", action="store_true", help="append the result to BENCHMARKS.md")
     args = ap.parse_args()
 
-    from train.evaluate import EvalOptions, evaluate, load_run_model, load_zero_shot, open_source_testset
+    from train.evaluate import EvalOptions, evaluate
+    from train.inference import load_run_model, load_zero_shot
+    from train.testsets import open_source_testset
 
     loaded = load_run_model(args.run) if args.run else load_zero_shot("tiny", None, args.img_size)
     rows = []

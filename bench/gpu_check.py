@@ -183,7 +183,9 @@ def train(work: Path, ds: Path, ckpt: Path, plan: Plan, device: str) -> dict:
 
 
 def evaluate(work: Path, test: Path, plan: Plan, device: str) -> dict:
-    from train.evaluate import EvalOptions, evaluate, load_run_model, open_shards_testset
+    from train.evaluate import EvalOptions, evaluate
+    from train.inference import load_run_model
+    from train.testsets import open_shards_testset
 
     opts = EvalOptions(prompt="center", device=device, batch_size=plan.batch_size, overwrite=True,
                        max_volumes=plan.max_eval_volumes, num_threads=plan.threads)

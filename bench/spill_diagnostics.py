@@ -37,7 +37,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.evaluate import load_run_model, open_source_testset, prompt_point, volume_key  # noqa: E402
+from train.evaluate import prompt_point, volume_key  # noqa: E402
+from train.inference import load_run_model  # noqa: E402
+from train.testsets import open_source_testset  # noqa: E402
 from train.resize import resize_image, scale_points  # noqa: E402
 
 BINS = ((0, 100), (100, 300), (300, 1000), (1000, 3000), (3000, 10**7))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from shared.errors import DataError
-from train.augment import apply_augment, sample_augment
+from train.augment import AugmentParams, apply_augment, sample_augment
 from train.config import AugmentConfig
 from train.data import SampleOrder, ShardBatchStream, StreamSpec, batch_loader
 from train_datasets import make_dataset
@@ -119,10 +119,15 @@ def test_augmentation_is_seeded_and_moves_label_with_image(zarr_ds):
     rng = np.random.default_rng(0)
     image = rng.random((16, 16)).astype(np.float32)
     label = (image > 0.5).astype(np.uint8)
-    params = {"hflip": True, "vflip": False, "rot90": 1}
+    params = AugmentParams(hflip=True, rot90=1)
     im2, lb2 = apply_augment(image, label, params)
     assert np.array_equal(lb2, (im2 > 0.5).astype(np.uint8))
-    assert sample_augment(AugmentConfig(), rng) == {}
+    assert np.array_equal(im2, np.rot90(image[:, ::-1], 1))       # flip first, then a quarter turn
+    assert sample_augment(AugmentConfig(), rng) == AugmentParams()   # nothing configured: identity
+    drawn = sample_augment(aug, np.random.default_rng(3))
+    assert drawn == sample_augment(aug, np.random.default_rng(3)) and drawn.intensity
+    assert 0.9 <= drawn.mul <= 1.1 and -0.05 <= drawn.add <= 0.05 and abs(drawn.angle) <= 15
+    assert drawn.to_dict()["gamma"] == drawn.gamma
 
 
 def _corrupt_zarr(root: Path) -> None:

@@ -172,7 +172,9 @@ def test_bad_inputs_give_one_line_errors(brain_run, tmp_path, capsys):
 
 
 def test_volumes_without_foreground_are_skipped(brain_run, tmp_path, capsys):
-    from train.evaluate import EvalOptions, EvalVolume, TestSet, evaluate, load_run_model
+    from train.evaluate import EvalOptions, evaluate
+    from train.inference import load_run_model
+    from train.testsets import EvalVolume, TestSet
 
     src = open_source("demo-brain")
     vol = src.load(src.case_ids()[0])
@@ -193,7 +195,7 @@ def test_volumes_without_foreground_are_skipped(brain_run, tmp_path, capsys):
 
 
 def test_combine_class_logits_highest_wins():
-    from train.evaluate import combine_class_logits
+    from train.inference import combine_class_logits
 
     logits = np.array([[[1.0, -1.0, 3.0]], [[2.0, -0.5, -1.0]]], np.float32)
     pred = combine_class_logits([2, 5], logits, (1, 3))

@@ -236,11 +236,11 @@ def test_report_shows_prompt_and_warns_on_mixed_test_data(tmp_path, capsys):
 
 
 def test_all_empty_predictions_are_reported(tmp_path):
-    from train.commands.eval_cmd import _all_predictions_empty
+    from train.commands.eval_cmd import all_predictions_empty
 
-    assert _all_predictions_empty(_fake_eval(tmp_path / "e", "brats", ["c1", "c2"], "center", 0) / "cases.csv") \
+    assert all_predictions_empty(_fake_eval(tmp_path / "e", "brats", ["c1", "c2"], "center", 0) / "cases.csv") \
         == "2 volumes x 1 class"
-    assert _all_predictions_empty(_fake_eval(tmp_path / "f", "brats", ["c1"], "center", 3) / "cases.csv") == ""
+    assert all_predictions_empty(_fake_eval(tmp_path / "f", "brats", ["c1"], "center", 3) / "cases.csv") == ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +301,8 @@ def test_overlay_legend_matches_fills_and_small_truth_stays_visible(tmp_path):
 
 
 def test_worst_slices_skip_slivers():
-    from train.evaluate import EvalVolume, _collect_worst
+    from train.evaluate import collect_worst
+    from train.testsets import EvalVolume
 
     label = np.zeros((4, 40, 40), np.uint8)
     label[0, 0:2, 0:2] = 1          # a 4-pixel sliver (tumour end), missed entirely
@@ -312,7 +313,7 @@ def test_worst_slices_skip_slivers():
     pred[2, 5:20] = 0               # the big slice half missed
     vol = EvalVolume("v", np.zeros(label.shape, np.float32), label, (1.0, 1.0, 1.0), np.eye(4))
     heap: list = []
-    _collect_worst(heap, 0, 1, vol, pred, {})
+    collect_worst(heap, 0, 1, vol, pred, {})
     assert heap[0][2]["slice"] == 2
 
 

@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
 
 def _manual(setup, k, ij_points):
     """What eval's pipeline predicts on slice k from these (i, j) points."""
-    from train.evaluate import Inference, load_run_model
+    from train.inference import Inference, load_run_model
     from train.resize import scale_points
 
     loaded = load_run_model(setup["run"])

@@ -82,13 +82,13 @@ def test_brats_intensity_is_recorded_and_reopened(brats_root) -> None:
 
 
 def test_eval_uses_the_runs_intensity_preset() -> None:
-    from train.commands.eval_cmd import _eval_intensity
+    from train.commands.eval_cmd import default_intensity
 
     class Loaded:
         run_config = {"dataset": {"source": {"name": "brats", "intensity": {"kind": "minmax", "per": "slice",
                                                                            "upper_percentile": 99.5}}}}
 
-    assert _eval_intensity(None, "brats", Loaded())["upper_percentile"] == 99.5
-    assert _eval_intensity(None, "synapse", Loaded()) is None
-    assert _eval_intensity("mri-slice-minmax", "brats", Loaded()) == "mri-slice-minmax"
-    assert _eval_intensity('{"kind": "minmax"}', "brats", Loaded()) == {"kind": "minmax"}
+    assert default_intensity(None, "brats", Loaded())["upper_percentile"] == 99.5
+    assert default_intensity(None, "synapse", Loaded()) is None
+    assert default_intensity("mri-slice-minmax", "brats", Loaded()) == "mri-slice-minmax"
+    assert default_intensity('{"kind": "minmax"}', "brats", Loaded()) == {"kind": "minmax"}

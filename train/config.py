@@ -19,8 +19,8 @@ from typing import Any, Mapping
 
 from shared.errors import ConfigError
 from shared.fileio import read_json
+from train.model.registry import MODEL_NAMES
 
-MODELS = ("tiny", "vit_b", "vit_l", "vit_h")
 PROMPTS = ("point", "none")
 
 
@@ -109,8 +109,8 @@ class TrainConfig:
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"{source}: {msg}")
 
-        if self.model not in MODELS:
-            raise bad(f"model {self.model!r} is not one of {', '.join(MODELS)}")
+        if self.model not in MODEL_NAMES:
+            raise bad(f"model {self.model!r} is not one of {', '.join(MODEL_NAMES)}")
         if self.prompt not in PROMPTS:
             raise bad(f"prompt {self.prompt!r} is not one of {', '.join(PROMPTS)}")
         if self.img_size < 16 or self.img_size % 16:
@@ -140,7 +140,7 @@ class TrainConfig:
         if self.trainable not in TRAINABLE_NAMES:
             raise bad(f"trainable {self.trainable!r} is not one of auto, {', '.join(TRAINABLE_NAMES)}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise bad(f"device {self.device!r} must be auto, cpu or cuda[:N]")
+            raise bad(f"device {self.device!r} must be auto, cpu or cuda[:N]")  # the names train.devices takes
         return self
 
 

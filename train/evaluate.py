@@ -21,183 +21,33 @@ Protocol (the paper's, after SAMed):
 """
 from __future__ import annotations
 
-import contextlib
 import heapq
 import json
-import math
 import shutil
 import sys
 import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
+import nibabel as nib
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from shared.errors import ConfigError, DataError
-from shared.remote import is_remote
-
-from . import report
-from .metrics import (EMPTY_CASE_TEXT, EMPTY_CASES, HD95_UNITS, CaseScore, score_volume, slice_dice,
-                      summarise)
+from shared.fileio import atomic_write_text
+from train import report
+from train.devices import pick_device
+from train.inference import Inference, LoadedModel, predict_slices
+from train.metrics import (EMPTY_CASE_TEXT, EMPTY_CASES, HD95_UNITS, CaseScore, score_volume, slice_dice,
+                           summarise)
+from train.overlays import write_overlays
+from train.prompts import center_point, random_point
+from train.testsets import EvalVolume, TestSet
 
 PROMPT_MODES = ("center", "random", "none")
-
-
-# --------------------------------------------------------------------------------------------
-# Test volumes
-
-
-@dataclass
-class EvalVolume:
-    """One test volume: arrays (S, R, C) at the source resolution and its geometry."""
-
-    volume_id: str
-    image: np.ndarray  # float32 (S, R, C) in [0, 1]
-    label: np.ndarray  # uint8 (S, R, C)
-    spacing: tuple[float, float, float]  # mm along (S, R, C)
-    affine: np.ndarray  # 4x4 of the source NIfTI
-    geometry_known: bool = True  # False: spacing is a 1 mm placeholder (transunet), HD95 in voxels
-
-
-@dataclass
-class TestSet:
-    """Where the test volumes come from, and a lazy iterator over them."""
-
-    description: dict  # what summary.json records under "dataset"
-    class_names: tuple[str, ...]
-    task: str
-    volume_ids: list[str]
-    load: Callable[[str], EvalVolume]
-    geometry_known: bool = True  # False: the source has no voxel spacing (HD95 only in voxels)
-
-    def __iter__(self) -> Iterator[EvalVolume]:
-        for vid in self.volume_ids:
-            yield self.load(vid)
-
-
-def open_shards_testset(directory: str | Path) -> TestSet:
-    """Packed test volumes written by `synth pack` (dataset.json with a ``volumes`` list)."""
-    from shared import open_dataset
-
-    ds = open_dataset(directory)
-    volumes = ds.volumes
-    if not volumes:
-        raise DataError(f"{directory}: holds no packed volumes (kind {ds.kind!r}); "
-                        "write test volumes with `synth pack --split test --out DIR`")
-    by_id = {str(v["id"]): v for v in volumes}
-
-    def load(vid: str) -> EvalVolume:
-        v = by_id[vid]
-        image, label = ds.volume_arrays(vid)
-        image = np.asarray(image, dtype=np.float32)
-        label = np.asarray(label, dtype=np.uint8)
-        slices = list(v.get("slices") or range(len(image)))
-        shape = tuple(int(s) for s in v.get("shape") or image.shape)
-        if len(slices) != shape[0]:  # a subset of slices was packed: rebuild the full volume
-            full_i = np.zeros(shape, np.float32)
-            full_l = np.zeros(shape, np.uint8)
-            full_i[slices], full_l[slices] = image, label
-            image, label = full_i, full_l
-        return EvalVolume(vid, image, label, tuple(float(s) for s in v["spacing"]),
-                          np.asarray(v["affine"], dtype=np.float64))
-
-    source = ds.info.get("source") or {}
-    path = directory if is_remote(directory) else str(Path(directory).resolve())
-    description = {"kind": "shards", "path": path, "source": source}
-    return TestSet(description, tuple(ds.class_names), ds.task, list(by_id), load,
-                   geometry_known=source_geometry_known(source))
-
-
-def source_geometry_known(source: dict) -> bool:
-    """Whether a source (its describe() dict) has real voxel spacings.
-
-    The TransUNet files keep no geometry (shared/sources/transunet.py reports 1 mm placeholders,
-    ``meta["geometry_known"] = False``); packed shards keep only the source's description.
-    """
-    return source.get("geometry_known", source.get("name") != "transunet") is not False
-
-
-def open_source_testset(dataset: str, root: str | Path | None, split: str, *, modality: str = "flair",
-                        config: str | Path | None = None, intensity=None) -> TestSet:
-    """Volumes read straight from a source folder through shared.sources / shared.splits
-    (``intensity``: a preset replacing the source's, for brats and nifti)."""
-    from shared.sources import open_source
-    from shared.splits import resolve_split
-
-    source = open_source(dataset, root, modality=modality, config=config, intensity=intensity)
-    ids = list(resolve_split(source, split))
-    if not ids:
-        raise DataError(f"{dataset} source at {root}: split {split!r} holds no volumes")
-
-    def load(vid: str) -> EvalVolume:
-        vol = source.load(vid)
-        return EvalVolume(vol.volume_id, np.asarray(vol.image, np.float32), np.asarray(vol.label, np.uint8),
-                          tuple(float(s) for s in vol.spacing), np.asarray(vol.affine, np.float64))
-
-    description = {"kind": "source", "split": split, "source": source.describe()}
-    return TestSet(description, tuple(source.class_names), source.task, ids, load,
-                   geometry_known=source_geometry_known(description["source"]))
-
-
-# --------------------------------------------------------------------------------------------
-# The model to evaluate
-
-
-@dataclass
-class LoadedModel:
-    """A PromptSAM ready for inference plus what the report needs to say about it."""
-
-    model: Any  # train.model.PromptSAM
-    name: str  # the method name in table.md
-    class_names: tuple[str, ...] | None  # None for zero-shot SAM: taken from the dataset
-    trained_prompt: str | None  # "point" / "none" for runs, None for zero-shot
-    info: dict = field(default_factory=dict)  # recorded under "model" in summary.json
-    run_config: dict = field(default_factory=dict)  # RUNDIR/config.json ({} for zero-shot)
-
-
-def load_zero_shot(model: str, checkpoint: str | Path | None, img_size: int | None = None) -> LoadedModel:
-    """Zero-shot SAM (the paper's "SAM" rows): official weights, no LoRA, no training."""
-    from train.model import MODEL_SPECS, PromptSAM, build_sam
-
-    if model not in MODEL_SPECS:
-        raise ConfigError(f"unknown --model {model!r}; choose one of {', '.join(MODEL_SPECS)}")
-    size = int(img_size or MODEL_SPECS[model].checkpoint_img_size)
-    sam = build_sam(model, checkpoint, size)
-    info = {"model": model, "checkpoint": None if checkpoint is None else str(checkpoint),
-            "img_size": size, "zero_shot": True}
-    return LoadedModel(PromptSAM(sam).eval(), f"SAM ({model}, zero-shot)", None, None, info)
-
-
-def load_run_model(rundir: str | Path, checkpoint: str | Path | None = None,
-                   base_checkpoint: str | Path | None = None) -> LoadedModel:
-    """A trained run (``RUNDIR/config.json`` + ``RUNDIR/checkpoints/last.pt`` or `checkpoint`).
-
-    `base_checkpoint` overrides the official SAM weights path recorded in the run (vit_* runs
-    only hold LoRA weights).
-    """
-    from train.checkpointing import CONFIG_FILE, last_checkpoint, load_trained_model
-
-    rundir = Path(rundir)
-    if not rundir.is_dir():
-        raise DataError(f"--run {rundir}: run directory not found")
-    if not (rundir / CONFIG_FILE).is_file():
-        raise DataError(f"--run {rundir}: not a `train fit` run directory (no {CONFIG_FILE})")
-    ckpt = Path(checkpoint) if checkpoint is not None else last_checkpoint(rundir)
-    if not ckpt.is_file():
-        raise DataError(f"--run {rundir}: no checkpoint at {ckpt} (has `train fit` written one yet?)")
-    model, run = load_trained_model(rundir, ckpt, base_checkpoint)
-    train_cfg = run.get("train", {})
-    dataset = run.get("dataset") or {}
-    names = dataset.get("class_names")
-    info = {"run": str(rundir.resolve()), "checkpoint": str(ckpt.resolve()),
-            "model": train_cfg.get("model"), "img_size": train_cfg.get("img_size"),
-            "base_checkpoint": str(base_checkpoint) if base_checkpoint else train_cfg.get("checkpoint"),
-            "lora_rank": train_cfg.get("lora_rank"), "trained_prompt": train_cfg.get("prompt"),
-            "zero_shot": False}
-    return LoadedModel(model.eval(), rundir.resolve().name, tuple(names) if names else None,
-                       train_cfg.get("prompt"), info, run)
 
 
 def check_classes(loaded: LoadedModel, testset: TestSet, where: str) -> None:
@@ -220,84 +70,18 @@ def volume_key(volume_id: str) -> int:
 
 def prompt_point(mask: np.ndarray, mode: str, seed: int, vkey: int, k: int, c: int) -> tuple[float, float]:
     """(x, y) pixel of one class mask of slice k for a prompted mode."""
-    from train.prompts import center_point, random_point
-
     if mode == "center":
         return tuple(float(v) for v in center_point(mask))  # type: ignore[return-value]
     rng = np.random.default_rng([int(seed), int(vkey), int(k), int(c)])
     return tuple(float(v) for v in random_point(mask, rng))  # type: ignore[return-value]
 
 
-@dataclass
-class Inference:
-    """Batched inference settings and the torch context they imply."""
-
-    model: Any
-    device: Any
-    batch_size: int = 8  # slices per encoder call
-    decode_batch: int = 64  # prompts per decoder call
-    multimask: bool = False  # SAM's three masks per prompt, keep the best predicted IoU
-
-    @property
-    def img_size(self) -> int:
-        return int(self.model.img_size)
-
-    def autocast(self):
-        import torch
-
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def encode(self, slices: np.ndarray):
-        """(B, h, w) float32 slices -> embeddings on the device."""
-        import torch
-
-        from train.resize import resize_image
-
-        s = self.img_size
-        batch = np.stack([resize_image(im, s) for im in slices]).astype(np.float32, copy=False)
-        x = torch.from_numpy(batch).unsqueeze(1).to(self.device)
-        with self.autocast():
-            return self.model.encode(x)
-
-    def decode_prompts(self, embeddings, emb_index: np.ndarray, points: np.ndarray,
-                       labels: np.ndarray, hw: tuple[int, int]):
-        """Logits (P, h, w) float32 numpy for P prompts (points (P, N, 2) at model scale)."""
-        import torch
-
-        from train.resize import upsample_logits
-
-        out = []
-        for i in range(0, len(emb_index), self.decode_batch):
-            sel = torch.from_numpy(emb_index[i:i + self.decode_batch]).to(self.device)
-            pts = torch.from_numpy(points[i:i + self.decode_batch]).float().to(self.device)
-            lab = torch.from_numpy(labels[i:i + self.decode_batch]).long().to(self.device)
-            with self.autocast():
-                logits = self.model.decode(embeddings[sel], pts, lab, multimask=self.multimask)
-            out.append(upsample_logits(logits.float(), hw)[:, 0].cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, *hw), np.float32)
-
-    def decode_promptless(self, embeddings, hw: tuple[int, int]) -> np.ndarray:
-        """Arg-max label maps (B, h, w) of the K+1 promptless outputs."""
-        import torch
-
-        from train.resize import upsample_logits
-
-        with self.autocast():
-            logits = self.model.decode_promptless(embeddings)
-        return upsample_logits(logits.float(), hw).argmax(1).to(torch.uint8).cpu().numpy()
-
-
-def combine_class_logits(classes: Sequence[int], logits: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Per-class logits (n, h, w) -> label map: class with the highest logit where it is > 0."""
-    pred = np.zeros(hw, np.uint8)
-    if len(classes) == 0:
-        return pred
-    best = logits.argmax(0)
-    fg = logits.max(0) > 0
-    pred[fg] = np.asarray(classes, np.uint8)[best[fg]]
-    return pred
+def slice_prompts(label: np.ndarray, num_classes: int, mode: str, seed: int, vkey: int,
+                  k: int) -> dict[int, np.ndarray]:
+    """{class: [[x, y]]}: one point per class present in ground-truth slice k (prompted modes)."""
+    present = np.unique(label)
+    return {int(c): np.asarray([prompt_point(label == c, mode, seed, vkey, k, int(c))], np.float64)
+            for c in present[(present > 0) & (present <= num_classes)]}
 
 
 def predict_volume(inf: Inference, vol: EvalVolume, num_classes: int, prompt: str, seed: int,
@@ -307,10 +91,6 @@ def predict_volume(inf: Inference, vol: EvalVolume, num_classes: int, prompt: st
 
     `prompts_out`, if given, receives {slice: [(class, x, y), ...]} (points at source resolution).
     """
-    import torch
-
-    from train.resize import scale_points
-
     S, H, W = vol.label.shape
     pred = np.zeros((S, H, W), np.uint8)
     if prompt == "none":
@@ -320,28 +100,14 @@ def predict_volume(inf: Inference, vol: EvalVolume, num_classes: int, prompt: st
     vkey = volume_key(vol.volume_id)
     for b0 in range(0, len(todo), inf.batch_size):
         ks = todo[b0:b0 + inf.batch_size]
-        emb = inf.encode(vol.image[ks])
-        if prompt == "none":
-            pred[ks] = inf.decode_promptless(emb, (H, W))
-        else:
-            emb_idx, pts, owners = [], [], []
-            for j, k in enumerate(ks):
-                present = np.unique(vol.label[k])
-                for c in present[(present > 0) & (present <= num_classes)]:
-                    xy = prompt_point(vol.label[k] == c, prompt, seed, vkey, int(k), int(c))
-                    if prompts_out is not None:
-                        prompts_out.setdefault(int(k), []).append((int(c), *xy))
-                    emb_idx.append(j)
-                    pts.append(scale_points(np.asarray([xy], np.float64), (H, W), inf.img_size))
-                    owners.append((j, int(c)))
-            if owners:
-                points = np.stack(pts).astype(np.float32).reshape(len(owners), 1, 2)
-                logits = inf.decode_prompts(emb, np.asarray(emb_idx, np.int64), points,
-                                            np.ones((len(owners), 1), np.int64), (H, W))
-                for j, k in enumerate(ks):
-                    mine = [i for i, (o, _) in enumerate(owners) if o == j]
-                    pred[k] = combine_class_logits([owners[i][1] for i in mine], logits[mine], (H, W))
-        del emb
+        prompts = None
+        if prompt != "none":
+            prompts = [slice_prompts(vol.label[k], num_classes, prompt, seed, vkey, int(k)) for k in ks]
+            if prompts_out is not None:
+                for k, per_class in zip(ks, prompts):
+                    if per_class:
+                        prompts_out[int(k)] = [(c, *map(float, xy[0])) for c, xy in per_class.items()]
+        pred[ks] = predict_slices(inf, vol.image[ks], prompts)
         if progress is not None:
             progress(len(ks))
     return pred, len(todo)
@@ -397,17 +163,8 @@ def _finish_outdir(out: Path, tmp: Path) -> None:
     tmp.rename(out)
 
 
-def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalOptions,
-             *, where: str = "evaluation", log: Callable[[str], None] | None = None) -> dict:
-    """Run the evaluation and write summary.json, cases.csv, table.md (+ predictions, overlays).
-
-    Returns the summary dict. Volumes without any foreground are skipped with a warning (they
-    hold nothing to score); if no volume is left, a DataError is raised.
-    """
-    import torch
-    from tqdm import tqdm
-
-    log = log or (lambda m: print(m, file=sys.stderr))
+def check_options(loaded: LoadedModel, testset: TestSet, opts: EvalOptions, where: str) -> str:
+    """One-line errors for options that do not fit the model or the data; returns the HD95 unit."""
     if opts.prompt not in PROMPT_MODES:
         raise ConfigError(f"--prompt {opts.prompt!r} must be one of {', '.join(PROMPT_MODES)}")
     if opts.batch_size < 1:
@@ -437,75 +194,90 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
     elif loaded.trained_prompt == "none":
         raise ConfigError(f"{where}: the run was trained without prompts (prompt none); "
                           "evaluate it with --prompt none")
+    return hd95_unit
 
+
+@dataclass
+class Scores:
+    """What scoring the volumes produced (before the files are written)."""
+
+    rows: list[CaseScore] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    worst: list[tuple] = field(default_factory=list)   # heap of the worst slices (overlays)
+    slices: int = 0
+    model_seconds: float = 0.0
+
+
+def score_volumes(inf: Inference, testset: TestSet, opts: EvalOptions, hd95_unit: str, tmp: Path,
+                  log: Callable[[str], None]) -> Scores:
+    """Predict and score every test volume (up to max_volumes); predictions saved under `tmp`."""
+    num_classes = len(testset.class_names) - 1
+    scores, counter = Scores(), 0
+    ids = testset.volume_ids[: opts.max_volumes] if opts.max_volumes else testset.volume_ids
+    bar = tqdm(total=None, unit="slice", desc="eval", dynamic_ncols=True, file=sys.stderr, disable=None)
+    for i, vid in enumerate(ids):
+        vol = testset.load(vid)
+        bar.set_description(f"eval {i + 1}/{len(ids)} {vid}")
+        if not vol.label.any():
+            log(f"warning: {vid}: no foreground in the ground truth, volume skipped (nothing to score)")
+            scores.skipped.append(vid)
+            continue
+        if vol.label.max() > num_classes:
+            raise DataError(f"{vid}: label value {int(vol.label.max())} is outside the "
+                            f"dataset's {num_classes} classes")
+        t0 = time.perf_counter()
+        prompts: dict = {}
+        pred, n = predict_volume(inf, vol, num_classes, opts.prompt, opts.seed, bar.update, prompts)
+        scores.model_seconds += time.perf_counter() - t0
+        scores.slices += n
+        scores.rows.extend(score_volume(vid, pred, vol.label, vol.spacing, testset.class_names,
+                                        hd95_unit=hd95_unit, empty_case=opts.empty_case))
+        if opts.save_predictions:
+            save_prediction(tmp / "predictions" / f"{vid}.nii.gz", pred, vol.affine)
+        if opts.overlays > 0:
+            counter = collect_worst(scores.worst, counter, opts.overlays, vol, pred, prompts)
+    bar.close()
+    return scores
+
+
+def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalOptions,
+             *, where: str = "evaluation", log: Callable[[str], None] | None = None) -> dict:
+    """Run the evaluation and write summary.json, cases.csv, table.md (+ predictions, overlays).
+
+    Returns the summary dict. Volumes without any foreground are skipped with a warning (they
+    hold nothing to score); if no volume is left, a DataError is raised.
+    """
+    log = log or (lambda m: print(m, file=sys.stderr))
+    hd95_unit = check_options(loaded, testset, opts, where)
+    model = loaded.model
     out, tmp = prepare_outdir(out, opts.overwrite)
     ok = False
     threads = torch.get_num_threads()
     try:
         if opts.num_threads > 0:  # restored below: no process-wide side effect for API callers
             torch.set_num_threads(opts.num_threads)
-        from train.devices import pick_device
-
         device = pick_device(opts.device)
         model.to(device).eval()
         inf = Inference(model, device, opts.batch_size, opts.decode_batch, opts.multimask)
-        rows: list[CaseScore] = []
-        skipped: list[str] = []
-        worst: list[tuple] = []  # heap of (-badness, counter, payload) for overlays
-        counter = 0
-        n_slices = 0
-        model_seconds = 0.0
         t_start = time.perf_counter()
-        ids = testset.volume_ids[: opts.max_volumes] if opts.max_volumes else testset.volume_ids
-        bar = tqdm(total=None, unit="slice", desc="eval", dynamic_ncols=True, file=sys.stderr,
-                   disable=None)
         with torch.inference_mode():
-            for i, vid in enumerate(ids):
-                vol = testset.load(vid)
-                bar.set_description(f"eval {i + 1}/{len(ids)} {vid}")
-                if not vol.label.any():
-                    log(f"warning: {vid}: no foreground in the ground truth, volume skipped (nothing to score)")
-                    skipped.append(vid)
-                    continue
-                if vol.label.max() > num_classes:
-                    raise DataError(f"{vid}: label value {int(vol.label.max())} is outside the "
-                                    f"dataset's {num_classes} classes")
-                t0 = time.perf_counter()
-                prompts: dict = {}
-                pred, n = predict_volume(inf, vol, num_classes, opts.prompt, opts.seed, bar.update, prompts)
-                model_seconds += time.perf_counter() - t0
-                n_slices += n
-                rows.extend(score_volume(vid, pred, vol.label, vol.spacing, testset.class_names,
-                                         hd95_unit=hd95_unit, empty_case=opts.empty_case))
-                if opts.save_predictions:
-                    _save_prediction(tmp / "predictions" / f"{vid}.nii.gz", pred, vol.affine)
-                if opts.overlays > 0:
-                    counter = _collect_worst(worst, counter, opts.overlays, vol, pred, prompts)
-        bar.close()
-        if not rows:
+            scores = score_volumes(inf, testset, opts, hd95_unit, tmp, log)
+        if not scores.rows:
             raise DataError(f"{where}: no volume with foreground to score "
-                            f"({len(skipped)} volume(s) skipped: {', '.join(skipped[:3])})")
+                            f"({len(scores.skipped)} volume(s) skipped: {', '.join(scores.skipped[:3])})")
         seconds = time.perf_counter() - t_start
-        summary = summarise(rows, testset.class_names)
         result = report.summary_dict(
-            summary, task=testset.task, class_names=testset.class_names,
+            summarise(scores.rows, testset.class_names), task=testset.task, class_names=testset.class_names,
             method=loaded.name, prompt=opts.prompt, seed=opts.seed, model=loaded.info,
-            run=loaded.info.get("run"), dataset=testset.description, skipped_volumes=skipped,
-            seconds=round(seconds, 3), slices=n_slices,
-            slices_per_s=round(n_slices / model_seconds, 3) if model_seconds > 0 else None,
+            run=loaded.info.get("run"), dataset=testset.description, skipped_volumes=scores.skipped,
+            seconds=round(seconds, 3), slices=scores.slices,
+            slices_per_s=round(scores.slices / scores.model_seconds, 3) if scores.model_seconds > 0 else None,
             device=str(device), hd95_unit=hd95_unit, empty_case=opts.empty_case,
             empty_case_convention=EMPTY_CASE_TEXT[opts.empty_case]
             + (" in mm" if hd95_unit == "mm" and opts.empty_case == "strict" else
                " in voxels" if opts.empty_case == "strict" else ""),
             multimask=opts.multimask)
-        (tmp / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-        (tmp / "cases.csv").write_text(report.cases_csv(rows))
-        (tmp / "table.md").write_text(report.markdown_table([(loaded.name, result)]))
-        if opts.overlays > 0:
-            from .overlays import write_overlays
-
-            write_overlays(tmp / "overlays", [p for _, _, p in sorted(worst, reverse=True)],
-                           testset.class_names)
+        write_results(tmp, result, scores, loaded.name, testset.class_names, overlays=opts.overlays > 0)
         _finish_outdir(out, tmp)
         ok = True
         return result
@@ -515,10 +287,18 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _save_prediction(path: Path, pred: np.ndarray, affine: np.ndarray) -> None:
-    """uint8 label NIfTI, array back in NIfTI (i, j, k) order, with the source affine."""
-    import nibabel as nib
+def write_results(folder: Path, result: dict, scores: Scores, method: str, class_names: Sequence[str],
+                  *, overlays: bool = False) -> None:
+    """summary.json, cases.csv, table.md (and overlays/) of an evaluation into `folder`."""
+    atomic_write_text(folder / "summary.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(folder / "cases.csv", report.cases_csv(scores.rows))
+    atomic_write_text(folder / "table.md", report.markdown_table([(method, result)]))
+    if overlays:
+        write_overlays(folder / "overlays", [p for _, _, p in sorted(scores.worst, reverse=True)], class_names)
 
+
+def save_prediction(path: Path, pred: np.ndarray, affine: np.ndarray) -> None:
+    """uint8 label NIfTI, array back in NIfTI (i, j, k) order, with the source affine."""
     path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.ascontiguousarray(pred.transpose(2, 1, 0)), np.asarray(affine, np.float64))
     img.set_data_dtype(np.uint8)
@@ -533,7 +313,7 @@ WORST_MIN_SHARE = 0.2
 WORST_MIN_PIXELS = 25
 
 
-def _collect_worst(heap: list, counter: int, n: int, vol: EvalVolume, pred: np.ndarray,
+def collect_worst(heap: list, counter: int, n: int, vol: EvalVolume, pred: np.ndarray,
                    prompts: dict) -> int:
     """Keep the n slices with the lowest foreground Dice among slices of real size (see
     WORST_MIN_SHARE; all slices if none qualifies); ties: larger ground truth first."""

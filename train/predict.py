@@ -17,18 +17,22 @@ scan's affine and header.
 """
 from __future__ import annotations
 
-import json
+import gzip
 import math
-import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
+import nibabel as nib
 import numpy as np
+import torch
 
 from shared.errors import ConfigError, DataError
-
-from .evaluate import Inference, LoadedModel, combine_class_logits
+from shared.fileio import atomic_writer, read_json
+from shared.sources import preprocess_raw, read_nifti
+from train.devices import pick_device
+from train.inference import Inference, LoadedModel, predict_slices
 
 
 def read_points(path: str | Path, class_names: Sequence[str], shape_ijk: Sequence[int]) -> dict[int, list[tuple[int, int, int]]]:
@@ -78,18 +82,36 @@ class PredictResult:
     seconds: float
 
 
+def clicks_by_slice(clicks: dict[int, list[tuple[int, int, int]]]) -> dict[int, dict[int, np.ndarray]]:
+    """{class: [(i, j, k), ...]} -> {slice k: {class: [[x, y], ...]}} with x = i (column), y = j (row)."""
+    per_slice: dict[int, dict[int, list[tuple[int, int]]]] = {}
+    for c, pts in clicks.items():
+        for i, j, k in pts:
+            per_slice.setdefault(k, {}).setdefault(c, []).append((i, j))
+    return {k: {c: np.asarray(xy, np.float64) for c, xy in per.items()} for k, per in per_slice.items()}
+
+
+def write_label_nifti(out: Path, pred: np.ndarray, img, num_labels: int) -> None:
+    """uint8 label map (S, R, C) as a NIfTI in the scan's (i, j, k) order with its affine and
+    header, written atomically (shared.fileio)."""
+    header = img.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0, num_labels - 1
+    mask = nib.Nifti1Image(np.ascontiguousarray(pred.transpose(2, 1, 0)), img.affine, header)
+    with atomic_writer(out) as fh:
+        if str(out).endswith(".gz"):
+            # the gzip stream nib.save writes (level 1, no name, mtime 0): the same bytes
+            with gzip.GzipFile(filename="", mode="wb", fileobj=fh, compresslevel=1, mtime=0) as gz:
+                mask.to_file_map({"image": nib.FileHolder(fileobj=gz), "header": nib.FileHolder(fileobj=gz)})
+        else:
+            mask.to_file_map({"image": nib.FileHolder(fileobj=fh), "header": nib.FileHolder(fileobj=fh)})
+
+
 def predict_scan(loaded: LoadedModel, rundir: str | Path, image: str | Path, points: str | Path | None,
                  out: str | Path, *, device: str = "auto", batch_size: int = 8,
                  overwrite: bool = False) -> PredictResult:
     """Segment ``image`` from the clicks in ``points``; write a uint8 label NIfTI to ``out``."""
-    import time
-
-    import nibabel as nib
-    import torch
-
-    from shared.sources import preprocess_raw, read_nifti
-    from train.resize import scale_points
-
     t0 = time.perf_counter()
     out = Path(out)
     if not str(out).endswith((".nii", ".nii.gz")):
@@ -104,61 +126,20 @@ def predict_scan(loaded: LoadedModel, rundir: str | Path, image: str | Path, poi
     promptless = loaded.trained_prompt == "none"
 
     raw, img = read_nifti(image)
-    shape_ijk = raw.shape[:3]
     vol = preprocess_raw(raw, preset, name=str(image))  # (S, R, C) = (k, j, i)
-    S, H, W = vol.shape
-    if points is None:
-        if not promptless:
-            raise ConfigError("--points POINTS.json is required: this run segments from clicked points")
-        clicks: dict[int, list[tuple[int, int, int]]] = {}
-    else:
-        clicks = read_points(points, class_names, shape_ijk)
-
-    from train.devices import pick_device
+    if points is None and not promptless:
+        raise ConfigError("--points POINTS.json is required: this run segments from clicked points")
+    per_slice = {} if points is None else clicks_by_slice(read_points(points, class_names, raw.shape[:3]))
 
     dev = pick_device(device)
     loaded.model.to(dev).eval()
     inf = Inference(loaded.model, dev, batch_size)
-    pred = np.zeros((S, H, W), np.uint8)
-    # (slice k) -> {class: [(x, y), ...]} with x = i (column), y = j (row)
-    per_slice: dict[int, dict[int, list[tuple[int, int]]]] = {}
-    for c, pts in clicks.items():
-        for i, j, k in pts:
-            per_slice.setdefault(k, {}).setdefault(c, []).append((i, j))
-    todo = np.arange(S) if promptless else np.array(sorted(per_slice), dtype=np.int64)
+    pred = np.zeros(vol.shape, np.uint8)
+    todo = np.arange(len(vol)) if promptless else np.array(sorted(per_slice), dtype=np.int64)
     with torch.inference_mode():
         for b0 in range(0, len(todo), batch_size):
             ks = todo[b0:b0 + batch_size]
-            emb = inf.encode(vol[ks])
-            if promptless:
-                pred[ks] = inf.decode_promptless(emb, (H, W))
-                continue
-            prompts = [(j, c, xy) for j, k in enumerate(ks) for c, xy in sorted(per_slice[int(k)].items())]
-            logits: list[Any] = [None] * len(prompts)
-            # decode prompts with the same number of points together (no padding points)
-            for n in sorted({len(xy) for _, _, xy in prompts}):
-                sel = [p for p, (_, _, xy) in enumerate(prompts) if len(xy) == n]
-                pts = np.stack([scale_points(np.asarray(prompts[p][2], np.float64), (H, W), inf.img_size)
-                                for p in sel]).astype(np.float32)
-                res = inf.decode_prompts(emb, np.asarray([prompts[p][0] for p in sel], np.int64), pts,
-                                         np.ones(pts.shape[:2], np.int64), (H, W))
-                for p, r in zip(sel, res):
-                    logits[p] = r
-            for j, k in enumerate(ks):
-                mine = [p for p, (o, _, _) in enumerate(prompts) if o == j]
-                pred[k] = combine_class_logits([prompts[p][1] for p in mine],
-                                               np.stack([logits[p] for p in mine]), (H, W))
-    header = img.header.copy()
-    header.set_data_dtype(np.uint8)
-    header.set_slope_inter(1.0, 0.0)
-    header["cal_min"], header["cal_max"] = 0, len(class_names) - 1
-    mask = nib.Nifti1Image(np.ascontiguousarray(pred.transpose(2, 1, 0)), img.affine, header)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{''.join(out.suffixes)}")
-    try:
-        nib.save(mask, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            pred[ks] = predict_slices(inf, vol[ks], None if promptless else [per_slice[int(k)] for k in ks])
+    write_label_nifti(out, pred, img, len(class_names))
     voxels = {class_names[c]: int(np.count_nonzero(pred == c)) for c in range(1, len(class_names))}
     return PredictResult(out, len(todo), voxels, time.perf_counter() - t0)

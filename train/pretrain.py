@@ -26,10 +26,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import cv2
 import numpy as np
+import torch
+from tqdm import tqdm
 
+from shared import open_dataset
 from shared.errors import ConfigError, DataError
+from shared.fileio import read_json
+from shared.manifest import SCHEMA_VERSION, tool_version, write_dataset
+from shared.shards import SHARDS_DIR, ShardWriter, shard_relpath
+from shared.sources import open_source
+from shared.splits import resolve_split
 from train.automasks import AutoMaskConfig, slice_partitions
+from train.checkpointing import CONFIG_FILE, atomic_torch_save, load_trained_model
+from train.fit import fit
+from train.fit_setup import prepare_rundir, write_run_json
+from train.overlays import CLASS_BGR, POINT_BGR
+from train.prompts import sample_training_prompt
+from train.resize import resize_image
 
 AUTOMASK_DIR = "automasks"
 MODEL_FILE = "model.pt"
@@ -81,52 +96,37 @@ def _data_key(opts: PretrainOptions, described: list[dict], cases: list[list[str
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def build_automask_dataset(opts: PretrainOptions, out: Path, img_size: int, seed: int, *,
-                           progress: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write the automatic-mask shard dataset to `out` (an absent or stale folder is rebuilt).
+@dataclass
+class AutomaskSamples:
+    """Every (slice, partition) sample cut from the chosen cases, before it is written."""
 
-    Returns the summary recorded under ``pretrain`` in config.json.
-    """
-    from shared.manifest import SCHEMA_VERSION, tool_version, write_dataset
-    from shared.shards import SHARDS_DIR, ShardWriter, shard_relpath
-    from shared.sources import open_source
-    from shared.splits import resolve_split
-    from train.resize import resize_image
+    images: list[np.ndarray] = field(default_factory=list)              # one float16 image per used slice
+    samples: list[tuple[int, np.ndarray, dict]] = field(default_factory=list)  # (image index, region map, record)
+    per_source: list[dict] = field(default_factory=list)
 
-    sources, described, cases = [], [], []
-    for s in opts.sources:
-        src = open_source(s.dataset, s.root, modality=s.modality)
-        sources.append(src)
-        described.append(src.describe())
-        cases.append(resolve_split(src, opts.split, opts.split_file)[:opts.max_cases])
-    key = _data_key(opts, described, cases, img_size, seed)
-    info_path = out / "dataset.json"
-    if info_path.exists():
-        try:
-            old = json.loads(info_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
-        if old.get("build_key") == key:
-            echo(f"automatic masks: reusing {out} ({old.get('num_samples')} samples)")
-            return old["pretrain"]
-    if out.exists():
-        shutil.rmtree(out)
 
-    t0 = time.perf_counter()
-    images: list[np.ndarray] = []       # one float16 image per used slice
-    samples: list[tuple[int, np.ndarray, dict]] = []   # (image index, region map, record)
-    per_source = []
-    bar = None
-    total_cases = sum(len(c) for c in cases)
-    if progress:
-        from tqdm import tqdm
+def reusable_dataset(info_path: Path, key: str) -> dict | None:
+    """dataset.json of an automatic-mask folder built with the same inputs (`key`), else None."""
+    if not info_path.exists():
+        return None
+    try:
+        old = read_json(info_path)
+    except DataError:
+        return None
+    return old if isinstance(old, dict) and old.get("build_key") == key else None
 
-        bar = tqdm(total=total_cases, desc="automatic masks", unit="case", dynamic_ncols=True)
+
+def cut_slices(sources: list, described: list[dict], cases: list[list[str]], opts: PretrainOptions,
+               img_size: int, progress: bool) -> AutomaskSamples:
+    """Resize every `slice_stride`-th slice of the cases and cut it into automatic partitions
+    (images only: the label file is never opened)."""
+    cut = AutomaskSamples()
+    bar = tqdm(total=sum(len(c) for c in cases), desc="automatic masks", unit="case",
+               dynamic_ncols=True) if progress else None
     try:
         for src, desc, ids in zip(sources, described, cases):
             counts = {}
             for case in ids:
-                # The image alone, in slice chunks (the label file is never opened).
                 shape, chunks = src.image_chunks(case)
                 used = 0
                 for k0, block in chunks:
@@ -137,80 +137,95 @@ def build_automask_dataset(opts: PretrainOptions, out: Path, img_size: int, seed
                         maps = slice_partitions(image, opts.masks)
                         if not maps:
                             continue
-                        images.append(image.astype(np.float16))
+                        cut.images.append(image.astype(np.float16))
                         for name, region_map in maps:
-                            samples.append((len(images) - 1, region_map, {
+                            cut.samples.append((len(cut.images) - 1, region_map, {
                                 "source": src.name, "case": case, "slice": k, "partition": name,
                                 "regions": int(region_map.max())}))
                         used += 1
                 counts[case] = {"slices": int(shape[0]), "used_slices": used}
                 if bar is not None:
                     bar.update(1)
-            per_source.append({"source": desc, "split": opts.split, "cases": counts})
+            cut.per_source.append({"source": desc, "split": opts.split, "cases": counts})
     finally:
         if bar is not None:
             bar.close()
-    if not samples:
-        names = ", ".join(s.dataset for s in opts.sources)
-        raise DataError(f"{names}: no slice has enough content for automatic masks "
-                        f"(content threshold {opts.masks.content_threshold})")
+    return cut
 
-    # A seeded random order: the trainer shuffles blocks of shards, so consecutive samples must
-    # already mix cases, slices and partitions.
-    order = np.random.default_rng([seed, _ORDER_STREAM]).permutation(len(samples))
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+
+def write_automask_shards(folder: Path, cut: AutomaskSamples, order: np.ndarray) -> tuple[list[dict], list[dict]]:
+    """The samples in `order` as Zarr shards of SHARD_SIZE under `folder`; (shard entries, records)."""
     entries, records = [], []
     for k, start in enumerate(range(0, len(order), SHARD_SIZE)):
         chunk = order[start:start + SHARD_SIZE]
         rel = shard_relpath(k, "zarr")
-        with ShardWriter(tmp / rel, fmt="zarr", capacity=len(chunk)) as writer:
+        with ShardWriter(folder / rel, fmt="zarr", capacity=len(chunk)) as writer:
             for j in chunk.tolist():
-                img_index, region_map, rec = samples[j]
-                writer.add(images[img_index], region_map, in_range=True)
+                img_index, region_map, rec = cut.samples[j]
+                writer.add(cut.images[img_index], region_map, in_range=True)
                 records.append({"id": f"{rec['source']}/{rec['case']}/{rec['slice']:03d}/{rec['partition']}",
                                 "shard": k, "index": len(records) - start, **rec})
             result = writer.close()
         entries.append({"path": rel, "start": start, "count": len(chunk), "sha256": result.sha256,
                         "bytes": result.bytes})
-    used_slices = len(images)
+    return entries, records
+
+
+def build_automask_dataset(opts: PretrainOptions, out: Path, img_size: int, seed: int, *,
+                           progress: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the automatic-mask shard dataset to `out` (an absent or stale folder is rebuilt).
+
+    Returns the summary recorded under ``pretrain`` in config.json.
+    """
+    sources, described, cases = [], [], []
+    for s in opts.sources:
+        src = open_source(s.dataset, s.root, modality=s.modality)
+        sources.append(src)
+        described.append(src.describe())
+        cases.append(resolve_split(src, opts.split, opts.split_file)[:opts.max_cases])
+    key = _data_key(opts, described, cases, img_size, seed)
+    old = reusable_dataset(out / "dataset.json", key)
+    if old is not None:
+        echo(f"automatic masks: reusing {out} ({old.get('num_samples')} samples)")
+        return old["pretrain"]
+    if out.exists():
+        shutil.rmtree(out)
+
+    t0 = time.perf_counter()
+    cut = cut_slices(sources, described, cases, opts, img_size, progress)
+    if not cut.samples:
+        names = ", ".join(s.dataset for s in opts.sources)
+        raise DataError(f"{names}: no slice has enough content for automatic masks "
+                        f"(content threshold {opts.masks.content_threshold})")
+    # A seeded random order: the trainer shuffles blocks of shards, so consecutive samples must
+    # already mix cases, slices and partitions.
+    order = np.random.default_rng([seed, _ORDER_STREAM]).permutation(len(cut.samples))
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    entries, records = write_automask_shards(tmp, cut, order)
+    total_cases = sum(len(c) for c in cases)
     summary = {
-        "sources": per_source,
-        "split": opts.split,
-        "split_file": opts.split_file,
-        "num_cases": total_cases,
-        "num_slices": used_slices,
-        "num_samples": len(samples),
-        "slice_stride": opts.slice_stride,
-        "max_cases": opts.max_cases,
-        "img_size": img_size,
-        "masks": opts.masks.to_dict(),
-        "order_seed": [seed, _ORDER_STREAM],
+        "sources": cut.per_source, "split": opts.split, "split_file": opts.split_file,
+        "num_cases": total_cases, "num_slices": len(cut.images), "num_samples": len(cut.samples),
+        "slice_stride": opts.slice_stride, "max_cases": opts.max_cases, "img_size": img_size,
+        "masks": opts.masks.to_dict(), "order_seed": [seed, _ORDER_STREAM],
         "seconds": round(time.perf_counter() - t0, 1),
     }
     info = {
-        "schema_version": SCHEMA_VERSION,
-        "tool_version": tool_version(),
-        "kind": "automatic-masks",
-        "format": "zarr",
-        "image_dtype": "float16",
-        "seed": seed,
+        "schema_version": SCHEMA_VERSION, "tool_version": tool_version(), "kind": "automatic-masks",
+        "format": "zarr", "image_dtype": "float16", "seed": seed,
         "source": described[0] if len(described) == 1 else {"name": "+".join(d["name"] for d in described),
                                                             "parts": described},
         # Region numbers are per-sample labels, not classes: the prompt sampler picks one region.
         "class_names": ["background"] + [f"region{i}" for i in range(1, 256)],
-        "task": "multi",
-        "fingerprint": None,
-        "build_key": key,
-        "pretrain": summary,
-        "num_samples": len(samples),
-        "shards": entries,
+        "task": "multi", "fingerprint": None, "build_key": key, "pretrain": summary,
+        "num_samples": len(cut.samples), "shards": entries,
     }
     (tmp / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     write_dataset(tmp, info, records)
     tmp.rename(out)
-    echo(f"automatic masks: {len(samples)} samples ({used_slices} slices of {total_cases} cases, "
+    echo(f"automatic masks: {len(cut.samples)} samples ({len(cut.images)} slices of {total_cases} cases, "
          f"{len(opts.masks.partitions)} partitions each) in {summary['seconds']:.1f} s -> {out}")
     return summary
 
@@ -219,13 +234,6 @@ def pretrain(cfg, opts: PretrainOptions, out: str | Path, *, resume: bool = Fals
              overwrite: bool = False, progress: bool = True,
              echo: Callable[[str], None] = print) -> PretrainResult:
     """Pretrain the tiny SAM per `cfg` (a TrainConfig) on automatic masks; see the module doc."""
-    import torch
-
-    from train.checkpointing import (CONFIG_FILE, atomic_torch_save, atomic_write_json,
-                                     load_trained_model)
-    from train.fit import fit
-    from train.fit_setup import prepare_rundir
-
     if cfg.model != "tiny":
         raise ConfigError(f"train pretrain builds the tiny model only (got model {cfg.model!r})")
     if cfg.checkpoint is not None:
@@ -265,7 +273,7 @@ def pretrain(cfg, opts: PretrainOptions, out: str | Path, *, resume: bool = Fals
                        "mask_seconds_this_invocation": round(mask_seconds, 1),
                        "fit_seconds_this_invocation": round(result.seconds, 1),
                        "threads": torch.get_num_threads()}
-    atomic_write_json(out / CONFIG_FILE, run)
+    write_run_json(out / CONFIG_FILE, run)
     write_preview(model, data_dir, out / PREVIEW_FILE, opts.preview_samples, cfg.seed)
     echo(f"pretrained model: {model_path} (full state dict of --model tiny at {cfg.img_size}px); "
          f"preview {out / PREVIEW_FILE}")
@@ -275,12 +283,6 @@ def pretrain(cfg, opts: PretrainOptions, out: str | Path, *, resume: bool = Fals
 
 def write_preview(model, data_dir: Path, path: Path, count: int, seed: int) -> None:
     """PNG: rows of (automatic partition, prompted region + point, model prediction) panels."""
-    import cv2
-    import torch
-
-    from shared import open_dataset
-    from train.prompts import sample_training_prompt
-
     ds = open_dataset(data_dir)
     rows = []
     for i in range(min(count, len(ds))):
@@ -311,10 +313,6 @@ def write_preview(model, data_dir: Path, path: Path, count: int, seed: int) -> N
 def _panel(image: np.ndarray, title: str, *, regions: np.ndarray | None = None,
            target: np.ndarray | None = None, pred: np.ndarray | None = None,
            point: tuple[int, int] | None = None, scale: int = 2) -> np.ndarray:
-    import cv2
-
-    from train.overlays import CLASS_BGR, POINT_BGR
-
     h, w = image.shape
     gray = cv2.resize((np.clip(image, 0, 1) * 255).astype(np.uint8), (w * scale, h * scale),
                       interpolation=cv2.INTER_LINEAR)

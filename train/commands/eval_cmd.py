@@ -1,10 +1,15 @@
 """`train eval` and `train report`."""
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import click
 
 from shared.cli_support import debug_option
 from shared.errors import ConfigError
+from shared.fileio import read_json
+from train.model.registry import MODEL_NAMES
 
 
 @click.command("eval")
@@ -12,7 +17,7 @@ from shared.errors import ConfigError
               help="Run directory written by `train fit` (config.json + checkpoints/last.pt).")
 @click.option("--run-checkpoint", type=click.Path(dir_okay=False), default=None,
               help="With --run: evaluate this checkpoint of the run instead of checkpoints/last.pt.")
-@click.option("--model", "model_name", type=click.Choice(["tiny", "vit_b", "vit_l", "vit_h"]), default=None,
+@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default=None,
               help="Zero-shot SAM (no --run): the SAM variant; evaluates the paper's \"SAM\" rows.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Official SAM weights (e.g. sam_vit_b_01ec64.pth). Zero-shot: the model's weights; "
@@ -84,9 +89,56 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
 
     Writes OUT/summary.json, OUT/cases.csv and OUT/table.md (paper format); see docs/evaluation.md.
     """
-    from train.evaluate import (EvalOptions, evaluate, load_run_model, load_zero_shot,
-                                open_shards_testset, open_source_testset)
+    check_eval_flags(run, run_checkpoint, model_name, img_size, shards, dataset, overlay_count)
+    from shared.cli_support import check_writable
 
+    check_writable(Path(out).resolve().parent, "--out")  # before loading the model and the volumes
+    from train import precheck
+
+    # Paths first, before the seconds of importing torch and building the model.
+    if run is not None:
+        precheck.check_run_dir(run, run_checkpoint)
+    precheck.check_file(checkpoint, "--checkpoint", "SAM checkpoint")
+    if shards is not None:
+        precheck.check_dataset_dir(shards)
+    if tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install \"exemplar-sam[tensorboard]\"")
+
+    from train.evaluate import EvalOptions, evaluate
+    from train.inference import load_run_model, load_zero_shot
+    from train.testsets import open_shards_testset, open_source_testset
+
+    if run is not None:
+        loaded = load_run_model(run, run_checkpoint, checkpoint)
+        where = f"--run {run}"
+    else:
+        loaded = load_zero_shot(model_name, checkpoint, img_size)
+        where = f"--model {model_name}"
+    if shards is not None:
+        testset = open_shards_testset(shards)
+        where += f" vs --shards {shards}"
+    else:
+        testset = open_source_testset(dataset, root, split, modality=modality, config=source_config,
+                                      intensity=default_intensity(intensity, dataset, loaded))
+        where += f" vs --dataset {dataset}"
+    if prompt is None:
+        prompt = "none" if loaded.trained_prompt == "none" else "center"
+    opts = EvalOptions(prompt=prompt, seed=seed, batch_size=batch_size, decode_batch=decode_batch,
+                       device=device, save_predictions=save_predictions,
+                       overlays=overlay_count if overlays else 0, overwrite=overwrite,
+                       num_threads=num_threads, max_volumes=max_volumes, hd95_unit=hd95_unit,
+                       empty_case=empty_case, multimask=multimask)
+    result = evaluate(loaded, testset, out, opts, where=where, log=lambda m: click.echo(m, err=True))
+    if tensorboard:
+        write_to_tensorboard(run, out, result)
+    echo_results(out, result)
+
+
+def check_eval_flags(run, run_checkpoint, model_name, img_size, shards, dataset, overlay_count) -> None:
+    """One-line errors for flag combinations `train eval` does not take."""
     if (run is None) == (model_name is None):
         raise ConfigError("give either --run RUNDIR or --model M (zero-shot SAM), not both or neither")
     if (shards is None) == (dataset is None):
@@ -104,60 +156,22 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
         if given:  # packed shards already fix the volumes; silently ignoring these would mislead
             raise ConfigError(f"{', '.join(given)} only apply with --dataset; --shards {shards} already holds "
                               "its packed volumes (choose the split with `synth pack --split`)")
-    import pathlib
 
-    from shared.cli_support import check_writable
 
-    check_writable(pathlib.Path(out).resolve().parent, "--out")  # before loading the model and the volumes
-    from train import precheck
+def write_to_tensorboard(run: str | None, out: str, result: dict) -> None:
+    """The scores and table.md into RUNDIR/tensorboard (at the run's step) or OUT/tensorboard."""
+    from train.tensorboard import TENSORBOARD_DIR, write_eval
 
-    # Paths first, before the seconds of importing torch and building the model.
-    if run is not None:
-        precheck.check_run_dir(run, run_checkpoint)
-    precheck.check_file(checkpoint, "--checkpoint", "SAM checkpoint")
-    if shards is not None:
-        precheck.check_dataset_dir(shards)
+    summary = Path(run) / "summary.json" if run is not None else None
+    step = int(read_json(summary, what="summary").get("steps", 0)) if summary and summary.is_file() else 0
+    logdir = (Path(run) if run is not None else Path(out)) / TENSORBOARD_DIR
+    write_eval(logdir, Path(out).name, result, (Path(out) / "table.md").read_text(), step)
 
-    if run is not None:
-        loaded = load_run_model(run, run_checkpoint, checkpoint)
-        where = f"--run {run}"
-    else:
-        loaded = load_zero_shot(model_name, checkpoint, img_size)
-        where = f"--model {model_name}"
-    if shards is not None:
-        testset = open_shards_testset(shards)
-        where += f" vs --shards {shards}"
-    else:
-        testset = open_source_testset(dataset, root, split, modality=modality, config=source_config,
-                                      intensity=_eval_intensity(intensity, dataset, loaded))
-        where += f" vs --dataset {dataset}"
-    if prompt is None:
-        prompt = "none" if loaded.trained_prompt == "none" else "center"
-    opts = EvalOptions(prompt=prompt, seed=seed, batch_size=batch_size, decode_batch=decode_batch,
-                       device=device, save_predictions=save_predictions,
-                       overlays=overlay_count if overlays else 0, overwrite=overwrite,
-                       num_threads=num_threads, max_volumes=max_volumes, hd95_unit=hd95_unit,
-                       empty_case=empty_case, multimask=multimask)
-    if tensorboard:
-        import importlib.util
 
-        if importlib.util.find_spec("tensorboard") is None:
-            raise ConfigError("--tensorboard needs the tensorboard package: pip install \"exemplar-sam[tensorboard]\"")
-    result = evaluate(loaded, testset, out, opts, where=where, log=lambda m: click.echo(m, err=True))
-    from pathlib import Path
-
-    if tensorboard:
-        import json
-
-        from train.tensorboard import TENSORBOARD_DIR, write_eval
-
-        summary = Path(run) / "summary.json" if run is not None else None
-        step = int(json.loads(summary.read_text()).get("steps", 0)) if summary and summary.is_file() else 0
-        logdir = (Path(run) if run is not None else Path(out)) / TENSORBOARD_DIR
-        write_eval(logdir, Path(out).name, result, (Path(out) / "table.md").read_text(), step)
-
+def echo_results(out: str, result: dict) -> None:
+    """table.md, a warning when every prediction is empty, and the counts and speed."""
     click.echo((Path(out) / "table.md").read_text(), nl=False)
-    empty = _all_predictions_empty(Path(out) / "cases.csv")
+    empty = all_predictions_empty(Path(out) / "cases.csv")
     if empty:
         click.echo(f"warning: every prediction is empty ({empty}): the model segments nothing here; "
                    "check the run (trained long enough? on this kind of data?) and the prompts", err=True)
@@ -167,10 +181,8 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
                + (f" ({rate:.2f} slices/s)" if rate else "") + f"; results in {out}")
 
 
-def _all_predictions_empty(cases_csv) -> str:
+def all_predictions_empty(cases_csv) -> str:
     """"N volume(s) x M class(es)" when no case of cases.csv has a predicted voxel, else ""."""
-    import csv
-
     with open(cases_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or any(int(r.get("pred_voxels") or 0) > 0 for r in rows):
@@ -180,7 +192,7 @@ def _all_predictions_empty(cases_csv) -> str:
     return f"{n_vol} volume{'s' if n_vol != 1 else ''} x {n_cls} class{'es' if n_cls != 1 else ''}"
 
 
-def _eval_intensity(text: str | None, dataset: str, loaded):
+def default_intensity(text: str | None, dataset: str, loaded):
     """--intensity, else (with --run, brats/nifti) the preset the run's training data recorded."""
     if text is not None:
         from shared.intensity import parse_preset_option
@@ -209,8 +221,6 @@ def report(evaldirs, names, out_file) -> None:
     for multi-organ tasks, per-organ DSC (%); a line under the table gives the HD95 unit and
     empty-case rule. Warns when the evaluations were scored on different test data.
     """
-    from pathlib import Path
-
     from train.report import comparability_warnings, compare
 
     name_list = [n.strip() for n in names.split(",")] if names else None

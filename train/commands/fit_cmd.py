@@ -6,8 +6,7 @@ from pathlib import Path
 import click
 
 from shared.cli_support import debug_option
-
-MODEL_CHOICES = ("tiny", "vit_b", "vit_l", "vit_h")
+from train.model.registry import MODEL_NAMES
 
 
 @click.command("fit")
@@ -18,7 +17,7 @@ MODEL_CHOICES = ("tiny", "vit_b", "vit_l", "vit_h")
                    "EXEMPLAR_SAM_CACHE_LIMIT) and verified by sha256.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Run directory: config.json, metrics.jsonl, checkpoints/last.pt, summary.json.")
-@click.option("--model", type=click.Choice(MODEL_CHOICES),
+@click.option("--model", type=click.Choice(MODEL_NAMES),
               help="SAM variant. vit_* need --checkpoint and adapt it (LoRA rank --lora-rank plus the "
                    "--trainable set); tiny is a small CPU model trained fully from random init, or adapted "
                    "like vit_* when --checkpoint names a `train pretrain` model. [default: vit_b]")

@@ -49,7 +49,7 @@ def predict(run, run_checkpoint, checkpoint, image, points, out, device, batch_s
     if num_threads is not None and num_threads < 0:
         raise click.BadParameter("must be >= 0", param_hint="--num-threads")
 
-    from train.evaluate import load_run_model
+    from train.inference import load_run_model
     from train.predict import predict_scan
 
     folder = Path(out).parent

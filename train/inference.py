@@ -1,0 +1,181 @@
+"""Inference with a loaded model, shared by `train eval` and `train predict`.
+
+- :class:`LoadedModel` with :func:`load_run_model` (a `train fit` run) and :func:`load_zero_shot`
+  (official SAM weights, no training);
+- :class:`Inference`: batched encoding of slices (each slice encoded once, resized to the model's
+  square input) and decoding of point prompts or the promptless head;
+- :func:`predict_slices`: label maps for a batch of slices from per-slice, per-class points (the
+  one slice-prediction routine of eval and predict);
+- :func:`combine_class_logits`: where classes overlap, the highest logit wins.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from shared.errors import ConfigError, DataError
+
+
+@dataclass
+class LoadedModel:
+    """A PromptSAM ready for inference plus what the report needs to say about it."""
+
+    model: Any  # train.model.PromptSAM
+    name: str  # the method name in table.md
+    class_names: tuple[str, ...] | None  # None for zero-shot SAM: taken from the dataset
+    trained_prompt: str | None  # "point" / "none" for runs, None for zero-shot
+    info: dict = field(default_factory=dict)  # recorded under "model" in summary.json
+    run_config: dict = field(default_factory=dict)  # RUNDIR/config.json ({} for zero-shot)
+
+
+def load_zero_shot(model: str, checkpoint: str | Path | None, img_size: int | None = None) -> LoadedModel:
+    """Zero-shot SAM (the paper's "SAM" rows): official weights, no LoRA, no training."""
+    from train.model import MODEL_SPECS, PromptSAM, build_sam
+
+    if model not in MODEL_SPECS:
+        raise ConfigError(f"unknown --model {model!r}; choose one of {', '.join(MODEL_SPECS)}")
+    size = int(img_size or MODEL_SPECS[model].checkpoint_img_size)
+    sam = build_sam(model, checkpoint, size)
+    info = {"model": model, "checkpoint": None if checkpoint is None else str(checkpoint),
+            "img_size": size, "zero_shot": True}
+    return LoadedModel(PromptSAM(sam).eval(), f"SAM ({model}, zero-shot)", None, None, info)
+
+
+def load_run_model(rundir: str | Path, checkpoint: str | Path | None = None,
+                   base_checkpoint: str | Path | None = None) -> LoadedModel:
+    """A trained run (``RUNDIR/config.json`` + ``RUNDIR/checkpoints/last.pt`` or `checkpoint`).
+
+    `base_checkpoint` overrides the official SAM weights path recorded in the run (vit_* runs
+    only hold LoRA weights).
+    """
+    from train.checkpointing import CONFIG_FILE, last_checkpoint, load_trained_model
+
+    rundir = Path(rundir)
+    if not rundir.is_dir():
+        raise DataError(f"--run {rundir}: run directory not found")
+    if not (rundir / CONFIG_FILE).is_file():
+        raise DataError(f"--run {rundir}: not a `train fit` run directory (no {CONFIG_FILE})")
+    ckpt = Path(checkpoint) if checkpoint is not None else last_checkpoint(rundir)
+    if not ckpt.is_file():
+        raise DataError(f"--run {rundir}: no checkpoint at {ckpt} (has `train fit` written one yet?)")
+    model, run = load_trained_model(rundir, ckpt, base_checkpoint)
+    train_cfg = run.get("train", {})
+    dataset = run.get("dataset") or {}
+    names = dataset.get("class_names")
+    info = {"run": str(rundir.resolve()), "checkpoint": str(ckpt.resolve()),
+            "model": train_cfg.get("model"), "img_size": train_cfg.get("img_size"),
+            "base_checkpoint": str(base_checkpoint) if base_checkpoint else train_cfg.get("checkpoint"),
+            "lora_rank": train_cfg.get("lora_rank"), "trained_prompt": train_cfg.get("prompt"),
+            "zero_shot": False}
+    return LoadedModel(model.eval(), rundir.resolve().name, tuple(names) if names else None,
+                       train_cfg.get("prompt"), info, run)
+
+
+@dataclass
+class Inference:
+    """Batched inference settings and the torch context they imply."""
+
+    model: Any
+    device: Any
+    batch_size: int = 8  # slices per encoder call
+    decode_batch: int = 64  # prompts per decoder call
+    multimask: bool = False  # SAM's three masks per prompt, keep the best predicted IoU
+
+    @property
+    def img_size(self) -> int:
+        return int(self.model.img_size)
+
+    def autocast(self):
+        import torch
+
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def encode(self, slices: np.ndarray):
+        """(B, h, w) float32 slices -> embeddings on the device."""
+        import torch
+
+        from train.resize import resize_image
+
+        s = self.img_size
+        batch = np.stack([resize_image(im, s) for im in slices]).astype(np.float32, copy=False)
+        x = torch.from_numpy(batch).unsqueeze(1).to(self.device)
+        with self.autocast():
+            return self.model.encode(x)
+
+    def decode_prompts(self, embeddings, emb_index: np.ndarray, points: np.ndarray,
+                       labels: np.ndarray, hw: tuple[int, int]):
+        """Logits (P, h, w) float32 numpy for P prompts (points (P, N, 2) at model scale)."""
+        import torch
+
+        from train.resize import upsample_logits
+
+        out = []
+        for i in range(0, len(emb_index), self.decode_batch):
+            sel = torch.from_numpy(emb_index[i:i + self.decode_batch]).to(self.device)
+            pts = torch.from_numpy(points[i:i + self.decode_batch]).float().to(self.device)
+            lab = torch.from_numpy(labels[i:i + self.decode_batch]).long().to(self.device)
+            with self.autocast():
+                logits = self.model.decode(embeddings[sel], pts, lab, multimask=self.multimask)
+            out.append(upsample_logits(logits.float(), hw)[:, 0].cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, *hw), np.float32)
+
+    def decode_promptless(self, embeddings, hw: tuple[int, int]) -> np.ndarray:
+        """Arg-max label maps (B, h, w) of the K+1 promptless outputs."""
+        import torch
+
+        from train.resize import upsample_logits
+
+        with self.autocast():
+            logits = self.model.decode_promptless(embeddings)
+        return upsample_logits(logits.float(), hw).argmax(1).to(torch.uint8).cpu().numpy()
+
+
+def combine_class_logits(classes: Sequence[int], logits: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Per-class logits (n, h, w) -> label map: class with the highest logit where it is > 0."""
+    pred = np.zeros(hw, np.uint8)
+    if len(classes) == 0:
+        return pred
+    best = logits.argmax(0)
+    fg = logits.max(0) > 0
+    pred[fg] = np.asarray(classes, np.uint8)[best[fg]]
+    return pred
+
+
+def predict_slices(inf: Inference, images: np.ndarray,
+                   prompts: Sequence[Mapping[int, np.ndarray]] | None) -> np.ndarray:
+    """Label maps (B, h, w) uint8 for B slices (B, h, w) of one size, at that size.
+
+    `prompts`: per slice, {class: positive points (n, 2) as (x, y) pixels of the slice}; each class
+    of a slice is decoded from all its points (several points = several clicks), prompts with the
+    same number of points together (``inf.decode_batch`` at a time), and overlaps go to the class
+    with the highest logit. A slice without prompts stays 0. None: promptless, the arg-max of the
+    K+1 outputs. Every slice is encoded once.
+    """
+    from train.resize import scale_points
+
+    b, h, w = images.shape
+    embeddings = inf.encode(images)
+    if prompts is None:
+        return inf.decode_promptless(embeddings, (h, w))
+    items = [(j, int(c), np.asarray(xy, np.float64).reshape(-1, 2))
+             for j, per_class in enumerate(prompts) for c, xy in sorted(per_class.items())]
+    logits: list[Any] = [None] * len(items)
+    for n in sorted({len(xy) for _, _, xy in items}):   # no padding points: one call per count
+        sel = [i for i, (_, _, xy) in enumerate(items) if len(xy) == n]
+        pts = np.stack([scale_points(items[i][2], (h, w), inf.img_size) for i in sel]).astype(np.float32)
+        res = inf.decode_prompts(embeddings, np.asarray([items[i][0] for i in sel], np.int64), pts,
+                                 np.ones(pts.shape[:2], np.int64), (h, w))
+        for i, r in zip(sel, res):
+            logits[i] = r
+    pred = np.zeros((b, h, w), np.uint8)
+    for j in range(b):
+        mine = [i for i, (owner, _, _) in enumerate(items) if owner == j]
+        if mine:
+            pred[j] = combine_class_logits([items[i][1] for i in mine], np.stack([logits[i] for i in mine]), (h, w))
+    return pred
