@@ -258,3 +258,21 @@ def test_tiny_overfits_disks():
         pred = (model.eval()(x, p, lab)[:, 0] > 0).float()
     dice = (2 * (pred * t).sum() / (pred.sum() + t.sum())).item()
     assert dice > 0.8, dice
+
+
+def test_built_sam_carries_its_facts_explicitly():
+    from train.model import BuiltSam, apply_trainable_set
+
+    built = build_sam("tiny", None, 64, num_classes=3, seed=2)
+    assert isinstance(built, BuiltSam) and built.num_classes == 3 and built.embedding_size == 8
+    assert built.lora is None and built.trainable is None and built.checkpoint is None
+    counts = apply_trainable_set(built, "samed_lora", rank=2, seed=2)
+    assert built.lora == {"rank": 2, "alpha": 2.0, "targets": ["encoder_qv", "decoder_attn"],
+                          "train_decoder": "lora", "trainable": []}
+    assert built.trainable["set"] == "samed_lora" and built.trainable["counts"] == counts
+    assert built.trainable["total"] == count_parameters(built).trainable
+    assert PromptSAM(built).num_classes == 3 and PromptSAM(built.sam).num_classes is None
+    assert PromptSAM(built.sam, num_classes=3).forward_promptless(torch.rand(1, 1, 64, 64)).shape == (1, 4, 64, 64)
+    # a bare module works too; there are then no facts to record
+    bare = build_sam("tiny", None, 64, seed=2).sam
+    assert apply_trainable_set(bare, "lora", rank=2) and not hasattr(bare, "exemplar")

@@ -212,12 +212,12 @@ def test_run_folder_without_checkpoint_says_what_to_do(tmp_path: Path, demo_ds: 
 
 def test_an_error_mid_run_keeps_the_steps_done(tmp_path: Path, demo_ds: Path, monkeypatch):
     """A corrupt sample / out of memory / divergence at step 4: steps 1-3 are saved for --resume."""
-    import train.losses
+    import train.fit_steps
     from train.checkpointing import last_checkpoint, load_checkpoint
     from train.config import resolve_config
     from train.fit import fit
 
-    real = train.losses.ce_dice_loss
+    real = train.fit_steps.ce_dice_loss      # the loss the training step calls
     calls = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -226,7 +226,7 @@ def test_an_error_mid_run_keeps_the_steps_done(tmp_path: Path, demo_ds: Path, mo
             raise DataError("shard-00001.zarr: cannot read shard data (crc32c mismatch)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train.losses, "ce_dice_loss", failing)
+    monkeypatch.setattr(train.fit_steps, "ce_dice_loss", failing)
     cfg = resolve_config(overrides={"model": "tiny", "img_size": 32, "batch_size": 2, "num_workers": 0,
                                     "num_threads": 1, "steps": 10, "save_every_steps": 0,
                                     "save_every_minutes": 0})
@@ -235,7 +235,7 @@ def test_an_error_mid_run_keeps_the_steps_done(tmp_path: Path, demo_ds: Path, mo
         fit(cfg, demo_ds, tmp_path / "run", progress=False, echo=messages.append)
     assert load_checkpoint(last_checkpoint(tmp_path / "run"))["step"] == 3
     assert any("saved step 3" in m and "--resume" in m for m in messages)
-    monkeypatch.setattr(train.losses, "ce_dice_loss", real)
+    monkeypatch.setattr(train.fit_steps, "ce_dice_loss", real)
     result = fit(cfg, demo_ds, tmp_path / "run", resume=True, progress=False, echo=lambda m: None)
     assert (result.start_step, result.steps) == (3, 10)
 

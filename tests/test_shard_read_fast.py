@@ -162,7 +162,7 @@ def test_corrupt_chunk_names_shard_and_sample(tmp_path: Path):
 
 def _reference_batch(stream, batch: int) -> dict:
     """make_batch as written before the in-place version: train.resize + train.prompts per sample."""
-    from train.data import _PROMPT_STREAM
+    from train.data import PROMPT_STREAM
     from train.prompts import sample_training_prompt
     from train.resize import resize_image, resize_label
 
@@ -178,7 +178,7 @@ def _reference_batch(stream, batch: int) -> dict:
         images[i, 0] = resize_image(sample["image"], s.img_size)
         label = resize_label(sample["label"], s.img_size)
         if s.prompt == "point":
-            rng = np.random.default_rng([s.seed, epoch, index, _PROMPT_STREAM])
+            rng = np.random.default_rng([s.seed, epoch, index, PROMPT_STREAM])
             prompt = sample_training_prompt(label, rng)
             if prompt is None:
                 targets[i] = 0
@@ -210,10 +210,10 @@ def test_in_place_batches_equal_reference(tmp_path: Path, dtype: str, prompt: st
 
 
 def test_float16_to_float32_exact_for_every_value():
-    """The OpenCV conversion in _resize_image_into (x - 0.0) is numpy's cast for every float16."""
+    """The OpenCV conversion in resize_image_into (x - 0.0) is numpy's cast for every float16."""
     import cv2
 
-    from train.data import _resize_image_into
+    from train.data import resize_image_into
 
     every = np.arange(0, 1 << 16, dtype=np.uint16).view(np.float16).reshape(256, 256)
     finite = np.isfinite(every)
@@ -222,5 +222,5 @@ def test_float16_to_float32_exact_for_every_value():
     np.testing.assert_array_equal(conv[finite].view(np.uint32), every[finite].astype(np.float32).view(np.uint32))
     # same size: a plain exact copy into the slot
     out = np.empty((256, 256), np.float32)
-    _resize_image_into(every, out)
+    resize_image_into(every, out)
     assert out[finite].view(np.uint32).tolist() == every[finite].astype(np.float32).view(np.uint32).tolist()

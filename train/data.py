@@ -41,11 +41,11 @@ from train.augment import apply_augment, sample_augment
 from train.config import AugmentConfig
 from train.prompts import sample_training_prompt
 
-_PROMPT_STREAM = 1   # rng stream ids (third/fourth seed words) so prompts and augments are independent
-_AUGMENT_STREAM = 2
+PROMPT_STREAM = 1   # rng stream ids (third/fourth seed words) so prompts and augments are independent
+AUGMENT_STREAM = 2
 
 
-def _resize_image_into(image: np.ndarray, out: np.ndarray) -> None:
+def resize_image_into(image: np.ndarray, out: np.ndarray) -> None:
     """``out[...] = train.resize.resize_image(image, size)``, written in place.
 
     float16 -> float32 through OpenCV (``x - 0.0``: exact for every float16, -0.0 included; ~3x
@@ -289,7 +289,7 @@ class ShardBatchStream(IterableDataset):
             if augment:
                 image = resize_image(sample["image"], size)
                 label = resize_label(sample["label"], size)
-                params = sample_augment(s.augment, np.random.default_rng([s.seed, epoch, index, _AUGMENT_STREAM]))
+                params = sample_augment(s.augment, np.random.default_rng([s.seed, epoch, index, AUGMENT_STREAM]))
                 aug_image, aug_label = apply_augment(image, label, params)
                 if s.prompt == "point" and not aug_label.any() and label.any():
                     # zoom/rotation moved all foreground out of the frame: keep the sample as
@@ -298,11 +298,11 @@ class ShardBatchStream(IterableDataset):
                 image, label = aug_image, aug_label
                 images[i, 0] = image
             else:
-                _resize_image_into(sample["image"], images[i, 0])
+                resize_image_into(sample["image"], images[i, 0])
                 label = targets[i] if s.prompt != "point" else label_buf
                 _resize_label_into(sample["label"], label)
             if s.prompt == "point":
-                rng = np.random.default_rng([s.seed, epoch, index, _PROMPT_STREAM])
+                rng = np.random.default_rng([s.seed, epoch, index, PROMPT_STREAM])
                 prompt = sample_training_prompt(label, rng)
                 if prompt is None:
                     # The eligible set excludes these; reaching here means it was computed for
