@@ -16,8 +16,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
-from shared.errors import ConfigError, DataError
+from shared.errors import ConfigError
+from train.checkpointing import load_trained_model
+from train.model import MODEL_SPECS, PromptSAM, build_sam
+from train.precheck import check_run_dir
+from train.resize import resize_image, scale_points, upsample_logits
 
 
 @dataclass
@@ -34,8 +39,6 @@ class LoadedModel:
 
 def load_zero_shot(model: str, checkpoint: str | Path | None, img_size: int | None = None) -> LoadedModel:
     """Zero-shot SAM (the paper's "SAM" rows): official weights, no LoRA, no training."""
-    from train.model import MODEL_SPECS, PromptSAM, build_sam
-
     if model not in MODEL_SPECS:
         raise ConfigError(f"unknown --model {model!r}; choose one of {', '.join(MODEL_SPECS)}")
     size = int(img_size or MODEL_SPECS[model].checkpoint_img_size)
@@ -52,16 +55,8 @@ def load_run_model(rundir: str | Path, checkpoint: str | Path | None = None,
     `base_checkpoint` overrides the official SAM weights path recorded in the run (vit_* runs
     only hold LoRA weights).
     """
-    from train.checkpointing import CONFIG_FILE, last_checkpoint, load_trained_model
-
     rundir = Path(rundir)
-    if not rundir.is_dir():
-        raise DataError(f"--run {rundir}: run directory not found")
-    if not (rundir / CONFIG_FILE).is_file():
-        raise DataError(f"--run {rundir}: not a `train fit` run directory (no {CONFIG_FILE})")
-    ckpt = Path(checkpoint) if checkpoint is not None else last_checkpoint(rundir)
-    if not ckpt.is_file():
-        raise DataError(f"--run {rundir}: no checkpoint at {ckpt} (has `train fit` written one yet?)")
+    ckpt = check_run_dir(rundir, checkpoint)
     model, run = load_trained_model(rundir, ckpt, base_checkpoint)
     train_cfg = run.get("train", {})
     dataset = run.get("dataset") or {}
@@ -90,18 +85,12 @@ class Inference:
         return int(self.model.img_size)
 
     def autocast(self):
-        import torch
-
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def encode(self, slices: np.ndarray):
         """(B, h, w) float32 slices -> embeddings on the device."""
-        import torch
-
-        from train.resize import resize_image
-
         s = self.img_size
         batch = np.stack([resize_image(im, s) for im in slices]).astype(np.float32, copy=False)
         x = torch.from_numpy(batch).unsqueeze(1).to(self.device)
@@ -111,10 +100,6 @@ class Inference:
     def decode_prompts(self, embeddings, emb_index: np.ndarray, points: np.ndarray,
                        labels: np.ndarray, hw: tuple[int, int]):
         """Logits (P, h, w) float32 numpy for P prompts (points (P, N, 2) at model scale)."""
-        import torch
-
-        from train.resize import upsample_logits
-
         out = []
         for i in range(0, len(emb_index), self.decode_batch):
             sel = torch.from_numpy(emb_index[i:i + self.decode_batch]).to(self.device)
@@ -127,10 +112,6 @@ class Inference:
 
     def decode_promptless(self, embeddings, hw: tuple[int, int]) -> np.ndarray:
         """Arg-max label maps (B, h, w) of the K+1 promptless outputs."""
-        import torch
-
-        from train.resize import upsample_logits
-
         with self.autocast():
             logits = self.model.decode_promptless(embeddings)
         return upsample_logits(logits.float(), hw).argmax(1).to(torch.uint8).cpu().numpy()
@@ -157,8 +138,6 @@ def predict_slices(inf: Inference, images: np.ndarray,
     with the highest logit. A slice without prompts stays 0. None: promptless, the arg-max of the
     K+1 outputs. Every slice is encoded once.
     """
-    from train.resize import scale_points
-
     b, h, w = images.shape
     embeddings = inf.encode(images)
     if prompts is None:

@@ -7,8 +7,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from shared import open_dataset
 from shared.errors import DataError
 from shared.remote import is_remote
+from shared.sources import open_source
+from shared.splits import resolve_split
 
 
 @dataclass
@@ -41,8 +44,6 @@ class TestSet:
 
 def open_shards_testset(directory: str | Path) -> TestSet:
     """Packed test volumes written by `synth pack` (dataset.json with a ``volumes`` list)."""
-    from shared import open_dataset
-
     ds = open_dataset(directory)
     volumes = ds.volumes
     if not volumes:
@@ -85,9 +86,6 @@ def open_source_testset(dataset: str, root: str | Path | None, split: str, *, mo
                         config: str | Path | None = None, intensity=None) -> TestSet:
     """Volumes read straight from a source folder through shared.sources / shared.splits
     (``intensity``: a preset replacing the source's, for brats and nifti)."""
-    from shared.sources import open_source
-    from shared.splits import resolve_split
-
     source = open_source(dataset, root, modality=modality, config=config, intensity=intensity)
     ids = list(resolve_split(source, split))
     if not ids:

@@ -8,7 +8,7 @@ import click
 
 from shared.cli_support import debug_option
 from shared.errors import ConfigError
-from shared.fileio import read_json
+from shared.fileio import atomic_write_text, read_json
 from train.model.registry import MODEL_NAMES
 
 
@@ -229,4 +229,4 @@ def report(evaldirs, names, out_file) -> None:
         click.echo(f"warning: {warning}", err=True)
     click.echo(table, nl=False)
     if out_file:
-        Path(out_file).write_text(table)
+        atomic_write_text(out_file, table)
