@@ -25,7 +25,7 @@ def _no_autocast(*args, **kwargs):
 
 
 def main() -> int:
-    torch.autocast = _no_autocast  # train.fit looks torch.autocast up at call time
+    torch.autocast = _no_autocast  # train.fit_steps.autocast_for and train.inference look it up at call time
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
