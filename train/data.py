@@ -30,7 +30,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Generator, Iterator
 
 import numpy as np
 import torch
@@ -395,11 +395,20 @@ class _ThreadPrefetcher:
             yield item
 
     def close(self) -> None:
+        """Stop and wait for the thread. A daemon thread still inside torch or OpenCV when the
+        interpreter exits can abort the process ("terminate called without an active exception"),
+        e.g. right after Ctrl-C has saved a checkpoint."""
         self._stop.set()
+        while True:  # room in the queue, so a final put() of the thread returns
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=60)
 
 
 def batch_loader(stream: ShardBatchStream, num_workers: int = 0, prefetch_factor: int = 2,
-                 pin_memory: bool = False, prefetch_thread: bool = True) -> Iterator[dict[str, Any]]:
+                 pin_memory: bool = False, prefetch_thread: bool = True) -> Generator[dict[str, Any], None, None]:
     """Iterate `stream`'s batches in order: DataLoader workers, or a prefetch thread for num_workers=0."""
     if num_workers > 0:
         loader = DataLoader(stream, batch_size=None, num_workers=num_workers,

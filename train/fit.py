@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Generator
 
 import torch
 from tqdm import tqdm
@@ -83,7 +84,7 @@ def fit(cfg: TrainConfig, shards: str | Path, out: str | Path, *, resume: bool =
             torch.distributed.destroy_process_group()
 
 
-def batches_of(run: PreparedRun) -> Iterable[dict[str, Any]]:
+def batches_of(run: PreparedRun) -> Generator[dict[str, Any], None, None]:
     """The run's data stream from its start point (train.data)."""
     cfg, start = run.cfg, run.start
     stream = ShardBatchStream(StreamSpec(
@@ -150,8 +151,8 @@ def train_loop(run: PreparedRun, logs: FitLogs, window: MetricsWindow, ckpt: Che
     main, total = run.di.is_main, run.start.total_steps
     step = run.start.step
     try:
-        with StopRequest(enabled=run.di.world_size == 1) as stop:
-            for batch in batches_of(run):
+        with StopRequest(enabled=run.di.world_size == 1) as stop, closing(batches_of(run)) as batches:
+            for batch in batches:  # closing(): the prefetch thread ends here, not at garbage collection
                 result = train_step(run.forward, batch, run.opt, run.cfg, run.device, step)
                 step += 1
                 logs.sample_ids(step, batch)
