@@ -85,7 +85,7 @@ def run_ours(preset: dict, out: Path, workers: int, fmt: str) -> dict:
 def prepare(preset: dict, out: Path):
     import cv2
 
-    from synth.build import BuildConfig
+    from synth.buildspec import BuildConfig
     from synth.jobs import prepare_exemplar_job
 
     cv2.setNumThreads(1)

@@ -1,7 +1,7 @@
 """The straightforward baselines for the build benchmark: same draws, scipy.ndimage, one .npz per sample.
 
 Two variants, both making the same random choices as ``synth.synthesis.synthesize`` (same exemplar,
-background, parameters and placement rules; ``synth.synthesis._synthesize`` with other renderers),
+background, parameters and placement rules; ``synth.synthesis.synthesize_with`` with other renderers),
 rendering on whole frames with scipy.ndimage and writing each sample with ``np.savez_compressed``
 (image float16, label uint8, the record as JSON):
 
@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from synth.synthesis import SliceBank, SliceRef, SynthesisConfig, _synthesize
+from synth.bank import SliceBank, SliceRef
+from synth.synthesis import synthesize_with
+from synth.synthesis_config import SynthesisConfig
 from synth.transforms import TransformParams, forward_affine
 
 
@@ -168,7 +170,7 @@ def naive_synthesize(index: int, seed: int, bank: SliceBank, config: SynthesisCo
                      variant: str = "single-affine"):
     """The same draws as ``synthesize``, rendered with scipy.ndimage (``variant``: see module doc)."""
     render_background, paste_record = VARIANTS[variant]
-    return _synthesize(index, seed, bank, config, task, render_background, paste_record)
+    return synthesize_with(index, seed, bank, config, task, render_background, paste_record)
 
 
 def build_naive(bank: SliceBank, config: SynthesisConfig, task: str, n: int, seed: int,
@@ -197,7 +199,8 @@ def _main() -> None:  # pragma: no cover - a convenience for manual timing
 
     import cv2
 
-    from synth.synthesis import load_config, synthesize
+    from synth.synthesis import synthesize
+    from synth.synthesis_config import load_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=200)

@@ -30,7 +30,8 @@ import numpy as np
 from synth.transforms import TransformParams, forward_affine
 
 if TYPE_CHECKING:  # pragma: no cover
-    from synth.synthesis import ObjectInfo, Placement, SliceBank, SliceRef
+    from synth.bank import ObjectInfo, SliceBank, SliceRef
+    from synth.synthesis_config import Placement
 
 RING_INNER_PX = 2.0  # the ring of an object: pixels at distance 2..4 px from it
 RING_OUTER_PX = 4.0

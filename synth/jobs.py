@@ -1,4 +1,4 @@
-"""Resolve a build request into a :class:`synth.build.Job`: source, split, exemplar list, bank.
+"""Resolve a build request into a :class:`synth.buildspec.Job`: source, split, exemplar list, bank.
 
 Volumes are read in parallel worker processes (one volume per task); each returns only what the
 build keeps: its selection statistics, candidate slices and the sha256 of its files. So every
@@ -8,6 +8,7 @@ where forked build workers share it without copying.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,9 +17,15 @@ import numpy as np
 from shared.errors import ConfigError, DataError
 from shared.hashing import sha256_array, sha256_file
 from synth.background import background_image
-from synth.build import (BuildConfig, Job, Log, SliceProducer, SynthesisProducer, _stderr, default_num_samples)
-from synth.pool import BackgroundInfo, BackgroundStore, encode_slice, sample_pool
+from synth.bank import make_bank
+from synth.buildspec import BuildConfig, Job, Log, default_num_samples, log_to_stderr
+from synth.exemplar_list import ExemplarList, select_exemplars
+from synth.parallel import Worker
+from synth.pool import BackgroundInfo, encode_slice, sample_pool
+from synth.producers import PreloadedSlices, SliceProducer, SynthesisProducer
 from synth.scanning import hash_case_files, map_volumes, relpath, stream_scan
+from synth.selection import ExemplarSpec
+from synth.synthesis_config import load_config
 
 
 def parse_slice_ref(text: str, option: str = "--exclude-exemplar") -> tuple[str, int]:
@@ -33,11 +40,7 @@ def parse_slice_ref(text: str, option: str = "--exclude-exemplar") -> tuple[str,
 # Reading volumes in parallel
 
 
-def _relpath(path: Path, root: Path | None) -> str:
-    return relpath(path, root)
-
-
-def _read_case(args: tuple) -> dict[str, Any]:
+def _read_case(_worker: Worker, args: tuple) -> dict[str, Any]:
     """Worker: load one volume; return copies of the exemplar slices asked for (image, label), the
     background slices asked for as encoded background images, and the volume's fingerprint."""
     source, case, exemplar_ks, background_ks = args
@@ -63,7 +66,8 @@ def read_cases(source: Any, tasks: Sequence[tuple], workers: int, progress: bool
     return list(map_volumes(_read_case, tasks, workers, progress, desc))
 
 
-def _fingerprint(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def fingerprint_of(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The dataset's source fingerprint from per-volume results: sha256 per file, or per generated volume."""
     files: dict[str, str] = {}
     arrays: dict[str, str] = {}
     for r in results:
@@ -99,103 +103,121 @@ def _apply_excludes(exemplars: list[dict[str, Any]], excludes: Sequence[str], wh
     return kept
 
 
-def prepare_exemplar_job(cfg: BuildConfig, out: Path, *, workers: int, progress: bool, log: Log = _stderr,
+@dataclass
+class ChosenExemplars:
+    """The exemplars of a build and everything read with them (from a list or a selection)."""
+
+    listing: ExemplarList  # the list (its background pool, selection facts)
+    exemplars: list[dict[str, Any]]  # the list's exemplars less --exclude-exemplar
+    where: str  # how messages name the list
+    slices: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]  # exemplar (image, label)
+    fingerprint: dict[str, Any]
+    backgrounds: dict[tuple[str, int], Any] = field(default_factory=dict)  # encoded (synth.pool)
+    infos: dict[tuple[str, int], BackgroundInfo] = field(default_factory=dict)
+
+
+def prepare_exemplar_job(cfg: BuildConfig, out: Path, *, workers: int, progress: bool, log: Log = log_to_stderr,
                          verify_hashes: bool = True) -> Job:
     """A ``synthesized`` or ``exemplars`` (``--no-synthesis``) job from --exemplars / --exemplar-list."""
-    from shared.splits import resolve_split
-    from synth.selection import ExemplarList, ExemplarSpec, select_exemplars
-
     cfg.check()
     source = _open_source(cfg)
     min_pixels = 10 if cfg.min_pixels is None else cfg.min_pixels
     if min_pixels < 1:
         raise ConfigError(f"--min-pixels {min_pixels}: must be at least 1")
     if cfg.kind == "synthesized":
-        from synth.synthesis import load_config
-
         synth_config = load_config(cfg.synthesis_config, cfg.recipe)
         cfg.synthesis = synth_config.to_json()
-    stored: dict[tuple[str, int], Any] = {}  # background slices, encoded (synth.pool)
-    infos: dict[tuple[str, int], BackgroundInfo] = {}
     if cfg.exemplar_list is not None:
-        listing = ExemplarList.from_json(cfg.exemplar_list, source)
-        where = str(cfg.exemplar_list)
-        if verify_hashes:  # the list must describe these files, not an older copy of them
-            listing.verify_hashes(source, where)
-        else:
-            log(f"{where}: --no-verify-hashes: not comparing the source files with the recorded sha256")
-        if not listing.background_pool or any("classes" not in e for e in listing.exemplars):
-            log(f"{where}: completing the list from the data (classes, hashes, background pool)")
-            had_pool = bool(listing.background_pool)
-            listing.complete(source, min_pixels=min_pixels, progress=progress)
-            if not had_pool:
-                listing.background_pool = sample_pool(listing.background_pool, cfg.pool_size, listing.seed)
-        exemplars = _apply_excludes(listing.exemplars, cfg.exclude_exemplars, where)
-        slices, stored, results = _read_listed(source, exemplars, listing.background_pool, workers, progress)
-        fingerprint = _fingerprint(results)
+        chosen = _listed_exemplars(cfg, source, min_pixels, workers, progress, log, verify_hashes)
     else:
-        spec = ExemplarSpec.parse(cfg.exemplars)
-        cases = resolve_split(source, cfg.split, cfg.split_file)
-        seed = cfg.seed if cfg.selection_seed is None else cfg.selection_seed
-
-        def choose(label_scans, hashes):  # exemplars need only the labels: chosen before images are read
-            chosen = select_exemplars(source, cases, spec, seed, min_pixels, split=cfg.split, scans=label_scans,
-                                      file_hashes=hashes, pool_size=cfg.pool_size)
-            return [(e["volume"], int(e["slice"])) for e in _apply_excludes(chosen.exemplars, cfg.exclude_exemplars,
-                                                                             where)]
-
-        where = f"the selection {cfg.exemplars} of {source.name}"
-        scan = stream_scan(source, cases, workers=workers, progress=progress, choose=choose,
-                           pool_size=cfg.pool_size, pool_seed=seed, keep_backgrounds=cfg.kind == "synthesized")
-        listing = select_exemplars(source, cases, spec, seed, min_pixels, split=cfg.split, scans=scan.scans,
-                                   file_hashes=scan.file_hashes, pool_size=cfg.pool_size)
-        exemplars = _apply_excludes(listing.exemplars, cfg.exclude_exemplars, where)
-        slices = dict(scan.exemplar_slices)
-        fingerprint = scan.fingerprint
-        if cfg.kind == "synthesized":
-            stored = {ref: scan.backgrounds[ref] for ref in listing.background_pairs() if ref in scan.backgrounds}
-            missing = [ref for ref in listing.background_pairs() if ref not in stored]
-            if missing:  # the fallback pool (cases without foreground-free slices): a second read
-                if not all("erased_pixels" in e for e in listing.background_pool):
-                    raise RuntimeError("streaming scan lost background slices of the seeded pool sample")
-                fallback = [e for e in listing.background_pool if (e["volume"], int(e["slice"])) in set(missing)]
-                stored.update(_read_listed(source, [], fallback, workers, progress)[1])
-            by_case = {s.volume_id: s for s in scan.scans}
-            for v, k in listing.background_pairs():
-                sc = by_case[v]
-                frac = float(sc.content[k])
-                infos[(v, k)] = BackgroundInfo(k, sc.num_slices, frac, int(round(frac * _slice_pixels(stored[(v, k)]))))
+        chosen = _selected_exemplars(cfg, source, min_pixels, workers, progress)
+    listing, exemplars = chosen.listing, chosen.exemplars
     if cfg.kind == "synthesized" and not listing.background_pool:
         more = "more cases (--split all)" if cfg.split != "all" and cfg.exemplar_list is None else "more cases"
-        raise DataError(f"{where}: empty background pool (no slice of the {len(listing.cases) or 'chosen'} case(s) "
-                        f"is free of foreground and has body content); synthesis needs at least one background "
-                        f"slice: use {more} or an --exemplar-list with a background_pool")
+        raise DataError(f"{chosen.where}: empty background pool (no slice of the {len(listing.cases) or 'chosen'} "
+                        f"case(s) is free of foreground and has body content); synthesis needs at least one "
+                        f"background slice: use {more} or an --exemplar-list with a background_pool")
     meta = {"spec": listing.spec, "seed": listing.seed, "rule": listing.rule, "split": listing.split,
             "cases": listing.cases, "selection": listing.selection,
             "path": str(cfg.exemplar_list) if cfg.exemplar_list else None,
             "excluded": sorted(cfg.exclude_exemplars), "num_exemplars": len(exemplars),
             "num_background": len(listing.background_pool)}
     common = dict(out=out, config=cfg, class_names=tuple(source.class_names), task=source.task,
-                  source=source.describe(), fingerprint=fingerprint, exemplars=exemplars,
+                  source=source.describe(), fingerprint=chosen.fingerprint, exemplars=exemplars,
                   background_pool=list(listing.background_pool), exemplar_list_meta=meta)
     if cfg.kind == "exemplars":
         refs = [(e["volume"], int(e["slice"])) for e in exemplars]
         ids = [f"e{i:04d}" for i in range(len(refs))]
         cfg.num_samples = len(refs)
-        return Job(producer=_PreloadedSlices("exemplars", refs, ids, slices), num_samples=len(refs), **common)
-    from synth.synthesis import SliceBank, SliceRef
-
-    store = BackgroundStore()
-    for v, k in listing.background_pairs():
-        store.add(SliceRef(v, k), stored[(v, k)], infos.get((v, k)))
-    bank = SliceBank(
-        exemplars={SliceRef(v, k): slices[(v, k)] for v, k in ((e["volume"], int(e["slice"])) for e in exemplars)},
-        backgrounds=store, class_names=tuple(source.class_names))
-    meta["background_storage"] = {"slices": len(store), "bytes": store.nbytes, "dtypes": store.dtypes()}
+        return Job(producer=PreloadedSlices("exemplars", refs, ids, chosen.slices), num_samples=len(refs), **common)
+    bank = make_bank({ref: chosen.slices[ref] for ref in ((e["volume"], int(e["slice"])) for e in exemplars)},
+                     {ref: chosen.backgrounds[ref] for ref in listing.background_pairs()},
+                     tuple(source.class_names), chosen.infos)
+    meta["background_storage"] = bank.background_storage()
     if cfg.num_samples is None:
         cfg.num_samples = default_num_samples(cfg.dataset, source.task)
     producer = SynthesisProducer(bank, synth_config, cfg.seed, source.task)
     return Job(producer=producer, num_samples=cfg.num_samples, **common)
+
+
+def _listed_exemplars(cfg: BuildConfig, source: Any, min_pixels: int, workers: int, progress: bool, log: Log,
+                      verify_hashes: bool) -> ChosenExemplars:
+    """--exemplar-list: the list (completed from the data when hand-written) and its slices."""
+    listing = ExemplarList.from_json(cfg.exemplar_list, source)
+    where = str(cfg.exemplar_list)
+    if verify_hashes:  # the list must describe these files, not an older copy of them
+        listing.verify_hashes(source, where)
+    else:
+        log(f"{where}: --no-verify-hashes: not comparing the source files with the recorded sha256")
+    if not listing.background_pool or any("classes" not in e for e in listing.exemplars):
+        log(f"{where}: completing the list from the data (classes, hashes, background pool)")
+        had_pool = bool(listing.background_pool)
+        listing.complete(source, min_pixels=min_pixels, progress=progress)
+        if not had_pool:
+            listing.background_pool = sample_pool(listing.background_pool, cfg.pool_size, listing.seed)
+    exemplars = _apply_excludes(listing.exemplars, cfg.exclude_exemplars, where)
+    slices, stored, results = _read_listed(source, exemplars, listing.background_pool, workers, progress)
+    return ChosenExemplars(listing, exemplars, where, slices, fingerprint_of(results), stored)
+
+
+def _selected_exemplars(cfg: BuildConfig, source: Any, min_pixels: int, workers: int,
+                        progress: bool) -> ChosenExemplars:
+    """--exemplars N|P%: selection in one streaming scan (synth.scanning), each volume read once."""
+    from shared.splits import resolve_split
+
+    spec = ExemplarSpec.parse(cfg.exemplars)
+    cases = resolve_split(source, cfg.split, cfg.split_file)
+    seed = cfg.seed if cfg.selection_seed is None else cfg.selection_seed
+    where = f"the selection {cfg.exemplars} of {source.name}"
+
+    def choose(label_scans, hashes):  # exemplars need only the labels: chosen before images are read
+        chosen = select_exemplars(source, cases, spec, seed, min_pixels, split=cfg.split, scans=label_scans,
+                                  file_hashes=hashes, pool_size=cfg.pool_size)
+        return [(e["volume"], int(e["slice"])) for e in _apply_excludes(chosen.exemplars, cfg.exclude_exemplars,
+                                                                         where)]
+
+    scan = stream_scan(source, cases, workers=workers, progress=progress, choose=choose,
+                       pool_size=cfg.pool_size, pool_seed=seed, keep_backgrounds=cfg.kind == "synthesized")
+    listing = select_exemplars(source, cases, spec, seed, min_pixels, split=cfg.split, scans=scan.scans,
+                               file_hashes=scan.file_hashes, pool_size=cfg.pool_size)
+    chosen = ChosenExemplars(listing, _apply_excludes(listing.exemplars, cfg.exclude_exemplars, where), where,
+                             dict(scan.exemplar_slices), scan.fingerprint)
+    if cfg.kind != "synthesized":
+        return chosen
+    stored = {ref: scan.backgrounds[ref] for ref in listing.background_pairs() if ref in scan.backgrounds}
+    missing = [ref for ref in listing.background_pairs() if ref not in stored]
+    if missing:  # the fallback pool (cases without foreground-free slices): a second read
+        if not all("erased_pixels" in e for e in listing.background_pool):
+            raise RuntimeError("streaming scan lost background slices of the seeded pool sample")
+        fallback = [e for e in listing.background_pool if (e["volume"], int(e["slice"])) in set(missing)]
+        stored.update(_read_listed(source, [], fallback, workers, progress)[1])
+    by_case = {s.volume_id: s for s in scan.scans}
+    for v, k in listing.background_pairs():
+        sc = by_case[v]
+        frac = float(sc.content[k])
+        chosen.infos[(v, k)] = BackgroundInfo(k, sc.num_slices, frac, int(round(frac * _slice_pixels(stored[(v, k)]))))
+    chosen.backgrounds = stored
+    return chosen
 
 
 def _slice_pixels(encoded: Any) -> int:
@@ -219,23 +241,7 @@ def _read_listed(source: Any, exemplars: Sequence[dict[str, Any]], pool: Sequenc
     return slices, stored, results
 
 
-class _PreloadedSlices(SliceProducer):
-    """Exemplar slices already read by :func:`read_cases` (no second read of the volumes)."""
-
-    def __init__(self, kind: str, refs, ids, slices: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]):
-        super().__init__(kind, None, refs, ids)
-        self.slices = {ref: slices[ref] for ref in refs}
-
-    def make(self, i: int):
-        case, k = self.refs[i]
-        image, label = self.slices[(case, k)]
-        return image, label, {"kind": self.kind, "source": {"volume": case, "slice": int(k)}}
-
-    def extra_shard_info(self) -> dict[str, Any]:
-        return {}
-
-
-def prepare_slices_job(cfg: BuildConfig, out: Path, *, workers: int, progress: bool, log: Log = _stderr) -> Job:
+def prepare_slices_job(cfg: BuildConfig, out: Path, *, workers: int, progress: bool, log: Log = log_to_stderr) -> Job:
     """``all-slices`` (every slice of the split) or ``volumes`` (``synth pack``) job."""
     from shared.splits import resolve_split
 
@@ -255,7 +261,7 @@ def prepare_slices_job(cfg: BuildConfig, out: Path, *, workers: int, progress: b
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # hashlib and file reads release the GIL
-        fingerprint = _fingerprint(list(pool.map(lambda c: _hash_case(source, c), cases)))
+        fingerprint = fingerprint_of(list(pool.map(lambda c: _hash_case(source, c), cases)))
     return Job(out=out, config=cfg, producer=SliceProducer(cfg.kind, source, refs, ids), num_samples=len(refs),
                class_names=tuple(source.class_names), task=source.task, source=source.describe(),
                fingerprint=fingerprint, exemplar_list_meta={"split": cfg.split, "cases": cases},
@@ -266,7 +272,7 @@ def _hash_case(source: Any, case: str) -> dict[str, Any]:
     files = tuple(source.files(case))
     root = Path(source.root) if getattr(source, "root", None) is not None else None
     if files:
-        return {"case": case, "files": {_relpath(Path(p), root): sha256_file(p) for p in files}}
+        return {"case": case, "files": {relpath(Path(p), root): sha256_file(p) for p in files}}
     vol = source.load(case)
     h = hashlib.sha256()
     h.update(sha256_array(vol.image).encode())
@@ -299,7 +305,7 @@ def check_fingerprint(source: Any, fingerprint: dict[str, Any], cases: Sequence[
                       workers: int = 1) -> None:
     """DataError naming the first source file (or generated volume) that changed since the build."""
     results = [_hash_case(source, c) for c in sorted(set(cases))]
-    now = _fingerprint(results)
+    now = fingerprint_of(results)
     for case_result in results:
         for rel, digest in (case_result.get("files") or {}).items():
             if rel in fingerprint.get("files", {}) and fingerprint["files"][rel] != digest:

@@ -27,11 +27,9 @@ import numpy as np
 
 from shared.errors import DataError
 from shared.hashing import sha256_array, sha256_file
+from synth.parallel import Worker, context, map_tasks
 from synth.pool import EncodedSlice, PoolSampler, encode_slice, pool_key
 from synth.selection import BACKGROUND_MIN_CONTENT, VolumeScan, content_fraction, slice_class_counts
-
-_STATE: dict[str, Any] = {}  # per worker process: the shared pool threshold (set by the initializer)
-
 
 def relpath(path: Path, root: Path | None) -> str:
     try:
@@ -51,54 +49,32 @@ def hash_case_files(source: Any, case: str) -> tuple[dict[str, str], dict[str, s
     return rel, by_path
 
 
-def map_volumes(fn: Callable[[tuple], Any], tasks: Sequence[tuple], workers: int, progress: bool, desc: str,
+def map_volumes(fn: Callable[[Worker, tuple], Any], tasks: Sequence[tuple], workers: int, progress: bool, desc: str,
                 threshold: Any = None) -> Iterable[Any]:
-    """``fn`` over ``tasks`` on up to ``workers`` processes, results in task order (a generator:
-    the caller consumes each result before the next arrives). ``threshold`` is a shared
+    """``fn(worker, task)`` over ``tasks`` on up to ``workers`` processes (:func:`synth.parallel.map_tasks`),
+    results in task order (a generator: the caller consumes each result before the next arrives),
+    with a progress bar in volumes. ``threshold`` (the workers' state) is a shared
     ``multiprocessing.Value`` for the pool sampler, or None."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(tasks), desc=desc, unit="vol", disable=not progress, leave=False, dynamic_ncols=True)
     try:
-        workers = max(1, min(workers, len(tasks)))
-        if workers == 1:
-            _init_scan_worker(threshold)
-            for t in tasks:
-                yield fn(t)
-                bar.update(1)
-            return
-        import multiprocessing as mp
-
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with mp.get_context(method).Pool(workers, initializer=_init_scan_worker, initargs=(threshold,)) as pool:
-            for res in pool.imap(fn, tasks):
-                yield res
-                bar.update(1)
+        for res in map_tasks(fn, tasks, workers=workers, state=threshold):
+            yield res
+            bar.update(1)
     finally:
         bar.close()
-        _STATE.clear()
 
 
-def _init_scan_worker(threshold: Any) -> None:
-    _STATE["threshold"] = threshold
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except Exception:
-        pass
-
-
-def _current_threshold() -> int:
-    value = _STATE.get("threshold")
-    return (1 << 64) - 1 if value is None else int(value.value)
+def _current_threshold(threshold: Any) -> int:
+    return (1 << 64) - 1 if threshold is None else int(threshold.value)
 
 
 # --------------------------------------------------------------------------------------------
 # Worker tasks
 
 
-def _label_task(args: tuple) -> dict[str, Any]:
+def _label_task(_worker: Worker, args: tuple) -> dict[str, Any]:
     """Pass 1: one case's labels -> per-slice class counts, label shape, file hashes."""
     source, case = args
     labels = source.load_labels(case)
@@ -109,8 +85,9 @@ def _label_task(args: tuple) -> dict[str, Any]:
     return out
 
 
-def _image_task(args: tuple) -> dict[str, Any]:
-    """Pass 2: one case's image -> content per slice, exemplar slices, pool candidates."""
+def _image_task(worker: Worker, args: tuple) -> dict[str, Any]:
+    """Pass 2: one case's image -> content per slice, exemplar slices, pool candidates (the
+    worker's state: the shared threshold of the pool sampler)."""
     source, case, label_shape, exemplar_ks, candidates = args
     shape, chunks = source.image_chunks(case)
     if tuple(shape) != tuple(label_shape):
@@ -131,7 +108,7 @@ def _image_task(args: tuple) -> dict[str, Any]:
             if k in want:
                 images[k] = np.array(chunk[i], dtype=np.float32)  # a copy: the chunk is freed
             key = keys.get(k)
-            if key is not None and frac[i] >= BACKGROUND_MIN_CONTENT and key <= _current_threshold():
+            if key is not None and frac[i] >= BACKGROUND_MIN_CONTENT and key <= _current_threshold(worker.state):
                 backgrounds.append((key, k, encode_slice(chunk[i])))
     out: dict[str, Any] = {"case": case, "content": content, "backgrounds": backgrounds, "exemplars": {}}
     if want:
@@ -214,10 +191,7 @@ def stream_scan(source: Any, cases: Sequence[str], *, workers: int, progress: bo
 def _shared_threshold(workers: int, n_tasks: int):
     if min(workers, n_tasks) <= 1:
         return _LocalValue()
-    import multiprocessing as mp
-
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return mp.get_context(method).Value("Q", (1 << 64) - 1, lock=False)
+    return context().Value("Q", (1 << 64) - 1, lock=False)
 
 
 class _LocalValue:

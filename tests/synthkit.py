@@ -6,7 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from synth.synthesis import SliceBank, SliceRef
+from synth.bank import SliceBank, SliceRef
 
 ORGANS = ("background", "spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach",
           "aorta", "pancreas")

@@ -9,7 +9,9 @@ import pytest
 
 from shared.errors import ConfigError, DataError
 from synth.anatomy import floating_objects, ring_air_fraction, ring_mask
-from synth.synthesis import SliceBank, SliceRef, SynthesisConfig, load_config, replay, synthesize
+from synth.bank import SliceBank, SliceRef
+from synth.synthesis import replay, synthesize
+from synth.synthesis_config import SynthesisConfig, load_config
 from synthkit import _ellipse, abdomen_bank, brain_bank
 
 CONFIG = load_config()

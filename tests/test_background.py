@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from synth.background import background_image
-from synth.selection import FALLBACK_POOL_FRACTION, background_pool, select_exemplars
+from synth.exemplar_list import select_exemplars
+from synth.selection import FALLBACK_POOL_FRACTION, background_pool
 
 
 def test_background_image_is_identity_without_foreground():

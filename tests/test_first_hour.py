@@ -165,7 +165,8 @@ def test_trace_and_show_take_the_same_sample_identifiers(demo_ds):
 
 
 def test_old_records_with_class_null_replay_bit_identically():
-    from synth.synthesis import load_config, replay, synthesize
+    from synth.synthesis import replay, synthesize
+    from synth.synthesis_config import load_config
     from synthkit import brain_bank
 
     bank, cfg = brain_bank(), load_config()

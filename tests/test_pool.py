@@ -5,7 +5,7 @@ import numpy as np
 
 from shared.intensity import apply_intensity
 from synth.pool import BackgroundInfo, BackgroundStore, PoolSampler, encode_slice, pool_key, sample_pool
-from synth.synthesis import SliceBank, SliceRef
+from synth.bank import SliceBank, SliceRef
 
 
 def test_streaming_sampler_equals_sample_pool_in_any_order():

@@ -11,8 +11,8 @@ import pytest
 from shared.errors import ConfigError, DataError
 from shared.sources import open_source
 from shared.splits import resolve_split
-from synth.selection import (ExemplarList, ExemplarSpec, VolumeScan, pick_most_organs, rank_slices,
-                             scan_source, select_exemplars)
+from synth.exemplar_list import ExemplarList, select_exemplars
+from synth.selection import ExemplarSpec, VolumeScan, pick_most_organs, rank_slices, scan_source
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "data_manifests/schemas/exemplar_list.schema.json").read_text())
 

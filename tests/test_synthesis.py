@@ -8,14 +8,9 @@ import numpy as np
 import pytest
 
 from shared.errors import ConfigError, DataError
-from synth.synthesis import (
-    SliceBank,
-    SliceRef,
-    SynthesisConfig,
-    load_config,
-    replay,
-    synthesize,
-)
+from synth.bank import SliceBank, SliceRef
+from synth.synthesis import render_background, replay, synthesize
+from synth.synthesis_config import SynthesisConfig, load_config
 from synthkit import abdomen_bank, brain_bank, brats_real_bank, synapse_real_bank
 
 CONFIG = load_config()
@@ -356,7 +351,6 @@ def test_naive_baseline_draws_the_same_samples(tmp_path) -> None:
 def test_background_intensity_window_matches_full_frame(brain: SliceBank) -> None:
     """T' applies gamma/gain only inside the (transformed) nonzero box of the background: the
     same bytes as applying it to the whole frame."""
-    from synth.synthesis import _render_background
     from synth.transforms import TransformParams
 
     ref = brain.background_refs[0]
@@ -366,4 +360,4 @@ def test_background_intensity_window_matches_full_frame(brain: SliceBank) -> Non
     for p in (TransformParams(scale=1.05, rotation=9.0, tx=3.0, gain=1.1, gamma=0.8),
               TransformParams(scale=0.95, rotation=-4.0, flip_h=True, blur_sigma=0.9, gain=0.9, gamma=1.2),
               TransformParams(scale=3.0, rotation=45.0, gamma=0.7)):
-        assert _render_background(src, p, c, nonzero).tobytes() == _render_background(src, p, c, None).tobytes()
+        assert render_background(src, p, c, nonzero).tobytes() == render_background(src, p, c, None).tobytes()

@@ -11,7 +11,9 @@ from click.testing import CliRunner
 
 from shared.errors import DataError
 from synth import visual
-from synth.synthesis import SliceRef, load_config, synthesize
+from synth.bank import SliceRef
+from synth.synthesis import synthesize
+from synth.synthesis_config import load_config
 from synthkit import ORGANS, abdomen_bank
 
 CONFIG = load_config()

@@ -34,7 +34,7 @@ def verify(dataset_dir: Path, replay: int, seed: int, source_root: Path | None, 
       synth verify ds/brats150 --replay 20
     """
     from shared.errors import ConfigError
-    from synth.audit import verify_dataset
+    from synth.verify import verify_dataset
 
     if replay < 0:
         raise ConfigError(f"--replay must be >= 0, got {replay}")

@@ -170,9 +170,10 @@ def build(dataset, root, modality, source_config, intensity, split, split_file, 
       synth build ... --part 3/8 --out parts/p3     # then: synth merge parts/p* --out ds/full
     """
     from shared.errors import ConfigError
-    from synth.build import BuildConfig, Part, run_job
+    from synth.build import run_job
+    from synth.buildspec import BuildConfig, Part
     from synth.jobs import prepare_exemplar_job, prepare_slices_job
-    from synth.synthesis import DEFAULT_RECIPE
+    from synth.synthesis_config import DEFAULT_RECIPE
 
     if no_synthesis and all_slices:
         raise ConfigError("--no-synthesis and --all-slices exclude each other")
@@ -251,7 +252,7 @@ def _source_from_list(exemplar_list: Path | None, root: Path | None, modality: s
 def _check_out_early(out: Path, overwrite: bool, resume: bool) -> None:
     """Fail before reading any data when DIR obviously cannot be used (run_job checks again, locked)."""
     from shared.errors import DataError
-    from synth.build import LOCK_FILE
+    from shared.locks import LOCK_FILE
 
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder")
@@ -282,7 +283,8 @@ def pack(dataset, root, modality, source_config, intensity, split, split_file, o
     Example:
       synth pack --dataset synapse --root Synapse --split test --out ds/synapse_test
     """
-    from synth.build import BuildConfig, run_job
+    from synth.build import run_job
+    from synth.buildspec import BuildConfig
     from synth.jobs import prepare_slices_job
 
     if resume and overwrite:
@@ -318,7 +320,7 @@ def merge(parts, out, overwrite, move) -> None:
     Example:
       synth merge parts/p0 parts/p1 parts/p2 parts/p3 --out ds/brats150
     """
-    from synth.build import merge_parts
+    from synth.merge import merge_parts
 
     summary = merge_parts(list(parts), out, overwrite=overwrite, move=move)
     click.echo(f"merged {len(parts)} part(s): {summary.num_samples} samples, "

@@ -64,7 +64,8 @@ def select(dataset: str, root: Path | None, modality: str, config: Path | None, 
     from synth.commands.build_cmd import _workers
     from synth.pool import DEFAULT_POOL_SIZE
     from synth.scanning import stream_scan
-    from synth.selection import ExemplarSpec, select_exemplars
+    from synth.exemplar_list import select_exemplars
+    from synth.selection import ExemplarSpec
 
     exemplar_spec = ExemplarSpec.parse(spec)  # fail on a bad spec before reading any data
     if pool_size is not None and pool_size < 0:
