@@ -17,7 +17,7 @@ from typing import Any
 from shared.errors import DataError
 from shared.hashing import sha256_path
 from shared.locks import LOCK_FILE, FolderLock, LockBusy
-from shared.manifest import read_json
+from shared.fileio import read_json
 from shared.shards import DATASET_FILE, SAMPLES_FILE, SHARDS_DIR, shard_relpath
 from synth.buildspec import Log, log_to_stderr
 

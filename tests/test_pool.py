@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from shared.intensity import apply_intensity
-from synth.pool import BackgroundInfo, BackgroundStore, PoolSampler, encode_slice, pool_key, sample_pool
 from synth.bank import SliceBank, SliceRef
+from synth.pool import BackgroundInfo, BackgroundStore, PoolSampler, encode_slice, pool_key, sample_pool
 
 
 def test_streaming_sampler_equals_sample_pool_in_any_order():

@@ -224,11 +224,11 @@ def _source_from_list(exemplar_list: Path | None, root: Path | None, modality: s
                       source_config: Path | None) -> tuple[str, Path | None, str, Path | None]:
     """--dataset/--root/--modality/--config from the source an exemplar list records (flags win)."""
     from shared.errors import ConfigError
-    from shared.manifest import read_json
+    from shared.fileio import read_json
 
     if exemplar_list is None:
         raise ConfigError("give --dataset (or --exemplar-list FILE.json, whose recorded dataset is then used)")
-    data = read_json(exemplar_list)
+    data = read_json(exemplar_list, what="exemplar list")
     described = data.get("dataset") if isinstance(data, dict) else None
     if not isinstance(described, dict) or not described.get("name"):
         raise ConfigError(f"{exemplar_list}: the list does not record its dataset; give --dataset (and --root)")

@@ -191,15 +191,18 @@ def _source_slices(description: dict, rec: dict) -> tuple[list, tuple, str | Non
 
 def _write_png(cv2: Any, out: Path, fig: Any) -> None:
     from shared.errors import DataError
+    from shared.fileio import atomic_write_bytes
 
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise DataError(f"{out}: the picture is written as PNG, give a .png file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp.png")
-    if not cv2.imwrite(str(tmp), fig):
-        raise DataError(f"{out}: could not write the PNG")
-    tmp.replace(out)
+    ok, encoded = cv2.imencode(".png", fig)
+    if not ok:
+        raise DataError(f"{out}: could not encode the PNG")
+    try:
+        atomic_write_bytes(out, encoded.tobytes())
+    except OSError as exc:
+        raise DataError(f"{out}: could not write the PNG ({exc.strerror or exc})") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

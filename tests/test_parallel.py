@@ -1,0 +1,72 @@
+"""synth/parallel.py: one process-pool helper; its results do not depend on the worker count."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from functools import partial
+from typing import Callable
+
+import pytest
+
+from synth import parallel
+from synth.parallel import Worker, map_tasks
+
+
+def _scaled(worker: Worker, task: int) -> tuple[int, int, int]:
+    """(task, task x the shared factor, pid); reports ``task`` units of progress."""
+    worker.tick(task)
+    return task, task * worker.state["factor"], os.getpid()
+
+
+def _factor_state(factor: int) -> dict[str, int]:
+    return {"factor": factor}
+
+
+def _progress_sink() -> tuple[list[int], Callable[[int], None]]:
+    seen: list[int] = []
+    return seen, seen.append
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_one_and_two_workers_give_the_same_results(ordered: bool) -> None:
+    tasks = list(range(1, 13))
+    runs = {}
+    for workers in (1, 2):
+        seen, sink = _progress_sink()
+        out = list(map_tasks(_scaled, tasks, workers=workers, state={"factor": 7}, ordered=ordered,
+                             on_progress=sink))
+        runs[workers] = out
+        assert sum(seen) == sum(tasks)  # every tick reached the parent, none twice
+    one, two = runs[1], runs[2]
+    assert [(t, v) for t, v, _ in one] == [(t, 7 * t) for t in tasks]
+    if ordered:
+        assert [(t, v) for t, v, _ in two] == [(t, v) for t, v, _ in one]
+    else:
+        assert sorted((t, v) for t, v, _ in two) == [(t, v) for t, v, _ in one]
+    assert {pid for *_, pid in one} == {os.getpid()}  # one worker: in this process
+    assert os.getpid() not in {pid for *_, pid in two}  # two: in worker processes
+
+
+def test_more_workers_than_tasks_and_no_tasks() -> None:
+    assert [v for _, v, _ in map_tasks(_scaled, [3], workers=8, state={"factor": 2})] == [6]
+    assert list(map_tasks(_scaled, [], workers=4, state={"factor": 2})) == []
+
+
+def _fails_on_three(worker: Worker, task: int) -> int:
+    if task == 3:
+        raise ValueError(f"task {task} failed")
+    return task
+
+
+def test_a_worker_error_reaches_the_caller() -> None:
+    for workers in (1, 2):
+        with pytest.raises(ValueError, match="task 3 failed"):
+            list(map_tasks(_fails_on_three, range(6), workers=workers))
+
+
+def test_spawned_workers_rebuild_their_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under spawn (macOS, Windows) a state that must not be pickled is rebuilt by spawn_state."""
+    monkeypatch.setattr(parallel, "context", lambda: mp.get_context("spawn"))
+    out = list(map_tasks(_scaled, [1, 2, 3], workers=2, state={"factor": 0},  # never pickled
+                         spawn_state=partial(_factor_state, 5)))
+    assert [(t, v) for t, v, _ in out] == [(1, 5), (2, 10), (3, 15)]
