@@ -173,7 +173,7 @@ class BackgroundInfo:
 
 
 class BackgroundStore(Mapping):
-    """Background slices by :class:`synth.synthesis.SliceRef`, stored exactly and compactly; reading
+    """Background slices by :class:`synth.bank.SliceRef`, stored exactly and compactly; reading
     one returns its float32 image (decoded on access, ~0.05 ms for 240 x 240). Insertion order is
     kept (the bank's background order). Forked build workers share it without copying."""
 
