@@ -17,14 +17,17 @@ the parent's ``on_progress``. Nothing is read from module globals by the caller'
   :data:`_WORKER`, this module's one per-process slot, which only worker processes use.
 
 Workers ignore Ctrl-C (the parent stops the pool and reports once) and die quietly on the
-SIGTERM the pool sends when it is torn down. OpenCV is held to one thread per process (one
-process per core already). Results do not depend on the number of workers as long as the task
-function depends only on its task and the state.
+SIGTERM the pool sends when it is torn down. OpenCV runs one thread per process while tasks run
+(one process per core already); the parent switches its own OpenCV to one thread *before* it
+forks (a child that finds the parent's OpenCV worker threads gone would hang reconfiguring them)
+and restores its setting afterwards. Results do not depend on the number of workers as long as
+the task function depends only on its task and the state.
 """
 from __future__ import annotations
 
 import signal
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -51,13 +54,20 @@ def context():
     return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
 
-def single_thread_opencv() -> None:
+@contextmanager
+def opencv_single_threaded() -> Iterator[None]:
+    """OpenCV on one thread inside the block (one process per core already), as before after it."""
     try:
         import cv2
-
-        cv2.setNumThreads(1)  # one process per core already
-    except Exception:
-        pass
+    except ImportError:
+        yield
+        return
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
 
 
 def map_tasks(fn: TaskFn, tasks: Sequence[Any], *, workers: int, state: Any = None,
@@ -69,23 +79,25 @@ def map_tasks(fn: TaskFn, tasks: Sequence[Any], *, workers: int, state: Any = No
     workers' ``tick(n)`` calls (from a polling thread while a pool runs)."""
     tasks = list(tasks)
     workers = max(1, min(int(workers), len(tasks)))
-    if workers == 1:
-        single_thread_opencv()
-        worker = Worker(state, on_progress or _ignore)
-        for task in tasks:
-            yield fn(worker, task)
-        return
-    ctx = context()
-    counter = ctx.Value("q", 0) if on_progress is not None else None
-    poller = _Poller(counter, on_progress) if counter is not None else None
-    init_state = state if ctx.get_start_method() == "fork" or spawn_state is None else None
-    try:
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(fn, init_state, spawn_state, counter)) as pool:
-            run = pool.imap if ordered else pool.imap_unordered
-            yield from run(_run_task, tasks)
-    finally:
-        if poller is not None:
-            poller.stop()
+    with opencv_single_threaded():
+        if workers == 1:
+            worker = Worker(state, on_progress or _ignore)
+            for task in tasks:
+                yield fn(worker, task)
+            return
+        ctx = context()
+        forked = ctx.get_start_method() == "fork"
+        counter = ctx.Value("q", 0) if on_progress is not None else None
+        poller = _Poller(counter, on_progress) if counter is not None else None
+        init_state = state if forked or spawn_state is None else None
+        initargs = (fn, init_state, spawn_state, counter, not forked)
+        try:
+            with ctx.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+                run = pool.imap if ordered else pool.imap_unordered
+                yield from run(_run_task, tasks)
+        finally:
+            if poller is not None:
+                poller.stop()
 
 
 def _ignore(_n: int) -> None:
@@ -124,12 +136,16 @@ class _Poller:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(fn: TaskFn, state: Any, spawn_state: Callable[[], Any] | None, counter: Any) -> None:
+def _init_worker(fn: TaskFn, state: Any, spawn_state: Callable[[], Any] | None, counter: Any,
+                 fresh_process: bool) -> None:
     # Ctrl-C reaches every process of the group: the parent stops the pool and reports once;
     # workers die quietly (no traceback each) when the pool terminates them (SIGTERM, default).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    single_thread_opencv()
+    if fresh_process:  # spawned: set OpenCV up here (a forked worker inherits the parent's one thread)
+        import cv2
+
+        cv2.setNumThreads(1)
     if state is None and spawn_state is not None:
         state = spawn_state()
     _WORKER["fn"] = fn
