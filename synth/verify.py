@@ -134,7 +134,7 @@ def _verify_shard(worker: Worker, k: int) -> tuple[str | None, dict[str, str], i
         # a chunk does not decode (checksum): find which samples, one by one
         for j in range(count):
             try:
-                im, lb, sz = ds._handle(k).read(j)
+                im, lb, sz = ds.handle(k).read(j)
             except DataError as exc:
                 part.bad_samples[records[start + j]["id"]] = f"unreadable ({exc})"
                 continue
