@@ -17,7 +17,7 @@ What it measures, on one GPU (figures for BENCHMARKS.md):
 
 ``--tiny``: the same three parts with the tiny model at 64 px, batch 4, 32 samples, a few steps, on
 whatever device is there (CPU: gloo instead of NCCL); seconds on a CPU, a test in the suite
-(tests/test_gpu_check.py).
+(tests/bench/test_gpu_check.py).
 
 Usage:  python bench/gpu_check.py [--tiny] [--checkpoint sam_vit_b_01ec64.pth] [--work DIR] [--append]
 (``--img-size/--batch-size/--samples/--warmup-steps/--steps`` shrink it, e.g. a CPU smoke run of

@@ -1,11 +1,16 @@
 """Small synthetic slice banks for the synthesis tests (brain-like and abdomen-like phantoms)."""
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from shared.cli_support import run_cli
+from shared.hashing import sha256_path
 from synth.bank import SliceBank, SliceRef
 
 ORGANS = ("background", "spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach",
@@ -23,7 +28,7 @@ def _texture(rng: np.random.Generator, shape: tuple[int, int], sigma: float = 2.
     return cv2.GaussianBlur(rng.random(shape, dtype=np.float32), (0, 0), sigma)
 
 
-def _ellipse(shape: tuple[int, int], cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+def ellipse(shape: tuple[int, int], cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
 
@@ -34,7 +39,7 @@ def brain_bank(n_ex: int = 6, n_bg: int = 6, shape: tuple[int, int] = (96, 96), 
     h, w = shape
 
     def head() -> tuple[np.ndarray, np.ndarray]:
-        m = _ellipse(shape, w / 2 + rng.uniform(-2, 2), h / 2 + rng.uniform(-2, 2),
+        m = ellipse(shape, w / 2 + rng.uniform(-2, 2), h / 2 + rng.uniform(-2, 2),
                      w * rng.uniform(0.33, 0.38), h * rng.uniform(0.38, 0.43))
         img = np.where(m, 0.35 + 0.3 * _texture(rng, shape), 0.0).astype(np.float32)
         return img, m
@@ -43,7 +48,7 @@ def brain_bank(n_ex: int = 6, n_bg: int = 6, shape: tuple[int, int] = (96, 96), 
     for i in range(n_ex):
         img, m = head()
         cx, cy = w / 2 + rng.uniform(-0.15, 0.15) * w, h / 2 + rng.uniform(-0.15, 0.15) * h
-        t = _ellipse(shape, cx, cy, w * rng.uniform(0.05, 0.1), h * rng.uniform(0.05, 0.1)) & m
+        t = ellipse(shape, cx, cy, w * rng.uniform(0.05, 0.1), h * rng.uniform(0.05, 0.1)) & m
         img = np.where(t, 0.7 + 0.25 * _texture(rng, shape), img).astype(np.float32)
         exemplars[SliceRef(f"case{i % 3}", 40 + i)] = (np.clip(img, 0, 1), t.astype(np.uint8))
     backgrounds = {SliceRef(f"case{i % 3}", 10 + i): np.clip(head()[0], 0, 1) for i in range(n_bg)}
@@ -58,7 +63,7 @@ def abdomen_bank(shape: tuple[int, int] = (101, 122), bg_shapes: tuple[tuple[int
 
     def body(shp: tuple[int, int]) -> np.ndarray:
         h, w = shp
-        m = _ellipse(shp, w / 2, h / 2, w * 0.47, h * 0.45)
+        m = ellipse(shp, w / 2, h / 2, w * 0.47, h * 0.45)
         return np.where(m, 0.3 + 0.2 * _texture(rng, shp), 0.0).astype(np.float32)
 
     h, w = shape
@@ -69,7 +74,7 @@ def abdomen_bank(shape: tuple[int, int] = (101, 122), bg_shapes: tuple[tuple[int
             if drop and k in drop.get(i, ()):
                 continue
             s = rng.uniform(0.85, 1.1)
-            m = _ellipse(shape, fx * w + rng.uniform(-1, 1), fy * h + rng.uniform(-1, 1), rx * w * s, ry * h * s)
+            m = ellipse(shape, fx * w + rng.uniform(-1, 1), fy * h + rng.uniform(-1, 1), rx * w * s, ry * h * s)
             lab[m] = k
             img[m] = 0.4 + 0.05 * k + 0.1 * _texture(rng, shape)[m]
         exemplars[SliceRef("img0001", 5 + i)] = (np.clip(img, 0, 1), lab)
@@ -125,3 +130,46 @@ def synapse_real_bank(root: Path) -> SliceBank:
     backgrounds = {SliceRef("img0001", int(k)): img[k] for k in order[:4]}
     exemplars = {SliceRef("img0001", int(k)): (img[k], lab[k]) for k in range(len(img)) if fg[k] > 0}
     return SliceBank(exemplars, backgrounds, ORGANS)
+
+
+# -- the synth CLI in-process (tests of synth build / pack / merge / audit) ----------------------------
+
+# the demo's 2-case test split keeps each build to ~1 s (the phantoms are generated on every read)
+SMALL = ["--dataset", "demo-brain", "--split", "test", "--exemplars", "12", "--num-samples", "40",
+         "--shard-size", "8", "--seed", "3", "--no-progress"]
+
+
+def synth(*args: str) -> tuple[int, str]:
+    """Run the synth CLI in-process; returns (exit code, stdout + stderr)."""
+    from synth.cli import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run_cli(cli, [str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue() + err.getvalue()
+
+
+def ok(*args: str) -> str:
+    code, text = synth(*args)
+    assert code == 0, text
+    return text
+
+
+def fail(*args: str) -> str:
+    code, text = synth(*args)
+    assert code != 0, text
+    assert "Traceback" not in text
+    return text
+
+
+def same_dataset(a: Path, b: Path) -> None:
+    """Byte-identical manifests and shards (the shard sha256 covers every file of a shard)."""
+    assert (a / "dataset.json").read_bytes() == (b / "dataset.json").read_bytes()
+    assert (a / "samples.jsonl").read_bytes() == (b / "samples.jsonl").read_bytes()
+    info = json.loads((a / "dataset.json").read_text())
+    for s in info["shards"]:
+        assert sha256_path(a / s["path"]) == sha256_path(b / s["path"]) == s["sha256"]

@@ -61,10 +61,17 @@ def clean_error(code: int, text: str, *needles: str) -> str:
     return lines[0]
 
 
+def _as_from_a_terminal() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python then keeps ignoring Ctrl-C;
+    # a suite launched with `&` would see builds that never stop. Give the child a terminal's default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def popen(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", *map(str, args)], cwd=PROJECT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=_as_from_a_terminal)
 
 
 def wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:

@@ -266,7 +266,7 @@ class ShardBatchStream(IterableDataset):
 
         Without augmentation each sample is resized straight into its slot of the preallocated
         batch arrays (no per-sample output arrays or copies); the pixels are those of
-        ``train.resize.resize_image`` / ``resize_label`` (tests/test_data.py checks it).
+        ``train.resize.resize_image`` / ``resize_label`` (tests/train/test_data.py checks it).
         """
         from train.resize import resize_image, resize_label
 

@@ -155,10 +155,6 @@ class ShardDataset:
             self._handles[k] = handle
         return handle
 
-    def _handle(self, k: int) -> ShardHandle:
-        # the old name, still called by synth/audit.py (to go when it calls handle())
-        return self.handle(k)
-
     def _sample_name(self, i: int) -> str:
         """``id`` (dataset index) of sample i for error messages; the index alone without samples.jsonl."""
         try:

@@ -42,7 +42,7 @@ def store_into(image: np.ndarray, out: np.ndarray, in_range: bool = False) -> No
     """``out[...] = clip(image, 0, 1)`` cast to ``out.dtype`` (round to nearest even), no extra copy.
 
     float32 -> float16 goes through OpenCV (F16C instructions, ~5x faster than numpy's cast); it
-    gives numpy's bits for every float32 in [0, 1] (checked exhaustively, tests/test_store_fast.py)
+    gives numpy's bits for every float32 in [0, 1] (checked exhaustively, tests/shared/shards/test_writer.py)
     except that -0.0 is stored as +0.0. Other input dtypes use numpy. ``in_range``: the caller
     guarantees values in [0, 1] (the clip would change nothing), so it is skipped.
     """

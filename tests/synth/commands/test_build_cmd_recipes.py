@@ -9,7 +9,7 @@ import pytest
 
 from shared.errors import ConfigError
 from shared.intensity import apply_intensity, validate_preset
-from test_build import SMALL, synth
+from synthkit import SMALL, synth
 
 
 def test_build_recipe_paper_records_and_summarises(tmp_path) -> None:

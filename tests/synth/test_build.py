@@ -13,54 +13,9 @@ import numpy as np
 import pytest
 
 from shared import open_dataset
-from shared.cli_support import run_cli
-from shared.hashing import sha256_path
+from synthkit import SMALL, fail, ok, same_dataset, synth
 
-PROJECT = Path(__file__).resolve().parents[1]
-# the demo's 2-case test split keeps each build to ~1 s (the phantoms are generated on every read)
-SMALL = ["--dataset", "demo-brain", "--split", "test", "--exemplars", "12", "--num-samples", "40",
-         "--shard-size", "8", "--seed", "3", "--no-progress"]
-
-
-def synth(*args: str) -> tuple[int, str]:
-    """Run the synth CLI in-process; returns (exit code, stdout + stderr)."""
-    from synth.cli import cli
-
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run_cli(cli, [str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue() + err.getvalue()
-
-
-def ok(*args: str) -> str:
-    code, text = synth(*args)
-    assert code == 0, text
-    return text
-
-
-def fail(*args: str) -> str:
-    code, text = synth(*args)
-    assert code != 0, text
-    assert "Traceback" not in text
-    return text
-
-
-def same_dataset(a: Path, b: Path) -> None:
-    """Byte-identical manifests and shards (the shard sha256 covers every file of a shard)."""
-    assert (a / "dataset.json").read_bytes() == (b / "dataset.json").read_bytes()
-    assert (a / "samples.jsonl").read_bytes() == (b / "samples.jsonl").read_bytes()
-    info = json.loads((a / "dataset.json").read_text())
-    for s in info["shards"]:
-        assert sha256_path(a / s["path"]) == sha256_path(b / s["path"]) == s["sha256"]
-
-
+PROJECT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("single") / "ds"

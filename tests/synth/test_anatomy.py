@@ -12,7 +12,7 @@ from synth.anatomy import floating_objects, ring_air_fraction, ring_mask
 from synth.bank import SliceBank, SliceRef
 from synth.synthesis import replay, synthesize
 from synth.synthesis_config import SynthesisConfig, load_config
-from synthkit import _ellipse, abdomen_bank, brain_bank
+from synthkit import ellipse, abdomen_bank, brain_bank
 
 CONFIG = load_config()
 
@@ -24,17 +24,17 @@ def _small_heads_bank(n_bg_small: int = 6, n_bg_large: int = 1) -> SliceBank:
     rng = np.random.default_rng(3)
     exemplars = {}
     for i in range(4):
-        head = _ellipse(shape, 48, 48, 34, 40)
-        tum = _ellipse(shape, 48 + (-1) ** i * 18, 40 + 4 * i, 9, 10) & head
+        head = ellipse(shape, 48, 48, 34, 40)
+        tum = ellipse(shape, 48 + (-1) ** i * 18, 40 + 4 * i, 9, 10) & head
         img = np.where(head, 0.4 + 0.2 * rng.random(shape), 0.0)
         img = np.where(tum, 0.85, img).astype(np.float32)
         exemplars[SliceRef("c", 60 + i)] = (img, tum.astype(np.uint8))
     backgrounds = {}
     for i in range(n_bg_small):
-        m = _ellipse(shape, 48, 52, 13 + i, 15 + i)
+        m = ellipse(shape, 48, 52, 13 + i, 15 + i)
         backgrounds[SliceRef("c", i)] = np.where(m, 0.45, 0.0).astype(np.float32)
     for i in range(n_bg_large):
-        m = _ellipse(shape, 48, 48, 33, 39)
+        m = ellipse(shape, 48, 48, 33, 39)
         backgrounds[SliceRef("c", 100 + i)] = np.where(m, 0.5, 0.0).astype(np.float32)
     return SliceBank(exemplars, backgrounds, ("background", "tumour"))
 
@@ -70,9 +70,9 @@ def test_scale_stays_in_the_configured_range_when_shrinking() -> None:
     # a round tumour of radius 10; the only background head has radius 12.5: at scale >= ~0.95
     # its ring (2-4 px outside) leaves the head, so large draws must shrink
     shape = (64, 64)
-    tum = _ellipse(shape, 32, 32, 10, 10)
-    img = np.where(tum, 0.9, np.where(_ellipse(shape, 32, 32, 25, 25), 0.4, 0.0)).astype(np.float32)
-    bg = np.where(_ellipse(shape, 32, 32, 12.5, 12.5), 0.5, 0.0).astype(np.float32)
+    tum = ellipse(shape, 32, 32, 10, 10)
+    img = np.where(tum, 0.9, np.where(ellipse(shape, 32, 32, 25, 25), 0.4, 0.0)).astype(np.float32)
+    bg = np.where(ellipse(shape, 32, 32, 12.5, 12.5), 0.5, 0.0).astype(np.float32)
     bank = SliceBank({SliceRef("a", 1): (img, tum.astype(np.uint8))}, {SliceRef("a", 2): bg},
                      ("background", "tumour"))
     cfg = CONFIG
@@ -89,10 +89,10 @@ def test_scale_stays_in_the_configured_range_when_shrinking() -> None:
 
 def test_no_acceptable_placement_is_an_error_not_a_violation() -> None:
     shape = (64, 64)
-    tum = _ellipse(shape, 32, 32, 12, 12)
-    head = _ellipse(shape, 32, 32, 20, 20)
+    tum = ellipse(shape, 32, 32, 12, 12)
+    head = ellipse(shape, 32, 32, 20, 20)
     img = np.where(tum, 0.9, np.where(head, 0.4, 0.0)).astype(np.float32)
-    tiny = np.where(_ellipse(shape, 10, 10, 2, 2), 0.5, 0.0).astype(np.float32)
+    tiny = np.where(ellipse(shape, 10, 10, 2, 2), 0.5, 0.0).astype(np.float32)
     bank = SliceBank({SliceRef("a", 1): (img, tum.astype(np.uint8))}, {SliceRef("a", 2): tiny},
                      ("background", "tumour"))
     cfg = SynthesisConfig.from_json({"single": {"placement": {"max_pairs": 3}}})
@@ -157,11 +157,11 @@ def test_ring_mask_is_the_2_to_4_px_band() -> None:
 
 def test_floating_measure() -> None:
     shape = (60, 60)
-    head = _ellipse(shape, 30, 30, 20, 20)
+    head = ellipse(shape, 30, 30, 20, 20)
     image = np.where(head, 0.5, 0.0).astype(np.float32)
-    inside = _ellipse(shape, 30, 30, 5, 5)
-    outside = _ellipse(shape, 5, 5, 3, 3)
-    edge = _ellipse(shape, 30, 10, 5, 5)  # straddles the head's edge
+    inside = ellipse(shape, 30, 30, 5, 5)
+    outside = ellipse(shape, 5, 5, 3, 3)
+    edge = ellipse(shape, 30, 10, 5, 5)  # straddles the head's edge
     lab = np.zeros(shape, np.uint8)
     lab[inside] = 1
     assert floating_objects(image, lab, "single") == (0, 0.0)

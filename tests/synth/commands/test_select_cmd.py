@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[3]
 SCHEMA = json.loads((PROJECT / "data_manifests/schemas/exemplar_list.schema.json").read_text())
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from test_build import SMALL, fail, ok
+from synthkit import SMALL, fail, ok
 
 
 @pytest.fixture(scope="module")
