@@ -1,15 +1,13 @@
 """Small synthetic slice banks for the synthesis tests (brain-like and abdomen-like phantoms)."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from shared.cli_support import run_cli
+from clikit import run_in_process
 from shared.hashing import sha256_path
 from synth.bank import SliceBank, SliceRef
 
@@ -143,14 +141,7 @@ def synth(*args: str) -> tuple[int, str]:
     """Run the synth CLI in-process; returns (exit code, stdout + stderr)."""
     from synth.cli import cli
 
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run_cli(cli, [str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue() + err.getvalue()
+    return run_in_process(cli, *args)
 
 
 def ok(*args: str) -> str:

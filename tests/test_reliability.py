@@ -6,9 +6,7 @@ real CLIs as subprocesses; the rest run them in-process (faster).
 """
 from __future__ import annotations
 
-import contextlib
 import gzip
-import io
 import json
 import multiprocessing as mp
 import os
@@ -23,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.cli_support import run_cli
+from clikit import run_in_process
 from shared.errors import DataError
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -40,14 +38,7 @@ def cli(group: str, *args) -> tuple[int, str]:
         from synth.cli import cli as grp
     else:
         from train.cli import cli as grp
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run_cli(grp, [str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue() + err.getvalue()
+    return run_in_process(grp, *args)
 
 
 def clean_error(code: int, text: str, *needles: str) -> str:

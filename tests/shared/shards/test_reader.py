@@ -11,6 +11,7 @@ import torch
 from shared import open_dataset
 from shared.errors import DataError
 from shared.manifest import write_dataset
+from shardkit import random_shard_arrays
 from shared.shards import ShardHandle, shard_relpath, write_shard, zarr_codec, zarr_format
 
 N, H, W = 6, 40, 48
@@ -18,14 +19,7 @@ SELECTIONS = (slice(None), slice(1, 4), slice(None, None, 2), slice(4, None), 0,
 
 
 def _arrays(dtype=np.float16, n=N, h=H, w=W, seed=0):
-    rng = np.random.default_rng(seed)
-    images = np.zeros((n, h, w), dtype)
-    images[:, 2:h - 3, 3:w - 2] = rng.random((n, h - 5, w - 5)).astype(dtype)
-    labels = (images > 0.8).astype(np.uint8) + (images > 0.95)
-    labels[0] = 0  # an all-background chunk
-    sizes = np.full((n, 2), (h, w), np.int32)
-    sizes[-1] = (h - 1, w - 2)
-    return images, labels, sizes
+    return random_shard_arrays(n, h, w, dtype, seed)
 
 
 def _assert_reads_like_zarr(path: Path, n: int, direct: bool = True) -> None:

@@ -10,6 +10,7 @@ import pytest
 import shared.shards as shards
 from shared import open_dataset
 from shared.hashing import sha256_tree, tree_files
+from shardkit import random_shard_arrays
 from shared.shards import store_into, to_stored, zarr_codec, zarr_format
 
 
@@ -45,13 +46,7 @@ def test_float16_store_matches_numpy():
                                          (40, 240, 240, np.float16)])
 def test_direct_zarr_encoder_is_byte_identical(tmp_path: Path, n, h, w, dtype):
     """The shard data encoded without zarr's pipeline is byte for byte what zarr writes itself."""
-    rng = np.random.default_rng(n)
-    images = np.zeros((n, h, w), dtype)
-    images[:, 2:h - 3, 3:w - 2] = rng.random((n, h - 5, w - 5)).astype(dtype)
-    labels = (images > 0.8).astype(np.uint8) + (images > 0.95)
-    labels[0] = 0  # an all-background chunk
-    sizes = np.full((n, 2), (h, w), np.int32)
-    sizes[-1] = (h - 1, w - 2)
+    images, labels, sizes = random_shard_arrays(n, h, w, dtype, seed=n)
     zarr_format.clear_metadata_cache()
     a, a2, b = tmp_path / "direct.zarr", tmp_path / "cached.zarr", tmp_path / "zarr.zarr"
     # image, label, size all go through the direct encoder (zarr writes only the metadata) ...
