@@ -117,6 +117,8 @@ def check_resume_compatible(saved: dict, config: dict, dataset: dict, path: Path
 
     was = upgrade_config_dict(saved["config"])   # runs saved before named trainable sets
     for name in IDENTITY_FIELDS:
+        if name == "checkpoint" and _same_path(was.get(name), config.get(name)):
+            continue
         if was.get(name) != config.get(name):
             raise ConfigError(f"{path}: cannot resume, {name} was {was.get(name)!r} "
                               f"and is now {config.get(name)!r}")
@@ -126,6 +128,13 @@ def check_resume_compatible(saved: dict, config: dict, dataset: dict, path: Path
             raise DataError(f"{path}: cannot resume, the dataset differs ({name}: was "
                             f"{_short(old.get(name))}, now {_short(dataset.get(name))}; run saved from "
                             f"{old.get('path')})")
+
+
+def _same_path(a: str | None, b: str | None) -> bool:
+    """Two recorded base-weight paths name the same file (runs before 2026-11-26 saved them as typed)."""
+    if a is None or b is None:
+        return a == b
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _first_sentence(exc: BaseException, limit: int = 160) -> str:
@@ -168,6 +177,9 @@ def load_trained_model(rundir: str | Path, checkpoint: str | Path | None = None,
     ckpt_path = Path(checkpoint) if checkpoint is not None else last_checkpoint(rundir)
     saved = load_checkpoint(ckpt_path)
     base = base_checkpoint if base_checkpoint is not None else cfg.checkpoint
+    if base_checkpoint is None and base is not None and not Path(base).is_file():
+        raise DataError(f"{rundir}: the run was trained from base weights {base}, which are not there "
+                        f"(moved, or another machine); pass --checkpoint PATH to say where they are")
     built = build_model(cfg, run["model"].get("num_classes"), base=base)
     load_trainable_state(built, saved["trainable"], str(ckpt_path))
     model = PromptSAM(built).to(device).eval()

@@ -142,3 +142,34 @@ def test_checkpoint_of_another_model_size_is_one_line_error(pre, tmp_path, capsy
         code, out, err = run_train(args + ["--model", "tiny", "--checkpoint", fake], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert f"checkpoint {fake} is a vit_b checkpoint, not tiny; use --model vit_b" in err
+
+
+def test_run_records_its_base_weights_absolute_and_names_them_when_moved(pre, tmp_path, capsys, monkeypatch):
+    """A relative --checkpoint is recorded as an absolute path (eval from another folder finds it),
+    resume from that folder still matches, and base weights moved away give a one-line error that
+    says how to point at them (--checkpoint), which then works."""
+    import shutil
+
+    shards = make_dataset(tmp_path / "ds", n=8, size=(40, 36))
+    shutil.copy(pre / "model.pt", tmp_path / "base.pt")
+    run = tmp_path / "run"
+    fit = ["fit", "--shards", shards, "--model", "tiny", "--checkpoint", "base.pt", "--batch-size", "4",
+           "--num-threads", "1", "--no-progress", "--out", run]
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_train(fit + ["--steps", "2"], capsys)
+    assert code == 0, err
+    recorded = json.loads((run / "config.json").read_text())["train"]["checkpoint"]
+    assert recorded == str(tmp_path / "base.pt")
+    code, out, err = run_train(fit + ["--steps", "3", "--resume"], capsys)
+    assert code == 0, err
+    from shared.errors import DataError
+    from train.checkpointing import load_trained_model
+
+    monkeypatch.chdir(tmp_path / "ds")          # eval / predict load the run from elsewhere
+    load_trained_model(run)
+    (tmp_path / "base.pt").rename(tmp_path / "moved.pt")
+    with pytest.raises(DataError) as exc:
+        load_trained_model(run)
+    msg = str(exc.value)
+    assert "\n" not in msg and str(tmp_path / "base.pt") in msg and "pass --checkpoint PATH" in msg
+    load_trained_model(run, base_checkpoint=tmp_path / "moved.pt")

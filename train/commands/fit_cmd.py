@@ -106,7 +106,7 @@ def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batc
     if not resume:
         precheck.check_fit_model(config_file, model, checkpoint)
     overrides = {
-        "model": model, "checkpoint": None if checkpoint is None else str(checkpoint),
+        "model": model, "checkpoint": None if checkpoint is None else str(checkpoint.resolve()),  # eval/predict run elsewhere
         "img_size": img_size, "steps": steps, "epochs": epochs, "batch_size": batch_size,
         "prompt": prompt, "seed": seed, "lr": lr, "lora_rank": lora_rank, "trainable": trainable,
         "num_workers": num_workers,
