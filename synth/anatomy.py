@@ -97,6 +97,7 @@ class AnatomyIndex:
         self._ex: dict[tuple[Any, float], int] = {}
         self._ring: dict[tuple[Any, int | None], np.ndarray] = {}
         self._eligible: dict[tuple, tuple[list, str]] = {}
+        self._tables: dict[float, PoolTable] = {}
 
     def background_stats(self, ref: "SliceRef", threshold: float) -> ContentStats:
         key = (ref, threshold)
@@ -127,6 +128,20 @@ class AnatomyIndex:
                 np.concatenate([info.points, ring_points(info.crop, info.bbox)]).T)
         return pts
 
+    def pool_table(self, threshold: float) -> "PoolTable":
+        """Every pool slice's content stats and frame size as arrays, in pool order (each slice
+        decoded once per threshold, not once per exemplar)."""
+        table = self._tables.get(threshold)
+        if table is None:
+            refs = list(self.bank.background_refs)
+            stats = [self.background_stats(ref, threshold) for ref in refs]
+            shapes = np.array([self.bank.background_shape(ref) for ref in refs], dtype=np.int64).reshape(-1, 2)
+            table = self._tables[threshold] = PoolTable(
+                refs, np.array([s.area for s in stats], dtype=np.int64),
+                np.array([s.height for s in stats], dtype=np.int64), np.array([s.width for s in stats], dtype=np.int64),
+                shapes[:, 0], shapes[:, 1])
+        return table
+
     def eligible_backgrounds(self, base: "SliceRef", pl: "Placement", scale_low: float) -> tuple[list, str]:
         """Pool slices that can hold ``base``'s object(s) and sit at a compatible level, in pool
         order, and the tier used: ``"level"`` (content area within ``level_ratio`` of the
@@ -141,22 +156,34 @@ class AnatomyIndex:
         info = self.bank.object_info(base, None)
         y0, y1, x0, x1 = info.bbox
         ex_area = self.exemplar_area(base, thr)
-        room, level = [], []
-        for ref in self.bank.background_refs:
-            s = self.background_stats(ref, thr)
-            h, w = self.bank.background(ref).shape
-            fy, fx = h / ex_img.shape[0], w / ex_img.shape[1]
-            k = scale_low  # the smallest object scale the placement may use
-            need_h, need_w = (y1 - y0 + 1) * fy * k, (x1 - x0 + 1) * fx * k
-            need_area = info.count * fy * fx * k * k * pl.min_inside
-            if s.area >= need_area and s.height >= need_h and s.width >= need_w:
-                room.append(ref)
-                mapped = ex_area * fy * fx
-                if mapped > 0 and pl.level_ratio * mapped <= s.area <= mapped / pl.level_ratio:
-                    level.append(ref)
+        t = self.pool_table(thr)
+        # float64 arrays, the same operations in the same order as per-slice Python floats: the
+        # same comparisons, so the same eligible lists (and samples) as a loop over the pool
+        fy, fx = t.frame_h / ex_img.shape[0], t.frame_w / ex_img.shape[1]
+        k = scale_low  # the smallest object scale the placement may use
+        need_h, need_w = (y1 - y0 + 1) * fy * k, (x1 - x0 + 1) * fx * k
+        need_area = info.count * fy * fx * k * k * pl.min_inside
+        has_room = (t.area >= need_area) & (t.height >= need_h) & (t.width >= need_w)
+        mapped = ex_area * fy * fx
+        at_level = has_room & (mapped > 0) & (pl.level_ratio * mapped <= t.area) & (t.area <= mapped / pl.level_ratio)
+        room = [t.refs[i] for i in np.flatnonzero(has_room)]
+        level = [t.refs[i] for i in np.flatnonzero(at_level)]
         hit = (level, "level") if level else (room, "room") if room else (list(self.bank.background_refs), "pool")
         self._eligible[key] = hit
         return hit
+
+
+@dataclass(frozen=True)
+class PoolTable:
+    """:meth:`AnatomyIndex.pool_table`: per pool slice (pool order) content area, content box
+    height and width, and frame height and width."""
+
+    refs: list
+    area: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+    frame_h: np.ndarray
+    frame_w: np.ndarray
 
 
 def anatomy_index(bank: "SliceBank") -> AnatomyIndex:

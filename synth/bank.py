@@ -115,6 +115,14 @@ class SliceBank:
         except KeyError:
             raise DataError(f"background slice {ref} is not in the background pool") from None
 
+    def background_shape(self, ref: SliceRef) -> tuple[int, int]:
+        """A background slice's (height, width), without decoding it."""
+        b = self._backgrounds
+        try:
+            return b.shape(ref) if isinstance(b, BackgroundStore) else tuple(b[ref].shape)
+        except KeyError:
+            raise DataError(f"background slice {ref} is not in the background pool") from None
+
     def class_counts(self, ref: SliceRef) -> np.ndarray:
         self.exemplar(ref)
         return self._counts[ref]
@@ -189,9 +197,9 @@ class SliceBank:
         """Bounding box (y0, y1, x0, x1) of a background slice's content (pixels > threshold)."""
         key = (ref, threshold)
         if key not in self._content_bbox:
-            img = self.background(ref)
-            rows = np.flatnonzero((img > threshold).any(axis=1))
-            cols = np.flatnonzero((img > threshold).any(axis=0))
+            mask = self.content_mask(ref, threshold)  # cached: the slice is not decoded again
+            rows = np.flatnonzero(mask.any(axis=1))
+            cols = np.flatnonzero(mask.any(axis=0))
             self._content_bbox[key] = (None if rows.size == 0 else
                                        (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])))
         return self._content_bbox[key]

@@ -189,6 +189,10 @@ class BackgroundStore(Mapping):
     def __getitem__(self, ref: Any) -> np.ndarray:
         return self._slices[ref].decode()
 
+    def shape(self, ref: Any) -> tuple[int, int]:
+        """A slice's (height, width), without decoding it."""
+        return tuple(self._slices[ref].data.shape)
+
     def __iter__(self) -> Iterator[Any]:
         return iter(self._slices)
 
