@@ -149,15 +149,21 @@ def describe_dataset(info: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_dataset(root: str | Path, info: dict[str, Any], records: Iterable[dict[str, Any]]) -> None:
+def write_dataset(root: str | Path, info: dict[str, Any], records: Iterable[dict[str, Any]] | str) -> None:
     """Write samples.jsonl, then dataset.json (last: its presence marks the dataset complete).
+
+    ``records``: the sample records, or samples.jsonl's text already encoded by :func:`dumps`
+    (one record per line; a build joins its shards' sidecars without decoding them).
 
     dataset.json starts with ``_about`` (a summary for people, recomputed from ``info`` each time)
     and ``_sample_fields`` (what the record fields mean, with units).
     """
     root = Path(root)
     info = {**info, "build_id": compute_build_id(info)}  # the generation readers pin
-    write_jsonl_atomic(root / SAMPLES_FILE, records)
+    if isinstance(records, str):
+        write_text_atomic(root / SAMPLES_FILE, records)
+    else:
+        write_jsonl_atomic(root / SAMPLES_FILE, records)
     info = {k: v for k, v in info.items() if k not in ("_about", "_sample_fields")}
     write_json_atomic(root / DATASET_FILE, {"_about": describe_dataset(info), "_sample_fields": SAMPLE_FIELDS,
                                             **info})

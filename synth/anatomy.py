@@ -247,24 +247,29 @@ def fractions_on(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.n
     tys[k]) and rounded: the share of the first ``n_obj`` (the object) on pixels ``> content`` and
     the share of the rest (its ring) on pixels ``>= air``. ``padded``: :func:`padded_frame` of the
     h x w background; points outside the frame land on its -1 border and count as off."""
-    q = pts[:, None, :] + np.stack((txs, tys))[:, :, None]  # (2, K, N)
+    # Every step is exact integer arithmetic in float64 after the rounding, so the flat index is
+    # ((y + 1) * (w + 2) + x + 1) for the clipped, rounded (x, y). Few numpy calls: this runs
+    # once or a few times per object, on ~500 points, so call overhead is most of its cost.
+    q = pts[:, None, :] + np.array((txs, tys))[:, :, None]  # (2, K, N)
     np.rint(q, out=q)
     np.maximum(q, -1.0, out=q)  # ufuncs, not np.clip (its Python wrapper costs more than the work)
-    np.minimum(q, _frame_hi(w, h), out=q)
-    idx = q[1]
-    idx += 1.0
-    idx *= float(w + 2)
-    idx += q[0]
-    idx += 1.0
-    vals = padded.take(idx.astype(np.intp))
-    inside = np.count_nonzero(vals[:, :n_obj] > content, axis=1) / max(1, n_obj)
+    x, y = q
+    np.minimum(x, float(w), out=x)
+    np.minimum(y, float(h), out=y)
+    y *= float(w + 2)
+    y += x
+    idx = y.astype(np.intp)
+    idx += w + 3
+    vals = padded.take(idx)
     n_ring = vals.shape[1] - n_obj
+    if len(txs) == 1:  # the drawn position alone: the usual call
+        v = vals[0]
+        inside = np.array([np.count_nonzero(v[:n_obj] > content) / max(1, n_obj)])
+        ring = np.array([np.count_nonzero(v[n_obj:] >= air) / n_ring]) if n_ring else np.ones(1)
+        return inside, ring
+    inside = np.count_nonzero(vals[:, :n_obj] > content, axis=1) / max(1, n_obj)
     ring = (np.count_nonzero(vals[:, n_obj:] >= air, axis=1) / n_ring) if n_ring else np.ones(len(txs))
     return inside, ring
-
-
-def _frame_hi(w: int, h: int) -> np.ndarray:
-    return np.array([[[float(w)]], [[float(h)]]])
 
 
 @dataclass(frozen=True)
@@ -278,10 +283,15 @@ class PlacementResult:
 
 def content_centre(image: np.ndarray, threshold: float) -> tuple[float, float] | None:
     """Centroid (x, y) of the rendered background's content (pixels > threshold)."""
-    m = cv2.moments((image > threshold).view(np.uint8), binaryImage=True)
-    if m["m00"] <= 0:
+    # Row and column counts (cv2.reduce, ~5x cv2.moments here): the moments are sums of integers,
+    # exact in int64 as in OpenCV's binary moments, so the centroid is the same float.
+    m = (image > threshold).view(np.uint8)
+    cols = cv2.reduce(m, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
+    n = int(cols.sum())
+    if n <= 0:
         return None
-    return m["m10"] / m["m00"], m["m01"] / m["m00"]
+    rows = cv2.reduce(m, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
+    return float(cols @ np.arange(cols.size)) / n, float(rows @ np.arange(rows.size)) / n
 
 
 def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformParams, extra: np.ndarray,

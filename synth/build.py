@@ -202,6 +202,8 @@ def build_shard(job: ShardJob, k: int, progress: Callable[[int], None] | None = 
                 progress(1)
         result = writer.close()
     entry = {"path": rel, "start": start, "count": count, "sha256": result.sha256, "bytes": result.bytes}
-    sidecar = {"shard": entry, "records": records, **producer.extra_shard_info()}
+    # the records as samples.jsonl's lines: finalize joins the sidecars without decoding them again
+    sidecar = {"shard": entry, "records_jsonl": "".join(dumps(r) + "\n" for r in records),
+               **producer.extra_shard_info()}
     atomic_write_text(shard_sidecar(job.out, k), dumps(sidecar, indent=None) + "\n")
     return {"k": k, "count": count, "bytes": result.bytes}

@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.errors import DataError
 from shared.fileio import read_json
-from shared.manifest import SCHEMA_VERSION, tool_version, write_dataset
+from shared.manifest import SCHEMA_VERSION, dumps, tool_version, write_dataset
 from synth.buildspec import PATH_KEYS, Job, Part, part_info
 from synth.outdir import shard_sidecar
 
@@ -18,14 +18,17 @@ from synth.outdir import shard_sidecar
 def finalize(job: Job, plan, shards: range, part: Part | None, key: str) -> None:
     """Join the sidecars of ``shards`` into samples.jsonl and dataset.json of ``job.out``."""
     out = job.out
-    entries, records, geometry = [], [], {}
+    entries, lines, geometry = [], [], {}
     for k in shards:
         sidecar = read_json(shard_sidecar(out, k))
         entries.append(sidecar["shard"])
-        records.extend(sidecar["records"])
+        if "records_jsonl" in sidecar:
+            lines.append(sidecar["records_jsonl"])
+        else:  # a sidecar written before 2026-11-26 (a build resumed across the change)
+            lines.append("".join(dumps(r) + "\n" for r in sidecar["records"]))
         geometry.update(sidecar.get("geometry") or {})
     info = dataset_info(job, entries, key, part=part_info(part, plan, shards), geometry=geometry)
-    write_dataset(out, info, records)
+    write_dataset(out, info, "".join(lines))
 
 
 def dataset_info(job: Job, shards: list[dict[str, Any]], key: str, *, part: dict[str, Any] | None,

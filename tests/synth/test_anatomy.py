@@ -229,3 +229,22 @@ def test_eligible_backgrounds_match_the_per_slice_rule_and_decode_each_slice_onc
     for base in fresh.bank.exemplar_refs:
         fresh.eligible_backgrounds(base, pl, 0.8)
     assert len(decodes) == len(fresh.bank.background_refs)
+
+
+def test_content_centre_is_opencv_moments_centroid_exactly() -> None:
+    """content_centre (row/column counts) gives the very floats of cv2.moments' centroid, which
+    the recorded placements of earlier builds were computed with (replays stay bit-exact)."""
+    import cv2
+
+    from synth.anatomy import content_centre
+
+    rng = np.random.default_rng(1)
+    for i in range(400):
+        h, w = (int(v) for v in rng.integers(8, 260, 2))
+        img = (rng.random((h, w)) * rng.random()).astype(np.float32)
+        if i % 5 == 0:
+            img[:] = 0
+        thr = float(rng.random() * 0.5)
+        m = cv2.moments((img > thr).view(np.uint8), binaryImage=True)
+        want = None if m["m00"] <= 0 else (m["m10"] / m["m00"], m["m01"] / m["m00"])
+        assert content_centre(img, thr) == want

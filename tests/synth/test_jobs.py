@@ -101,10 +101,11 @@ def test_build_shard_writes_the_shard_and_its_sidecar(tmp_path: Path) -> None:
     entry = sidecar["shard"]
     assert entry["path"] == "shards/shard-00003.zarr" and (entry["start"], entry["count"]) == (18, 2)
     assert entry["sha256"] == sha256_path(tmp_path / entry["path"]) and entry["bytes"] == result["bytes"]
-    assert [r["id"] for r in sidecar["records"]] == ["s000018", "s000019"]
-    assert [(r["shard"], r["index"]) for r in sidecar["records"]] == [(3, 0), (3, 1)]
+    records = [json.loads(line) for line in sidecar["records_jsonl"].splitlines()]
+    assert [r["id"] for r in records] == ["s000018", "s000019"]
+    assert [(r["shard"], r["index"]) for r in records] == [(3, 0), (3, 1)]
     _, label, _ = job.producer.make(19)
-    pixels = sidecar["records"][1]["class_pixels"]
+    pixels = records[1]["class_pixels"]
     assert pixels == {"background": int((label == 0).sum()), "tumour": int((label == 1).sum())}
 
 
