@@ -103,9 +103,9 @@ class AnatomyIndex:
         key = (ref, threshold)
         s = self._bg.get(key)
         if s is None:
-            mask = self.bank.content_mask(ref, threshold)
+            area = self.bank.content_area(ref, threshold)
             box = self.bank.content_bbox(ref, threshold)
-            s = ContentStats(int(np.count_nonzero(mask)), 0 if box is None else box[1] - box[0] + 1,
+            s = ContentStats(area, 0 if box is None else box[1] - box[0] + 1,
                              0 if box is None else box[3] - box[2] + 1)
             self._bg[key] = s
         return s

@@ -72,3 +72,23 @@ def test_replay_bank_regenerates_built_samples_bit_for_bit() -> None:
     for image, label, rec in samples:
         image2, label2 = replay(rec, bank, CONFIG)
         assert image2.tobytes() == image.tobytes() and label2.tobytes() == label.tobytes()
+
+
+def test_content_masks_are_cached_as_bits_with_the_same_answers() -> None:
+    """Content masks are kept packed (1/8 of the memory); the mask, area, box and coverage they
+    give are those of the plain ``image > threshold`` mask."""
+    bank = brain_bank()
+    for thr in (0.0, 0.1):
+        for ref in bank.background_refs:
+            plain = bank.background(ref) > thr
+            assert np.array_equal(bank.content_mask(ref, thr), plain)
+            assert bank.content_area(ref, thr) == int(np.count_nonzero(plain))
+            rows, cols = np.flatnonzero(plain.any(axis=1)), np.flatnonzero(plain.any(axis=0))
+            assert bank.content_bbox(ref, thr) == (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1]))
+            for ex in bank.exemplar_refs:
+                sh, sw = bank.exemplar(ex)[0].shape
+                h, w = plain.shape
+                pts = bank.object_info(ex, None).points
+                x = np.clip(np.rint((pts[:, 0] + 0.5) * (w / sw) - 0.5), 0, w - 1).astype(int)
+                y = np.clip(np.rint((pts[:, 1] + 0.5) * (h / sh) - 0.5), 0, h - 1).astype(int)
+                assert bank.coverage(ex, ref, thr) == np.count_nonzero(plain[y, x]) / len(pts)
