@@ -1,6 +1,7 @@
 """``synth build`` / ``synth pack`` / ``synth merge``: write datasets as Zarr/HDF5 shards + manifests."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -182,6 +183,9 @@ def build(dataset, root, modality, source_config, intensity, split, split_file, 
         raise ConfigError("--all-slices packs every slice; --exemplars/--exemplar-list/--exclude-exemplar do not apply")
     if dataset is None:
         dataset, root, modality, source_config = _source_from_list(exemplar_list, root, modality, source_config)
+    preset = _preset(intensity)
+    if exemplar_list is not None:
+        preset = _intensity_for_list(exemplar_list, preset, dataset, root, modality, source_config)
     if kind != "synthesized" and (num_samples is not None or synthesis_config is not None or recipe is not None):
         raise ConfigError(f"--num-samples, --recipe and --synthesis-config apply to synthesis, not to "
                           f"{'--all-slices' if all_slices else '--no-synthesis'}")
@@ -192,7 +196,7 @@ def build(dataset, root, modality, source_config, intensity, split, split_file, 
         raise ConfigError("--resume and --overwrite exclude each other")
     n_workers = _workers(workers)
     cfg = BuildConfig(kind=kind, dataset="demo-brain" if dataset == "demo" else dataset, root=_abs(root),
-                      modality=modality, source_config=_abs(source_config), intensity=_preset(intensity), split=split,
+                      modality=modality, source_config=_abs(source_config), intensity=preset, split=split,
                       split_file=_abs(split_file), exemplars=spec, exemplar_list=_abs(exemplar_list),
                       min_pixels=min_pixels if kind != "all-slices" else None,
                       exclude_exemplars=sorted(exclude), num_samples=num_samples, seed=seed,
@@ -247,6 +251,38 @@ def _source_from_list(exemplar_list: Path | None, root: Path | None, modality: s
     click.echo(f"{exemplar_list}: dataset {name}" + (f", root {root}" if root else "")
                + (f", modality {modality}" if name == "brats" else ""), err=True)
     return name, root, modality, source_config
+
+
+def _intensity_for_list(exemplar_list: Path, preset: str | dict | None, dataset: str, root: Path | None,
+                        modality: str, source_config: Path | None) -> str | dict | None:
+    """The intensity preset of a build from an exemplar list: the one the list was made with (its
+    background pool's content test depended on it) when --intensity is not given; a ConfigError
+    when --intensity names another. Lists without a recorded preset, or with the source's default,
+    leave the build as it was."""
+    from shared.errors import ConfigError
+    from shared.fileio import read_json
+    from shared.intensity import validate_preset
+    from shared.sources import open_source
+
+    data = read_json(exemplar_list, what="exemplar list")
+    recorded = (data.get("dataset") or {}).get("intensity") if isinstance(data, dict) else None
+    if not recorded:
+        return preset
+    recorded = validate_preset(recorded, f"{exemplar_list}: dataset.intensity")
+    if preset is not None:
+        given = validate_preset(preset, "--intensity")
+        if given != recorded:
+            raise ConfigError(f"{exemplar_list}: the list was made with intensity {json.dumps(recorded)}, "
+                              f"--intensity gives {json.dumps(given)}; its background pool depends on it: "
+                              f"drop --intensity, or make a new list with synth select --intensity")
+        return preset
+    default = open_source("demo-brain" if dataset == "demo" else dataset, root, modality=modality,
+                          config=source_config).intensity
+    if validate_preset(dict(default)) == recorded:
+        return None  # the source's own preset: nothing to override (and nothing new recorded)
+    click.echo(f"{exemplar_list}: reading the images with the list's intensity preset {json.dumps(recorded)}",
+               err=True)
+    return recorded
 
 
 def _check_out_early(out: Path, overwrite: bool, resume: bool) -> None:

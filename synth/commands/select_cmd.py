@@ -21,6 +21,11 @@ DATASET_CHOICES = ["brats", "synapse", "transunet", "nifti", "demo", "demo-brain
               show_default=True, help="BraTS modality to read.")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
               help="nifti source config (classes, intensity preset); default ROOT/source.json.")
+@click.option("--intensity", default=None, metavar="PRESET",
+              help="brats / nifti: the intensity preset to read the images with (mri-slice-p99.5, "
+                   "mri-slice-minmax (the brats default), or JSON; see synth build --help). It decides "
+                   "the content test of the background pool, so the list records it and `synth build "
+                   "--exemplar-list` reads the images the same way.")
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True,
               help="Which cases feed exemplars and backgrounds: the training part of the split, "
                    "the test part, or every case.")
@@ -45,7 +50,7 @@ DATASET_CHOICES = ["brats", "synapse", "transunet", "nifti", "demo", "demo-brain
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar while scanning volumes.")
 @debug_option
-def select(dataset: str, root: Path | None, modality: str, config: Path | None, split: str,
+def select(dataset: str, root: Path | None, modality: str, config: Path | None, intensity: str | None, split: str,
            split_file: Path | None, spec: str, min_pixels: int, seed: int, pool_size: int | None,
            workers: int | None, out: Path, overwrite: bool, progress: bool) -> None:
     """Choose exemplar slices (and the background pool) and write them to FILE.json.
@@ -61,7 +66,7 @@ def select(dataset: str, root: Path | None, modality: str, config: Path | None, 
     from shared.errors import ConfigError, DataError
     from shared.sources import open_source
     from shared.splits import resolve_split
-    from synth.commands.build_cmd import _workers
+    from synth.commands.build_cmd import _preset, _workers
     from synth.pool import DEFAULT_POOL_SIZE
     from synth.scanning import stream_scan
     from synth.exemplar_list import select_exemplars
@@ -79,7 +84,7 @@ def select(dataset: str, root: Path | None, modality: str, config: Path | None, 
     if not out.parent.is_dir():
         raise DataError(f"{out.parent}: output folder does not exist")
     check_writable(out.parent, "--out")  # before scanning every volume, not after
-    source = open_source(dataset, root, modality=modality, config=config)
+    source = open_source(dataset, root, modality=modality, config=config, intensity=_preset(intensity))
     cases = resolve_split(source, split, split_file)
     # streaming scan: one volume at a time per worker, only per-slice numbers kept
     scan = stream_scan(source, cases, workers=n_workers, progress=progress)

@@ -92,3 +92,33 @@ def test_eval_uses_the_runs_intensity_preset() -> None:
     assert default_intensity(None, "synapse", Loaded()) is None
     assert default_intensity("mri-slice-minmax", "brats", Loaded()) == "mri-slice-minmax"
     assert default_intensity('{"kind": "minmax"}', "brats", Loaded()) == {"kind": "minmax"}
+
+
+def test_select_records_intensity_and_build_from_the_list_reads_with_it(tmp_path, brats_root) -> None:
+    """`synth select --intensity` records the preset in the list (its background pool's content
+    test used it); `synth build --exemplar-list` then reads the images with it, and refuses an
+    --intensity that contradicts it."""
+    lst = tmp_path / "list.json"
+    code, text = synth("select", "--dataset", "brats", "--root", brats_root, "--exemplars", "6",
+                       "--intensity", "mri-slice-p99.5", "--no-progress", "--workers", "1", "--out", lst)
+    assert code == 0, text
+    p995 = {"kind": "minmax", "per": "slice", "upper_percentile": 99.5}
+    assert json.loads(lst.read_text())["dataset"]["intensity"] == p995
+    out = tmp_path / "ds"
+    code, text = synth("build", "--exemplar-list", lst, "--num-samples", "8", "--workers", "1", "--no-progress",
+                       "--out", out)
+    assert code == 0, text
+    assert "reading the images with the list's intensity preset" in text
+    assert json.loads((out / "dataset.json").read_text())["source"]["intensity"] == p995
+    code, text = synth("build", "--exemplar-list", lst, "--intensity", "mri-slice-minmax", "--num-samples", "8",
+                       "--no-progress", "--out", tmp_path / "other")
+    assert code == 2 and "the list was made with intensity" in text and "Traceback" not in text
+    assert not (tmp_path / "other" / "dataset.json").exists()
+    # a list made with the source's default preset builds as before (nothing overridden)
+    plain = tmp_path / "plain.json"
+    code, text = synth("select", "--dataset", "brats", "--root", brats_root, "--exemplars", "6", "--no-progress",
+                       "--workers", "1", "--out", plain)
+    assert code == 0, text
+    code, text = synth("build", "--exemplar-list", plain, "--num-samples", "8", "--workers", "1", "--no-progress",
+                       "--out", tmp_path / "plain_ds")
+    assert code == 0 and "reading the images with the list's" not in text
