@@ -259,14 +259,18 @@ def _intensity_for_list(exemplar_list: Path, preset: str | dict | None, dataset:
     background pool's content test depended on it) when --intensity is not given; a ConfigError
     when --intensity names another. Lists without a recorded preset, or with the source's default,
     leave the build as it was."""
-    from shared.errors import ConfigError
+    from shared.errors import ConfigError, DataError
     from shared.fileio import read_json
     from shared.intensity import validate_preset
     from shared.sources import open_source
 
-    data = read_json(exemplar_list, what="exemplar list")
-    recorded = (data.get("dataset") or {}).get("intensity") if isinstance(data, dict) else None
-    if not recorded:
+    try:
+        data = read_json(exemplar_list, what="exemplar list")
+    except (DataError, RecursionError):
+        return preset  # the list's own validation (prepare_exemplar_job) reports what is wrong
+    described = data.get("dataset") if isinstance(data, dict) else None
+    recorded = described.get("intensity") if isinstance(described, dict) else None
+    if not recorded or not isinstance(recorded, (str, dict)):
         return preset
     recorded = validate_preset(recorded, f"{exemplar_list}: dataset.intensity")
     if preset is not None:
