@@ -105,6 +105,13 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Spacing) -> tuple[n
     spacing = np.asarray(spacing, dtype=np.float64)
     if spacing.shape != (a.ndim,):
         raise ValueError(f"spacing {tuple(spacing)} does not match a {a.ndim}-D mask")
+    d_ab, d_ba, _ = _surfaces(a, b, spacing)
+    return d_ab, d_ba
+
+
+def _surfaces(a: np.ndarray, b: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """:func:`surface_distances` plus what the signed distance needs: (the two crops, their
+    surface masks), so HD95 and MSSD share one pair of distance transforms (the costly part)."""
     union = a | b
     lo, hi = _bbox(union)
     lo = np.maximum(lo - 1, 0)
@@ -116,7 +123,7 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Spacing) -> tuple[n
     b_surf = b ^ ndimage.binary_erosion(b, structure=footprint, iterations=1)
     dt_b = ndimage.distance_transform_edt(~b_surf, sampling=spacing)
     dt_a = ndimage.distance_transform_edt(~a_surf, sampling=spacing)
-    return dt_b[a_surf], dt_a[b_surf]
+    return dt_b[a_surf], dt_a[b_surf], (a, b, a_surf, b_surf)
 
 
 def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Spacing) -> float:
@@ -152,17 +159,24 @@ def mean_signed_surface_distance(pred: np.ndarray, gt: np.ndarray, spacing: Spac
     gt = np.asarray(gt, dtype=bool)
     if not pred.any() or not gt.any():
         return float("nan")
-    # the crop surface_distances works on (union box + 1 voxel): same surface voxels, same order
-    lo, hi = _bbox(pred | gt)
-    crop = tuple(slice(int(max(l - 1, 0)), int(min(h + 1, n))) for l, h, n in zip(lo, hi, pred.shape))
-    pred, gt = pred[crop], gt[crop]
-    d_pg, d_gp = surface_distances(pred, gt, spacing)
-    fp = ndimage.generate_binary_structure(pred.ndim, 1)
-    p_surf = pred ^ ndimage.binary_erosion(pred, structure=fp, iterations=1, border_value=0)
-    g_surf = gt ^ ndimage.binary_erosion(gt, structure=fp, iterations=1, border_value=0)
-    sign_p = np.where(gt[p_surf], -1.0, 1.0)  # prediction surface outside the gt: spill
-    sign_g = np.where(pred[g_surf], 1.0, -1.0)  # gt surface covered by the prediction: spill
-    return float(np.concatenate((sign_p * d_pg, sign_g * d_gp)).mean())
+    return surface_scores(pred, gt, spacing)[1]
+
+
+def surface_scores(pred: np.ndarray, gt: np.ndarray, spacing: Spacing) -> tuple[float, float]:
+    """(HD95, MSSD) in mm of two non-empty masks from one pair of distance transforms: the very
+    numbers of :func:`hd95` and :func:`mean_signed_surface_distance`, in half the time."""
+    pred = np.asarray(pred, dtype=bool)
+    gt = np.asarray(gt, dtype=bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"mask shapes differ: {pred.shape} vs {gt.shape}")
+    sp = np.asarray(spacing, dtype=np.float64)
+    if sp.shape != (pred.ndim,):
+        raise ValueError(f"spacing {tuple(sp)} does not match a {pred.ndim}-D mask")
+    d_pg, d_gp, (p, g, p_surf, g_surf) = _surfaces(pred, gt, sp)
+    h = float(np.percentile(np.hstack((d_pg, d_gp)), 95))
+    sign_p = np.where(g[p_surf], -1.0, 1.0)  # prediction surface outside the gt: spill
+    sign_g = np.where(p[g_surf], 1.0, -1.0)  # gt surface covered by the prediction: spill
+    return h, float(np.concatenate((sign_p * d_pg, sign_g * d_gp)).mean())
 
 
 @dataclass
@@ -232,9 +246,13 @@ def score_volume(
         p = pred == k
         g = gt == k
         n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
-        d, h, note = score_case(p, g, spacing, hd95_unit=hd95_unit, empty_case=empty_case)
-        rows.append(CaseScore(volume_id, k, class_names[k], d, h, n_g, n_p, note, volume_ratio(n_p, n_g),
-                              mean_signed_surface_distance(p, g, spacing)))
+        if n_p and n_g and hd95_unit == "mm":  # the usual case: HD95 and MSSD share the distances
+            h, mssd = surface_scores(p, g, spacing)
+            d, note = dice(p, g), ""
+        else:
+            d, h, note = score_case(p, g, spacing, hd95_unit=hd95_unit, empty_case=empty_case)
+            mssd = mean_signed_surface_distance(p, g, spacing)
+        rows.append(CaseScore(volume_id, k, class_names[k], d, h, n_g, n_p, note, volume_ratio(n_p, n_g), mssd))
     return rows
 
 

@@ -174,3 +174,24 @@ def test_signed_surface_distance_of_a_one_voxel_dilation():
     empty = np.zeros_like(gt)
     assert math.isnan(mean_signed_surface_distance(empty, gt, (1.0, 1.0, 1.0)))
     assert math.isnan(mean_signed_surface_distance(gt, empty, (1.0, 1.0, 1.0)))
+
+
+def test_surface_scores_are_hd95_and_mssd_from_one_pair_of_transforms() -> None:
+    """score_volume's shared-distance path gives bit for bit what hd95() and
+    mean_signed_surface_distance() give one at a time (random blobs, touching the border too)."""
+    from scipy import ndimage
+
+    from train.metrics import hd95, mean_signed_surface_distance, surface_scores
+
+    rng = np.random.default_rng(4)
+    for i in range(30):
+        shape = tuple(int(v) for v in rng.integers(6, 24, 3))
+        a = ndimage.binary_dilation(rng.random(shape) > 0.97, iterations=int(rng.integers(1, 3)))
+        b = ndimage.binary_dilation(rng.random(shape) > 0.97, iterations=int(rng.integers(1, 3)))
+        if i % 5 == 0:
+            b = a.copy()
+            b[:, :, : shape[2] // 2] = False
+        if not a.any() or not b.any():
+            continue
+        sp = tuple(float(v) for v in rng.uniform(0.5, 3.0, 3))
+        assert surface_scores(a, b, sp) == (hd95(a, b, sp), mean_signed_surface_distance(a, b, sp))
