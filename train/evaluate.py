@@ -132,6 +132,7 @@ class EvalOptions:
     hd95_unit: str | None = None  # "mm" | "voxel"; None: mm, or voxels when the source has no geometry
     empty_case: str = "strict"  # "strict" | "samed" (train.metrics)
     multimask: bool = False  # zero-shot SAM: three masks per point, keep the best predicted IoU
+    progress: bool = True  # a progress bar in slices (when stderr is a terminal)
 
 
 def prepare_outdir(out: str | Path, overwrite: bool) -> tuple[Path, Path]:
@@ -214,7 +215,8 @@ def score_volumes(inf: Inference, testset: TestSet, opts: EvalOptions, hd95_unit
     num_classes = len(testset.class_names) - 1
     scores, counter = Scores(), 0
     ids = testset.volume_ids[: opts.max_volumes] if opts.max_volumes else testset.volume_ids
-    bar = tqdm(total=None, unit="slice", desc="eval", dynamic_ncols=True, file=sys.stderr, disable=None)
+    bar = tqdm(total=None, unit="slice", desc="eval", dynamic_ncols=True, file=sys.stderr,
+               disable=None if opts.progress else True)
     for i, vid in enumerate(ids):
         vol = testset.load(vid)
         bar.set_description(f"eval {i + 1}/{len(ids)} {vid}")

@@ -34,7 +34,7 @@ def test_demo_source_and_packed_shards_give_the_same_numbers(brain_run, tmp_path
     assert code == 0, err
     assert "| Method | DSC (%) | HD95 (mm) |" in out and "slices/s" in out
     code, out, err = run_train(["eval", "--run", brain_run, "--shards", packed, "--out", b,
-                                "--num-threads", "1"], capsys)
+                                "--num-threads", "1", "--no-progress"], capsys)
     assert code == 0, err
     sa, sb = summary(a), summary(b)
     for key in ("mean_dsc", "mean_hd95", "per_class", "n_volumes", "slices"):

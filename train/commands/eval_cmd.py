@@ -69,10 +69,12 @@ from train.model.registry import MODEL_NAMES
               help="Also add the scores and the table to TensorBoard: RUNDIR/tensorboard (next to the "
                    "training curves) with --run, OUT/tensorboard for zero-shot (needs the `tensorboard` extra).")
 @click.option("--out", required=True, type=click.Path(file_okay=True), help="Evaluation directory to write.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
 @debug_option
 def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset, root, split, modality,
           source_config, intensity, prompt, seed, hd95_unit, empty_case, multimask, batch_size, decode_batch, device,
-          num_threads, max_volumes, save_predictions, overlays, overlay_count, overwrite, tensorboard, out) -> None:
+          num_threads, max_volumes, save_predictions, overlays, overlay_count, overwrite, tensorboard, out,
+          no_progress) -> None:
     """Score a run (or zero-shot SAM) on test volumes: DSC and HD95 per volume and class.
 
     \b
@@ -130,7 +132,7 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
                        device=device, save_predictions=save_predictions,
                        overlays=overlay_count if overlays else 0, overwrite=overwrite,
                        num_threads=num_threads, max_volumes=max_volumes, hd95_unit=hd95_unit,
-                       empty_case=empty_case, multimask=multimask)
+                       empty_case=empty_case, multimask=multimask, progress=not no_progress)
     result = evaluate(loaded, testset, out, opts, where=where, log=lambda m: click.echo(m, err=True))
     if tensorboard:
         write_to_tensorboard(run, out, result)
