@@ -98,15 +98,20 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Spacing) -> tuple[n
     the array border), which gives exactly medpy's numbers: all surface voxels lie in the crop,
     and the erosion still sees the array border as background where the crop touches it.
     """
+    d_ab, d_ba, _ = _surfaces(*_checked(a, b, spacing))
+    return d_ab, d_ba
+
+
+def _checked(a: np.ndarray, b: np.ndarray, spacing: Spacing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two bool masks of one shape and a float64 spacing with one entry per axis (ValueError otherwise)."""
     a = np.asarray(a, dtype=bool)
     b = np.asarray(b, dtype=bool)
     if a.shape != b.shape:
         raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
-    spacing = np.asarray(spacing, dtype=np.float64)
-    if spacing.shape != (a.ndim,):
-        raise ValueError(f"spacing {tuple(spacing)} does not match a {a.ndim}-D mask")
-    d_ab, d_ba, _ = _surfaces(a, b, spacing)
-    return d_ab, d_ba
+    sp = np.asarray(spacing, dtype=np.float64)
+    if sp.shape != (a.ndim,):
+        raise ValueError(f"spacing {tuple(sp)} does not match a {a.ndim}-D mask")
+    return a, b, sp
 
 
 def _surfaces(a: np.ndarray, b: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -165,14 +170,7 @@ def mean_signed_surface_distance(pred: np.ndarray, gt: np.ndarray, spacing: Spac
 def surface_scores(pred: np.ndarray, gt: np.ndarray, spacing: Spacing) -> tuple[float, float]:
     """(HD95, MSSD) in mm of two non-empty masks from one pair of distance transforms: the very
     numbers of :func:`hd95` and :func:`mean_signed_surface_distance`, in half the time."""
-    pred = np.asarray(pred, dtype=bool)
-    gt = np.asarray(gt, dtype=bool)
-    if pred.shape != gt.shape:
-        raise ValueError(f"mask shapes differ: {pred.shape} vs {gt.shape}")
-    sp = np.asarray(spacing, dtype=np.float64)
-    if sp.shape != (pred.ndim,):
-        raise ValueError(f"spacing {tuple(sp)} does not match a {pred.ndim}-D mask")
-    d_pg, d_gp, (p, g, p_surf, g_surf) = _surfaces(pred, gt, sp)
+    d_pg, d_gp, (p, g, p_surf, g_surf) = _surfaces(*_checked(pred, gt, spacing))
     h = float(np.percentile(np.hstack((d_pg, d_gp)), 95))
     sign_p = np.where(g[p_surf], -1.0, 1.0)  # prediction surface outside the gt: spill
     sign_g = np.where(p[g_surf], 1.0, -1.0)  # gt surface covered by the prediction: spill
