@@ -296,7 +296,8 @@ def content_centre(image: np.ndarray, threshold: float) -> tuple[float, float] |
 
 def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformParams, extra: np.ndarray,
                      src_shape: tuple[int, int], image: np.ndarray, pl: "Placement",
-                     scale_low: float, max_shift: float, ctx: dict) -> PlacementResult | None:
+                     scale_low: float, max_shift: float, ctx: dict,
+                     drawn: "DrawnTest | None" = None) -> PlacementResult | None:
     """The first acceptable placement of one object on the rendered background ``image``.
 
     Order (each group tested in one vectorised lookup, first acceptable wins): the drawn
@@ -304,11 +305,12 @@ def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformPa
     5 % .. 100 % of the way towards the content's centre (clamped to the frame only); the
     ``extra`` drawn translations and no shift; then the same at ``shrink_steps`` smaller scales,
     geometrically down to ``scale_low`` (the configured range's lower bound). ``ctx``: a dict
-    per rendered background caching its padded frame and content centre (shared by its objects)."""
+    per rendered background caching its padded frame and content centre (shared by its objects).
+    ``drawn``: this object's :func:`drawn_tests` result, the first group already tested."""
+    if drawn is not None and drawn.ok:
+        return PlacementResult(params.with_translation(drawn.tx, drawn.ty), drawn.inside, drawn.ring, "drawn", 1)
     h, w = image.shape
-    padded = ctx.get("padded")
-    if padded is None:
-        padded = ctx["padded"] = padded_frame(image)
+    padded = _padded(image, ctx)
     thr, air = pl.content_threshold, pl.air_threshold
     n_obj = len(info.points)
     ring = points
@@ -327,6 +329,9 @@ def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformPa
         tx0 = min(max(p.tx, lx), hx) if lx <= hx else p.tx
         ty0 = min(max(p.ty, ly), hy) if ly <= hy else p.ty
         for name in ("drawn", "moved", "redrawn"):
+            if name == "drawn" and si == 0 and drawn is not None:
+                tries += 1  # tested by drawn_tests, not acceptable
+                continue
             if name == "drawn":
                 txs, tys = np.array([tx0]), np.array([ty0])
             elif name == "moved":  # (the content centre only when a move is needed: most samples skip it)
@@ -350,6 +355,76 @@ def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformPa
                 return PlacementResult(p.with_translation(float(txs[j]), float(tys[j])), float(inside[j]),
                                        float(on[j]), step, tries)
     return None
+
+
+@dataclass(frozen=True)
+class DrawnTest:
+    """The drawn position of one object, tested: its translation and shares (see fractions_on)."""
+
+    tx: float
+    ty: float
+    inside: float
+    ring: float
+    ok: bool
+
+
+def _padded(image: np.ndarray, ctx: dict) -> np.ndarray:
+    padded = ctx.get("padded")
+    if padded is None:
+        padded = ctx["padded"] = padded_frame(image)
+    return padded
+
+
+def drawn_tests(objects: list[tuple["ObjectInfo", np.ndarray, TransformParams, tuple[int, int]]],
+                image: np.ndarray, pl: "Placement", max_shift: float, ctx: dict) -> list[DrawnTest]:
+    """The first test of :func:`search_placement` (the drawn translation at the drawn scale) for
+    every object of a sample, ``(info, points, params, src_shape)`` each, in one lookup.
+
+    The objects' draws are all made before any is placed, and each test reads only the
+    background, so testing them together gives each object exactly the numbers of its own
+    :func:`fractions_on` call (the same float64 additions, rounding and index per point; counts
+    as integers): a multi-organ sample makes one lookup instead of one per organ."""
+    h, w = image.shape
+    padded = _padded(image, ctx)
+    xs, ys, sizes, moves = [], [], [], []
+    for info, points, params, src_shape in objects:
+        fwd = forward_affine(params, info.center, src_shape, (h, w), with_translation=False)
+        lx, hx, ly, hy = shift_bounds(fwd.bbox(info.bbox), (h, w), max_shift)
+        tx0 = min(max(params.tx, lx), hx) if lx <= hx else params.tx
+        ty0 = min(max(params.ty, ly), hy) if ly <= hy else params.ty
+        px, py = fwd.apply_xy(points[0], points[1])
+        xs.append(px + tx0)
+        ys.append(py + ty0)
+        sizes.append((len(info.points), px.size))
+        moves.append((tx0, ty0))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    np.rint(x, out=x)
+    np.rint(y, out=y)
+    np.maximum(x, -1.0, out=x)
+    np.maximum(y, -1.0, out=y)
+    np.minimum(x, float(w), out=x)
+    np.minimum(y, float(h), out=y)
+    y *= float(w + 2)
+    y += x
+    idx = y.astype(np.intp)
+    idx += w + 3
+    vals = padded.take(idx)
+    obj = np.zeros(vals.size, dtype=bool)  # which entries are object points (the rest: rings)
+    start = 0
+    for n_obj, n in sizes:
+        obj[start:start + n_obj] = True
+        start += n
+    hit = np.where(obj, vals > pl.content_threshold, vals >= pl.air_threshold)
+    cum = np.concatenate(([0], np.cumsum(hit)))
+    out, start = [], 0
+    for (n_obj, n), (tx0, ty0) in zip(sizes, moves):
+        inside = int(cum[start + n_obj] - cum[start]) / max(1, n_obj)
+        n_ring = n - n_obj
+        ring = int(cum[start + n] - cum[start + n_obj]) / n_ring if n_ring else 1.0
+        out.append(DrawnTest(float(tx0), float(ty0), float(inside), float(ring),
+                             inside >= pl.min_inside and ring >= pl.min_ring_content))
+        start += n
+    return out
 
 
 # =============================================================================================

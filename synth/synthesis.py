@@ -34,7 +34,8 @@ import cv2
 import numpy as np
 
 from shared.errors import DataError
-from synth.anatomy import anatomy_index, choose_background, floating_objects, search_placement, shift_bounds
+from synth.anatomy import (anatomy_index, choose_background, drawn_tests, floating_objects, search_placement,
+                           shift_bounds)
 from synth.bank import SliceBank, SliceRef
 from synth.synthesis_config import Placement, SynthesisConfig, TaskConfig
 from synth.transforms import (
@@ -201,11 +202,13 @@ def _place_objects(rng: np.random.Generator, bank: SliceBank, tc: TaskConfig, wa
         drawn.append((cls, ref, params, extra))
     objects = []
     ctx: dict = {}  # the background's padded frame and content centre, for all its objects
-    for cls, ref, params, extra in drawn:
-        info = bank.object_info(ref, cls)
-        src_shape = bank.exemplar(ref)[0].shape
-        placed = search_placement(info, anatomy_index(bank).ring(ref, cls), params, extra, src_shape,
-                                  image, pl, scale_low, tc.object.max_shift, ctx)
+    index = anatomy_index(bank)
+    geometry = [(bank.object_info(ref, cls), index.ring(ref, cls), params, bank.exemplar(ref)[0].shape)
+                for cls, ref, params, _ in drawn]
+    firsts = drawn_tests(geometry, image, pl, tc.object.max_shift, ctx)  # every drawn position, one lookup
+    for (cls, ref, params, extra), (info, ring, _, src_shape), first in zip(drawn, geometry, firsts):
+        placed = search_placement(info, ring, params, extra, src_shape, image, pl, scale_low,
+                                  tc.object.max_shift, ctx, drawn=first)
         if placed is None:
             return None
         classes = ([int(c) for c in np.flatnonzero(bank.class_counts(ref)[1:]) + 1] if cls is None else [cls])

@@ -248,3 +248,39 @@ def test_content_centre_is_opencv_moments_centroid_exactly() -> None:
         m = cv2.moments((img > thr).view(np.uint8), binaryImage=True)
         want = None if m["m00"] <= 0 else (m["m10"] / m["m00"], m["m01"] / m["m00"])
         assert content_centre(img, thr) == want
+
+
+def test_drawn_tests_in_one_lookup_equal_each_objects_own_search() -> None:
+    """Testing every object's drawn position in one lookup (drawn_tests) changes nothing: each
+    object's placement, shares, step and tries are those of its own search."""
+    from synth.anatomy import anatomy_index, drawn_tests, search_placement
+    from synth.synthesis import render_background
+    from synth.transforms import sample_params
+
+    rng = np.random.default_rng(7)
+    steps = set()
+    for i in range(80):
+        bank, task = (abdomen_bank(), "multi") if i % 2 else (_small_heads_bank(), "single")
+        tc = CONFIG.task(task)
+        pl = tc.placement
+        index = anatomy_index(bank)
+        bg_ref = bank.background_refs[i % len(bank.background_refs)]
+        src = bank.background(bg_ref)
+        image = render_background(src, sample_params(rng, tc.background, src.shape),
+                                  ((src.shape[1] - 1) / 2.0, (src.shape[0] - 1) / 2.0))
+        objs = []
+        for ref in bank.exemplar_refs:
+            for cls in (np.flatnonzero(bank.class_counts(ref)[1:]) + 1 if task == "multi" else [None]):
+                cls = None if cls is None else int(cls)
+                params = sample_params(rng, tc.object, image.shape)
+                extra = rng.uniform(-1.0, 1.0, size=(pl.max_tries - 1, 2))
+                objs.append((bank.object_info(ref, cls), index.ring(ref, cls), params,
+                             bank.exemplar(ref)[0].shape, extra))
+        firsts = drawn_tests([o[:4] for o in objs], image, pl, tc.object.max_shift, {})
+        for (info, ring, params, src_shape, extra), first in zip(objs, firsts):
+            args = (info, ring, params, extra, src_shape, image, pl, tc.object.scale[0], tc.object.max_shift)
+            alone = search_placement(*args, {})
+            together = search_placement(*args, {}, drawn=first)
+            assert together == alone
+            steps.add(None if alone is None else alone.step)
+    assert {"drawn", "moved"} <= steps and len(steps) >= 3  # the fallbacks were exercised too
