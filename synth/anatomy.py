@@ -247,20 +247,10 @@ def fractions_on(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.n
     tys[k]) and rounded: the share of the first ``n_obj`` (the object) on pixels ``> content`` and
     the share of the rest (its ring) on pixels ``>= air``. ``padded``: :func:`padded_frame` of the
     h x w background; points outside the frame land on its -1 border and count as off."""
-    # Every step is exact integer arithmetic in float64 after the rounding, so the flat index is
-    # ((y + 1) * (w + 2) + x + 1) for the clipped, rounded (x, y). Few numpy calls: this runs
-    # once or a few times per object, on ~500 points, so call overhead is most of its cost.
+    # Few numpy calls: this runs once or a few times per object, on ~500 points, so call overhead
+    # is most of its cost.
     q = pts[:, None, :] + np.array((txs, tys))[:, :, None]  # (2, K, N)
-    np.rint(q, out=q)
-    np.maximum(q, -1.0, out=q)  # ufuncs, not np.clip (its Python wrapper costs more than the work)
-    x, y = q
-    np.minimum(x, float(w), out=x)
-    np.minimum(y, float(h), out=y)
-    y *= float(w + 2)
-    y += x
-    idx = y.astype(np.intp)
-    idx += w + 3
-    vals = padded.take(idx)
+    vals = padded.take(_padded_index(q[0], q[1], w, h))
     n_ring = vals.shape[1] - n_obj
     if len(txs) == 1:  # the drawn position alone: the usual call
         v = vals[0]
@@ -270,6 +260,23 @@ def fractions_on(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.n
     inside = np.count_nonzero(vals[:, :n_obj] > content, axis=1) / max(1, n_obj)
     ring = (np.count_nonzero(vals[:, n_obj:] >= air, axis=1) / n_ring) if n_ring else np.ones(len(txs))
     return inside, ring
+
+
+def _padded_index(x: np.ndarray, y: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Flat indices into :func:`padded_frame` of the points (x, y), rounded to pixels and clipped
+    onto the -1 border; ``x`` and ``y`` (float64, any shape) are overwritten. Every step after the
+    rounding is exact integer arithmetic in float64: the index is (y + 1) * (w + 2) + x + 1."""
+    np.rint(x, out=x)
+    np.rint(y, out=y)
+    np.maximum(x, -1.0, out=x)  # ufuncs, not np.clip (its Python wrapper costs more than the work)
+    np.maximum(y, -1.0, out=y)
+    np.minimum(x, float(w), out=x)
+    np.minimum(y, float(h), out=y)
+    y *= float(w + 2)
+    y += x
+    idx = y.astype(np.intp)
+    idx += w + 3
+    return idx
 
 
 @dataclass(frozen=True)
@@ -397,18 +404,7 @@ def drawn_tests(objects: list[tuple["ObjectInfo", np.ndarray, TransformParams, t
         ys.append(py + ty0)
         sizes.append((len(info.points), px.size))
         moves.append((tx0, ty0))
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    np.rint(x, out=x)
-    np.rint(y, out=y)
-    np.maximum(x, -1.0, out=x)
-    np.maximum(y, -1.0, out=y)
-    np.minimum(x, float(w), out=x)
-    np.minimum(y, float(h), out=y)
-    y *= float(w + 2)
-    y += x
-    idx = y.astype(np.intp)
-    idx += w + 3
-    vals = padded.take(idx)
+    vals = padded.take(_padded_index(np.concatenate(xs), np.concatenate(ys), w, h))
     obj = np.zeros(vals.size, dtype=bool)  # which entries are object points (the rest: rings)
     start = 0
     for n_obj, n in sizes:
