@@ -20,16 +20,6 @@ VIT_B_LORA4 = 147_456 + 23_552
 VIT_B_DECODER = 4_058_340   # all mask-decoder parameters
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    # One thread: the test machine's 2 cores are usually shared, and 2 contending torch threads
-    # are several times slower than one there (4x measured on the overfit test).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def vit_b_ckpt(vit_b_random_checkpoint):
     return vit_b_random_checkpoint

@@ -21,14 +21,6 @@ VIT_B_SAMED_LORA = {"encoder_lora": 147_456, "decoder_lora": 23_552, "point_embe
                     "hypernetwork_mlps": 559_232, "iou_head": 132_612}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def vit_b_ckpt(vit_b_random_checkpoint) -> Path:
     """An 'official' vit_b checkpoint (random init), built once per session in conftest."""
