@@ -80,9 +80,8 @@ class ClassMap:
         mapped = _lut_uint8(raw, lut, hi) if raw.ndim and hi < 256 else None
         if mapped is None:
             mapped = lut[raw if raw.dtype.kind in "ub" else raw.astype(np.intp)]
-        unmapped = mapped == 255
-        if unmapped.any():
-            bad = _present_codes(raw[unmapped])
+        if mapped.size and int(mapped.max()) == 255:  # one max, not a mask: the usual label has none
+            bad = _present_codes(raw[mapped == 255])
             raise DataError(f"{file}: label values {_fmt(bad)} are outside the class map "
                             f"(allowed: {_fmt(sorted(self.codes))})")
         return mapped

@@ -20,10 +20,12 @@ Named presets (``PRESETS``) can stand in for the dict in config files and on the
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from shared.arrays import row_counts
 from shared.errors import ConfigError
 
 CT_ABDOMEN: dict[str, Any] = {"kind": "clip", "low": -125.0, "high": 275.0}
@@ -146,3 +148,80 @@ def _content_percentile(x: np.ndarray, lo: np.ndarray, q: float, *, per_slice: b
         if content.size:
             out[k] = np.percentile(content, q)
     return out
+
+
+@dataclass(frozen=True)
+class ExactSliceMinMax:
+    """The per-slice min-max preset of an integer scan, kept in integers.
+
+    ``apply_intensity`` turns voxel ``x`` of slice ``k`` into ``float32(x - lo[k]) / float32(span[k])``
+    (one correctly rounded float32 division; ``x - lo`` and ``span`` are exact in float32 for
+    integers below 2**24). So any test on those floats that is monotone in ``x`` is a test on the
+    integer offset ``x - lo``, and streaming scans can answer it with integer passes over the raw
+    volume, leaving the float32 image to the few slices they keep (``image``): the same numbers,
+    about a third of the work on a BraTS FLAIR (BENCHMARKS.md, issue 12).
+    """
+
+    raw: np.ndarray  # (S, R, C) integer voxels, slice-first
+    lo: np.ndarray  # (S,) int64: each slice's minimum
+    span: np.ndarray  # (S,) int64: its maximum minus its minimum
+
+    @classmethod
+    def of(cls, raw: np.ndarray, preset: dict[str, Any]) -> "ExactSliceMinMax | None":
+        """For a 3D integer array under the plain per-slice min-max preset; None otherwise (then
+        use ``apply_intensity``)."""
+        if validate_preset(preset) != SLICE_MINMAX or raw.ndim != 3 or raw.dtype.kind not in "iu" or raw.shape[0] == 0:
+            return None
+        flat = raw.reshape(raw.shape[0], -1)
+        lo, hi = flat.min(axis=1).astype(np.int64), flat.max(axis=1).astype(np.int64)
+        if raw.dtype.itemsize > 2 and max(-int(lo.min()), int(hi.max())) >= 1 << 24:
+            return None  # not exact in float32: the general path rounds as it does
+        return cls(raw, lo, hi - lo)
+
+    def first_above(self, level: float) -> np.ndarray:
+        """(S,) per slice, the smallest offset ``d >= 0`` whose value ``float32(d) / float32(span)``
+        is ``> level`` (a float32), or ``span + 1`` where none is. A constant slice (span 0) is all 0."""
+        level = np.float32(level)
+        span = self.span
+        guess = np.floor(np.float64(level) * span).astype(np.int64)
+        # The float32 rounding moves the boundary by less than one offset (spans < 2**24): test a
+        # few offsets around the exact real-number boundary, then check the bracket.
+        cand = np.clip(guess[:, None] + np.arange(-2, 4), 0, None)  # (S, 6), increasing
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vals = cand.astype(np.float32) / span[:, None].astype(np.float32)
+        vals[span == 0] = 0.0  # apply_intensity leaves a constant slice at 0
+        above = (vals > level) & (cand <= span[:, None])
+        first = np.where(above.any(axis=1), cand[np.arange(len(span)), above.argmax(axis=1)], span + 1)
+        below = np.where(first > 0, first - 1, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            prev = below.astype(np.float32) / span.astype(np.float32)
+        prev[span == 0] = 0.0
+        # the values rise with d, so "d - 1 is not above" proves d is the first (a guard: for spans
+        # < 2**24 the boundary never leaves the window)
+        if not ((first == 0) | (prev <= level)).all():
+            raise AssertionError("ExactSliceMinMax.first_above: the boundary left its window")
+        return first
+
+    def count_at_least(self, offsets: np.ndarray) -> np.ndarray:
+        """(S,) per slice, the number of voxels with ``x - lo >= offsets[k]`` (int64)."""
+        S = self.raw.shape[0]
+        flat = self.raw.reshape(S, -1)
+        hi = self.lo + self.span
+        reachable = offsets <= self.span
+        # thresholds in the voxels' own dtype (a wider one would widen the whole comparison)
+        thr = np.where(reachable, self.lo + offsets, hi).astype(self.raw.dtype)
+        hits = np.greater_equal(flat, thr[:, None]).view(np.uint8)
+        counts = row_counts(hits)
+        counts[~reachable] = 0
+        return counts
+
+    def image(self, k: int) -> np.ndarray:
+        """Slice ``k`` as float32, exactly ``apply_intensity(raw, preset)[k]``."""
+        return apply_intensity(self.raw[k:k + 1], SLICE_MINMAX)[0]
+
+    def offsets(self, k: int) -> np.ndarray:
+        """Slice ``k``'s integer offsets ``x - lo`` as uint16 (spans up to 65535)."""
+        if self.span[k] > 65535:
+            raise ValueError(f"slice {k}: span {int(self.span[k])} does not fit uint16")
+        return (self.raw[k].astype(np.int32) - np.int32(self.lo[k])).astype(np.uint16)
+

@@ -26,6 +26,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from shared.intensity import ExactSliceMinMax
+
 # Default --pool-size, chosen by measurement (BENCHMARKS.md, "Scaling to the full BraTS release"):
 # a pooled 240x240 BraTS slice costs ~0.2 MB of peak memory (its exact compact copy, ~0.13 MB, plus
 # its cached content mask in each synthesis worker); 4096 keeps a 240-patient build at ~1 GB with
@@ -125,24 +127,59 @@ def encode_slice(image: np.ndarray) -> EncodedSlice:
             return EncodedSlice(np.zeros(image.shape, np.uint8), 1.0)
         return EncodedSlice(image.copy(), 0.0)
     if float(image.max()) <= 1.0:
-        # the smallest value is m / s for a small integer m (usually 1); else the smallest gap
-        # between distinct values of a subsample is (a sort of ~4000 values, not of the slice)
-        for step in (smallest, None):
-            if step is None:
-                uniq = np.unique(image.ravel()[::13])
-                step = float(np.diff(uniq).min()) if uniq.size > 1 else smallest
-            for m in (1, 2, 3, 4):
-                encoded = _try_scale(image, bits, np.float32(round(m / step)))
-                if encoded is not None:
-                    return encoded
+        for scale in _scales_to_try(smallest, image.ravel()[::13]):
+            encoded = _try_scale(image, bits, scale)
+            if encoded is not None:
+                return encoded
     return EncodedSlice(image.copy(), 0.0)
 
 
+def encode_minmax_slice(minmax: "ExactSliceMinMax", k: int) -> EncodedSlice:
+    """``encode_slice(minmax.image(k))``, the same result, mostly without the float32 slice.
+
+    The slice's values are ``float32(d) / float32(span)`` for integer offsets ``d`` (per-slice
+    min-max of an integer scan). This follows ``encode_slice``'s order of scales and its cheap
+    rejection on the 1-in-13 subsample (made from the offsets: the same floats). The scale
+    ``span`` always decodes the whole slice exactly (``float32(d) / float32(span)`` is the
+    preprocessing's own division; ``rint(float32(d / span) * span) = d`` for ``d <= 65535``), so
+    when it is the first to pass, the encoding is the offsets themselves, uint8 up to 255, else
+    uint16. Any other outcome (another scale passing the subsample, spans above 65535) goes to the
+    general encoder."""
+    span = int(minmax.span[k])
+    if not 0 < span <= 65535:
+        return encode_slice(minmax.image(k))
+    offsets = minmax.offsets(k)
+    fspan = np.float32(span)
+    smallest = float(np.float32(int(offsets[offsets > 0].min())) / fspan)  # the smallest positive value
+    sample = offsets.ravel()[::13].astype(np.float32) / fspan
+    for scale in _scales_to_try(smallest, sample):
+        if not _subsample_decodes(sample, scale):
+            continue
+        if scale == fspan:
+            return EncodedSlice(offsets.astype(np.uint8) if span <= 255 else offsets, float(scale))
+        break
+    return encode_slice(minmax.image(k))
+
+
+def _scales_to_try(smallest: float, sample: np.ndarray) -> Iterator[np.float32]:
+    """The scales ``encode_slice`` tries, in order: ``m / step`` for m = 1..4, where the step is
+    first the smallest positive value (usually 1 / scale), then the smallest gap between distinct
+    values of the subsample (a sort of ~4000 values, not of the slice)."""
+    for step in (smallest, None):
+        if step is None:
+            uniq = np.unique(sample)
+            step = float(np.diff(uniq).min()) if uniq.size > 1 else smallest
+        for m in (1, 2, 3, 4):
+            yield np.float32(round(m / step))
+
+
+def _subsample_decodes(sample: np.ndarray, scale: np.float32) -> bool:
+    """A wrong scale almost always shows on a subsample: the cheap rejection of ``_try_scale``."""
+    return bool(0 < scale <= 65535) and np.array_equal(np.rint(sample * scale).astype(np.float32) / scale, sample)
+
+
 def _try_scale(image: np.ndarray, bits: np.ndarray, scale: np.float32) -> EncodedSlice | None:
-    if not 0 < scale <= 65535:
-        return None
-    sample = image.ravel()[::13]  # a wrong scale almost always shows on a subsample: cheap rejection
-    if not np.array_equal(np.rint(sample * scale).astype(np.float32) / scale, sample):
+    if not _subsample_decodes(image.ravel()[::13], scale):
         return None
     levels = image * scale  # <= scale <= 65535: fits uint16
     np.rint(levels, out=levels)

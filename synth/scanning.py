@@ -10,7 +10,10 @@ progress bar in volumes:
    fraction (the background rule), the exemplar slices (plus their labels, read again only for
    volumes holding an exemplar) and the background candidates whose key can still make the
    seeded pool sample (:class:`synth.pool.PoolSampler`; its threshold is shared with the workers),
-   stored exactly and compactly (``synth.pool.encode_slice``).
+   stored exactly and compactly (``synth.pool.encode_slice``). Integer scans under the per-slice
+   min-max preset (BraTS FLAIR) take an exact shortcut: the content fractions come from integer
+   passes over the raw volume and only the kept slices are made float32 (``_scan_integers``; the
+   same numbers and encodings as the float32 chunks).
 
 So each image is decoded once, nothing larger than one volume's label and a few float32 slices is
 alive per worker, and the parent holds the scans (a few numbers per slice), the exemplar slices
@@ -28,8 +31,10 @@ import numpy as np
 from shared.errors import DataError
 from shared.hashing import sha256_array, sha256_file
 from synth.parallel import Worker, context, map_tasks
-from synth.pool import EncodedSlice, PoolSampler, encode_slice, pool_key
-from synth.selection import BACKGROUND_MIN_CONTENT, VolumeScan, content_fraction, slice_class_counts
+from shared.intensity import ExactSliceMinMax
+from synth.pool import EncodedSlice, PoolSampler, encode_minmax_slice, encode_slice, pool_key
+from synth.selection import (BACKGROUND_MIN_CONTENT, VolumeScan, content_fraction, content_fraction_exact,
+                             slice_class_counts)
 
 def relpath(path: Path, root: Path | None) -> str:
     try:
@@ -89,12 +94,46 @@ def _image_task(worker: Worker, args: tuple) -> dict[str, Any]:
     """Pass 2: one case's image -> content per slice, exemplar slices, pool candidates (the
     worker's state: the shared threshold of the pool sampler)."""
     source, case, label_shape, exemplar_ks, candidates = args
-    shape, chunks = source.image_chunks(case)
+    raw = source.raw_image(case)
+    minmax = ExactSliceMinMax.of(raw, source.intensity) if raw is not None else None
+    if minmax is not None:
+        _check_shape(source, case, raw.shape, label_shape)
+        content, images, backgrounds = _scan_integers(minmax, exemplar_ks, candidates, worker)
+    else:
+        shape, chunks = source.image_chunks(case)
+        _check_shape(source, case, shape, label_shape)
+        content, images, backgrounds = _scan_chunks(shape, chunks, exemplar_ks, candidates, worker)
+    want = set(exemplar_ks)
+    out: dict[str, Any] = {"case": case, "content": content, "backgrounds": backgrounds, "exemplars": {}}
+    if want:
+        labels = source.load_labels(case)
+        out["exemplars"] = {k: (images[k], np.array(labels[k], dtype=np.uint8)) for k in sorted(want)}
+    if not source.files(case):  # generated source: fingerprint the arrays
+        vol = source.load(case)
+        h = hashlib.sha256()
+        h.update(sha256_array(vol.image).encode())
+        h.update(sha256_array(vol.label).encode())
+        out["arrays"] = h.hexdigest()
+    return out
+
+
+def _check_shape(source: Any, case: str, shape: Sequence[int], label_shape: Sequence[int]) -> None:
     if tuple(shape) != tuple(label_shape):
         files = source.files(case)
         where = files[0] if files else case
         raise DataError(f"{where}: image shape {tuple(shape[::-1])} does not match the label's "
                         f"{tuple(label_shape[::-1])}")
+
+
+def _wanted_background(key: int | None, content: float, worker: Worker) -> bool:
+    """A foreground-free slice enters the pool sample's candidates: real content, and a key that
+    can still make the sample (the shared threshold, read fresh: it only decreases)."""
+    return key is not None and content >= BACKGROUND_MIN_CONTENT and key <= _current_threshold(worker.state)
+
+
+def _scan_chunks(shape: Sequence[int], chunks: Iterable[tuple[int, np.ndarray]], exemplar_ks: Sequence[int],
+                 candidates: Sequence[tuple[int, int]], worker: Worker):
+    """The general image pass: float32 chunks of a few slices (any source, any preset)."""
     content = np.zeros(shape[0], dtype=np.float64)
     want = set(exemplar_ks)
     keys = dict(candidates)
@@ -107,20 +146,21 @@ def _image_task(worker: Worker, args: tuple) -> dict[str, Any]:
             k = k0 + i
             if k in want:
                 images[k] = np.array(chunk[i], dtype=np.float32)  # a copy: the chunk is freed
-            key = keys.get(k)
-            if key is not None and frac[i] >= BACKGROUND_MIN_CONTENT and key <= _current_threshold(worker.state):
-                backgrounds.append((key, k, encode_slice(chunk[i])))
-    out: dict[str, Any] = {"case": case, "content": content, "backgrounds": backgrounds, "exemplars": {}}
-    if want:
-        labels = source.load_labels(case)
-        out["exemplars"] = {k: (images[k], np.array(labels[k], dtype=np.uint8)) for k in sorted(want)}
-    if not source.files(case):  # generated source: fingerprint the arrays
-        vol = source.load(case)
-        h = hashlib.sha256()
-        h.update(sha256_array(vol.image).encode())
-        h.update(sha256_array(vol.label).encode())
-        out["arrays"] = h.hexdigest()
-    return out
+            if _wanted_background(keys.get(k), frac[i], worker):
+                backgrounds.append((keys[k], k, encode_slice(chunk[i])))
+    return content, images, backgrounds
+
+
+def _scan_integers(minmax: ExactSliceMinMax, exemplar_ks: Sequence[int], candidates: Sequence[tuple[int, int]],
+                   worker: Worker):
+    """The image pass of an integer scan under per-slice min-max (BraTS FLAIR): content fractions
+    from integer passes, float32 only for the exemplar slices; the same numbers and encodings as
+    :func:`_scan_chunks` (``content_fraction_exact``, ``encode_minmax_slice``)."""
+    content = content_fraction_exact(minmax)
+    images = {k: minmax.image(k) for k in exemplar_ks}
+    backgrounds = [(key, k, encode_minmax_slice(minmax, k)) for k, key in candidates
+                   if _wanted_background(key, content[k], worker)]
+    return content, images, backgrounds
 
 
 # --------------------------------------------------------------------------------------------

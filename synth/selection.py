@@ -35,7 +35,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from shared.arrays import row_counts
 from shared.errors import ConfigError, DataError
+from shared.intensity import ExactSliceMinMax
 from shared.volume import Volume
 
 BACKGROUND_MIN_CONTENT = 0.05
@@ -111,7 +113,7 @@ def slice_class_counts(label: np.ndarray, num_classes: int) -> np.ndarray:
     label = label.reshape(S, -1)
     counts = np.zeros((S, num_classes), dtype=np.int64)
     for c in range(1, num_classes):  # one uint8 pass per class: cheaper than a 64-bit bincount
-        counts[:, c] = np.count_nonzero(label == c, axis=1)
+        counts[:, c] = row_counts(label == c)
     counts[:, 0] = label.shape[1] - counts[:, 1:].sum(axis=1)
     return counts
 
@@ -122,6 +124,16 @@ def content_fraction(image: np.ndarray) -> np.ndarray:
     img = image.reshape(image.shape[0], -1)
     level = img.min(axis=1, keepdims=True) + CONTENT_DELTA
     return (img > level).mean(axis=1)
+
+
+def content_fraction_exact(minmax: "ExactSliceMinMax") -> np.ndarray:
+    """:func:`content_fraction` of ``apply_intensity(raw)`` under the per-slice min-max preset, from
+    the integers (``shared.intensity.ExactSliceMinMax``): the same float64 numbers, without the
+    float32 volume. A slice's minimum maps to 0, so the level is ``float32(0) + CONTENT_DELTA`` as
+    :func:`content_fraction` computes it, and "above the level" is "offset >= the first offset above"."""
+    level = np.float32(0.0) + np.float32(CONTENT_DELTA)
+    counts = minmax.count_at_least(minmax.first_above(level))
+    return counts / float(np.prod(minmax.raw.shape[1:]))  # the mean of 0/1 values: count / n, as float64
 
 
 def scan_source(source, case_ids: Iterable[str], *, progress: bool = False) -> list[VolumeScan]:

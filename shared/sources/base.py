@@ -56,6 +56,13 @@ class Source:
         image = self.load(case_id).image
         return image.shape, ((k0, image[k0:k0 + chunk]) for k0 in range(0, image.shape[0], chunk))
 
+    def raw_image(self, case_id: str) -> np.ndarray | None:
+        """The image volume as stored, slice-first (S, R, C) and checked finite, before the intensity
+        preset: ``apply_intensity(raw_image(c), self.intensity)`` equals ``load(c).image``. None
+        where the source keeps no such form (generated or already normalised data). Streaming scans
+        use it for exact integer shortcuts (``shared.intensity.ExactSliceMinMax``)."""
+        return None
+
     def slice_files(self, case_id: str, slice_index: int) -> dict[str, Path | None]:
         """The files an exemplar slice comes from: ``{"image_file": ..., "label_file": ...}``."""
         files = self.files(case_id)

@@ -28,12 +28,17 @@ def read_labels(source: Source, label_file: Path):
     return to_slice_first(source.classmap.apply(raw_label, str(label_file)))
 
 
+def read_raw_image(image_file: Path):
+    """The image file alone -> its voxels, slice-first and checked finite (``Source.raw_image``)."""
+    raw_image = read_nifti_array(image_file)
+    check_finite(raw_image, image_file)
+    return to_slice_first(raw_image)
+
+
 def read_image_chunks(source: Source, image_file: Path, chunk: int = 8):
     """The image file alone -> ((S, R, C), iterator of preprocessed slice chunks); see
     ``Source.image_chunks``."""
-    raw_image = read_nifti_array(image_file)
-    check_finite(raw_image, image_file)
-    raw = to_slice_first(raw_image)
+    raw = read_raw_image(image_file)
     return raw.shape, intensity_chunks(raw, source.intensity, chunk)
 
 
@@ -61,3 +66,6 @@ class PairedNiftiSource(Source):
 
     def image_chunks(self, case_id: str, chunk: int = 8):
         return read_image_chunks(self, self.files(case_id)[0], chunk)
+
+    def raw_image(self, case_id: str):
+        return read_raw_image(self.files(case_id)[0])

@@ -328,6 +328,8 @@ def test_streaming_reads_equal_load(tmp_path, brats_root):
         assert shape == vol.image.shape
         image = np.concatenate([c for _, c in chunks])
         assert image.dtype == np.float32 and np.array_equal(image.view(np.uint32), vol.image.view(np.uint32))
+        raw = src.raw_image(case)  # the voxels as stored: the preset applied gives load()'s image
+        assert np.array_equal(apply_intensity(raw, src.intensity), vol.image)
         for f in src.files(case):
             a, b = read_nifti(f)[0], read_nifti_array(f)
             assert a.dtype == b.dtype and np.array_equal(a, b) and a.flags.f_contiguous == b.flags.f_contiguous

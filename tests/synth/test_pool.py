@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.intensity import apply_intensity
+from shared.intensity import SLICE_MINMAX, ExactSliceMinMax, apply_intensity
 from synth.bank import SliceBank, SliceRef
-from synth.pool import BackgroundInfo, BackgroundStore, PoolSampler, encode_slice, pool_key, sample_pool
+from synth.pool import (BackgroundInfo, BackgroundStore, PoolSampler, encode_minmax_slice, encode_slice, pool_key,
+                        sample_pool)
+from synth.selection import content_fraction, content_fraction_exact
 
 
 def test_streaming_sampler_equals_sample_pool_in_any_order():
@@ -39,6 +41,51 @@ def test_encode_slice_is_exact_and_compact():
         assert np.array_equal(enc.decode().view(np.uint32), image.view(np.uint32))
     few = apply_intensity(rng.integers(0, 50, size=(1, 20, 20)), {"kind": "minmax", "per": "slice"})[0]
     assert encode_slice(few).data.dtype == np.uint8
+
+
+def _integer_volumes(rng):
+    """Integer scans that exercise every branch of encode_slice's scale search: wide int16 ranges,
+    offsets sharing a factor (3, 2), two levels, sparse bright voxels, full uint16, constant slices."""
+    shape = (3, 40, 50)
+    yield rng.integers(-32768, 32767, size=shape, dtype=np.int16)
+    yield (rng.integers(0, 300, size=shape) * 3).astype(np.int16)
+    yield (rng.integers(0, 40, size=shape) * 2 + 7).astype(np.int16)
+    yield rng.integers(0, 2, size=shape).astype(np.uint8)
+    yield np.where(rng.random(shape) < 0.7, 0, rng.integers(100, 5000, size=shape)).astype(np.int16)
+    yield rng.integers(0, 65535, size=shape, dtype=np.uint16)
+    const = np.full(shape, 5, np.int16)
+    const[1, :3, :3] = 9
+    yield const
+    yield (rng.integers(0, 6, size=shape) * int(rng.integers(2, 9))).astype(np.int16)
+
+
+def test_integer_minmax_shortcuts_equal_the_float_path():
+    """The streaming scan's integer shortcut (per-slice min-max of an integer scan) gives exactly
+    the float32 path's slices, content fractions and encodings (dtype, data and scale)."""
+    rng = np.random.default_rng(0)
+    encoded = 0
+    for _ in range(25):
+        for raw in _integer_volumes(rng):
+            mm = ExactSliceMinMax.of(raw, SLICE_MINMAX)
+            img = apply_intensity(raw, SLICE_MINMAX)
+            assert np.array_equal(content_fraction_exact(mm), content_fraction(img))
+            for k in range(raw.shape[0]):
+                assert np.array_equal(mm.image(k).view(np.uint32), img[k].view(np.uint32))
+                if mm.span[k]:
+                    a, b = encode_minmax_slice(mm, k), encode_slice(img[k])
+                    assert (a.data.dtype, a.scale) == (b.data.dtype, b.scale) and np.array_equal(a.data, b.data)
+                    encoded += 1
+    assert encoded > 500
+    # the content level (float32 0.02) at every span up to 3000 and at random larger ones
+    for span in [*range(1, 3000), *rng.integers(3000, 65536, 500)]:
+        raw = np.arange(int(span) + 1, dtype=np.int32).reshape(1, 1, -1)
+        mm = ExactSliceMinMax.of(raw, SLICE_MINMAX)
+        assert np.array_equal(content_fraction_exact(mm), content_fraction(apply_intensity(raw, SLICE_MINMAX)))
+    # only the plain per-slice min-max of integers takes the shortcut
+    assert ExactSliceMinMax.of(raw.astype(np.float32), SLICE_MINMAX) is None
+    assert ExactSliceMinMax.of(raw, {"kind": "minmax", "per": "volume"}) is None
+    assert ExactSliceMinMax.of(raw, {"kind": "minmax", "per": "slice", "upper_percentile": 99.5}) is None
+    assert ExactSliceMinMax.of(np.array([[[0, 1 << 25]]], np.int32), SLICE_MINMAX) is None
 
 
 def test_store_in_bank_decodes_on_access():

@@ -1,0 +1,18 @@
+"""Small array helpers shared by the scans of both sides."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def row_counts(mask: np.ndarray) -> np.ndarray:
+    """(rows,) int64: the number of true entries in each row of a 2D boolean (or 0/1 uint8) array.
+
+    OpenCV's row reduction is ~10-20x ``np.count_nonzero(mask, axis=1)`` on a BraTS volume's
+    (slices, pixels) mask: numpy converts to a wider type first, OpenCV sums the bytes in SIMD.
+    """
+    rows = np.ascontiguousarray(mask).view(np.uint8)
+    if rows.ndim != 2 or rows.shape[1] >= 1 << 31 or rows.shape[0] == 0:  # int32 sums; empty input
+        return np.count_nonzero(rows, axis=1).astype(np.int64) if rows.ndim == 2 else np.count_nonzero(rows)
+    import cv2
+
+    return cv2.reduce(rows, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel().astype(np.int64)

@@ -1,0 +1,58 @@
+"""The streaming scan's integer shortcut equals its general float32 path on real BraTS FLAIR."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from shared.sources import open_source
+from synth import scanning
+from synth.scanning import stream_scan
+
+
+def _scan(source, cases):
+    def choose(label_scans, _hashes):  # two exemplar slices with foreground per case
+        return [(s.volume_id, int(k)) for s in label_scans for k in np.flatnonzero(s.foreground > 0)[:2]]
+
+    return stream_scan(source, cases, workers=1, progress=False, choose=choose, pool_size=60, pool_seed=3,
+                       keep_backgrounds=True)
+
+
+def _int16_copy(brats_root: Path, dst: Path, cases: list[str]) -> Path:
+    """The sample's FLAIR volumes (z-scored float32 there) stored as int16 like most BraTS releases
+    (the 30-patient cohort: 26 of 30), labels unchanged."""
+    for case in cases:
+        src_dir = next(brats_root.glob(f"*/{case}"))
+        out = dst / src_dir.parent.name / case
+        out.mkdir(parents=True)
+        flair = nib.load(src_dir / f"{case}_flair.nii.gz")
+        data = np.asarray(flair.dataobj, dtype=np.float64)
+        scaled = np.rint((data - data.min()) * 400.0).astype(np.int16)
+        nib.save(nib.Nifti1Image(scaled, flair.affine), out / f"{case}_flair.nii.gz")
+        (out / f"{case}_seg.nii.gz").write_bytes((src_dir / f"{case}_seg.nii.gz").read_bytes())
+    return dst
+
+
+def test_integer_shortcut_equals_float_chunks(brats_root, tmp_path, monkeypatch):
+    cases = open_source("brats", brats_root).case_ids()[:2]
+    source = open_source("brats", _int16_copy(brats_root, tmp_path / "brats16", cases))
+    assert source.raw_image(cases[0]).dtype == np.int16
+    calls = []
+    shortcut = scanning._scan_integers
+    monkeypatch.setattr(scanning, "_scan_integers", lambda *a: calls.append(1) or shortcut(*a))
+    fast = _scan(source, cases)
+    assert len(calls) == len(cases)  # every volume took the shortcut
+    monkeypatch.setattr(type(source), "raw_image", lambda self, case: None)  # force the float32 chunks
+    slow = _scan(source, cases)
+    assert fast.chosen == slow.chosen and len(fast.exemplar_slices) == 2 * len(cases)
+    for a, b in zip(fast.scans, slow.scans):
+        assert a.volume_id == b.volume_id and np.array_equal(a.content, b.content)
+        assert np.array_equal(a.counts, b.counts)
+    for ref, (img, lab) in slow.exemplar_slices.items():
+        fimg, flab = fast.exemplar_slices[ref]
+        assert np.array_equal(fimg.view(np.uint32), img.view(np.uint32)) and np.array_equal(flab, lab)
+    assert list(fast.backgrounds) == list(slow.backgrounds) and len(slow.backgrounds) == 60
+    for ref, enc in slow.backgrounds.items():
+        got = fast.backgrounds[ref]
+        assert (got.data.dtype, got.scale) == (enc.data.dtype, enc.scale) and np.array_equal(got.data, enc.data)
