@@ -18,6 +18,10 @@ for each ``--workers`` value, back to back:
   pages counted in each: an upper bound);
 * the same for the 30-patient cohort end to end (scan, select, synthesize 4500, write).
 
+Each build row also splits the wall time: ``synthesis_s`` (the build's own "built N samples in X s")
+and ``scan_s`` = wall - synthesis (start-up, the two streaming passes over every volume and the
+selection: the part that reads), with ``scan_ratio_*`` against the read baselines.
+
 ``--code LABEL=DIR`` (repeatable) runs the build from each checkout (e.g. ``git worktree add
 /tmp/before main``) right after the same baseline, for before/after tables; ``--kill-above-gb`` stops a build whose tree exceeds that much memory
 (the old code needs ~16 GB for 240 patients; the machine is shared) and reports the peak as
@@ -136,7 +140,19 @@ def run_measured(cmd: list[str], env: dict[str, str], kill_above: float | None, 
     th.join(timeout=5)
     return {"wall": time.perf_counter() - t0, "rc": proc.returncode, "killed": killed[0],
             "peak_pss": peak["pss"], "peak_rss": peak["rss"], "procs": peak["procs"],
-            "tail": "".join(out_lines[-3:]).strip()}
+            "tail": "".join(out_lines[-3:]).strip(), "synthesis_s": synthesis_seconds(out_lines)}
+
+
+def synthesis_seconds(lines: list[str]) -> float | None:
+    """The build's own synthesis time ("built N samples in X s"): the rest of the wall time is
+    start-up, the scan (reading and checking every volume) and selection."""
+    import re
+
+    for line in lines:
+        m = re.search(r"built \d+ samples in ([\d.]+) s", line)
+        if m:
+            return float(m.group(1))
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,8 +280,13 @@ def main() -> None:
                                peak_pss_gb=round(res["peak_pss"] / 1e9, 2),
                                peak_rss_sum_gb=round(res["peak_rss"] / 1e9, 2), procs=res["procs"],
                                tail=res["tail"][-200:])
+                    if res["synthesis_s"] is not None:  # the part of the build that reads: all but synthesis
+                        row["synthesis_s"] = res["synthesis_s"]
+                        row["scan_s"] = round(res["wall"] - res["synthesis_s"], 2)
                     for how in args.baseline.split(","):
                         row[f"ratio_{how}"] = round(row["build_s"] / row[f"read_{how}_s"], 2)
+                        if "scan_s" in row:
+                            row[f"scan_ratio_{how}"] = round(row["scan_s"] / row[f"read_{how}_s"], 2)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                     if args.json:

@@ -106,8 +106,8 @@ def _image_task(worker: Worker, args: tuple) -> dict[str, Any]:
     want = set(exemplar_ks)
     out: dict[str, Any] = {"case": case, "content": content, "backgrounds": backgrounds, "exemplars": {}}
     if want:
-        labels = source.load_labels(case)
-        out["exemplars"] = {k: (images[k], np.array(labels[k], dtype=np.uint8)) for k in sorted(want)}
+        labels = source.label_slices(case, sorted(want))
+        out["exemplars"] = {k: (images[k], labels[k]) for k in sorted(want)}
     if not source.files(case):  # generated source: fingerprint the arrays
         vol = source.load(case)
         h = hashlib.sha256()

@@ -56,6 +56,13 @@ class Source:
         image = self.load(case_id).image
         return image.shape, ((k0, image[k0:k0 + chunk]) for k0 in range(0, image.shape[0], chunk))
 
+    def label_slices(self, case_id: str, slices: list[int]) -> dict[int, np.ndarray]:
+        """``{k: load_labels(case_id)[k]}`` for the given slice indices (uint8 task classes).
+        Sources with label files map only those slices' codes (the scan's second look at a label
+        whose whole volume it already checked)."""
+        labels = self.load_labels(case_id)
+        return {int(k): np.array(labels[k], dtype=np.uint8) for k in slices}
+
     def raw_image(self, case_id: str) -> np.ndarray | None:
         """The image volume as stored, slice-first (S, R, C) and checked finite, before the intensity
         preset: ``apply_intensity(raw_image(c), self.intensity)`` equals ``load(c).image``. None

@@ -14,7 +14,7 @@ from shared.errors import ConfigError, DataError
 from shared.intensity import SLICE_MINMAX, validate_preset
 from shared.sources.base import Source, layout_hint, require_dir
 from shared.sources.io import nifti_shape
-from shared.sources.nifti_pair import load_pair, read_image_chunks, read_labels, read_raw_image
+from shared.sources.nifti_pair import load_pair, read_image_chunks, read_label_slices, read_labels, read_raw_image
 from shared.volume import Volume
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -90,3 +90,6 @@ class BratsSource(Source):
 
     def raw_image(self, case_id: str):
         return read_raw_image(self.files(case_id)[0])
+
+    def label_slices(self, case_id: str, slices: list[int]):
+        return read_label_slices(self, self.files(case_id)[1], slices)

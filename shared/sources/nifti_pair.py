@@ -28,6 +28,15 @@ def read_labels(source: Source, label_file: Path):
     return to_slice_first(source.classmap.apply(raw_label, str(label_file)))
 
 
+def read_label_slices(source: Source, label_file: Path, slices: list[int]) -> dict:
+    """Some slices of the label file -> {k: uint8 (R, C) task classes}; the class map is applied to
+    those slices only (elementwise: the same values as mapping the whole volume)."""
+    raw_label = read_nifti_array(label_file)
+    ks = [int(k) for k in slices]
+    mapped = to_slice_first(source.classmap.apply(raw_label[:, :, ks], str(label_file)))
+    return {k: mapped[i] for i, k in enumerate(ks)}
+
+
 def read_raw_image(image_file: Path):
     """The image file alone -> its voxels, slice-first and checked finite (``Source.raw_image``)."""
     raw_image = read_nifti_array(image_file)
@@ -69,3 +78,6 @@ class PairedNiftiSource(Source):
 
     def raw_image(self, case_id: str):
         return read_raw_image(self.files(case_id)[0])
+
+    def label_slices(self, case_id: str, slices: list[int]):
+        return read_label_slices(self, self.files(case_id)[1], slices)

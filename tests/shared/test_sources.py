@@ -324,6 +324,8 @@ def test_streaming_reads_equal_load(tmp_path, brats_root):
                        "0005")):
         vol = src.load(case)
         assert np.array_equal(src.load_labels(case), vol.label)
+        some = src.label_slices(case, [5, 0, 2])
+        assert sorted(some) == [0, 2, 5] and all(np.array_equal(v, vol.label[k]) for k, v in some.items())
         shape, chunks = src.image_chunks(case, chunk=4)
         assert shape == vol.image.shape
         image = np.concatenate([c for _, c in chunks])
