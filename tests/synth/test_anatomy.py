@@ -284,3 +284,34 @@ def test_drawn_tests_in_one_lookup_equal_each_objects_own_search() -> None:
             assert together == alone
             steps.add(None if alone is None else alone.step)
     assert {"drawn", "moved"} <= steps and len(steps) >= 3  # the fallbacks were exercised too
+
+
+def test_drawn_tests_of_one_object_equal_its_test_among_several() -> None:
+    """The one-object path of drawn_tests (the single task's) gives exactly the numbers and
+    geometry of the same object tested in a group (the concatenated lookup)."""
+    from synth.anatomy import anatomy_index, drawn_tests
+    from synth.synthesis import render_background
+    from synth.transforms import sample_params
+
+    rng = np.random.default_rng(11)
+    oks = set()
+    for i in range(40):
+        bank, task = (abdomen_bank(), "multi") if i % 2 else (_small_heads_bank(), "single")
+        tc = CONFIG.task(task)
+        index = anatomy_index(bank)
+        src = bank.background(bank.background_refs[i % len(bank.background_refs)])
+        image = render_background(src, sample_params(rng, tc.background, src.shape),
+                                  ((src.shape[1] - 1) / 2.0, (src.shape[0] - 1) / 2.0))
+        objs = [(bank.object_info(ref, cls), index.ring(ref, cls), sample_params(rng, tc.object, image.shape),
+                 bank.exemplar(ref)[0].shape)
+                for ref in bank.exemplar_refs
+                for cls in ([None] if task == "single" else [int(c) for c in np.flatnonzero(bank.class_counts(ref)[1:]) + 1])]
+        together = drawn_tests(objs, image, tc.placement, tc.object.max_shift, {})
+        for obj, first in zip(objs, together):
+            (alone,) = drawn_tests([obj], image, tc.placement, tc.object.max_shift, {})
+            assert alone == first
+            for a, b in ((alone.geometry.px, first.geometry.px), (alone.geometry.py, first.geometry.py)):
+                assert np.array_equal(a, b)
+            assert (alone.geometry.fwd, alone.geometry.box) == (first.geometry.fwd, first.geometry.box)
+            oks.add(alone.ok)
+    assert oks == {True, False}
