@@ -305,6 +305,40 @@ def test_drawn_tests_in_one_lookup_equal_each_objects_own_search() -> None:
     assert {"drawn", "moved"} <= steps and len(steps) >= 3  # the fallbacks were exercised too
 
 
+def test_first_acceptable_is_the_first_passing_translation_of_the_full_lookup() -> None:
+    """The fallbacks' test (the ring looked up only where the object passes) picks the same
+    translation with the same shares as testing object and ring at every translation; and
+    fractions_on's shares are those of each translation looked up on its own."""
+    from types import SimpleNamespace
+
+    from synth.anatomy import _first_acceptable, fractions_on, padded_frame
+
+    rng = np.random.default_rng(5)
+    found = 0
+    for i in range(300):
+        h, w = (int(v) for v in rng.integers(20, 90, 2))
+        image = np.where(ellipse((h, w), w / 2, h / 2, w / 3, h / 3), rng.random((h, w)), 0.03).astype(np.float32)
+        padded = padded_frame(image)
+        n_obj, n_ring = int(rng.integers(1, 60)), int(rng.integers(0, 60))
+        pts = rng.normal(0, 1, (2, n_obj + n_ring)) * [[w / 6], [h / 6]] + [[w / 2], [h / 2]]
+        k = int(rng.integers(1, 9))
+        txs, tys = rng.normal(0, w / 5, k), rng.normal(0, h / 5, k)
+        pl = SimpleNamespace(content_threshold=0.02, air_threshold=0.04, min_inside=float(rng.choice([0.5, 0.9])),
+                             min_ring_content=0.6)
+        inside, ring = fractions_on(pts, txs, tys, padded, w, h, n_obj, pl.content_threshold, pl.air_threshold)
+        for j in range(k):  # each translation alone, in the frame (off the frame: off the body)
+            x, y = np.rint(pts[0] + txs[j]), np.rint(pts[1] + tys[j])
+            on_frame = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+            v = np.where(on_frame, image[np.clip(y, 0, h - 1).astype(int), np.clip(x, 0, w - 1).astype(int)], -1.0)
+            assert inside[j] == np.count_nonzero(v[:n_obj] > np.float32(0.02)) / n_obj
+            assert ring[j] == (np.count_nonzero(v[n_obj:] >= np.float32(0.04)) / n_ring if n_ring else 1.0)
+        ok = np.flatnonzero((inside >= pl.min_inside) & (ring >= pl.min_ring_content))
+        want = (int(ok[0]), float(inside[ok[0]]), float(ring[ok[0]])) if ok.size else None
+        assert _first_acceptable(pts, txs, tys, padded, w, h, n_obj, pl) == want
+        found += want is not None
+    assert 30 < found < 270  # both outcomes exercised
+
+
 def test_drawn_tests_of_one_object_equal_its_test_among_several() -> None:
     """The one-object path of drawn_tests (the single task's) gives exactly the numbers and
     geometry of the same object tested in a group (the concatenated lookup)."""
