@@ -263,6 +263,26 @@ def _shares(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.ndarra
     return np.count_nonzero(hit, axis=1) / max(1, pts.shape[1])
 
 
+def _first_acceptable(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.ndarray, w: int, h: int,
+                      n_obj: int, pl: "Placement") -> tuple[int, float, float] | None:
+    """The first translation k whose :func:`fractions_on` shares pass the anatomy rule, as (k,
+    inside, ring), or None. The ring is looked up only for the translations whose object passes:
+    in the fallbacks most do not (about 85 % of BraTS candidates), so this skips most ring work."""
+    inside = _shares(pts[:, :n_obj], txs, tys, padded, w, h, pl.content_threshold, False)
+    cand = np.flatnonzero(inside >= pl.min_inside)
+    if not cand.size:
+        return None
+    if pts.shape[1] == n_obj:
+        ring = np.ones(cand.size)
+    else:
+        ring = _shares(pts[:, n_obj:], txs[cand], tys[cand], padded, w, h, pl.air_threshold, True)
+    good = np.flatnonzero(ring >= pl.min_ring_content)
+    if not good.size:
+        return None
+    k = int(cand[good[0]])
+    return k, float(inside[k]), float(ring[good[0]])
+
+
 def _padded_index(x: np.ndarray, y: np.ndarray, w: int, h: int) -> np.ndarray:
     """Flat indices into :func:`padded_frame` of the points (x, y), rounded to pixels and clipped
     onto the -1 border; ``x`` and ``y`` (float64, any shape) are overwritten. Every step after the
@@ -308,131 +328,60 @@ def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformPa
                      drawn: "DrawnTest | None" = None) -> PlacementResult | None:
     """The first acceptable placement of one object on the rendered background ``image``.
 
-    Order (first acceptable wins): the drawn translation (clamped so the object's box stays in
-    the frame and within +-max_shift); moved 5 % .. 100 % of the way towards the content's
-    centre (clamped to the frame only); the ``extra`` drawn translations and no shift; then the
-    same at ``shrink_steps`` smaller scales, geometrically down to ``scale_low`` (the configured
-    range's lower bound). ``ctx``: a dict per rendered background caching its padded frame and
-    content centre (shared by its objects). ``drawn``: this object's :func:`drawn_tests` result,
-    the first group already tested.
-
-    Lookups: the drawn scale's groups in one, then all smaller scales' groups in one (a
-    background that fails the drawn scale usually fails them all: one lookup instead of one per
-    group). The answer, shares and ``tries`` are those of testing group after group."""
+    Order (each group tested in one vectorised lookup, first acceptable wins): the drawn
+    translation (clamped so the object's box stays in the frame and within +-max_shift); moved
+    5 % .. 100 % of the way towards the content's centre (clamped to the frame only); the
+    ``extra`` drawn translations and no shift; then the same at ``shrink_steps`` smaller scales,
+    geometrically down to ``scale_low`` (the configured range's lower bound). ``ctx``: a dict
+    per rendered background caching its padded frame and content centre (shared by its objects).
+    ``drawn``: this object's :func:`drawn_tests` result, the first group already tested."""
     if drawn is not None and drawn.ok:
         return PlacementResult(params.with_translation(drawn.tx, drawn.ty), drawn.inside, drawn.ring, "drawn", 1)
     h, w = image.shape
+    padded = _padded(image, ctx)
+    thr = pl.content_threshold
+    n_obj = len(info.points)
+    ring = points
     scales = [params.scale]
     if pl.shrink_steps > 0 and scale_low < params.scale:
         ratio = (scale_low / params.scale) ** (1.0 / pl.shrink_steps)
         scales += [params.scale * ratio ** k for k in range(1, pl.shrink_steps + 1)]
-    tries = 1 if drawn is not None else 0  # the drawn position, tested by drawn_tests, not acceptable
-    for batch in (range(1), range(1, len(scales))):
-        if not batch:
-            break
-        tests = [_scale_tests(info, points, params if si == 0 else params.replace(scale=float(scales[si])), extra,
-                              src_shape, image, pl, max_shift, ctx, drawn if si == 0 else None) for si in batch]
-        sizes = [[txs.size for _, txs, _ in st.groups] for st in tests]
-        first = _first_acceptable_of(tests, _padded(image, ctx), w, h, len(info.points), pl)
-        if first is None:
-            tries += sum(map(sum, sizes))
-            continue
-        si, gi, j, inside, on = first
-        tries += sum(map(sum, sizes[:si])) + sum(sizes[si][:gi + 1])  # the groups up to this one, as tested in turn
-        name, txs, tys = tests[si].groups[gi]
-        step = name if batch.start == 0 else "shrunk"
-        return PlacementResult(tests[si].params.with_translation(float(txs[j]), float(tys[j])), inside, on, step, tries)
+    tries = 0
+    for si, s in enumerate(scales):
+        p = params if si == 0 else params.replace(scale=float(s))
+        g = drawn.geometry if si == 0 and drawn is not None and drawn.geometry is not None else None
+        if g is None:
+            g = _drawn_geometry(info, ring, p, src_shape, (h, w))
+        fwd, box = g.fwd, g.box
+        lx, hx, ly, hy = shift_bounds(box, (h, w), max_shift)
+        fx0, fx1, fy0, fy1 = shift_bounds(box, (h, w), 1.0)
+        pts = np.stack((g.px, g.py))
+        tx0 = min(max(p.tx, lx), hx) if lx <= hx else p.tx
+        ty0 = min(max(p.ty, ly), hy) if ly <= hy else p.ty
+        for name in ("drawn", "moved", "redrawn"):
+            if name == "drawn" and si == 0 and drawn is not None:
+                tries += 1  # tested by drawn_tests, not acceptable
+                continue
+            if name == "drawn":
+                txs, tys = np.array([tx0]), np.array([ty0])
+            elif name == "moved":  # (the content centre only when a move is needed: most samples skip it)
+                centre = ctx.get("centre")
+                if centre is None:
+                    centre = ctx["centre"] = content_centre(image, thr) or ((w - 1) / 2.0, (h - 1) / 2.0)
+                cx, cy = fwd.apply_xy(np.array([info.center[0]]), np.array([info.center[1]]))
+                a = np.asarray(_MOVE_STEPS)
+                txs = _clip(tx0 + a * (centre[0] - (cx[0] + tx0)), fx0, fx1)
+                tys = _clip(ty0 + a * (centre[1] - (cy[0] + ty0)), fy0, fy1)
+            else:
+                txs = _clip(np.concatenate((extra[:, 0] * (max_shift * w), [0.0])), lx, hx)
+                tys = _clip(np.concatenate((extra[:, 1] * (max_shift * h), [0.0])), ly, hy)
+            tries += txs.size
+            first = _first_acceptable(pts, txs, tys, padded, w, h, n_obj, pl)
+            if first is not None:
+                j, inside, on = first
+                step = name if si == 0 else "shrunk"
+                return PlacementResult(p.with_translation(float(txs[j]), float(tys[j])), inside, on, step, tries)
     return None
-
-
-@dataclass(frozen=True)
-class _ScaleTests:
-    """One scale's candidate translations, in test order: its params, the object's and ring's
-    points mapped at that scale (2, N), and (step name, txs, tys) per group."""
-
-    params: TransformParams
-    pts: np.ndarray
-    groups: list[tuple[str, np.ndarray, np.ndarray]]
-
-
-def _scale_tests(info: "ObjectInfo", points: np.ndarray, p: TransformParams, extra: np.ndarray,
-                 src_shape: tuple[int, int], image: np.ndarray, pl: "Placement", max_shift: float, ctx: dict,
-                 drawn: "DrawnTest | None") -> _ScaleTests:
-    """The groups of :func:`search_placement` at one scale (``p``): drawn (unless ``drawn``, its
-    test by drawn_tests, is given: then its geometry is reused), moved towards the content
-    centre, redrawn."""
-    h, w = image.shape
-    g = None if drawn is None else drawn.geometry
-    if g is None:
-        g = _drawn_geometry(info, points, p, src_shape, (h, w))
-    lx, hx, ly, hy = shift_bounds(g.box, (h, w), max_shift)
-    fx0, fx1, fy0, fy1 = shift_bounds(g.box, (h, w), 1.0)
-    tx0 = min(max(p.tx, lx), hx) if lx <= hx else p.tx
-    ty0 = min(max(p.ty, ly), hy) if ly <= hy else p.ty
-    groups = [] if drawn is not None else [("drawn", np.array([tx0]), np.array([ty0]))]
-    centre = ctx.get("centre")
-    if centre is None:
-        centre = ctx["centre"] = content_centre(image, pl.content_threshold) or ((w - 1) / 2.0, (h - 1) / 2.0)
-    cx, cy = g.fwd.apply_xy(np.array([info.center[0]]), np.array([info.center[1]]))
-    a = np.asarray(_MOVE_STEPS)
-    groups.append(("moved", _clip(tx0 + a * (centre[0] - (cx[0] + tx0)), fx0, fx1),
-                   _clip(ty0 + a * (centre[1] - (cy[0] + ty0)), fy0, fy1)))
-    groups.append(("redrawn", _clip(np.concatenate((extra[:, 0] * (max_shift * w), [0.0])), lx, hx),
-                   _clip(np.concatenate((extra[:, 1] * (max_shift * h), [0.0])), ly, hy)))
-    return _ScaleTests(p, np.stack((g.px, g.py)), groups)
-
-
-def _first_acceptable_of(tests: list[_ScaleTests], padded: np.ndarray, w: int, h: int, n_obj: int,
-                         pl: "Placement") -> tuple[int, int, int, float, float] | None:
-    """The first translation of ``tests`` (scale by scale, group by group) whose shares pass the
-    anatomy rule, as (scale, group, index in group, inside, ring), or None. One lookup of the
-    object's points for every translation, then of the ring's for those whose object passes
-    (in the fallbacks most do not: about 85 % of BraTS candidates)."""
-    moves = [(np.concatenate([t for _, t, _ in st.groups]), np.concatenate([t for _, _, t in st.groups]))
-             for st in tests]
-    inside = _block_shares([(st.pts[:, :n_obj], txs, tys) for st, (txs, tys) in zip(tests, moves)],
-                           padded, w, h, pl.content_threshold, False)
-    cand = np.flatnonzero(inside >= pl.min_inside)
-    if not cand.size:
-        return None
-    if tests[0].pts.shape[1] == n_obj:
-        ring = np.ones(cand.size)
-    else:  # the passing rows, scale by scale (rows are in scale order)
-        blocks, start = [], 0
-        for st, (txs, tys) in zip(tests, moves):
-            rows = cand[(cand >= start) & (cand < start + txs.size)] - start
-            if rows.size:
-                blocks.append((st.pts[:, n_obj:], txs[rows], tys[rows]))
-            start += txs.size
-        ring = _block_shares(blocks, padded, w, h, pl.air_threshold, True)
-    good = np.flatnonzero(ring >= pl.min_ring_content)
-    if not good.size:
-        return None
-    k = int(cand[good[0]])
-    shares = float(inside[k]), float(ring[good[0]])
-    for si, st in enumerate(tests):  # row k -> (scale, group, index in the group)
-        for gi, (_, t, _) in enumerate(st.groups):
-            if k < t.size:
-                return (si, gi, k) + shares
-            k -= t.size
-    raise AssertionError("row outside the groups")
-
-
-def _block_shares(blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]], padded: np.ndarray, w: int, h: int,
-                  threshold: float, inclusive: bool) -> np.ndarray:
-    """:func:`_shares` of several (pts (2, N), txs, tys) blocks (the same N) in one lookup: one
-    share per translation, block after block."""
-    if len(blocks) == 1:
-        return _shares(*blocks[0], padded, w, h, threshold, inclusive)
-    n = blocks[0][0].shape[1]
-    q = np.empty((2, sum(txs.size for _, txs, _ in blocks), n))
-    k = 0
-    for pts, txs, tys in blocks:  # the same additions as _shares, written into one array
-        np.add(pts[:, None, :], np.array((txs, tys))[:, :, None], out=q[:, k:k + txs.size])
-        k += txs.size
-    vals = padded.take(_padded_index(q[0], q[1], w, h))
-    hit = vals >= threshold if inclusive else vals > threshold
-    return np.count_nonzero(hit, axis=1) / max(1, n)
 
 
 @dataclass(frozen=True)
