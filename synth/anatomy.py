@@ -520,24 +520,9 @@ def ring_air_fraction(image: np.ndarray, mask: np.ndarray, air: float = AIR_THRE
 def floating_objects(image: np.ndarray, label: np.ndarray, task: str, classes=None) -> tuple[int, float]:
     """(number of floating objects, the largest ring air share) of one sample."""
     worst, n = 0.0, 0
-    img, lab = _objects_window(np.asarray(image, dtype=np.float32), np.asarray(label))
-    for m in object_masks(lab, task, classes):
+    img = np.asarray(image, dtype=np.float32)
+    for m in object_masks(np.asarray(label), task, classes):
         f = ring_air_fraction(img, m)
         worst = max(worst, f)
         n += f > FLOAT_AIR_FRACTION
     return n, worst
-
-
-def _objects_window(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``image`` and ``label`` cut to the label's nonzero box plus the ring's reach (clipped to
-    the frame): every object's ring window lies inside it, so each ring and share is the same as
-    on the whole frame, and the masks are made on the pasted area only, not the whole frame."""
-    if label.dtype != np.uint8 or label.ndim != 2 or label.shape != image.shape:
-        return image, label
-    x, y, bw, bh = cv2.boundingRect(label)  # nonzero pixels (any class)
-    if bw == 0:
-        return image, label
-    pad = int(math.ceil(RING_OUTER_PX)) + 1  # as ring_air_fraction's window
-    h, w = label.shape
-    y0, y1, x0, x1 = max(y - pad, 0), min(y + bh + pad, h), max(x - pad, 0), min(x + bw + pad, w)
-    return image[y0:y1, x0:x1], label[y0:y1, x0:x1]
