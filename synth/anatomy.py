@@ -21,13 +21,13 @@ points each) of the object and its ring, mapped by the object's affine.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
-from synth.transforms import TransformParams, forward_affine
+from synth.transforms import Affine, TransformParams, forward_affine
 
 if TYPE_CHECKING:  # pragma: no cover
     from synth.bank import ObjectInfo, SliceBank, SliceRef
@@ -247,19 +247,40 @@ def fractions_on(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.n
     tys[k]) and rounded: the share of the first ``n_obj`` (the object) on pixels ``> content`` and
     the share of the rest (its ring) on pixels ``>= air``. ``padded``: :func:`padded_frame` of the
     h x w background; points outside the frame land on its -1 border and count as off."""
-    # Few numpy calls: this runs once or a few times per object, on ~500 points, so call overhead
-    # is most of its cost.
+    inside = _shares(pts[:, :n_obj], txs, tys, padded, w, h, content, False)
+    n_ring = pts.shape[1] - n_obj
+    ring = _shares(pts[:, n_obj:], txs, tys, padded, w, h, air, True) if n_ring else np.ones(len(txs))
+    return inside, ring
+
+
+def _shares(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.ndarray, w: int, h: int,
+            threshold: float, inclusive: bool) -> np.ndarray:
+    """For each translation k, the share of the points ``pts`` (2, N) moved by (txs[k], tys[k])
+    and rounded that land on pixels ``> threshold`` (``>=`` when ``inclusive``); count / max(1, N)."""
     q = pts[:, None, :] + np.array((txs, tys))[:, :, None]  # (2, K, N)
     vals = padded.take(_padded_index(q[0], q[1], w, h))
-    n_ring = vals.shape[1] - n_obj
-    if len(txs) == 1:  # the drawn position alone: the usual call
-        v = vals[0]
-        inside = np.array([np.count_nonzero(v[:n_obj] > content) / max(1, n_obj)])
-        ring = np.array([np.count_nonzero(v[n_obj:] >= air) / n_ring]) if n_ring else np.ones(1)
-        return inside, ring
-    inside = np.count_nonzero(vals[:, :n_obj] > content, axis=1) / max(1, n_obj)
-    ring = (np.count_nonzero(vals[:, n_obj:] >= air, axis=1) / n_ring) if n_ring else np.ones(len(txs))
-    return inside, ring
+    hit = vals >= threshold if inclusive else vals > threshold
+    return np.count_nonzero(hit, axis=1) / max(1, pts.shape[1])
+
+
+def _first_acceptable(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.ndarray, w: int, h: int,
+                      n_obj: int, pl: "Placement") -> tuple[int, float, float] | None:
+    """The first translation k whose :func:`fractions_on` shares pass the anatomy rule, as (k,
+    inside, ring), or None. The ring is looked up only for the translations whose object passes:
+    in the fallbacks most do not (about 85 % of BraTS candidates), so this skips most ring work."""
+    inside = _shares(pts[:, :n_obj], txs, tys, padded, w, h, pl.content_threshold, False)
+    cand = np.flatnonzero(inside >= pl.min_inside)
+    if not cand.size:
+        return None
+    if pts.shape[1] == n_obj:
+        ring = np.ones(cand.size)
+    else:
+        ring = _shares(pts[:, n_obj:], txs[cand], tys[cand], padded, w, h, pl.air_threshold, True)
+    good = np.flatnonzero(ring >= pl.min_ring_content)
+    if not good.size:
+        return None
+    k = int(cand[good[0]])
+    return k, float(inside[k]), float(ring[good[0]])
 
 
 def _padded_index(x: np.ndarray, y: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -318,7 +339,7 @@ def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformPa
         return PlacementResult(params.with_translation(drawn.tx, drawn.ty), drawn.inside, drawn.ring, "drawn", 1)
     h, w = image.shape
     padded = _padded(image, ctx)
-    thr, air = pl.content_threshold, pl.air_threshold
+    thr = pl.content_threshold
     n_obj = len(info.points)
     ring = points
     scales = [params.scale]
@@ -328,11 +349,13 @@ def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformPa
     tries = 0
     for si, s in enumerate(scales):
         p = params if si == 0 else params.replace(scale=float(s))
-        fwd = forward_affine(p, info.center, src_shape, (h, w), with_translation=False)
-        box = fwd.bbox(info.bbox)
+        g = drawn.geometry if si == 0 and drawn is not None and drawn.geometry is not None else None
+        if g is None:
+            g = _drawn_geometry(info, ring, p, src_shape, (h, w))
+        fwd, box = g.fwd, g.box
         lx, hx, ly, hy = shift_bounds(box, (h, w), max_shift)
         fx0, fx1, fy0, fy1 = shift_bounds(box, (h, w), 1.0)
-        pts = np.stack(fwd.apply_xy(ring[0], ring[1]))
+        pts = np.stack((g.px, g.py))
         tx0 = min(max(p.tx, lx), hx) if lx <= hx else p.tx
         ty0 = min(max(p.ty, ly), hy) if ly <= hy else p.ty
         for name in ("drawn", "moved", "redrawn"):
@@ -353,26 +376,53 @@ def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformPa
                 txs = _clip(np.concatenate((extra[:, 0] * (max_shift * w), [0.0])), lx, hx)
                 tys = _clip(np.concatenate((extra[:, 1] * (max_shift * h), [0.0])), ly, hy)
             tries += txs.size
-            inside, on = fractions_on(pts, txs, tys, padded, w, h, n_obj, thr, air)
-            ok = (inside >= pl.min_inside) & (on >= pl.min_ring_content)
-            good = np.flatnonzero(ok)
-            if good.size:
-                j = int(good[0])
+            first = _first_acceptable(pts, txs, tys, padded, w, h, n_obj, pl)
+            if first is not None:
+                j, inside, on = first
                 step = name if si == 0 else "shrunk"
-                return PlacementResult(p.with_translation(float(txs[j]), float(tys[j])), float(inside[j]),
-                                       float(on[j]), step, tries)
+                return PlacementResult(p.with_translation(float(txs[j]), float(tys[j])), inside, on, step, tries)
     return None
 
 
 @dataclass(frozen=True)
 class DrawnTest:
-    """The drawn position of one object, tested: its translation and shares (see fractions_on)."""
+    """The drawn position of one object, tested: its translation and shares (see fractions_on),
+    and the geometry at the drawn scale that :func:`search_placement` reuses when the drawn
+    position is not acceptable (the same floats it would compute again)."""
 
     tx: float
     ty: float
     inside: float
     ring: float
     ok: bool
+    geometry: "_DrawnGeometry | None" = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class _DrawnGeometry:
+    """One object's transform at its drawn scale, without translation: the affine, the extent
+    of its box and its points (object, then ring) mapped by it."""
+
+    fwd: Affine
+    box: tuple[float, float, float, float]
+    px: np.ndarray
+    py: np.ndarray
+
+
+def _drawn_geometry(info: "ObjectInfo", points: np.ndarray, params: TransformParams, src_shape: tuple[int, int],
+                    shape: tuple[int, int]) -> _DrawnGeometry:
+    fwd = forward_affine(params, info.center, src_shape, shape, with_translation=False)
+    px, py = fwd.apply_xy(points[0], points[1])
+    return _DrawnGeometry(fwd, fwd.bbox(info.bbox), px, py)
+
+
+def _clamped_translation(params: TransformParams, box: tuple[float, float, float, float], shape: tuple[int, int],
+                         max_shift: float) -> tuple[float, float]:
+    """The drawn translation, clamped so the box stays in the frame and within +-max_shift."""
+    lx, hx, ly, hy = shift_bounds(box, shape, max_shift)
+    tx0 = min(max(params.tx, lx), hx) if lx <= hx else params.tx
+    ty0 = min(max(params.ty, ly), hy) if ly <= hy else params.ty
+    return tx0, ty0
 
 
 def _padded(image: np.ndarray, ctx: dict) -> np.ndarray:
@@ -393,18 +443,36 @@ def drawn_tests(objects: list[tuple["ObjectInfo", np.ndarray, TransformParams, t
     as integers): a multi-organ sample makes one lookup instead of one per organ."""
     h, w = image.shape
     padded = _padded(image, ctx)
-    xs, ys, sizes, moves = [], [], [], []
-    for info, points, params, src_shape in objects:
-        fwd = forward_affine(params, info.center, src_shape, (h, w), with_translation=False)
-        lx, hx, ly, hy = shift_bounds(fwd.bbox(info.bbox), (h, w), max_shift)
-        tx0 = min(max(params.tx, lx), hx) if lx <= hx else params.tx
-        ty0 = min(max(params.ty, ly), hy) if ly <= hy else params.ty
-        px, py = fwd.apply_xy(points[0], points[1])
-        xs.append(px + tx0)
-        ys.append(py + ty0)
-        sizes.append((len(info.points), px.size))
-        moves.append((tx0, ty0))
-    vals = padded.take(_padded_index(np.concatenate(xs), np.concatenate(ys), w, h))
+    geos = [_drawn_geometry(info, points, params, src_shape, (h, w)) for info, points, params, src_shape in objects]
+    moves = [_clamped_translation(params, g.box, (h, w), max_shift) for (_, _, params, _), g in zip(objects, geos)]
+    sizes = [(len(info.points), g.px.size) for (info, _, _, _), g in zip(objects, geos)]
+    if len(objects) == 1:  # the single task: no concatenation or running sums (call overhead is most of the cost)
+        counts = [_drawn_counts_one(geos[0], moves[0], sizes[0][0], padded, w, h, pl)]
+    else:
+        counts = _drawn_counts(geos, moves, sizes, padded, w, h, pl)
+    out = []
+    for (n_obj, n), (tx0, ty0), (n_in, n_on), g in zip(sizes, moves, counts, geos):
+        inside = n_in / max(1, n_obj)
+        n_ring = n - n_obj
+        ring = n_on / n_ring if n_ring else 1.0
+        out.append(DrawnTest(float(tx0), float(ty0), float(inside), float(ring),
+                             inside >= pl.min_inside and ring >= pl.min_ring_content, g))
+    return out
+
+
+def _drawn_counts_one(g: _DrawnGeometry, move: tuple[float, float], n_obj: int, padded: np.ndarray, w: int, h: int,
+                      pl: "Placement") -> tuple[int, int]:
+    """(object points on content, ring points on tissue) of one object at its drawn position."""
+    vals = padded.take(_padded_index(g.px + move[0], g.py + move[1], w, h))
+    return int(np.count_nonzero(vals[:n_obj] > pl.content_threshold)), int(np.count_nonzero(vals[n_obj:] >= pl.air_threshold))
+
+
+def _drawn_counts(geos: list[_DrawnGeometry], moves: list[tuple[float, float]], sizes: list[tuple[int, int]],
+                  padded: np.ndarray, w: int, h: int, pl: "Placement") -> list[tuple[int, int]]:
+    """:func:`_drawn_counts_one` of several objects in one lookup."""
+    xs = np.concatenate([g.px + tx0 for g, (tx0, _) in zip(geos, moves)])
+    ys = np.concatenate([g.py + ty0 for g, (_, ty0) in zip(geos, moves)])
+    vals = padded.take(_padded_index(xs, ys, w, h))
     obj = np.zeros(vals.size, dtype=bool)  # which entries are object points (the rest: rings)
     start = 0
     for n_obj, n in sizes:
@@ -413,12 +481,8 @@ def drawn_tests(objects: list[tuple["ObjectInfo", np.ndarray, TransformParams, t
     hit = np.where(obj, vals > pl.content_threshold, vals >= pl.air_threshold)
     cum = np.concatenate(([0], np.cumsum(hit)))
     out, start = [], 0
-    for (n_obj, n), (tx0, ty0) in zip(sizes, moves):
-        inside = int(cum[start + n_obj] - cum[start]) / max(1, n_obj)
-        n_ring = n - n_obj
-        ring = int(cum[start + n] - cum[start + n_obj]) / n_ring if n_ring else 1.0
-        out.append(DrawnTest(float(tx0), float(ty0), float(inside), float(ring),
-                             inside >= pl.min_inside and ring >= pl.min_ring_content))
+    for n_obj, n in sizes:
+        out.append((int(cum[start + n_obj] - cum[start]), int(cum[start + n] - cum[start + n_obj])))
         start += n
     return out
 

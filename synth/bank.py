@@ -95,7 +95,7 @@ class SliceBank:
         self._content_bits_cache: dict[tuple[SliceRef, float], np.ndarray] = {}  # packed bits
         self._content_area: dict[tuple[SliceRef, float], int] = {}
         self._coverage: dict[tuple[SliceRef, SliceRef, float], float] = {}
-        self._flat: dict[tuple[SliceRef, tuple[int, int]], np.ndarray] = {}
+        self._flat: dict[tuple[SliceRef, tuple[int, int]], tuple[np.ndarray, np.ndarray]] = {}
 
     def background_storage(self) -> dict[str, Any]:
         """How the backgrounds are held (recorded in dataset.json): slices, bytes, slices per dtype."""
@@ -195,25 +195,27 @@ class SliceBank:
         value = self._coverage.get(key)
         if value is None:
             bits = self._content_bits(background, threshold)
-            idx = self._flat_points(exemplar, self.background_shape(background))
-            on = (bits[idx >> 3] >> (7 - (idx & 7)).astype(np.uint8)) & 1  # packbits is big-endian in bits
-            value = np.count_nonzero(on) / idx.size
+            byte, bit = self._flat_points(exemplar, self.background_shape(background))
+            value = np.count_nonzero(bits.take(byte) & bit) / byte.size
             self._coverage[key] = value
         return value
 
-    def _flat_points(self, ref: SliceRef, shape: tuple[int, int]) -> np.ndarray:
-        """Flat indices, in a frame of ``shape``, of an exemplar's foreground sample points mapped by
-        relative position (pixel edges aligned)."""
+    def _flat_points(self, ref: SliceRef, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Where an exemplar's foreground sample points fall, mapped by relative position (pixel
+        edges aligned) into a frame of ``shape``, in :meth:`_content_bits`' packed mask: each
+        point's byte and its bit in it (np.packbits is big-endian in bits). Cached per frame
+        shape: a coverage is then one gather, one AND and one count."""
         key = (ref, shape)
-        idx = self._flat.get(key)
-        if idx is None:
+        hit = self._flat.get(key)
+        if hit is None:
             h, w = shape
             sh, sw = self.exemplar(ref)[0].shape
             pts = self.object_info(ref, None).points
             x = np.clip(np.rint((pts[:, 0] + 0.5) * (w / sw) - 0.5), 0, w - 1).astype(np.intp)
             y = np.clip(np.rint((pts[:, 1] + 0.5) * (h / sh) - 0.5), 0, h - 1).astype(np.intp)
-            idx = self._flat[key] = y * w + x
-        return idx
+            idx = y * w + x
+            hit = self._flat[key] = (idx >> 3, np.left_shift(1, 7 - (idx & 7)).astype(np.uint8))
+        return hit
 
     def content_bbox(self, ref: SliceRef, threshold: float) -> tuple[int, int, int, int] | None:
         """Bounding box (y0, y1, x0, x1) of a background slice's content (pixels > threshold)."""

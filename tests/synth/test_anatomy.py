@@ -2,6 +2,7 @@
 are recorded and replay exactly, backgrounds fit the object, the ring test, the recipes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -284,3 +285,151 @@ def test_drawn_tests_in_one_lookup_equal_each_objects_own_search() -> None:
             assert together == alone
             steps.add(None if alone is None else alone.step)
     assert {"drawn", "moved"} <= steps and len(steps) >= 3  # the fallbacks were exercised too
+
+
+def test_first_acceptable_is_the_first_passing_translation_of_the_full_lookup() -> None:
+    """The fallbacks' test (the ring looked up only where the object passes) picks the same
+    translation with the same shares as testing object and ring at every translation; and
+    fractions_on's shares are those of each translation looked up on its own."""
+    from types import SimpleNamespace
+
+    from synth.anatomy import _first_acceptable, fractions_on, padded_frame
+
+    rng = np.random.default_rng(5)
+    found = 0
+    for i in range(300):
+        h, w = (int(v) for v in rng.integers(20, 90, 2))
+        image = np.where(ellipse((h, w), w / 2, h / 2, w / 3, h / 3), rng.random((h, w)), 0.03).astype(np.float32)
+        padded = padded_frame(image)
+        n_obj, n_ring = int(rng.integers(1, 60)), int(rng.integers(0, 60))
+        pts = rng.normal(0, 1, (2, n_obj + n_ring)) * [[w / 6], [h / 6]] + [[w / 2], [h / 2]]
+        k = int(rng.integers(1, 9))
+        txs, tys = rng.normal(0, w / 5, k), rng.normal(0, h / 5, k)
+        pl = SimpleNamespace(content_threshold=0.02, air_threshold=0.04, min_inside=float(rng.choice([0.5, 0.9])),
+                             min_ring_content=0.6)
+        inside, ring = fractions_on(pts, txs, tys, padded, w, h, n_obj, pl.content_threshold, pl.air_threshold)
+        for j in range(k):  # each translation alone, in the frame (off the frame: off the body)
+            x, y = np.rint(pts[0] + txs[j]), np.rint(pts[1] + tys[j])
+            on_frame = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+            v = np.where(on_frame, image[np.clip(y, 0, h - 1).astype(int), np.clip(x, 0, w - 1).astype(int)], -1.0)
+            assert inside[j] == np.count_nonzero(v[:n_obj] > np.float32(0.02)) / n_obj
+            assert ring[j] == (np.count_nonzero(v[n_obj:] >= np.float32(0.04)) / n_ring if n_ring else 1.0)
+        ok = np.flatnonzero((inside >= pl.min_inside) & (ring >= pl.min_ring_content))
+        want = (int(ok[0]), float(inside[ok[0]]), float(ring[ok[0]])) if ok.size else None
+        assert _first_acceptable(pts, txs, tys, padded, w, h, n_obj, pl) == want
+        found += want is not None
+    assert 30 < found < 270  # both outcomes exercised
+
+
+def _sequential_search(info, points, params, extra, src_shape, image, pl, scale_low, max_shift):
+    """The placement search written plainly: group after group, each tested with fractions_on
+    at every translation (the reference search_placement's answers, shares and tries must equal)."""
+    from synth.anatomy import (_MOVE_STEPS, PlacementResult, _clip, content_centre, fractions_on, padded_frame,
+                               shift_bounds)
+    from synth.transforms import forward_affine
+
+    h, w = image.shape
+    padded = padded_frame(image)
+    n_obj = len(info.points)
+    scales = [params.scale]
+    if pl.shrink_steps > 0 and scale_low < params.scale:
+        ratio = (scale_low / params.scale) ** (1.0 / pl.shrink_steps)
+        scales += [params.scale * ratio ** k for k in range(1, pl.shrink_steps + 1)]
+    tries = 0
+    for si, s in enumerate(scales):
+        p = params if si == 0 else params.replace(scale=float(s))
+        fwd = forward_affine(p, info.center, src_shape, (h, w), with_translation=False)
+        box = fwd.bbox(info.bbox)
+        lx, hx, ly, hy = shift_bounds(box, (h, w), max_shift)
+        fx0, fx1, fy0, fy1 = shift_bounds(box, (h, w), 1.0)
+        pts = np.stack(fwd.apply_xy(points[0], points[1]))
+        tx0 = min(max(p.tx, lx), hx) if lx <= hx else p.tx
+        ty0 = min(max(p.ty, ly), hy) if ly <= hy else p.ty
+        for name in ("drawn", "moved", "redrawn"):
+            if name == "drawn":
+                txs, tys = np.array([tx0]), np.array([ty0])
+            elif name == "moved":
+                centre = content_centre(image, pl.content_threshold) or ((w - 1) / 2.0, (h - 1) / 2.0)
+                cx, cy = fwd.apply_xy(np.array([info.center[0]]), np.array([info.center[1]]))
+                a = np.asarray(_MOVE_STEPS)
+                txs = _clip(tx0 + a * (centre[0] - (cx[0] + tx0)), fx0, fx1)
+                tys = _clip(ty0 + a * (centre[1] - (cy[0] + ty0)), fy0, fy1)
+            else:
+                txs = _clip(np.concatenate((extra[:, 0] * (max_shift * w), [0.0])), lx, hx)
+                tys = _clip(np.concatenate((extra[:, 1] * (max_shift * h), [0.0])), ly, hy)
+            tries += txs.size
+            inside, on = fractions_on(pts, txs, tys, padded, w, h, n_obj, pl.content_threshold, pl.air_threshold)
+            good = np.flatnonzero((inside >= pl.min_inside) & (on >= pl.min_ring_content))
+            if good.size:
+                j = int(good[0])
+                return PlacementResult(p.with_translation(float(txs[j]), float(tys[j])), float(inside[j]),
+                                       float(on[j]), name if si == 0 else "shrunk", tries)
+    return None
+
+
+def test_search_placement_equals_the_group_by_group_search() -> None:
+    """search_placement (rings looked up only where the object passes, the drawn scale's
+    geometry reused from drawn_tests) gives the plain group-by-group search's placement, shares,
+    step and tries, with and without drawn_tests' result."""
+    from synth.anatomy import anatomy_index, drawn_tests, search_placement
+    from synth.synthesis import render_background
+    from synth.transforms import sample_params
+
+    rng = np.random.default_rng(9)
+    steps = []
+    for i in range(60):
+        bank, task = (abdomen_bank(), "multi") if i % 2 else (_small_heads_bank(), "single")
+        tc = CONFIG.task(task)
+        # stricter rules too, so that smaller scales and failures are reached
+        pl = dataclasses.replace(tc.placement, min_inside=(0.9, 0.99, 1.0)[i % 3],
+                                 min_ring_content=(0.6, 0.95, 1.0)[i % 5 % 3])
+        index = anatomy_index(bank)
+        src = bank.background(bank.background_refs[i % len(bank.background_refs)])
+        image = render_background(src, sample_params(rng, tc.background, src.shape),
+                                  ((src.shape[1] - 1) / 2.0, (src.shape[0] - 1) / 2.0))
+        if i % 4 == 3:  # little content left: every scale fails for some objects
+            image[:, : image.shape[1] * 3 // 4] = 0.0
+        for ref in bank.exemplar_refs:
+            for cls in ([None] if task == "single" else [int(c) for c in np.flatnonzero(bank.class_counts(ref)[1:]) + 1]):
+                info, ring = bank.object_info(ref, cls), index.ring(ref, cls)
+                params = sample_params(rng, tc.object, image.shape)
+                extra = rng.uniform(-1.0, 1.0, size=(pl.max_tries - 1, 2))
+                src_shape = bank.exemplar(ref)[0].shape
+                args = (info, ring, params, extra, src_shape, image, pl, tc.object.scale[0], tc.object.max_shift)
+                want = _sequential_search(*args)
+                assert search_placement(*args, {}) == want
+                (first,) = drawn_tests([(info, ring, params, src_shape)], image, pl, tc.object.max_shift, {})
+                assert search_placement(*args, {}, drawn=first) == want
+                steps.append(None if want is None else want.step)
+    assert {"drawn", "moved", "shrunk", None} <= set(steps)
+
+
+def test_drawn_tests_of_one_object_equal_its_test_among_several() -> None:
+    """The one-object path of drawn_tests (the single task's) gives exactly the numbers and
+    geometry of the same object tested in a group (the concatenated lookup)."""
+    from synth.anatomy import anatomy_index, drawn_tests
+    from synth.synthesis import render_background
+    from synth.transforms import sample_params
+
+    rng = np.random.default_rng(11)
+    oks = set()
+    for i in range(40):
+        bank, task = (abdomen_bank(), "multi") if i % 2 else (_small_heads_bank(), "single")
+        tc = CONFIG.task(task)
+        index = anatomy_index(bank)
+        src = bank.background(bank.background_refs[i % len(bank.background_refs)])
+        image = render_background(src, sample_params(rng, tc.background, src.shape),
+                                  ((src.shape[1] - 1) / 2.0, (src.shape[0] - 1) / 2.0))
+        objs = [(bank.object_info(ref, cls), index.ring(ref, cls), sample_params(rng, tc.object, image.shape),
+                 bank.exemplar(ref)[0].shape)
+                for ref in bank.exemplar_refs
+                for cls in ([None] if task == "single" else [int(c) for c in np.flatnonzero(bank.class_counts(ref)[1:]) + 1])]
+        together = drawn_tests(objs, image, tc.placement, tc.object.max_shift, {})
+        for obj, first in zip(objs, together):
+            (alone,) = drawn_tests([obj], image, tc.placement, tc.object.max_shift, {})
+            assert alone == first
+            for a, b in ((alone.geometry.px, first.geometry.px), (alone.geometry.py, first.geometry.py)):
+                assert np.array_equal(a, b)
+            assert (alone.geometry.fwd, alone.geometry.box) == (first.geometry.fwd, first.geometry.box)
+            oks.add(alone.ok)
+    assert oks == {True, False}
