@@ -464,7 +464,8 @@ def _drawn_counts_one(g: _DrawnGeometry, move: tuple[float, float], n_obj: int, 
                       pl: "Placement") -> tuple[int, int]:
     """(object points on content, ring points on tissue) of one object at its drawn position."""
     vals = padded.take(_padded_index(g.px + move[0], g.py + move[1], w, h))
-    return int(np.count_nonzero(vals[:n_obj] > pl.content_threshold)), int(np.count_nonzero(vals[n_obj:] >= pl.air_threshold))
+    on_content = int(np.count_nonzero(vals[:n_obj] > pl.content_threshold))
+    return on_content, int(np.count_nonzero(vals[n_obj:] >= pl.air_threshold))
 
 
 def _drawn_counts(geos: list[_DrawnGeometry], moves: list[tuple[float, float]], sizes: list[tuple[int, int]],
