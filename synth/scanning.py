@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from shared.allocator import reusing_freed_memory
 from shared.errors import DataError
 from shared.hashing import sha256_array, sha256_file
 from synth.parallel import Worker, context, map_tasks
@@ -187,7 +188,13 @@ def stream_scan(source: Any, cases: Sequence[str], *, workers: int, progress: bo
     zero content); with ``keep_backgrounds``, the strict background candidates of the seeded pool
     sample of size ``pool_size`` (None/0: all) are kept too.
     """
-    cases = list(cases)
+    with reusing_freed_memory():  # volume-sized buffers, once per volume: reuse them (shared/allocator.py)
+        return _stream_scan(source, list(cases), workers, progress, choose, pool_size, pool_seed, keep_backgrounds)
+
+
+def _stream_scan(source: Any, cases: list[str], workers: int, progress: bool,
+                 choose: Callable[[list[VolumeScan], dict[str, str]], Iterable[tuple[str, int]]] | None,
+                 pool_size: int | None, pool_seed: int, keep_backgrounds: bool) -> StreamScan:
     label_results = list(map_volumes(_label_task, [(source, c) for c in cases], workers, progress,
                                      f"labels {source.name}"))
     files: dict[str, str] = {}

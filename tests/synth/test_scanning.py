@@ -1,6 +1,7 @@
 """The streaming scan's integer shortcut equals its general float32 path on real BraTS FLAIR."""
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import nibabel as nib
@@ -56,3 +57,17 @@ def test_integer_shortcut_equals_float_chunks(brats_root, tmp_path, monkeypatch)
     for ref, enc in slow.backgrounds.items():
         got = fast.backgrounds[ref]
         assert (got.data.dtype, got.scale) == (enc.data.dtype, enc.scale) and np.array_equal(got.data, enc.data)
+
+
+def test_reusing_freed_memory_changes_no_result(brats_root):
+    """The allocator tuning around a scan (glibc: mallopt) only changes where memory comes from."""
+    from shared.allocator import reusing_freed_memory
+
+    source = open_source("brats", brats_root)
+    cases = source.case_ids()[:1]
+    tuned = _scan(source, cases)
+    with reusing_freed_memory() as applied:  # nested in the scan's own: still applied
+        assert applied == (platform.libc_ver()[0] == "glibc")  # elsewhere a no-op, by design
+        again = _scan(source, cases)
+    assert [s.content.tolist() for s in tuned.scans] == [s.content.tolist() for s in again.scans]
+    assert list(tuned.backgrounds) == list(again.backgrounds)
