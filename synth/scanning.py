@@ -32,7 +32,7 @@ from shared.allocator import reusing_freed_memory
 from shared.errors import DataError
 from shared.hashing import sha256_array, sha256_file
 from synth.parallel import Worker, context, map_tasks
-from shared.intensity import ExactSliceMinMax
+from shared.intensity import ExactSliceMinMax, intensity_chunks
 from synth.pool import EncodedSlice, PoolSampler, encode_minmax_slice, encode_slice, pool_key
 from synth.selection import (BACKGROUND_MIN_CONTENT, VolumeScan, content_fraction, content_fraction_exact,
                              slice_class_counts)
@@ -95,14 +95,16 @@ def _image_task(worker: Worker, args: tuple) -> dict[str, Any]:
     """Pass 2: one case's image -> content per slice, exemplar slices, pool candidates (the
     worker's state: the shared threshold of the pool sampler)."""
     source, case, label_shape, exemplar_ks, candidates = args
-    raw = source.raw_image(case)
+    raw = source.raw_image(case)  # read once: the shortcut or the float32 chunks start from it
+    if raw is None:
+        shape, chunks = source.image_chunks(case)
+    else:
+        shape, chunks = raw.shape, intensity_chunks(raw, source.intensity)  # == source.image_chunks(case)
+    _check_shape(source, case, shape, label_shape)
     minmax = ExactSliceMinMax.of(raw, source.intensity) if raw is not None else None
     if minmax is not None:
-        _check_shape(source, case, raw.shape, label_shape)
         content, images, backgrounds = _scan_integers(minmax, exemplar_ks, candidates, worker)
     else:
-        shape, chunks = source.image_chunks(case)
-        _check_shape(source, case, shape, label_shape)
         content, images, backgrounds = _scan_chunks(shape, chunks, exemplar_ks, candidates, worker)
     want = set(exemplar_ks)
     out: dict[str, Any] = {"case": case, "content": content, "backgrounds": backgrounds, "exemplars": {}}
