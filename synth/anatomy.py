@@ -228,6 +228,11 @@ def shift_bounds(extent: tuple[float, float, float, float], shape: tuple[int, in
     return max(-mx, -0.5 - x0), min(mx, w - 0.5 - x1), max(-my, -0.5 - y0), min(my, h - 0.5 - y1)
 
 
+def clamp_shift(t: float, lo: float, hi: float) -> float:
+    """A translation clamped to [lo, hi] (from :func:`shift_bounds`), unchanged when the range is empty."""
+    return t if lo > hi else min(max(t, lo), hi)
+
+
 def _clip(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if lo > hi:
         return v
@@ -237,26 +242,17 @@ def _clip(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def padded_frame(image: np.ndarray) -> np.ndarray:
     """``image`` with a 1-pixel border of -1 (below every threshold), raveled: points that leave
-    the frame are clipped onto the border and so count as off the body (see :func:`fractions_on`)."""
+    the frame are clipped onto the border and so count as off the body (see :func:`_shares`)."""
     return cv2.copyMakeBorder(image, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=-1.0).ravel()
-
-
-def fractions_on(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.ndarray,
-                 w: int, h: int, n_obj: int, content: float, air: float) -> tuple[np.ndarray, np.ndarray]:
-    """For each translation k, of the points ``pts`` (2, N) (x row, y row) moved by (txs[k],
-    tys[k]) and rounded: the share of the first ``n_obj`` (the object) on pixels ``> content`` and
-    the share of the rest (its ring) on pixels ``>= air``. ``padded``: :func:`padded_frame` of the
-    h x w background; points outside the frame land on its -1 border and count as off."""
-    inside = _shares(pts[:, :n_obj], txs, tys, padded, w, h, content, False)
-    n_ring = pts.shape[1] - n_obj
-    ring = _shares(pts[:, n_obj:], txs, tys, padded, w, h, air, True) if n_ring else np.ones(len(txs))
-    return inside, ring
 
 
 def _shares(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.ndarray, w: int, h: int,
             threshold: float, inclusive: bool) -> np.ndarray:
-    """For each translation k, the share of the points ``pts`` (2, N) moved by (txs[k], tys[k])
-    and rounded that land on pixels ``> threshold`` (``>=`` when ``inclusive``); count / max(1, N)."""
+    """For each translation k, the share of the points ``pts`` (2, N) (x row, y row) moved by
+    (txs[k], tys[k]) and rounded that land on pixels ``> threshold`` (``>=`` when ``inclusive``);
+    count / max(1, N). ``padded``: :func:`padded_frame` of the h x w background; points outside the
+    frame land on its -1 border and count as off. The placement test is two of these: an object's
+    points on content (``> content_threshold``) and its ring's on tissue (``>= air_threshold``)."""
     q = pts[:, None, :] + np.array((txs, tys))[:, :, None]  # (2, K, N)
     vals = padded.take(_padded_index(q[0], q[1], w, h))
     hit = vals >= threshold if inclusive else vals > threshold
@@ -265,7 +261,7 @@ def _shares(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.ndarra
 
 def _first_acceptable(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.ndarray, w: int, h: int,
                       n_obj: int, pl: "Placement") -> tuple[int, float, float] | None:
-    """The first translation k whose :func:`fractions_on` shares pass the anatomy rule, as (k,
+    """The first translation k whose shares (:func:`_shares` of object and ring) pass the anatomy rule, as (k,
     inside, ring), or None. The ring is looked up only for the translations whose object passes:
     in the fallbacks most do not (about 85 % of BraTS candidates), so this skips most ring work."""
     inside = _shares(pts[:, :n_obj], txs, tys, padded, w, h, pl.content_threshold, False)
@@ -356,8 +352,7 @@ def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformPa
         lx, hx, ly, hy = shift_bounds(box, (h, w), max_shift)
         fx0, fx1, fy0, fy1 = shift_bounds(box, (h, w), 1.0)
         pts = np.stack((g.px, g.py))
-        tx0 = min(max(p.tx, lx), hx) if lx <= hx else p.tx
-        ty0 = min(max(p.ty, ly), hy) if ly <= hy else p.ty
+        tx0, ty0 = clamp_shift(p.tx, lx, hx), clamp_shift(p.ty, ly, hy)
         for name in ("drawn", "moved", "redrawn"):
             if name == "drawn" and si == 0 and drawn is not None:
                 tries += 1  # tested by drawn_tests, not acceptable
@@ -386,7 +381,7 @@ def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformPa
 
 @dataclass(frozen=True)
 class DrawnTest:
-    """The drawn position of one object, tested: its translation and shares (see fractions_on),
+    """The drawn position of one object, tested: its translation and shares (see _shares),
     and the geometry at the drawn scale that :func:`search_placement` reuses when the drawn
     position is not acceptable (the same floats it would compute again)."""
 
@@ -420,9 +415,7 @@ def _clamped_translation(params: TransformParams, box: tuple[float, float, float
                          max_shift: float) -> tuple[float, float]:
     """The drawn translation, clamped so the box stays in the frame and within +-max_shift."""
     lx, hx, ly, hy = shift_bounds(box, shape, max_shift)
-    tx0 = min(max(params.tx, lx), hx) if lx <= hx else params.tx
-    ty0 = min(max(params.ty, ly), hy) if ly <= hy else params.ty
-    return tx0, ty0
+    return clamp_shift(params.tx, lx, hx), clamp_shift(params.ty, ly, hy)
 
 
 def _padded(image: np.ndarray, ctx: dict) -> np.ndarray:
@@ -439,7 +432,7 @@ def drawn_tests(objects: list[tuple["ObjectInfo", np.ndarray, TransformParams, t
 
     The objects' draws are all made before any is placed, and each test reads only the
     background, so testing them together gives each object exactly the numbers of its own
-    :func:`fractions_on` call (the same float64 additions, rounding and index per point; counts
+    :func:`_shares` calls (the same float64 additions, rounding and index per point; counts
     as integers): a multi-organ sample makes one lookup instead of one per organ."""
     h, w = image.shape
     padded = _padded(image, ctx)

@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 
 from shared.errors import DataError
-from synth.anatomy import (anatomy_index, choose_background, drawn_tests, floating_objects, search_placement,
-                           shift_bounds)
+from synth.anatomy import (anatomy_index, choose_background, clamp_shift, drawn_tests, floating_objects,
+                           search_placement, shift_bounds)
 from synth.bank import SliceBank, SliceRef
 from synth.synthesis_config import Placement, SynthesisConfig, TaskConfig
 from synth.transforms import (
@@ -245,10 +245,6 @@ def replay(record: dict, bank: SliceBank, config: SynthesisConfig) -> tuple[np.n
 
 # ---------------------------------------------------------------------------------------------
 
-def _clamp(t: float, lo: float, hi: float) -> float:
-    return t if lo > hi else min(max(t, lo), hi)
-
-
 def _clamp_background(params: TransformParams, center: tuple[float, float], shape: tuple[int, int],
                       content: tuple[int, int, int, int] | None, max_shift: float) -> TransformParams:
     """Keep the background's content (e.g. the head) inside the frame by clamping the translation."""
@@ -256,7 +252,7 @@ def _clamp_background(params: TransformParams, center: tuple[float, float], shap
         return params
     fwd = forward_affine(params, center, shape, shape, with_translation=False)
     lx, hx, ly, hy = shift_bounds(fwd.bbox(content), shape, max_shift)
-    return params.replace(tx=_clamp(params.tx, lx, hx), ty=_clamp(params.ty, ly, hy))
+    return params.replace(tx=clamp_shift(params.tx, lx, hx), ty=clamp_shift(params.ty, ly, hy))
 
 
 def render_background(src: np.ndarray, params: TransformParams, center: tuple[float, float],

@@ -287,13 +287,25 @@ def test_drawn_tests_in_one_lookup_equal_each_objects_own_search() -> None:
     assert {"drawn", "moved"} <= steps and len(steps) >= 3  # the fallbacks were exercised too
 
 
+def fractions_on(pts, txs, tys, padded, w, h, n_obj, content, air):
+    """The plain placement test at every translation k: the share of the first ``n_obj`` points
+    (the object) on pixels ``> content`` and of the rest (its ring) on pixels ``>= air`` (the
+    reference the search's shortcuts must equal; checked pixel by pixel below)."""
+    from synth.anatomy import _shares
+
+    inside = _shares(pts[:, :n_obj], txs, tys, padded, w, h, content, False)
+    n_ring = pts.shape[1] - n_obj
+    ring = _shares(pts[:, n_obj:], txs, tys, padded, w, h, air, True) if n_ring else np.ones(len(txs))
+    return inside, ring
+
+
 def test_first_acceptable_is_the_first_passing_translation_of_the_full_lookup() -> None:
     """The fallbacks' test (the ring looked up only where the object passes) picks the same
     translation with the same shares as testing object and ring at every translation; and
     fractions_on's shares are those of each translation looked up on its own."""
     from types import SimpleNamespace
 
-    from synth.anatomy import _first_acceptable, fractions_on, padded_frame
+    from synth.anatomy import _first_acceptable, padded_frame
 
     rng = np.random.default_rng(5)
     found = 0
@@ -324,8 +336,7 @@ def test_first_acceptable_is_the_first_passing_translation_of_the_full_lookup() 
 def _sequential_search(info, points, params, extra, src_shape, image, pl, scale_low, max_shift):
     """The placement search written plainly: group after group, each tested with fractions_on
     at every translation (the reference search_placement's answers, shares and tries must equal)."""
-    from synth.anatomy import (_MOVE_STEPS, PlacementResult, _clip, content_centre, fractions_on, padded_frame,
-                               shift_bounds)
+    from synth.anatomy import _MOVE_STEPS, PlacementResult, _clip, content_centre, padded_frame, shift_bounds
     from synth.transforms import forward_affine
 
     h, w = image.shape
