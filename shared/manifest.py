@@ -61,8 +61,9 @@ def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2) -> 
     write_text_atomic(path, dumps(obj, indent=indent) + "\n")
 
 
-def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    write_text_atomic(path, "".join(dumps(r) + "\n" for r in records))
+def jsonl_text(records: Iterable[dict[str, Any]]) -> str:
+    """JSON lines: one canonical :func:`dumps` per record, each ending in a newline."""
+    return "".join(dumps(r) + "\n" for r in records)
 
 
 def read_json(path: str | Path) -> Any:
@@ -160,10 +161,7 @@ def write_dataset(root: str | Path, info: dict[str, Any], records: Iterable[dict
     """
     root = Path(root)
     info = {**info, "build_id": compute_build_id(info)}  # the generation readers pin
-    if isinstance(records, str):
-        write_text_atomic(root / SAMPLES_FILE, records)
-    else:
-        write_jsonl_atomic(root / SAMPLES_FILE, records)
+    write_text_atomic(root / SAMPLES_FILE, records if isinstance(records, str) else jsonl_text(records))
     info = {k: v for k, v in info.items() if k not in ("_about", "_sample_fields")}
     write_json_atomic(root / DATASET_FILE, {"_about": describe_dataset(info), "_sample_fields": SAMPLE_FIELDS,
                                             **info})

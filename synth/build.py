@@ -39,7 +39,7 @@ import numpy as np
 from shared.errors import ConfigError, DataError
 from shared.fileio import atomic_write_text, read_json
 from shared.locks import LOCK_FILE
-from shared.manifest import dumps
+from shared.manifest import dumps, jsonl_text
 from shared.shards import DATASET_FILE, SHARDS_DIR, ShardWriter, shard_relpath
 from synth.buildspec import (BuildSummary, Job, Log, Part, count_samples, diff_keys, identity_key, log_to_stderr,
                              part_info, part_shards, plan_shards)
@@ -203,7 +203,6 @@ def build_shard(job: ShardJob, k: int, progress: Callable[[int], None] | None = 
         result = writer.close()
     entry = {"path": rel, "start": start, "count": count, "sha256": result.sha256, "bytes": result.bytes}
     # the records as samples.jsonl's lines: finalize joins the sidecars without decoding them again
-    sidecar = {"shard": entry, "records_jsonl": "".join(dumps(r) + "\n" for r in records),
-               **producer.extra_shard_info()}
+    sidecar = {"shard": entry, "records_jsonl": jsonl_text(records), **producer.extra_shard_info()}
     atomic_write_text(shard_sidecar(job.out, k), dumps(sidecar, indent=None) + "\n")
     return {"k": k, "count": count, "bytes": result.bytes}

@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.errors import DataError
 from shared.fileio import read_json
-from shared.manifest import SCHEMA_VERSION, dumps, tool_version, write_dataset
+from shared.manifest import SCHEMA_VERSION, jsonl_text, tool_version, write_dataset
 from synth.buildspec import PATH_KEYS, Job, Part, part_info
 from synth.outdir import shard_sidecar
 
@@ -25,7 +25,7 @@ def finalize(job: Job, plan, shards: range, part: Part | None, key: str) -> None
         if "records_jsonl" in sidecar:
             lines.append(sidecar["records_jsonl"])
         else:  # a sidecar written before 2026-11-26 (a build resumed across the change)
-            lines.append("".join(dumps(r) + "\n" for r in sidecar["records"]))
+            lines.append(jsonl_text(sidecar["records"]))
         geometry.update(sidecar.get("geometry") or {})
     info = dataset_info(job, entries, key, part=part_info(part, plan, shards), geometry=geometry)
     write_dataset(out, info, "".join(lines))
