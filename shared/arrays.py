@@ -11,8 +11,8 @@ def row_counts(mask: np.ndarray) -> np.ndarray:
     (slices, pixels) mask: numpy converts to a wider type first, OpenCV sums the bytes in SIMD.
     """
     rows = np.ascontiguousarray(mask).view(np.uint8)
-    if rows.ndim != 2 or rows.shape[1] >= 1 << 31 or rows.shape[0] == 0:  # int32 sums; empty input
-        return np.count_nonzero(rows, axis=1).astype(np.int64) if rows.ndim == 2 else np.count_nonzero(rows)
+    if rows.shape[1] >= 1 << 31 or rows.size == 0:  # OpenCV sums in int32 and wants a non-empty array
+        return np.count_nonzero(rows, axis=1).astype(np.int64)
     import cv2
 
     return cv2.reduce(rows, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel().astype(np.int64)
