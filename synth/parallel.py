@@ -25,6 +25,7 @@ the task function depends only on its task and the state.
 """
 from __future__ import annotations
 
+import multiprocessing.pool
 import signal
 import threading
 from contextlib import contextmanager
@@ -92,7 +93,7 @@ def map_tasks(fn: TaskFn, tasks: Sequence[Any], *, workers: int, state: Any = No
         init_state = state if forked or spawn_state is None else None
         initargs = (fn, init_state, spawn_state, counter, not forked)
         try:
-            with ctx.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+            with _QuietPool(workers, initializer=_init_worker, initargs=initargs, context=ctx) as pool:
                 run = pool.imap if ordered else pool.imap_unordered
                 yield from run(_run_task, tasks)
         finally:
@@ -102,6 +103,21 @@ def map_tasks(fn: TaskFn, tasks: Sequence[Any], *, workers: int, state: Any = No
 
 def _ignore(_n: int) -> None:
     pass
+
+
+class _QuietPool(multiprocessing.pool.Pool):
+    """``multiprocessing.Pool`` whose worker-handler thread does not spin while results are in transit.
+
+    Since Python 3.8 (bpo-35493) the pool's worker handler sleeps in ``wait()`` on the workers'
+    sentinels, a change notifier *and the result pipe*; it never reads that pipe, so from the first
+    byte of a result until the result thread has read the last one, ``wait()`` returns at once and
+    the thread loops. Scans send megabytes per volume (the pool candidates): with 2 workers on 2
+    cores the loop took 1.45 s of CPU out of a 7.4 s image pass of 240 patients. Here it waits on
+    the workers and the notifier only; the notifier is also what wakes it when the task cache
+    drains after ``close()`` (``_PoolCache``), so nothing else needs the pipe."""
+
+    def _get_sentinels(self) -> list:
+        return [self._change_notifier._reader]
 
 
 class _Poller:

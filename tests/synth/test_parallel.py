@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 from functools import partial
 from typing import Callable
 
@@ -70,3 +71,30 @@ def test_spawned_workers_rebuild_their_state(monkeypatch: pytest.MonkeyPatch) ->
     out = list(map_tasks(_scaled, [1, 2, 3], workers=2, state={"factor": 0},  # never pickled
                          spawn_state=partial(_factor_state, 5)))
     assert [(t, v) for t, v, _ in out] == [(1, 5), (2, 10), (3, 15)]
+
+
+def _big_result(_worker: Worker, task: int) -> bytes:
+    return bytes([task]) * (4 << 20)  # megabytes per result, like a scan's pool candidates
+
+
+def test_large_results_arrive_whole_and_in_order() -> None:
+    out = list(map_tasks(_big_result, range(6), workers=2))
+    assert [(len(b), b[0], b[-1]) for b in out] == [(4 << 20, t, t) for t in range(6)]
+
+
+def _slow_negate(task: int) -> int:
+    time.sleep(0.05)
+    return -task
+
+
+def test_the_worker_handler_does_not_wait_on_the_result_pipe() -> None:
+    """CPython's pool handler also waits on the result pipe and spins while a result is in transit
+    (synth/parallel.py, _QuietPool); ours waits on the change notifier (and worker sentinels) only,
+    polling every 0.1 s, so ``close(); join()`` still ends once the task cache drains."""
+    with parallel._QuietPool(2, context=parallel.context()) as pool:
+        assert pool._outqueue._reader not in pool._get_sentinels()
+        assert pool.map(abs, [-1, -2, -3]) == [1, 2, 3]
+        pending = pool.map_async(_slow_negate, range(8))  # still running when close() is called
+        pool.close()
+        pool.join()  # would hang if the handler never woke after the cache drained
+        assert pending.get(timeout=5) == [-t for t in range(8)]
