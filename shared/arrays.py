@@ -16,3 +16,14 @@ def row_counts(mask: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.reduce(rows, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel().astype(np.int64)
+
+
+def slice_class_counts(label: np.ndarray, num_classes: int) -> np.ndarray:
+    """(S, num_classes) int64 pixel counts of each class in each slice of a (S, R, C) label."""
+    S = label.shape[0]
+    label = label.reshape(S, -1)
+    counts = np.zeros((S, num_classes), dtype=np.int64)
+    for c in range(1, num_classes):  # one uint8 pass per class: cheaper than a 64-bit bincount
+        counts[:, c] = row_counts(label == c)
+    counts[:, 0] = label.shape[1] - counts[:, 1:].sum(axis=1)
+    return counts

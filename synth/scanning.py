@@ -34,8 +34,7 @@ from shared.hashing import sha256_array, sha256_file
 from synth.parallel import Worker, context, map_tasks
 from shared.intensity import ExactSliceMinMax, intensity_chunks
 from synth.pool import EncodedSlice, PoolSampler, encode_minmax_slice, encode_slice, pool_key
-from synth.selection import (BACKGROUND_MIN_CONTENT, VolumeScan, content_fraction, content_fraction_exact,
-                             slice_class_counts)
+from synth.selection import BACKGROUND_MIN_CONTENT, VolumeScan, content_fraction, content_fraction_exact
 
 def relpath(path: Path, root: Path | None) -> str:
     try:
@@ -83,9 +82,8 @@ def _current_threshold(threshold: Any) -> int:
 def _label_task(_worker: Worker, args: tuple) -> dict[str, Any]:
     """Pass 1: one case's labels -> per-slice class counts, label shape, file hashes."""
     source, case = args
-    labels = source.load_labels(case)
-    out: dict[str, Any] = {"case": case, "shape": tuple(int(s) for s in labels.shape),
-                           "counts": slice_class_counts(labels, len(source.class_names))}
+    shape, counts = source.label_counts(case)
+    out: dict[str, Any] = {"case": case, "shape": shape, "counts": counts}
     if source.files(case):
         out["files"], out["hashes"] = hash_case_files(source, case)
     return out

@@ -35,7 +35,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from shared.arrays import row_counts
+from shared.arrays import slice_class_counts
 from shared.errors import ConfigError, DataError
 from shared.intensity import ExactSliceMinMax
 from shared.volume import Volume
@@ -105,17 +105,6 @@ def scan_volume(volume: Volume) -> VolumeScan:
     """Class pixel counts and content fraction for every slice, vectorised over the volume."""
     counts = slice_class_counts(volume.label, len(volume.class_names))
     return VolumeScan(volume.volume_id, counts, content_fraction(volume.image))
-
-
-def slice_class_counts(label: np.ndarray, num_classes: int) -> np.ndarray:
-    """(S, num_classes) int64 pixel counts of each class in each slice of a (S, R, C) label."""
-    S = label.shape[0]
-    label = label.reshape(S, -1)
-    counts = np.zeros((S, num_classes), dtype=np.int64)
-    for c in range(1, num_classes):  # one uint8 pass per class: cheaper than a 64-bit bincount
-        counts[:, c] = row_counts(label == c)
-    counts[:, 0] = label.shape[1] - counts[:, 1:].sum(axis=1)
-    return counts
 
 
 def content_fraction(image: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from shared.arrays import slice_class_counts
 from shared.classmaps import ClassMap
 from shared.errors import DataError
 from shared.volume import Volume
@@ -48,6 +49,13 @@ class Source:
         """The label volume alone, uint8 (S, R, C) task classes (the first, cheap pass of a scan:
         label files are small). Sources with separate label files override this."""
         return self.load(case_id).label
+
+    def label_counts(self, case_id: str) -> tuple[tuple[int, ...], np.ndarray]:
+        """The label volume's (S, R, C) shape and its (S, classes) per-slice class pixel counts:
+        ``slice_class_counts(load_labels(case_id))``. Sources with label files count the raw codes
+        (``ClassMap.slice_counts``: no mapped copy of the volume)."""
+        labels = self.load_labels(case_id)
+        return tuple(int(n) for n in labels.shape), slice_class_counts(labels, len(self.class_names))
 
     def image_chunks(self, case_id: str, chunk: int = 8) -> tuple[tuple[int, ...], Iterator[tuple[int, np.ndarray]]]:
         """The image volume's (S, R, C) shape and an iterator of ``(k0, float32 slices k0..k0+n)``,

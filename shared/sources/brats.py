@@ -14,7 +14,8 @@ from shared.errors import ConfigError, DataError
 from shared.intensity import SLICE_MINMAX, validate_preset
 from shared.sources.base import Source, layout_hint, require_dir
 from shared.sources.io import nifti_shape
-from shared.sources.nifti_pair import load_pair, read_image_chunks, read_label_slices, read_labels, read_raw_image
+from shared.sources.nifti_pair import (load_pair, read_image_chunks, read_label_counts, read_label_slices, read_labels,
+                                      read_raw_image)
 from shared.volume import Volume
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -84,6 +85,9 @@ class BratsSource(Source):
 
     def load_labels(self, case_id: str):
         return read_labels(self, self.files(case_id)[1])
+
+    def label_counts(self, case_id: str):
+        return read_label_counts(self, self.files(case_id)[1])
 
     def image_chunks(self, case_id: str, chunk: int = 8):
         return read_image_chunks(self, self.files(case_id)[0], chunk)

@@ -28,6 +28,12 @@ def read_labels(source: Source, label_file: Path):
     return to_slice_first(source.classmap.apply(raw_label, str(label_file)))
 
 
+def read_label_counts(source: Source, label_file: Path):
+    """The label file alone -> ((S, R, C), (S, classes) counts) (see ``Source.label_counts``)."""
+    raw = to_slice_first(read_nifti_array(label_file))
+    return tuple(int(n) for n in raw.shape), source.classmap.slice_counts(raw, str(label_file))
+
+
 def read_label_slices(source: Source, label_file: Path, slices: list[int]) -> dict:
     """Some slices of the label file -> {k: uint8 (R, C) task classes}; the class map is applied to
     those slices only (elementwise: the same values as mapping the whole volume)."""
@@ -72,6 +78,9 @@ class PairedNiftiSource(Source):
 
     def load_labels(self, case_id: str):
         return read_labels(self, self.files(case_id)[1])
+
+    def label_counts(self, case_id: str):
+        return read_label_counts(self, self.files(case_id)[1])
 
     def image_chunks(self, case_id: str, chunk: int = 8):
         return read_image_chunks(self, self.files(case_id)[0], chunk)

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from shared.arrays import slice_class_counts
 from shared.errors import ConfigError, DataError
 from shared.intensity import apply_intensity, validate_preset
 from shared.sources import open_described, open_source, preprocess_raw, read_nifti
@@ -324,6 +325,8 @@ def test_streaming_reads_equal_load(tmp_path, brats_root):
                        "0005")):
         vol = src.load(case)
         assert np.array_equal(src.load_labels(case), vol.label)
+        shape, counts = src.label_counts(case)  # counted on the raw codes
+        assert shape == vol.label.shape and np.array_equal(counts, slice_class_counts(vol.label, len(src.class_names)))
         some = src.label_slices(case, [5, 0, 2])
         assert sorted(some) == [0, 2, 5] and all(np.array_equal(v, vol.label[k]) for k, v in some.items())
         shape, chunks = src.image_chunks(case, chunk=4)
@@ -356,8 +359,9 @@ def test_label_values_outside_the_class_map(tmp_path):
     label[1, 1, 1] = 14
     label[2, 2, 2] = 200
     root = _synapse_root(tmp_path, np.zeros((8, 8, 4), np.int16), label)
-    with pytest.raises(DataError, match=r"label0005\.nii\.gz: label values 14, 200 are outside the class map"):
-        open_source("synapse", root).load("0005")
+    for read in ("load", "label_counts"):
+        with pytest.raises(DataError, match=r"label0005\.nii\.gz: label values 14, 200 are outside the class map"):
+            getattr(open_source("synapse", root), read)("0005")
     neg = _write(tmp_path / "neg.nii.gz", np.full((4, 4, 2), -1, np.int16))
     _write(root / "RawData/Training/label/label0005.nii.gz", np.full((8, 8, 4), -1, np.int16))
     with pytest.raises(DataError, match=r"label values -1 are outside"):
@@ -371,8 +375,9 @@ def test_label_values_outside_the_class_map(tmp_path):
     case = tmp_path / "brats" / "HGG" / "Brats18_Y_1"
     _write(case / "Brats18_Y_1_flair.nii.gz", np.ones((8, 8, 4), np.float32))
     _write(case / "Brats18_Y_1_seg.nii.gz", np.full((8, 8, 4), 5, np.uint8))
-    with pytest.raises(DataError, match=r"Brats18_Y_1_seg\.nii\.gz: label values 5"):
-        open_source("brats", tmp_path / "brats").load("Brats18_Y_1")
+    for read in ("load", "label_counts"):
+        with pytest.raises(DataError, match=r"Brats18_Y_1_seg\.nii\.gz: label values 5"):
+            getattr(open_source("brats", tmp_path / "brats"), read)("Brats18_Y_1")
 
 
 def test_transunet_bad_inputs(tmp_path):
