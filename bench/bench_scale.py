@@ -8,9 +8,10 @@ for each ``--workers`` value, back to back:
 
 * ``read baseline``: read and decompress every FLAIR and label file of the cases the build
   reads, once, on the same number of processes: ``gzip`` (bytes -> stdlib ``gzip.decompress``),
-  ``nibabel`` (``np.asanyarray(nib.load(f).dataobj)``, what any NIfTI reader does) and ``isal``
-  (bytes -> ISA-L ``igzip.decompress``, what the build itself uses when the optional ``isal``
-  package is installed: the true floor for it);
+  ``nibabel`` (``np.asanyarray(nib.load(f).dataobj)``, what any NIfTI reader does), ``isal``
+  (bytes -> ISA-L ``igzip.decompress``, if installed) and ``libdeflate`` (bytes -> libdeflate's
+  ``gzip_decompress``, what the build itself uses when the fast-read extra is installed
+  (``shared/gunzip.py``): the true floor for it);
 * ``synth build --dataset brats --exemplars 150`` (default split train, 4500 samples) in a fresh
   process, its peak memory measured over the whole process tree (parent + workers) by polling
   ``/proc`` every 0.1 s: "peak PSS" (proportional set size: pages shared by forked workers counted
@@ -49,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine_info import cpu_model, ncpu  # noqa: E402
+from shared.gunzip import inflater_name  # noqa: E402
 
 
 def data_root() -> Path:
@@ -184,8 +186,18 @@ def _read_isal(paths: tuple[str, ...]) -> int:
     return n
 
 
+def _read_libdeflate(paths: tuple[str, ...]) -> int:
+    from deflate import gzip_decompress
+
+    n = 0
+    for p in paths:
+        with open(p, "rb") as f:
+            n += len(gzip_decompress(f.read()))
+    return n
+
+
 def read_baseline(files: list[tuple[str, ...]], workers: int, how: str) -> float:
-    fn = {"gzip": _read_gzip, "nibabel": _read_nibabel, "isal": _read_isal}[how]
+    fn = {"gzip": _read_gzip, "nibabel": _read_nibabel, "isal": _read_isal, "libdeflate": _read_libdeflate}[how]
     t0 = time.perf_counter()
     if workers == 1:
         for paths in files:
@@ -236,7 +248,8 @@ def main() -> None:
                          "runs right after the same baseline; default: after=this checkout)")
     ap.add_argument("--kill-above-gb", type=float, default=None)
     ap.add_argument("--baseline", default="gzip,nibabel,isal",
-                    help="read baselines: gzip (stdlib), nibabel, isal (ISA-L inflate, the optional fast-read extra)")
+                    help="read baselines: gzip (stdlib), nibabel, isal (ISA-L inflate, if installed), libdeflate "
+                         "(the fast-read extra, what the build uses)")
     ap.add_argument("--json", type=Path, default=None, help="append result rows here (JSON lines)")
     ap.add_argument("--keep", type=Path, default=None, help="make the cohorts here instead of a temp folder")
     ap.add_argument("--pool-sizes", default=None, metavar="N,N,...",
@@ -252,7 +265,7 @@ def main() -> None:
     codes = [tuple(c.split("=", 1)) for c in (args.code or [f"after={ROOT}"])]
     rows = []
     print(f"# {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {cpu_model()}, "
-          f"{ncpu()} CPUs, codes {codes}", flush=True)
+          f"{ncpu()} CPUs, codes {codes}, inflater {inflater_name()}", flush=True)
     try:
         for patients in (int(x) for x in args.cohorts.split(",")):
             copies = max(1, patients // 30)

@@ -10,15 +10,15 @@ from typing import Any
 import numpy as np
 
 from shared.errors import DataError
+from shared.gunzip import GZIP_MAX_RATIO, gunzip
 from shared.intensity import apply_intensity
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # A header can claim any size; it is checked before any voxel is read or allocated.
 MAX_VOXELS_ENV = "EXEMPLAR_SAM_MAX_VOXELS"
 DEFAULT_MAX_VOXELS = 1 << 30  # ~1.07e9 voxels (4 GB as float32); a 512x512x1000 CT is 2.6e8
-# deflate never compresses better than ~1032:1, so a .nii.gz smaller than its voxel data / 1032
-# cannot hold that data (a 1 KB file claiming 1200^3 voxels is truncated or lying).
-GZIP_MAX_RATIO = 1032
+# GZIP_MAX_RATIO: deflate never compresses better than ~1032:1, so a .nii.gz smaller than its voxel
+# data / 1032 cannot hold that data (a 1 KB file claiming 1200^3 voxels is truncated or lying).
 
 
 
@@ -68,17 +68,13 @@ def read_nifti_array(path: str | Path) -> np.ndarray:
     Why: nibabel streams a .nii.gz through GzipFile in small blocks and copies the result; this
     costs ~20-30 % of a BraTS volume's read time on top of the decompression itself (streaming
     scans read every volume of a dataset once). Scaled data (scl_slope/scl_inter), a non-native
-    byte order, NIfTI-2 or .hdr/.img pairs go through :func:`read_nifti` unchanged. With the
-    optional ``isal`` package (``pip install exemplar-sam[fast-read]``) the gzip stream is inflated
-    by ISA-L (same bytes, CRC checked, ~1.7x faster).
+    byte order, NIfTI-2 or .hdr/.img pairs go through :func:`read_nifti` unchanged. The gzip
+    stream is inflated by the fastest inflater installed (:mod:`shared.gunzip`: with the extra
+    ``fast-read``, libdeflate, ~3x zlib on BraTS volumes; same bytes, CRC checked).
     """
     import gzip
     import io
 
-    try:  # optional extra "fast-read": ISA-L's inflate, ~1.7x zlib's on BraTS volumes, same bytes
-        from isal.igzip import decompress as gunzip
-    except ImportError:
-        gunzip = gzip.decompress
     import nibabel as nib
     from nibabel.spatialimages import HeaderDataError
 
