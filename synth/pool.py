@@ -116,6 +116,41 @@ class EncodedSlice:
         return int(self.data.nbytes)
 
 
+@dataclass(frozen=True)
+class CroppedSlice:
+    """An :class:`EncodedSlice` in transit from a scan worker to the parent: only the bounding box
+    of its nonzero levels (everything outside is zero bytes). Candidate slices cross the process
+    boundary pickled, and a BraTS background slice's box is ~1/5 of the slice (the head on a
+    black field), so ~5x fewer bytes to pickle, pipe and unpickle; the parent keeps the crops
+    while the pool sample is open and restores the slices it keeps (:meth:`restore`, the same bytes)."""
+
+    data: np.ndarray  # the levels inside the box
+    top_left: tuple[int, int]  # (row, column) of the box in the slice
+    shape: tuple[int, int]  # the whole slice's (rows, columns)
+    scale: float
+
+    @classmethod
+    def of(cls, encoded: EncodedSlice) -> "CroppedSlice":
+        data = encoded.data
+        if data.dtype in (np.uint8, np.uint16) and data.ndim == 2 and data.size:  # OpenCV: ~3x numpy's any()
+            import cv2
+
+            c0, r0, width, height = cv2.boundingRect(cv2.compare(data, 0, cv2.CMP_GT))
+            r1, c1 = r0 + height, c0 + width
+        else:
+            nonzero = data.view(f"u{data.itemsize}") != 0  # bitwise: a float32 -0.0 is kept
+            rows, cols = np.flatnonzero(nonzero.any(axis=1)), np.flatnonzero(nonzero.any(axis=0))
+            r0, r1, c0, c1 = ((int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1) if rows.size
+                              else (0, 0, 0, 0))
+        return cls(data[r0:r1, c0:c1].copy(), (r0, c0), (int(data.shape[0]), int(data.shape[1])), encoded.scale)
+
+    def restore(self) -> EncodedSlice:
+        full = np.zeros(self.shape, dtype=self.data.dtype)
+        r0, c0 = self.top_left
+        full[r0:r0 + self.data.shape[0], c0:c0 + self.data.shape[1]] = self.data
+        return EncodedSlice(full, self.scale)
+
+
 def encode_slice(image: np.ndarray) -> EncodedSlice:
     """The smallest exact form of a float32 slice in [0, 1] (see the module docstring); ~6 passes
     over the slice when it encodes (the usual case), a few more when it does not."""

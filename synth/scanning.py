@@ -10,7 +10,9 @@ progress bar in volumes:
    fraction (the background rule), the exemplar slices (plus their labels, read again only for
    volumes holding an exemplar) and the background candidates whose key can still make the
    seeded pool sample (:class:`synth.pool.PoolSampler`; its threshold is shared with the workers),
-   stored exactly and compactly (``synth.pool.encode_slice``). Integer scans under the per-slice
+   stored exactly and compactly (``synth.pool.encode_slice``); worker processes send each one as
+   its nonzero box (``synth.pool.CroppedSlice``, ~1/5 of a BraTS slice) and the parent restores
+   the slices it keeps. Integer scans under the per-slice
    min-max preset (BraTS FLAIR) take an exact shortcut: the content fractions come from integer
    passes over the raw volume and only the kept slices are made float32 (``_scan_integers``; the
    same numbers and encodings as the float32 chunks).
@@ -33,7 +35,7 @@ from shared.errors import DataError
 from shared.hashing import sha256_array, sha256_file
 from synth.parallel import Worker, context, map_tasks
 from shared.intensity import ExactSliceMinMax, intensity_chunks
-from synth.pool import EncodedSlice, PoolSampler, encode_minmax_slice, encode_slice, pool_key
+from synth.pool import CroppedSlice, EncodedSlice, PoolSampler, encode_minmax_slice, encode_slice, pool_key
 from synth.selection import BACKGROUND_MIN_CONTENT, VolumeScan, content_fraction, content_fraction_exact
 
 def relpath(path: Path, root: Path | None) -> str:
@@ -105,6 +107,8 @@ def _image_task(worker: Worker, args: tuple) -> dict[str, Any]:
     else:
         content, images, backgrounds = _scan_chunks(shape, chunks, exemplar_ks, candidates, worker)
     want = set(exemplar_ks)
+    if worker.separate_process:  # pickled to the parent: only each candidate's nonzero box (~1/5 on BraTS)
+        backgrounds = [(key, k, CroppedSlice.of(encoded)) for key, k, encoded in backgrounds]
     out: dict[str, Any] = {"case": case, "content": content, "backgrounds": backgrounds, "exemplars": {}}
     if want:
         labels = source.label_slices(case, sorted(want))
@@ -232,7 +236,9 @@ def _stream_scan(source: Any, cases: list[str], workers: int, progress: bool,
             threshold.value = sampler.threshold
     scans = [VolumeScan(s.volume_id, s.counts, contents[s.volume_id]) for s in label_scans]
     fingerprint = {"algorithm": "sha256", "files": dict(sorted(files.items())), "arrays": dict(sorted(arrays.items()))}
-    return StreamScan(scans, exemplar_slices, sampler.items(), fingerprint, hashes, chosen, sampler.offered)
+    backgrounds = {ref: item.restore() if isinstance(item, CroppedSlice) else item
+                   for ref, item in sampler.items().items()}
+    return StreamScan(scans, exemplar_slices, backgrounds, fingerprint, hashes, chosen, sampler.offered)
 
 
 def _shared_threshold(workers: int, n_tasks: int):

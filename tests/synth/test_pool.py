@@ -103,3 +103,20 @@ def test_store_in_bank_decodes_on_access():
     assert bank.background_info[SliceRef("a", 1)].position == 1.0
     assert store.nbytes == 2 * 32 * 32 * 2 and store.dtypes() == {"uint16": 2}
 
+
+
+def test_cropped_slices_restore_the_same_bytes():
+    from synth.pool import CroppedSlice, EncodedSlice
+
+    rng = np.random.default_rng(5)
+    head = np.zeros((30, 40), np.uint16)
+    head[7:21, 12:33] = rng.integers(0, 3000, (14, 21))  # zeros inside the box stay inside it
+    floats = np.zeros((30, 40), np.float32)
+    floats[3, 5], floats[20, 30] = -0.0, 0.25  # a negative zero is not a zero byte: kept in the box
+    for enc, box in ((EncodedSlice(head, 2999.0), (14, 21)), (EncodedSlice(head.astype(np.uint8), 255.0), (14, 21)),
+                     (EncodedSlice(floats, 0.0), (18, 26)), (EncodedSlice(np.zeros((30, 40), np.uint8), 1.0), (0, 0))):
+        cropped = CroppedSlice.of(enc)
+        assert cropped.data.shape == box
+        back = cropped.restore()
+        assert back.data.dtype == enc.data.dtype and back.scale == enc.scale
+        assert np.array_equal(back.data.view(np.uint8), enc.data.view(np.uint8))

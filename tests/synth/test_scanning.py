@@ -12,11 +12,11 @@ from synth import scanning
 from synth.scanning import stream_scan
 
 
-def _scan(source, cases):
+def _scan(source, cases, workers: int = 1):
     def choose(label_scans, _hashes):  # two exemplar slices with foreground per case
         return [(s.volume_id, int(k)) for s in label_scans for k in np.flatnonzero(s.foreground > 0)[:2]]
 
-    return stream_scan(source, cases, workers=1, progress=False, choose=choose, pool_size=60, pool_seed=3,
+    return stream_scan(source, cases, workers=workers, progress=False, choose=choose, pool_size=60, pool_seed=3,
                        keep_backgrounds=True)
 
 
@@ -71,3 +71,18 @@ def test_reusing_freed_memory_changes_no_result(brats_root):
         again = _scan(source, cases)
     assert [s.content.tolist() for s in tuned.scans] == [s.content.tolist() for s in again.scans]
     assert list(tuned.backgrounds) == list(again.backgrounds)
+
+
+def test_two_workers_send_cropped_candidates_and_give_the_same_scan(brats_root, tmp_path, monkeypatch):
+    """Worker processes pickle each candidate's nonzero box (synth.pool.CroppedSlice); the parent
+    restores the slices it keeps: the same pool, bytes and order as one worker in this process."""
+    cases = open_source("brats", brats_root).case_ids()[:3]
+    source = open_source("brats", _int16_copy(brats_root, tmp_path / "brats16", cases))
+    one, two = _scan(source, cases, workers=1), _scan(source, cases, workers=2)
+    assert one.chosen == two.chosen and list(one.backgrounds) == list(two.backgrounds)
+    for ref, enc in one.backgrounds.items():
+        got = two.backgrounds[ref]
+        assert type(got) is type(enc) and (got.data.dtype, got.data.shape, got.scale) == (enc.data.dtype, enc.data.shape, enc.scale)
+        assert np.array_equal(got.data, enc.data)
+    for a, b in zip(one.scans, two.scans):
+        assert np.array_equal(a.content, b.content) and np.array_equal(a.counts, b.counts)
