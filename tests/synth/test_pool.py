@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from shared.intensity import SLICE_MINMAX, ExactSliceMinMax, apply_intensity
 from synth.bank import SliceBank, SliceRef
@@ -120,3 +121,29 @@ def test_cropped_slices_restore_the_same_bytes():
         back = cropped.restore()
         assert back.data.dtype == enc.data.dtype and back.scale == enc.scale
         assert np.array_equal(back.data.view(np.uint8), enc.data.view(np.uint8))
+
+
+def test_levels_within_the_scale_skip_the_banks_range_check():
+    """A slice stored as integer levels <= scale decodes into [0, 1]: the bank does not decode it to
+    check it; anything else is still checked (and a bad one refused)."""
+    from shared.errors import DataError
+    from synth.pool import EncodedSlice
+
+    ok = EncodedSlice(np.array([[0, 7], [300, 300]], np.uint16), 300.0)
+    over = EncodedSlice(np.array([[0, 7], [301, 300]], np.uint16), 300.0)
+    assert ok.in_unit_range and not over.in_unit_range
+    assert not EncodedSlice(np.zeros((2, 2), np.uint8), 0.0).in_unit_range  # 0 / 0 would be NaN
+    assert not EncodedSlice(np.full((2, 2), 0.5, np.float32), 0.0).in_unit_range
+    assert np.all((ok.decode() >= 0) & (ok.decode() <= 1))
+    checked = []
+    store = BackgroundStore()
+    store.add("a", ok)
+    store.add("b", encode_slice(np.array([[0.0, 0.3], [0.7, 1.0]], np.float32)))  # uint8 levels: skipped too
+    store.add("c", EncodedSlice(np.array([[0.0, 0.3], [0.7, 1.0]], np.float32), 0.0))  # float32: checked
+    store.validate(lambda ref, img: checked.append(ref) or img)
+    assert checked == ["c"]
+    bad = BackgroundStore()
+    bad.add(SliceRef("v", 1), over)
+    with pytest.raises(DataError, match=r"background .*values must be finite and in \[0, 1\]"):
+        SliceBank(exemplars={SliceRef("v", 0): (np.zeros((4, 4), np.float32), np.ones((4, 4), np.uint8))},
+                  backgrounds=bad, class_names=("background", "tumour"))
