@@ -179,12 +179,10 @@ class SliceBank:
         key = (ref, threshold)
         bits = self._content_bits_cache.get(key)
         if bits is None:
-            mask = self.background(ref) > threshold
-            rows = np.flatnonzero(mask.any(axis=1))
-            cols = np.flatnonzero(mask.any(axis=0))
-            self._content_bbox[key] = (None if rows.size == 0 else
-                                       (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])))
-            self._content_area[key] = int(np.count_nonzero(mask))
+            b = self._backgrounds
+            mask = b.above(ref, threshold) if isinstance(b, BackgroundStore) else self.background(ref) > threshold
+            self._content_area[key] = area = int(np.count_nonzero(mask))
+            self._content_bbox[key] = _mask_bbox(mask) if area else None
             bits = self._content_bits_cache[key] = np.packbits(mask.ravel())
         return bits
 
@@ -221,6 +219,15 @@ class SliceBank:
         """Bounding box (y0, y1, x0, x1) of a background slice's content (pixels > threshold)."""
         self._content_bits(ref, threshold)
         return self._content_bbox[(ref, threshold)]
+
+
+def _mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1), inclusive, of a 2D bool mask with at least one True pixel (OpenCV's
+    bounding rectangle: one pass, ~3x numpy's two any() reductions)."""
+    import cv2
+
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask).view(np.uint8))
+    return y, y + h - 1, x, x + w - 1
 
 
 def _check_image(img: np.ndarray, what: str) -> np.ndarray:

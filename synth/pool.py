@@ -111,6 +111,29 @@ class EncodedSlice:
             return self.data
         return self.data.astype(np.float32) / np.float32(self.scale)
 
+    def above(self, threshold: float) -> np.ndarray:
+        """``decode() > threshold`` (bool), for integer levels without decoding: the decoded value
+        rises with the level, so the mask is ``data >= L`` for the first level ``L`` whose value is
+        above, found by decoding a few levels with the very same operations (a window around
+        ``threshold * scale``, checked by its bracket; every level up to the maximum otherwise)."""
+        data = self.data
+        if data.dtype == np.float32 or not self.scale > 0 or data.size == 0:
+            return self.decode() > threshold
+        guess = int(np.floor(float(threshold) * float(self.scale)))
+        window = np.arange(max(guess - 2, 0), max(guess + 4, 0), dtype=np.int64)
+        above = _decode_levels(window, self.scale) > threshold
+        if above.any() and (window[0] == 0 or not above[0]):  # the bracket: the first True follows a False
+            first = int(window[int(above.argmax())])
+        else:
+            top = np.arange(int(data.max()) + 1, dtype=np.int64)  # rare: search every level present
+            hits = np.flatnonzero(_decode_levels(top, self.scale) > threshold)
+            if hits.size == 0:
+                return np.zeros(data.shape, dtype=bool)
+            first = int(hits[0])
+        if first > np.iinfo(data.dtype).max:
+            return np.zeros(data.shape, dtype=bool)
+        return data >= data.dtype.type(first)
+
     @property
     def nbytes(self) -> int:
         return int(self.data.nbytes)
@@ -157,6 +180,11 @@ class CroppedSlice:
         r0, c0 = self.top_left
         full[r0:r0 + self.data.shape[0], c0:c0 + self.data.shape[1]] = self.data
         return EncodedSlice(full, self.scale)
+
+
+def _decode_levels(levels: np.ndarray, scale: float) -> np.ndarray:
+    """:meth:`EncodedSlice.decode`'s arithmetic on given levels (float32 level / float32 scale)."""
+    return levels.astype(np.float32) / np.float32(scale)
 
 
 def encode_slice(image: np.ndarray) -> EncodedSlice:
@@ -268,6 +296,10 @@ class BackgroundStore(Mapping):
 
     def __getitem__(self, ref: Any) -> np.ndarray:
         return self._slices[ref].decode()
+
+    def above(self, ref: Any, threshold: float) -> np.ndarray:
+        """``self[ref] > threshold`` (bool), mostly without decoding (:meth:`EncodedSlice.above`)."""
+        return self._slices[ref].above(threshold)
 
     def shape(self, ref: Any) -> tuple[int, int]:
         """A slice's (height, width), without decoding it."""

@@ -226,10 +226,13 @@ def test_eligible_backgrounds_match_the_per_slice_rule_and_decode_each_slice_onc
                                     {(r.volume, r.slice): src.background(r) for r in src.background_refs},
                                     src.class_names))
     decodes.clear()
+    looks: list[int] = []  # content masks: EncodedSlice.above (integer levels: no decode at all)
+    above = EncodedSlice.above
     monkeypatch.setattr(EncodedSlice, "decode", lambda self: decodes.append(1) or original(self))
+    monkeypatch.setattr(EncodedSlice, "above", lambda self, t: looks.append(1) or above(self, t))
     for base in fresh.bank.exemplar_refs:
         fresh.eligible_backgrounds(base, pl, 0.8)
-    assert len(decodes) == len(fresh.bank.background_refs)
+    assert len(looks) == len(fresh.bank.background_refs) and len(decodes) <= len(looks)
 
 
 def test_content_centre_is_opencv_moments_centroid_exactly() -> None:

@@ -147,3 +147,21 @@ def test_levels_within_the_scale_skip_the_banks_range_check():
     with pytest.raises(DataError, match=r"background .*values must be finite and in \[0, 1\]"):
         SliceBank(exemplars={SliceRef("v", 0): (np.zeros((4, 4), np.float32), np.ones((4, 4), np.uint8))},
                   backgrounds=bad, class_names=("background", "tumour"))
+
+
+def test_above_equals_comparing_the_decoded_slice():
+    """EncodedSlice.above(t) is decode() > t without the decode: every scale, dtype and threshold
+    kind, and thresholds exactly on a level's value."""
+    from synth.pool import EncodedSlice
+
+    rng = np.random.default_rng(11)
+    for trial in range(400):
+        scale = int(rng.integers(1, 65536))
+        dtype = np.uint8 if scale <= 255 and trial % 2 else np.uint16
+        top = min(scale, np.iinfo(dtype).max)
+        enc = EncodedSlice(rng.integers(0, top + 1, (9, 7)).astype(dtype), float(scale))
+        on_levels = [float(np.float32(L) / np.float32(scale)) for L in (0, 1, scale // 2, scale - 1, top)]
+        for thr in (0.0, 0.02, float(rng.random()), 1.0, -0.5, np.float32(0.02), np.float64(0.3), *on_levels):
+            assert np.array_equal(enc.above(thr), enc.decode() > thr), (scale, thr)
+    floats = EncodedSlice(np.array([[0.0, 0.5], [0.01, 1.0]], np.float32), 0.0)
+    assert floats.above(0.02).tolist() == [[False, True], [False, True]]
