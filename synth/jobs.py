@@ -23,7 +23,7 @@ from synth.exemplar_list import ExemplarList, select_exemplars
 from synth.parallel import Worker
 from synth.pool import BackgroundInfo, encode_slice, sample_pool
 from synth.producers import PreloadedSlices, SliceProducer, SynthesisProducer
-from synth.scanning import hash_case_files, map_volumes, relpath, stream_scan
+from synth.scanning import ScanState, hash_case_files, map_volumes, relpath, stream_scan
 from synth.selection import ExemplarSpec
 from synth.synthesis_config import load_config
 
@@ -40,10 +40,11 @@ def parse_slice_ref(text: str, option: str = "--exclude-exemplar") -> tuple[str,
 # Reading volumes in parallel
 
 
-def _read_case(_worker: Worker, args: tuple) -> dict[str, Any]:
+def _read_case(worker: Worker, args: tuple) -> dict[str, Any]:
     """Worker: load one volume; return copies of the exemplar slices asked for (image, label), the
     background slices asked for as encoded background images, and the volume's fingerprint."""
-    source, case, exemplar_ks, background_ks = args
+    source = worker.state.source
+    case, exemplar_ks, background_ks = args
     vol = source.load(case)
     out: dict[str, Any] = {"case": case, "num_slices": vol.num_slices}
     inside = [k for k in sorted(set(exemplar_ks) | set(background_ks)) if 0 <= k < vol.num_slices]
@@ -62,8 +63,9 @@ def _read_case(_worker: Worker, args: tuple) -> dict[str, Any]:
 
 
 def read_cases(source: Any, tasks: Sequence[tuple], workers: int, progress: bool, desc: str) -> list[dict[str, Any]]:
-    """Run :func:`_read_case` over ``tasks`` on up to ``workers`` processes, results in order."""
-    return list(map_volumes(_read_case, tasks, workers, progress, desc))
+    """Run :func:`_read_case` over ``tasks`` ((case, exemplar slices, background slices)) on up to
+    ``workers`` processes, results in order."""
+    return list(map_volumes(_read_case, tasks, workers, progress, desc, ScanState(source)))
 
 
 def fingerprint_of(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -234,7 +236,7 @@ def _read_listed(source: Any, exemplars: Sequence[dict[str, Any]], pool: Sequenc
         ex.setdefault(e["volume"], set()).add(int(e["slice"]))
     for e in pool:
         bg.setdefault(e["volume"], set()).add(int(e["slice"]))
-    tasks = [(source, case, sorted(ex.get(case, ())), sorted(bg.get(case, ()))) for case in sorted(set(ex) | set(bg))]
+    tasks = [(case, sorted(ex.get(case, ())), sorted(bg.get(case, ()))) for case in sorted(set(ex) | set(bg))]
     results = read_cases(source, tasks, workers, progress, "reading exemplars")
     slices = {(r["case"], k): v for r in results for k, v in r["slices"].items()}
     stored = {(r["case"], k): v for r in results for k, v in r["backgrounds"].items()}
@@ -322,6 +324,6 @@ def load_slices(source: Any, refs: Sequence[tuple[str, int]], workers: int, prog
     for v in needed:
         if v not in known:
             raise DataError(f"{source.name} at {source.root}: volume {v!r} named by the dataset is missing")
-    tasks = [(source, case, sorted(ks), ()) for case, ks in sorted(needed.items())]
+    tasks = [(case, sorted(ks), ()) for case, ks in sorted(needed.items())]
     results = read_cases(source, tasks, workers, progress, "reading source slices")
     return {(r["case"], k): v for r in results for k, v in r["slices"].items()}

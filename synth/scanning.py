@@ -57,33 +57,43 @@ def hash_case_files(source: Any, case: str) -> tuple[dict[str, str], dict[str, s
 
 
 def map_volumes(fn: Callable[[Worker, tuple], Any], tasks: Sequence[tuple], workers: int, progress: bool, desc: str,
-                threshold: Any = None) -> Iterable[Any]:
+                state: Any = None) -> Iterable[Any]:
     """``fn(worker, task)`` over ``tasks`` on up to ``workers`` processes (:func:`synth.parallel.map_tasks`),
     results in task order (a generator: the caller consumes each result before the next arrives),
-    with a progress bar in volumes. ``threshold`` (the workers' state) is a shared
-    ``multiprocessing.Value`` for the pool sampler, or None."""
+    with a progress bar in volumes. ``state`` is the workers' state (:class:`ScanState`)."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(tasks), desc=desc, unit="vol", disable=not progress, leave=False, dynamic_ncols=True)
     try:
-        for res in map_tasks(fn, tasks, workers=workers, state=threshold):
+        for res in map_tasks(fn, tasks, workers=workers, state=state):
             yield res
             bar.update(1)
     finally:
         bar.close()
 
 
-def _current_threshold(threshold: Any) -> int:
-    return (1 << 64) - 1 if threshold is None else int(threshold.value)
+@dataclass(frozen=True)
+class ScanState:
+    """What every task of a pass shares, as the workers' state (inherited by forked workers,
+    pickled once per spawned one) rather than in each task: the source, whose pickle takes ~1.3 ms
+    to load (its table of case paths; 384 tasks for 240 patients), and the pool sampler's shared
+    threshold (a ``multiprocessing.Value``; None when nothing is sampled)."""
+
+    source: Any
+    threshold: Any = None
+
+
+def _current_threshold(state: ScanState) -> int:
+    return (1 << 64) - 1 if state.threshold is None else int(state.threshold.value)
 
 
 # --------------------------------------------------------------------------------------------
 # Worker tasks
 
 
-def _label_task(_worker: Worker, args: tuple) -> dict[str, Any]:
+def _label_task(worker: Worker, args: tuple) -> dict[str, Any]:
     """Pass 1: one case's labels -> per-slice class counts, label shape, file hashes."""
-    source, case = args
+    source, (case,) = worker.state.source, args
     shape, counts = source.label_counts(case)
     out: dict[str, Any] = {"case": case, "shape": shape, "counts": counts}
     if source.files(case):
@@ -94,7 +104,8 @@ def _label_task(_worker: Worker, args: tuple) -> dict[str, Any]:
 def _image_task(worker: Worker, args: tuple) -> dict[str, Any]:
     """Pass 2: one case's image -> content per slice, exemplar slices, pool candidates (the
     worker's state: the shared threshold of the pool sampler)."""
-    source, case, label_shape, exemplar_ks, candidates = args
+    source = worker.state.source
+    case, label_shape, exemplar_ks, candidates = args
     raw = source.raw_image(case)  # read once: the shortcut or the float32 chunks start from it
     if raw is None:
         shape, chunks = source.image_chunks(case)
@@ -199,8 +210,8 @@ def stream_scan(source: Any, cases: Sequence[str], *, workers: int, progress: bo
 def _stream_scan(source: Any, cases: list[str], workers: int, progress: bool,
                  choose: Callable[[list[VolumeScan], dict[str, str]], Iterable[tuple[str, int]]] | None,
                  pool_size: int | None, pool_seed: int, keep_backgrounds: bool) -> StreamScan:
-    label_results = list(map_volumes(_label_task, [(source, c) for c in cases], workers, progress,
-                                     f"labels {source.name}"))
+    label_results = list(map_volumes(_label_task, [(c,) for c in cases], workers, progress,
+                                     f"labels {source.name}", ScanState(source)))
     files: dict[str, str] = {}
     hashes: dict[str, str] = {}
     for r in label_results:
@@ -217,13 +228,14 @@ def _stream_scan(source: Any, cases: list[str], workers: int, progress: bool,
         if keep_backgrounds:
             free = np.flatnonzero(scan.foreground == 0)
             candidates = tuple((int(k), pool_key(pool_seed, r["case"], int(k))) for k in free)
-        tasks.append((source, r["case"], r["shape"], tuple(by_case.get(r["case"], ())), candidates))
+        tasks.append((r["case"], r["shape"], tuple(by_case.get(r["case"], ())), candidates))
     sampler = PoolSampler(pool_size)
     threshold = _shared_threshold(workers, len(tasks))
     exemplar_slices: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     contents: dict[str, np.ndarray] = {}
     arrays: dict[str, str] = {}
-    for res in map_volumes(_image_task, tasks, workers, progress, f"images {source.name}", threshold):
+    for res in map_volumes(_image_task, tasks, workers, progress, f"images {source.name}",
+                           ScanState(source, threshold)):
         case = res["case"]
         contents[case] = res["content"]
         for k, pair in res["exemplars"].items():

@@ -86,3 +86,20 @@ def test_two_workers_send_cropped_candidates_and_give_the_same_scan(brats_root, 
         assert np.array_equal(got.data, enc.data)
     for a, b in zip(one.scans, two.scans):
         assert np.array_equal(a.content, b.content) and np.array_equal(a.counts, b.counts)
+
+
+def test_spawned_scan_workers_get_the_source_once_and_agree(brats_root, tmp_path, monkeypatch):
+    """Under spawn (macOS, Windows) the scan state (source, shared threshold) is pickled once per
+    worker, not per task; the scan equals the one-process scan."""
+    import multiprocessing as mp
+
+    from synth import parallel
+
+    cases = open_source("brats", brats_root).case_ids()[:2]
+    source = open_source("brats", _int16_copy(brats_root, tmp_path / "brats16", cases))
+    one = _scan(source, cases, workers=1)
+    monkeypatch.setattr(parallel, "context", lambda: mp.get_context("spawn"))
+    two = _scan(source, cases, workers=2)
+    assert one.chosen == two.chosen and list(one.backgrounds) == list(two.backgrounds)
+    assert all(np.array_equal(one.backgrounds[r].data, two.backgrounds[r].data) for r in one.backgrounds)
+    assert all(np.array_equal(a.content, b.content) for a, b in zip(one.scans, two.scans))
