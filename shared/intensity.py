@@ -223,5 +223,9 @@ class ExactSliceMinMax:
         """Slice ``k``'s integer offsets ``x - lo`` as uint16 (spans up to 65535)."""
         if self.span[k] > 65535:
             raise ValueError(f"slice {k}: span {int(self.span[k])} does not fit uint16")
-        return (self.raw[k].astype(np.int32) - np.int32(self.lo[k])).astype(np.uint16)
+        row = self.raw[k]
+        if row.dtype.itemsize <= 2:  # 16-bit wraparound arithmetic: x - lo is exact when it fits 0..65535
+            return np.subtract(row.astype(np.uint16, copy=False) if row.dtype.itemsize == 1 else row.view(np.uint16),
+                               np.uint16(int(self.lo[k]) & 0xFFFF), dtype=np.uint16)
+        return (row.astype(np.int64) - self.lo[k]).astype(np.uint16)
 
