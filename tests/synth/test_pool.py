@@ -165,3 +165,18 @@ def test_above_equals_comparing_the_decoded_slice():
             assert np.array_equal(enc.above(thr), enc.decode() > thr), (scale, thr)
     floats = EncodedSlice(np.array([[0.0, 0.5], [0.01, 1.0]], np.float32), 0.0)
     assert floats.above(0.02).tolist() == [[False, True], [False, True]]
+
+
+def test_minmax_offsets_equal_the_wide_subtraction_for_every_integer_dtype():
+    rng = np.random.default_rng(9)
+    for dtype in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32):
+        info = np.iinfo(dtype)
+        for _ in range(30):
+            lo = int(rng.integers(info.min, info.max))
+            hi = min(int(info.max), lo + int(rng.integers(1, 65536)))
+            raw = rng.integers(lo, hi, (3, 9, 7), endpoint=True).astype(dtype)
+            minmax = ExactSliceMinMax.of(raw, SLICE_MINMAX)
+            for k in range(3):
+                want = (raw[k].astype(np.int64) - int(raw[k].min())).astype(np.uint16)
+                got = minmax.offsets(k)
+                assert got.dtype == np.uint16 and np.array_equal(got, want), (dtype, lo, hi)
