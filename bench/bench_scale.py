@@ -247,7 +247,7 @@ def main() -> None:
                     help="a checkout whose synth to run, named LABEL in the table (repeatable: each build "
                          "runs right after the same baseline; default: after=this checkout)")
     ap.add_argument("--kill-above-gb", type=float, default=None)
-    ap.add_argument("--baseline", default="gzip,nibabel,isal",
+    ap.add_argument("--baseline", default="gzip,nibabel,libdeflate",
                     help="read baselines: gzip (stdlib), nibabel, isal (ISA-L inflate, if installed), libdeflate "
                          "(the fast-read extra, what the build uses)")
     ap.add_argument("--json", type=Path, default=None, help="append result rows here (JSON lines)")
