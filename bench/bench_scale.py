@@ -161,11 +161,24 @@ def synthesis_seconds(lines: list[str]) -> float | None:
 # Read baseline
 
 
-def _read_gzip(paths: tuple[str, ...]) -> int:
+def _inflater(how: str):
+    """bytes -> inflated bytes: stdlib gzip, ISA-L (if installed) or libdeflate (extra fast-read)."""
+    if how == "isal":
+        from isal.igzip import decompress
+        return decompress
+    if how == "libdeflate":
+        from deflate import gzip_decompress
+        return gzip_decompress
+    return gzip.decompress
+
+
+def _read_inflating(how: str, paths: tuple[str, ...]) -> int:
+    """Read each file whole and inflate it: the ``gzip``, ``isal`` and ``libdeflate`` baselines."""
+    decompress = _inflater(how)
     n = 0
     for p in paths:
         with open(p, "rb") as f:
-            n += len(gzip.decompress(f.read()))
+            n += len(decompress(f.read()))
     return n
 
 
@@ -176,28 +189,12 @@ def _read_nibabel(paths: tuple[str, ...]) -> int:
     return sum(int(np.asanyarray(nib.load(p).dataobj).nbytes) for p in paths)
 
 
-def _read_isal(paths: tuple[str, ...]) -> int:
-    from isal.igzip import decompress
-
-    n = 0
-    for p in paths:
-        with open(p, "rb") as f:
-            n += len(decompress(f.read()))
-    return n
-
-
-def _read_libdeflate(paths: tuple[str, ...]) -> int:
-    from deflate import gzip_decompress
-
-    n = 0
-    for p in paths:
-        with open(p, "rb") as f:
-            n += len(gzip_decompress(f.read()))
-    return n
-
-
 def read_baseline(files: list[tuple[str, ...]], workers: int, how: str) -> float:
-    fn = {"gzip": _read_gzip, "nibabel": _read_nibabel, "isal": _read_isal, "libdeflate": _read_libdeflate}[how]
+    from functools import partial
+
+    if how not in ("gzip", "nibabel", "isal", "libdeflate"):
+        raise SystemExit(f"--baseline: unknown read baseline {how!r} (gzip, nibabel, isal, libdeflate)")
+    fn = _read_nibabel if how == "nibabel" else partial(_read_inflating, how)
     t0 = time.perf_counter()
     if workers == 1:
         for paths in files:
