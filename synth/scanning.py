@@ -12,10 +12,10 @@ progress bar in volumes:
    seeded pool sample (:class:`synth.pool.PoolSampler`; its threshold is shared with the workers),
    stored exactly and compactly (``synth.pool.encode_slice``); worker processes send each one as
    its nonzero box (``synth.pool.CroppedSlice``, ~1/5 of a BraTS slice) and the parent restores
-   the slices it keeps. Integer scans under the per-slice
-   min-max preset (BraTS FLAIR) take an exact shortcut: the content fractions come from integer
-   passes over the raw volume and only the kept slices are made float32 (``_scan_integers``; the
-   same numbers and encodings as the float32 chunks).
+   the slices it keeps. Integer scans under the per-slice min-max preset (BraTS FLAIR) take an
+   exact shortcut: the content fractions come from integer passes over the raw volume and only
+   the kept slices are made float32 (``_scan_integers``; the same numbers and encodings as the
+   float32 chunks).
 
 So each image is decoded once, nothing larger than one volume's label and a few float32 slices is
 alive per worker, and the parent holds the scans (a few numbers per slice), the exemplar slices
@@ -103,7 +103,7 @@ def _label_task(worker: Worker, args: tuple) -> dict[str, Any]:
 
 def _image_task(worker: Worker, args: tuple) -> dict[str, Any]:
     """Pass 2: one case's image -> content per slice, exemplar slices, pool candidates (the
-    worker's state: the shared threshold of the pool sampler)."""
+    worker's state, :class:`ScanState`: the source and the pool sampler's shared threshold)."""
     source = worker.state.source
     case, label_shape, exemplar_ks, candidates = args
     raw = source.raw_image(case)  # read once: the shortcut or the float32 chunks start from it
