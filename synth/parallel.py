@@ -118,7 +118,10 @@ class _QuietPool(multiprocessing.pool.Pool):
     drains after ``close()`` (``_PoolCache``), so nothing else needs the pipe."""
 
     def _get_sentinels(self) -> list:
-        return [self._change_notifier._reader]
+        notifier = getattr(self, "_change_notifier", None)  # a private attribute (CPython 3.8-3.13)
+        if notifier is None:  # another pool implementation: keep its own behaviour
+            return super()._get_sentinels()
+        return [notifier._reader]
 
 
 class _Poller:
