@@ -9,7 +9,9 @@ progress bar in volumes:
 2. images, decoded a few slices at a time (``Source.image_chunks``): the per-slice content
    fraction (the background rule), the exemplar slices (plus their labels, read again only for
    volumes holding an exemplar) and the background candidates whose key can still make the
-   seeded pool sample (:class:`synth.pool.PoolSampler`; its threshold is shared with the workers),
+   seeded pool sample (:class:`synth.pool.PoolSampler`; its threshold, capped early by
+   :class:`synth.pool.PoolCap`, is shared with the workers; a qualifying slice above it is
+   reported by its key alone and read again at the end only if it makes the sample),
    stored exactly and compactly (``synth.pool.encode_slice``); worker processes send each one as
    its nonzero box (``synth.pool.CroppedSlice``, ~1/5 of a BraTS slice) and the parent restores
    the slices it keeps. Integer scans under the per-slice min-max preset (BraTS FLAIR) take an
@@ -35,7 +37,8 @@ from shared.errors import DataError
 from shared.hashing import sha256_array, sha256_file
 from synth.parallel import Worker, context, map_tasks
 from shared.intensity import ExactSliceMinMax, intensity_chunks
-from synth.pool import CroppedSlice, EncodedSlice, PoolSampler, encode_minmax_slice, encode_slice, pool_key
+from synth.pool import (CroppedSlice, EncodedSlice, PoolCap, PoolSampler, encode_minmax_slice, encode_slice,
+                        pool_key)
 from synth.selection import BACKGROUND_MIN_CONTENT, VolumeScan, content_fraction, content_fraction_exact
 
 def relpath(path: Path, root: Path | None) -> str:
@@ -114,13 +117,14 @@ def _image_task(worker: Worker, args: tuple) -> dict[str, Any]:
     _check_shape(source, case, shape, label_shape)
     minmax = ExactSliceMinMax.of(raw, source.intensity) if raw is not None else None
     if minmax is not None:
-        content, images, backgrounds = _scan_integers(minmax, exemplar_ks, candidates, worker)
+        content, images, backgrounds, deferred = _scan_integers(minmax, exemplar_ks, candidates, worker)
     else:
-        content, images, backgrounds = _scan_chunks(shape, chunks, exemplar_ks, candidates, worker)
+        content, images, backgrounds, deferred = _scan_chunks(shape, chunks, exemplar_ks, candidates, worker)
     want = set(exemplar_ks)
     if worker.separate_process:  # pickled to the parent: only each candidate's nonzero box (~1/5 on BraTS)
         backgrounds = [(key, k, CroppedSlice.of(encoded)) for key, k, encoded in backgrounds]
-    out: dict[str, Any] = {"case": case, "content": content, "backgrounds": backgrounds, "exemplars": {}}
+    out: dict[str, Any] = {"case": case, "content": content, "backgrounds": backgrounds, "deferred": deferred,
+                           "exemplars": {}}
     if want:
         labels = source.label_slices(case, sorted(want))
         out["exemplars"] = {k: (images[k], labels[k]) for k in sorted(want)}
@@ -141,10 +145,16 @@ def _check_shape(source: Any, case: str, shape: Sequence[int], label_shape: Sequ
                         f"{tuple(label_shape[::-1])}")
 
 
-def _wanted_background(key: int | None, content: float, worker: Worker) -> bool:
-    """A foreground-free slice enters the pool sample's candidates: real content, and a key that
-    can still make the sample (the shared threshold, read fresh: it only decreases)."""
-    return key is not None and content >= BACKGROUND_MIN_CONTENT and key <= _current_threshold(worker.state)
+def _qualifies(key: int | None, content: float) -> bool:
+    """A foreground-free slice (it has a pool key) with real content: a pool candidate."""
+    return key is not None and content >= BACKGROUND_MIN_CONTENT
+
+
+def _read_now(key: int, worker: Worker) -> bool:
+    """A qualifying slice is encoded and sent when its key is within the shared bound (the pool
+    sampler's threshold, capped by :class:`synth.pool.PoolCap`; read fresh: it only decreases);
+    any other is reported by its key alone (deferred)."""
+    return key <= _current_threshold(worker.state)
 
 
 def _scan_chunks(shape: Sequence[int], chunks: Iterable[tuple[int, np.ndarray]], exemplar_ks: Sequence[int],
@@ -155,6 +165,7 @@ def _scan_chunks(shape: Sequence[int], chunks: Iterable[tuple[int, np.ndarray]],
     keys = dict(candidates)
     images: dict[int, np.ndarray] = {}
     backgrounds: list[tuple[int, int, EncodedSlice]] = []
+    deferred: list[tuple[int, int]] = []
     for k0, chunk in chunks:
         frac = content_fraction(chunk)
         content[k0:k0 + len(frac)] = frac
@@ -162,9 +173,13 @@ def _scan_chunks(shape: Sequence[int], chunks: Iterable[tuple[int, np.ndarray]],
             k = k0 + i
             if k in want:
                 images[k] = np.array(chunk[i], dtype=np.float32)  # a copy: the chunk is freed
-            if _wanted_background(keys.get(k), frac[i], worker):
-                backgrounds.append((keys[k], k, encode_slice(chunk[i])))
-    return content, images, backgrounds
+            key = keys.get(k)
+            if _qualifies(key, frac[i]):
+                if _read_now(key, worker):
+                    backgrounds.append((key, k, encode_slice(chunk[i])))
+                else:
+                    deferred.append((key, k))
+    return content, images, backgrounds, deferred
 
 
 def _scan_integers(minmax: ExactSliceMinMax, exemplar_ks: Sequence[int], candidates: Sequence[tuple[int, int]],
@@ -174,9 +189,15 @@ def _scan_integers(minmax: ExactSliceMinMax, exemplar_ks: Sequence[int], candida
     :func:`_scan_chunks` (``content_fraction_exact``, ``encode_minmax_slice``)."""
     content = content_fraction_exact(minmax)
     images = {k: minmax.image(k) for k in exemplar_ks}
-    backgrounds = [(key, k, encode_minmax_slice(minmax, k)) for k, key in candidates
-                   if _wanted_background(key, content[k], worker)]
-    return content, images, backgrounds
+    backgrounds: list[tuple[int, int, EncodedSlice]] = []
+    deferred: list[tuple[int, int]] = []
+    for k, key in candidates:
+        if _qualifies(key, content[k]):
+            if _read_now(key, worker):
+                backgrounds.append((key, k, encode_minmax_slice(minmax, k)))
+            else:
+                deferred.append((key, k))
+    return content, images, backgrounds, deferred
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +212,8 @@ class StreamScan:
     fingerprint: dict[str, Any]
     file_hashes: dict[str, str]  # str(path) -> sha256
     chosen: list[tuple[str, int]] = field(default_factory=list)  # exemplars chosen from the labels
-    candidates_offered: int = 0
+    candidates_offered: int = 0  # pool candidates encoded and offered in the image pass
+    volumes_read_again: int = 0  # volumes read again for deferred slices that made the sample
 
 
 def stream_scan(source: Any, cases: Sequence[str], *, workers: int, progress: bool,
@@ -230,27 +252,59 @@ def _stream_scan(source: Any, cases: list[str], workers: int, progress: bool,
             candidates = tuple((int(k), pool_key(pool_seed, r["case"], int(k))) for k in free)
         tasks.append((r["case"], r["shape"], tuple(by_case.get(r["case"], ())), candidates))
     sampler = PoolSampler(pool_size)
+    cap = PoolCap(pool_size, [key for task in tasks for _k, key in task[3]])
     threshold = _shared_threshold(workers, len(tasks))
     exemplar_slices: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     contents: dict[str, np.ndarray] = {}
     arrays: dict[str, str] = {}
-    for res in map_volumes(_image_task, tasks, workers, progress, f"images {source.name}",
-                           ScanState(source, threshold)):
+    shapes = {task[0]: task[1] for task in tasks}
+    encoded_offers = 0
+    candidate_keys = {task[0]: dict(task[3]) for task in tasks}
+    for res, task in zip(map_volumes(_image_task, tasks, workers, progress, f"images {source.name}",
+                                     ScanState(source, threshold)), tasks):
         case = res["case"]
         contents[case] = res["content"]
         for k, pair in res["exemplars"].items():
             exemplar_slices[(case, k)] = pair
         for key, k, encoded in res["backgrounds"]:
             sampler.offer(key, case, k, encoded)
+        encoded_offers += len(res["backgrounds"])
+        for key, k in res["deferred"]:
+            sampler.offer(key, case, k, None)  # a place in the sample; read again if it keeps it
         if "arrays" in res:
             arrays[case] = res["arrays"]
-        if threshold is not None:
-            threshold.value = sampler.threshold
+        cap.observe(len(task[3]), len(res["backgrounds"]) + len(res["deferred"]))
+        threshold.value = min(sampler.threshold, cap.value)
+    kept = sampler.items()
+    reread = _read_deferred(source, kept, shapes, candidate_keys, workers, progress)
     scans = [VolumeScan(s.volume_id, s.counts, contents[s.volume_id]) for s in label_scans]
     fingerprint = {"algorithm": "sha256", "files": dict(sorted(files.items())), "arrays": dict(sorted(arrays.items()))}
-    backgrounds = {ref: item.restore() if isinstance(item, CroppedSlice) else item
-                   for ref, item in sampler.items().items()}
-    return StreamScan(scans, exemplar_slices, backgrounds, fingerprint, hashes, chosen, sampler.offered)
+    backgrounds = {ref: reread.get(ref, item) for ref, item in kept.items()}
+    backgrounds = {ref: item.restore() if isinstance(item, CroppedSlice) else item for ref, item in backgrounds.items()}
+    return StreamScan(scans, exemplar_slices, backgrounds, fingerprint, hashes, chosen, encoded_offers,
+                      len({v for (v, _k), item in kept.items() if item is None}))
+
+
+def _read_deferred(source: Any, kept: dict[tuple[str, int], Any], shapes: dict[str, Any],
+                   keys: dict[str, dict[int, int]], workers: int, progress: bool) -> dict[tuple[str, int], Any]:
+    """The deferred slices that made the sample (kept as None), read again: one task per volume,
+    with no bound, so each is encoded exactly as in the first pass."""
+    missing: dict[str, list[int]] = {}
+    for (case, k), item in kept.items():
+        if item is None:
+            missing.setdefault(case, []).append(k)
+    if not missing:
+        return {}
+    tasks = [(case, shapes[case], (), tuple((k, keys[case][k]) for k in sorted(ks))) for case, ks in missing.items()]
+    found: dict[tuple[str, int], Any] = {}
+    for res in map_volumes(_image_task, tasks, workers, progress, f"images {source.name} (again)", ScanState(source)):
+        for _key, k, encoded in res["backgrounds"]:
+            found[(res["case"], k)] = encoded
+    lost = [ref for case, ks in missing.items() for ref in ((case, k) for k in ks) if ref not in found]
+    if lost:  # the same volume read twice gave another content fraction: the file changed under the scan
+        raise DataError(f"{source.name}: slices {lost[:3]} qualified for the background pool on the first read "
+                        f"but not on the second (did the files change during the scan?)")
+    return found
 
 
 def _shared_threshold(workers: int, n_tasks: int):

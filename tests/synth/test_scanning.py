@@ -6,7 +6,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
+from shared.errors import DataError
 from shared.sources import open_source
 from synth import scanning
 from synth.scanning import stream_scan
@@ -103,3 +105,48 @@ def test_spawned_scan_workers_get_the_source_once_and_agree(brats_root, tmp_path
     assert one.chosen == two.chosen and list(one.backgrounds) == list(two.backgrounds)
     assert all(np.array_equal(one.backgrounds[r].data, two.backgrounds[r].data) for r in one.backgrounds)
     assert all(np.array_equal(a.content, b.content) for a, b in zip(one.scans, two.scans))
+
+
+def _forced_rereads(monkeypatch, margin: float) -> None:
+    """A cap from the first volume on with the given margin (negative: far too tight)."""
+    from synth import pool
+
+    original = pool.PoolCap.__init__
+
+    def tight(self, pool_size, free_keys, **_kw):
+        original(self, pool_size, free_keys, margin=margin, min_seen=0.0)
+
+    monkeypatch.setattr(pool.PoolCap, "__init__", tight)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_deferred_slices_that_make_the_pool_are_read_again(brats_root, tmp_path, monkeypatch, workers):
+    """The cap only decides what is read early: with a cap far below the pool's threshold, most
+    pool slices are deferred, their volumes are read again, and the pool is the same."""
+    cases = open_source("brats", brats_root).case_ids()[:3]
+    source = open_source("brats", _int16_copy(brats_root, tmp_path / "brats16", cases))
+    plain = _scan(source, cases, workers=1)
+    assert plain.volumes_read_again == 0
+    _forced_rereads(monkeypatch, margin=-0.9)
+    tight = _scan(source, cases, workers=workers)
+    assert tight.volumes_read_again > 0 and tight.candidates_offered <= plain.candidates_offered
+    assert list(tight.backgrounds) == list(plain.backgrounds)
+    for ref, enc in plain.backgrounds.items():
+        got = tight.backgrounds[ref]
+        assert (got.data.dtype, got.scale) == (enc.data.dtype, enc.scale) and np.array_equal(got.data, enc.data)
+
+
+def test_a_deferred_slice_that_no_longer_qualifies_is_a_clear_error(brats_root, tmp_path, monkeypatch):
+    cases = open_source("brats", brats_root).case_ids()[:2]
+    source = open_source("brats", _int16_copy(brats_root, tmp_path / "brats16", cases))
+    _forced_rereads(monkeypatch, margin=-0.9)
+    original = scanning.map_volumes
+
+    def changing_files(fn, tasks, workers, progress, desc, state=None):
+        if desc.endswith("(again)"):  # as if the files changed: nothing qualifies any more
+            monkeypatch.setattr(scanning, "BACKGROUND_MIN_CONTENT", 2.0)
+        yield from original(fn, tasks, workers, progress, desc, state)
+
+    monkeypatch.setattr(scanning, "map_volumes", changing_files)
+    with pytest.raises(DataError, match=r"qualified for the background pool on the first read but not on the second"):
+        _scan(source, cases)
