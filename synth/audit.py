@@ -180,6 +180,18 @@ def dataset_summary(root: str | Path) -> dict[str, Any]:
 # Placement: the manifest's own figures and the pixel-level ring test (docs/synthesis.md)
 
 
+def placement_digest(synthesis: dict[str, Any]) -> dict[str, Any]:
+    """The part of a sample's synthesis record that :func:`placement_summary` reads (each object's
+    ``inside``, ``placement``, ``check``): build workers send these, so the end-of-build report
+    need not parse samples.jsonl again (~0.3 s for 4500 samples)."""
+    out: dict[str, Any] = {"objects": [{"inside": o["inside"]} if "inside" in o else {}
+                                       for o in synthesis.get("objects", [])]}
+    for key in ("placement", "check"):
+        if key in synthesis:
+            out[key] = synthesis[key]
+    return out
+
+
 def placement_summary(records: list[dict[str, Any]], min_inside: float | None = None) -> dict[str, Any] | None:
     """What the synthesis records say about placement: objects below ``min_inside`` on the body,
     fallbacks taken, tries, and the ring test computed at build time (float32 pixels). None for
@@ -261,10 +273,12 @@ def placement_lines(p: dict[str, Any] | None, pixels: dict[str, Any] | None) -> 
     return out
 
 
-def build_summary_lines(root: str | Path) -> list[str]:
+def build_summary_lines(root: str | Path, placement: list[dict[str, Any]] | None = None) -> list[str]:
     """What `synth build` prints at the end of a synthesized build: the exemplars chosen of how
     many eligible, the background pool and its slice range, placement fallbacks, floating objects
-    (the ring test computed at build time) and the commands to look at the data."""
+    (the ring test computed at build time) and the commands to look at the data. ``placement``:
+    every sample's :func:`placement_digest` in sample order, when the build has them (else the
+    records are read from samples.jsonl)."""
     root = Path(root)
     info = read_json(root / DATASET_FILE)
     el = info.get("exemplar_list") or {}
@@ -282,7 +296,7 @@ def build_summary_lines(root: str | Path) -> list[str]:
         lines.append(f"background pool: {len(pool)} slices from {len({e['volume'] for e in pool})} volume(s), "
                      f"slice index {ks.min()}-{ks.max()} (quartiles {int(np.percentile(ks, 25))} / "
                      f"{int(np.median(ks))} / {int(np.percentile(ks, 75))})")
-    records = read_samples(root)
+    records = read_samples(root) if placement is None else [{"synthesis": p} for p in placement]
     task = info.get("task", "single")
     synth_cfg = (cfg.get("synthesis") or {}).get(task) or {}
     lines.append(f"recipe: {cfg.get('recipe', 'extended')}")

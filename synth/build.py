@@ -43,6 +43,7 @@ from shared.manifest import dumps, jsonl_text
 from shared.shards import DATASET_FILE, SHARDS_DIR, ShardWriter, shard_relpath
 from synth.buildspec import (BuildSummary, Job, Log, Part, count_samples, diff_keys, identity_key, log_to_stderr,
                              part_info, part_shards, plan_shards)
+from synth.audit import placement_digest
 from synth.manifests import finalize
 from synth.outdir import (STATE_DIR, STATE_FILE, BuildLock, check_finished_shards, check_out_outside_source,
                           clear_output, make_output_dir, remove_temporaries, shard_sidecar)
@@ -78,8 +79,9 @@ def run_job(job: Job, *, workers: int = 1, part: Part | None = None, overwrite: 
         todo = [k for k in todo_shards if k not in set(kept)]
         try:
             with _sigterm_as_interrupt():
-                written = run_shards(job, plan, todo, workers=workers, progress=progress,
-                                     initial=count_samples(plan, kept), total=count_samples(plan, todo_shards))
+                written, placement = run_shards(job, plan, todo, workers=workers, progress=progress,
+                                                initial=count_samples(plan, kept),
+                                                total=count_samples(plan, todo_shards))
         except KeyboardInterrupt:
             done = len(list((out / STATE_DIR).glob("shard-*.json")))
             log(f"\ninterrupted: {done} finished shard(s) kept in {out}; continue with the same command "
@@ -88,7 +90,7 @@ def run_job(job: Job, *, workers: int = 1, part: Part | None = None, overwrite: 
         finalize(job, plan, todo_shards, part, key)
         shutil.rmtree(out / STATE_DIR, ignore_errors=True)
     return BuildSummary(out, count_samples(plan, todo_shards), count_samples(plan, todo), time.perf_counter() - t0,
-                        written, kept_shards=len(kept))
+                        written, kept_shards=len(kept), placement=None if kept else placement)
 
 
 def _resume_point(job: Job, key: str, identity: dict[str, Any], part: Part | None, plan, shards: range,
@@ -157,21 +159,25 @@ class ShardJob:
         return cls(job.out, job.producer, tuple(job.class_names), plan, job.config.format, job.config.image_dtype)
 
 
-def run_shards(job: Job, plan, todo: list[int], *, workers: int, progress: bool, initial: int, total: int) -> int:
-    """Build shards ``todo`` of ``job`` on up to ``workers`` processes; bytes written. The
-    progress bar counts samples (``initial`` already done of ``total``)."""
+def run_shards(job: Job, plan, todo: list[int], *, workers: int, progress: bool, initial: int,
+               total: int) -> tuple[int, list[dict[str, Any]]]:
+    """Build shards ``todo`` of ``job`` on up to ``workers`` processes: (bytes written, the
+    samples' placement digests in shard order, for the end-of-build report). The progress bar
+    counts samples (``initial`` already done of ``total``)."""
     from tqdm import tqdm
 
     written = 0
+    digests: dict[int, list[dict[str, Any]]] = {}
     bar = tqdm(total=total, initial=initial, unit="sample", desc=f"{job.config.kind}", dynamic_ncols=True,
                disable=not progress, smoothing=0.1)
     try:
         for res in map_tasks(_shard_task, todo, workers=workers, state=ShardJob.of(job, plan), ordered=False,
                              on_progress=bar.update):
             written += res["bytes"]
+            digests[res["k"]] = res["placement"]
     finally:
         bar.close()
-    return written
+    return written, [d for k in sorted(digests) for d in digests[k]]
 
 
 def _shard_task(worker: Worker, k: int) -> dict[str, Any]:
@@ -205,4 +211,5 @@ def build_shard(job: ShardJob, k: int, progress: Callable[[int], None] | None = 
     # the records as samples.jsonl's lines: finalize joins the sidecars without decoding them again
     sidecar = {"shard": entry, "records_jsonl": jsonl_text(records), **producer.extra_shard_info()}
     atomic_write_text(shard_sidecar(job.out, k), dumps(sidecar, indent=None) + "\n")
-    return {"k": k, "count": count, "bytes": result.bytes}
+    placement = [placement_digest(r["synthesis"]) for r in records if "synthesis" in r]
+    return {"k": k, "count": count, "bytes": result.bytes, "placement": placement}

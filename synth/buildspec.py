@@ -166,6 +166,9 @@ class BuildSummary:
     bytes_written: int
     kept_shards: int = 0
     already_complete: bool = False
+    # what the end-of-build report reads of each sample's synthesis record (synth.audit.placement_
+    # digest), in sample order, when every shard was built now; None after a resume keeps shards
+    placement: list[dict[str, Any]] | None = None
 
     def line(self) -> str:
         if self.already_complete:

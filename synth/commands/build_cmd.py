@@ -220,7 +220,7 @@ def build(dataset, root, modality, source_config, intensity, split, split_file, 
     if kind == "synthesized":
         from synth.audit import build_summary_lines
 
-        for line in build_summary_lines(out):
+        for line in build_summary_lines(out, summary.placement):
             click.echo(line)
 
 

@@ -110,3 +110,16 @@ def test_trace(built):
     assert "no sample with id" in fail("trace", built["zarr"], "--sample", "s999999")
     assert "CASE:SLICE" in fail("trace", built["zarr"], "--exemplar", "brain_02")
     assert "exactly one" in fail("trace", built["zarr"])
+
+
+def test_the_build_report_from_memory_equals_the_one_from_samples_jsonl(tmp_path: Path):
+    """`synth build` reports placement from the digests its workers send (no second parse of
+    samples.jsonl); the lines equal those computed from the written records."""
+    from synth.audit import build_summary_lines
+
+    out = tmp_path / "ds"
+    text = ok("build", *SMALL, "--workers", "2", "--out", out)
+    from_disk = build_summary_lines(out)
+    assert any(line.startswith("placement:") for line in from_disk)
+    for line in from_disk:
+        assert line in text.splitlines()
