@@ -143,6 +143,7 @@ class _Neg:
 class EncodedSlice:
     data: np.ndarray  # uint8 / uint16 levels, or float32 values
     scale: float  # levels are data / scale (float32 division); 0 for float32 data
+    max_level: int | None = None  # the largest level, where the encoder knows it (None: not known)
 
     def decode(self) -> np.ndarray:
         if self.data.dtype == np.float32:
@@ -181,8 +182,10 @@ class EncodedSlice:
         """Integer levels no larger than the scale: every decoded value ``float32(level) /
         float32(scale)`` is finite and in [0, 1] (a correctly rounded quotient of integers
         ``0 <= level <= scale <= 65535`` cannot leave it), so range checks need not decode it."""
-        return (self.data.dtype != np.float32 and self.scale > 0 and self.data.size > 0
-                and int(self.data.max()) <= self.scale)
+        if self.data.dtype == np.float32 or not self.scale > 0 or self.data.size == 0:
+            return False
+        top = self.max_level if self.max_level is not None else int(self.data.max())
+        return top <= self.scale
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,7 @@ class CroppedSlice:
     top_left: tuple[int, int]  # (row, column) of the box in the slice
     shape: tuple[int, int]  # the whole slice's (rows, columns)
     scale: float
+    max_level: int | None = None
 
     @classmethod
     def of(cls, encoded: EncodedSlice) -> "CroppedSlice":
@@ -211,13 +215,14 @@ class CroppedSlice:
             rows, cols = np.flatnonzero(nonzero.any(axis=1)), np.flatnonzero(nonzero.any(axis=0))
             r0, r1, c0, c1 = ((int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1) if rows.size
                               else (0, 0, 0, 0))
-        return cls(data[r0:r1, c0:c1].copy(), (r0, c0), (int(data.shape[0]), int(data.shape[1])), encoded.scale)
+        return cls(data[r0:r1, c0:c1].copy(), (r0, c0), (int(data.shape[0]), int(data.shape[1])), encoded.scale,
+                   encoded.max_level)
 
     def restore(self) -> EncodedSlice:
         full = np.zeros(self.shape, dtype=self.data.dtype)
         r0, c0 = self.top_left
         full[r0:r0 + self.data.shape[0], c0:c0 + self.data.shape[1]] = self.data
-        return EncodedSlice(full, self.scale)
+        return EncodedSlice(full, self.scale, self.max_level)
 
 
 def _decode_levels(levels: np.ndarray, scale: float) -> np.ndarray:
@@ -233,7 +238,7 @@ def encode_slice(image: np.ndarray) -> EncodedSlice:
     smallest = float(np.min(image, where=image > 0, initial=np.inf))
     if smallest == np.inf:  # no positive value: all +0.0 (anything else stays float32)
         if not bits.any():
-            return EncodedSlice(np.zeros(image.shape, np.uint8), 1.0)
+            return EncodedSlice(np.zeros(image.shape, np.uint8), 1.0, 0)
         return EncodedSlice(image.copy(), 0.0)
     if float(image.max()) <= 1.0:
         for scale in _scales_to_try(smallest, image.ravel()[::13]):
@@ -265,7 +270,8 @@ def encode_minmax_slice(minmax: "ExactSliceMinMax", k: int) -> EncodedSlice:
         if not _subsample_decodes(sample, scale):
             continue
         if scale == fspan:
-            return EncodedSlice(offsets.astype(np.uint8) if span <= 255 else offsets, float(scale))
+            # the slice's maximum is its minimum + span: the largest offset is the span
+            return EncodedSlice(offsets.astype(np.uint8) if span <= 255 else offsets, float(scale), span)
         break
     return encode_slice(minmax.image(k))
 
@@ -297,7 +303,7 @@ def _try_scale(image: np.ndarray, bits: np.ndarray, scale: np.float32) -> Encode
     decoded /= scale
     if not np.array_equal(decoded.view(np.uint32), bits):
         return None
-    return EncodedSlice(data.astype(np.uint8) if scale <= 255 else data, float(scale))
+    return EncodedSlice(data.astype(np.uint8) if scale <= 255 else data, float(scale), int(data.max()))
 
 
 @dataclass(frozen=True)
@@ -369,10 +375,10 @@ class BackgroundStore(Mapping):
 
     def dtypes(self) -> dict[str, int]:
         """How many slices are stored in each form (for the build log / dataset.json)."""
-        out: dict[str, int] = {}
+        counts: dict[np.dtype, int] = {}
         for s in self._slices.values():
-            out[str(s.data.dtype)] = out.get(str(s.data.dtype), 0) + 1
-        return out
+            counts[s.data.dtype] = counts.get(s.data.dtype, 0) + 1
+        return {str(dtype): n for dtype, n in counts.items()}  # str(dtype) once per form: ~15 us a call
 
 
 def fill_store(store: BackgroundStore, items: Iterable[tuple[Any, np.ndarray | EncodedSlice, BackgroundInfo | None]]) -> BackgroundStore:

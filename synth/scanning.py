@@ -254,6 +254,7 @@ def _stream_scan(source: Any, cases: list[str], workers: int, progress: bool,
     sampler = PoolSampler(pool_size)
     cap = PoolCap(pool_size, [key for task in tasks for _k, key in task[3]])
     threshold = _shared_threshold(workers, len(tasks))
+    threshold.value = min(sampler.threshold, cap.value)
     exemplar_slices: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     contents: dict[str, np.ndarray] = {}
     arrays: dict[str, str] = {}

@@ -107,16 +107,12 @@ def test_spawned_scan_workers_get_the_source_once_and_agree(brats_root, tmp_path
     assert all(np.array_equal(a.content, b.content) for a, b in zip(one.scans, two.scans))
 
 
-def _forced_rereads(monkeypatch, margin: float) -> None:
-    """A cap from the first volume on with the given margin (negative: far too tight)."""
+def _forced_rereads(monkeypatch, keep: float = 0.2) -> None:
+    """A cap far below the pool's threshold from the start: the ``keep`` fraction of the free
+    slices' keys (the sample needs more), whatever has been seen."""
     from synth import pool
 
-    original = pool.PoolCap.__init__
-
-    def tight(self, pool_size, free_keys, **_kw):
-        original(self, pool_size, free_keys, margin=margin, min_seen=0.0)
-
-    monkeypatch.setattr(pool.PoolCap, "__init__", tight)
+    monkeypatch.setattr(pool.PoolCap, "value", property(lambda self: int(self.keys[int(keep * len(self.keys))])))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -127,9 +123,9 @@ def test_deferred_slices_that_make_the_pool_are_read_again(brats_root, tmp_path,
     source = open_source("brats", _int16_copy(brats_root, tmp_path / "brats16", cases))
     plain = _scan(source, cases, workers=1)
     assert plain.volumes_read_again == 0
-    _forced_rereads(monkeypatch, margin=-0.9)
+    _forced_rereads(monkeypatch)
     tight = _scan(source, cases, workers=workers)
-    assert tight.volumes_read_again > 0 and tight.candidates_offered <= plain.candidates_offered
+    assert tight.volumes_read_again > 0 and tight.candidates_offered < plain.candidates_offered
     assert list(tight.backgrounds) == list(plain.backgrounds)
     for ref, enc in plain.backgrounds.items():
         got = tight.backgrounds[ref]
@@ -139,7 +135,7 @@ def test_deferred_slices_that_make_the_pool_are_read_again(brats_root, tmp_path,
 def test_a_deferred_slice_that_no_longer_qualifies_is_a_clear_error(brats_root, tmp_path, monkeypatch):
     cases = open_source("brats", brats_root).case_ids()[:2]
     source = open_source("brats", _int16_copy(brats_root, tmp_path / "brats16", cases))
-    _forced_rereads(monkeypatch, margin=-0.9)
+    _forced_rereads(monkeypatch)
     original = scanning.map_volumes
 
     def changing_files(fn, tasks, workers, progress, desc, state=None):
