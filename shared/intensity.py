@@ -229,3 +229,60 @@ class ExactSliceMinMax:
                                np.uint16(int(self.lo[k]) & 0xFFFF), dtype=np.uint16)
         return (row.astype(np.int64) - self.lo[k]).astype(np.uint16)
 
+
+
+def float_minmax_counts_above(raw: np.ndarray, level: float) -> np.ndarray | None:
+    """(S,) per slice, how many voxels of a float32 (S, R, C) scan are above ``level`` after the
+    per-slice min-max preset, ``apply_intensity(raw, SLICE_MINMAX) > float32(level)``, without the
+    float32 copy; None for other dtypes.
+
+    The preset maps ``x`` to ``clip(float32(x - lo) / float32(hi - lo), 0, 1)``: every step is a
+    correctly rounded float32 operation that never decreases, so the voxels above the level are
+    those ``>=`` the first float32 value above it. That value is found per slice by bisection over
+    the float32 values between the slice's minimum and maximum (ordered by their bit patterns), each
+    step evaluating the preset's own operations on one value per slice; then one comparison per
+    voxel counts them. The same counts as the float32 path, about a third of its work (no float32
+    volume, no second pass over it)."""
+    if raw.dtype != np.float32 or raw.ndim != 3 or raw.shape[0] == 0:
+        return None
+    S = raw.shape[0]
+    flat = raw.reshape(S, -1)
+    lo, hi = flat.min(axis=1), flat.max(axis=1)
+    span = hi - lo
+    level = np.float32(level)
+
+    def preset(values: np.ndarray) -> np.ndarray:  # apply_intensity's operations, one value per slice
+        out = values - lo
+        np.divide(out, span, out=out, where=span > 0)
+        return np.clip(out, 0.0, 1.0, out=out)
+
+    low_key, high_key = _ordered_key(lo), _ordered_key(hi)
+    some = preset(hi.copy()) > level  # the maximum is the largest value: nothing above if it is not
+    if preset(lo.copy())[some].max(initial=np.float32(0)) > level:
+        raise AssertionError("float_minmax_counts_above: a slice's minimum is above the level")
+    # invariant where ``some``: preset(low) <= level < preset(high)
+    while True:
+        gap = high_key - low_key
+        active = some & (gap > 1)
+        if not active.any():
+            break
+        mid = low_key + gap // 2
+        above = preset(_from_key(mid)) > level
+        high_key = np.where(active & above, mid, high_key)
+        low_key = np.where(active & ~above, mid, low_key)
+    first = _from_key(high_key)
+    counts = row_counts(np.greater_equal(flat, first[:, None]))
+    counts[~some] = 0
+    return counts
+
+
+def _ordered_key(values: np.ndarray) -> np.ndarray:
+    """int64 keys that order float32 values as the floats are ordered (-0.0 and +0.0 alike)."""
+    bits = values.astype(np.float32).view(np.int32).astype(np.int64)
+    return np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
+
+
+def _from_key(keys: np.ndarray) -> np.ndarray:
+    """The float32 values of :func:`_ordered_key` keys."""
+    bits = np.where(keys < 0, (-keys) | 0x80000000, keys).astype(np.uint32)
+    return bits.view(np.float32)

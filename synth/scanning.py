@@ -17,7 +17,8 @@ progress bar in volumes:
    the slices it keeps. Integer scans under the per-slice min-max preset (BraTS FLAIR) take an
    exact shortcut: the content fractions come from integer passes over the raw volume and only
    the kept slices are made float32 (``_scan_integers``; the same numbers and encodings as the
-   float32 chunks).
+   float32 chunks); float32 scans under that preset (z-scored FLAIR) count content on the raw
+   floats the same way (``_scan_floats``).
 
 So each image is decoded once, nothing larger than one volume's label and a few float32 slices is
 alive per worker, and the parent holds the scans (a few numbers per slice), the exemplar slices
@@ -36,10 +37,11 @@ from shared.allocator import reusing_freed_memory
 from shared.errors import DataError
 from shared.hashing import sha256_array, sha256_file
 from synth.parallel import Worker, context, map_tasks
-from shared.intensity import ExactSliceMinMax, intensity_chunks
+from shared.intensity import SLICE_MINMAX, ExactSliceMinMax, apply_intensity, intensity_chunks, validate_preset
 from synth.pool import (CroppedSlice, EncodedSlice, PoolCap, PoolSampler, encode_minmax_slice, encode_slice,
                         pool_key)
-from synth.selection import BACKGROUND_MIN_CONTENT, VolumeScan, content_fraction, content_fraction_exact
+from synth.selection import (BACKGROUND_MIN_CONTENT, VolumeScan, content_fraction, content_fraction_exact,
+                             content_fraction_float)
 
 def relpath(path: Path, root: Path | None) -> str:
     try:
@@ -116,8 +118,12 @@ def _image_task(worker: Worker, args: tuple) -> dict[str, Any]:
         shape, chunks = raw.shape, intensity_chunks(raw, source.intensity)  # == source.image_chunks(case)
     _check_shape(source, case, shape, label_shape)
     minmax = ExactSliceMinMax.of(raw, source.intensity) if raw is not None else None
+    floats = (raw is not None and raw.dtype == np.float32 and raw.ndim == 3
+              and validate_preset(source.intensity) == SLICE_MINMAX)
     if minmax is not None:
         content, images, backgrounds, deferred = _scan_integers(minmax, exemplar_ks, candidates, worker)
+    elif floats:
+        content, images, backgrounds, deferred = _scan_floats(raw, exemplar_ks, candidates, worker)
     else:
         content, images, backgrounds, deferred = _scan_chunks(shape, chunks, exemplar_ks, candidates, worker)
     want = set(exemplar_ks)
@@ -195,6 +201,29 @@ def _scan_integers(minmax: ExactSliceMinMax, exemplar_ks: Sequence[int], candida
         if _qualifies(key, content[k]):
             if _read_now(key, worker):
                 backgrounds.append((key, k, encode_minmax_slice(minmax, k)))
+            else:
+                deferred.append((key, k))
+    return content, images, backgrounds, deferred
+
+
+def _scan_floats(raw: np.ndarray, exemplar_ks: Sequence[int], candidates: Sequence[tuple[int, int]],
+                 worker: Worker):
+    """The image pass of a float32 scan under per-slice min-max (the z-scored BraTS FLAIRs): content
+    fractions from one comparison per voxel (``content_fraction_float``), float32 slices made only
+    for the exemplars and the candidates read now; the same numbers and encodings as
+    :func:`_scan_chunks` (the preset is per slice, so a slice alone equals it in any chunk)."""
+    content = content_fraction_float(raw)
+
+    def image(k: int) -> np.ndarray:
+        return apply_intensity(raw[k:k + 1], SLICE_MINMAX)[0]
+
+    images = {k: image(k) for k in exemplar_ks}
+    backgrounds: list[tuple[int, int, EncodedSlice]] = []
+    deferred: list[tuple[int, int]] = []
+    for k, key in candidates:
+        if _qualifies(key, content[k]):
+            if _read_now(key, worker):
+                backgrounds.append((key, k, encode_slice(image(k))))
             else:
                 deferred.append((key, k))
     return content, images, backgrounds, deferred

@@ -37,7 +37,7 @@ import numpy as np
 
 from shared.arrays import slice_class_counts
 from shared.errors import ConfigError, DataError
-from shared.intensity import ExactSliceMinMax
+from shared.intensity import ExactSliceMinMax, float_minmax_counts_above
 from shared.volume import Volume
 
 BACKGROUND_MIN_CONTENT = 0.05
@@ -123,6 +123,16 @@ def content_fraction_exact(minmax: "ExactSliceMinMax") -> np.ndarray:
     level = np.float32(0.0) + np.float32(CONTENT_DELTA)
     counts = minmax.count_at_least(minmax.first_above(level))
     return counts / float(np.prod(minmax.raw.shape[1:]))  # the mean of 0/1 values: count / n, as float64
+
+
+def content_fraction_float(raw: np.ndarray) -> np.ndarray | None:
+    """:func:`content_fraction` of ``apply_intensity(raw)`` under the per-slice min-max preset for a
+    float32 scan (z-scored FLAIR), from one comparison per voxel of ``raw``
+    (``shared.intensity.float_minmax_counts_above``); None for other dtypes. A slice's minimum
+    maps to 0, so the level is ``float32(0) + CONTENT_DELTA`` as :func:`content_fraction` computes it."""
+    level = np.float32(0.0) + np.float32(CONTENT_DELTA)
+    counts = float_minmax_counts_above(raw, level)
+    return None if counts is None else counts / float(np.prod(raw.shape[1:]))
 
 
 def scan_source(source, case_ids: Iterable[str], *, progress: bool = False) -> list[VolumeScan]:

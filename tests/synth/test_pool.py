@@ -210,3 +210,35 @@ def test_sampler_items_are_in_slice_order_whatever_the_offer_order():
         b.offer(key, v, k, None if k == 2 else f"{v}:{k}")
     assert list(a.items()) == list(b.items()) == [("v1", 2), ("v1", 7), ("v2", 1)]
     assert b.items()[("v1", 2)] is None  # a deferred place keeps its rank in the sample
+
+
+def test_float_minmax_counts_equal_the_float32_preset():
+    """Bisection over float32 values gives the float32 path's counts: negatives near zero, tiny
+    values, constant slices, spans that overflow, signed zeros."""
+    from shared.intensity import float_minmax_counts_above
+
+    rng = np.random.default_rng(3)
+    for trial in range(120):
+        kind = trial % 6
+        if kind == 0:
+            raw = rng.normal(0, 1, (6, 9, 11)).astype(np.float32)
+        elif kind == 1:
+            raw = (rng.normal(0, 1, (6, 9, 11)) * 1e-30).astype(np.float32)
+        elif kind == 2:
+            raw = (rng.normal(0, 1, (6, 9, 11)) - 0.1).astype(np.float32)
+            raw[:, 0, 0], raw[:, 0, 1] = -0.15, 0.0
+        elif kind == 3:
+            raw = rng.integers(-5, 5, (6, 9, 11)).astype(np.float32)
+            raw[1] = 3.0  # a constant slice
+        elif kind == 4:
+            raw = (rng.random((6, 9, 11)) * 1e30).astype(np.float32)
+            raw[2, 1, 1], raw[2, 1, 2] = -3e38, 3e38  # max - min overflows to inf
+        else:
+            raw = np.where(rng.random((6, 9, 11)) < 0.5, np.float32(-0.0), np.float32(0.0))
+            raw[3, 2, 2] = 1e-45
+        for level in (0.02, 0.5, 0.999, float(rng.random())):
+            with np.errstate(all="ignore"):
+                want = (apply_intensity(raw, SLICE_MINMAX) > np.float32(level)).reshape(6, -1).sum(axis=1)
+                got = float_minmax_counts_above(raw, level)
+            assert np.array_equal(got, want), (kind, level)
+    assert float_minmax_counts_above(np.zeros((2, 3, 3), np.int16), 0.02) is None

@@ -146,3 +146,26 @@ def test_a_deferred_slice_that_no_longer_qualifies_is_a_clear_error(brats_root, 
     monkeypatch.setattr(scanning, "map_volumes", changing_files)
     with pytest.raises(DataError, match=r"qualified for the background pool on the first read but not on the second"):
         _scan(source, cases)
+
+
+def test_float_shortcut_equals_float_chunks(brats_root, monkeypatch):
+    """The sample's FLAIRs are z-scored float32: the image pass counts content on the raw floats
+    (synth.scanning._scan_floats) and gives the float32 chunks' numbers, exemplars and pool."""
+    source = open_source("brats", brats_root)
+    cases = source.case_ids()[:2]
+    assert source.raw_image(cases[0]).dtype == np.float32
+    calls = []
+    shortcut = scanning._scan_floats
+    monkeypatch.setattr(scanning, "_scan_floats", lambda *a: calls.append(1) or shortcut(*a))
+    fast = _scan(source, cases)
+    assert len(calls) == len(cases)
+    monkeypatch.setattr(type(source), "raw_image", lambda self, case: None)  # force the float32 chunks
+    slow = _scan(source, cases)
+    assert fast.chosen == slow.chosen and list(fast.backgrounds) == list(slow.backgrounds)
+    for a, b in zip(fast.scans, slow.scans):
+        assert np.array_equal(a.content, b.content)
+    for ref, (img, lab) in slow.exemplar_slices.items():
+        assert np.array_equal(fast.exemplar_slices[ref][0].view(np.uint32), img.view(np.uint32))
+    for ref, enc in slow.backgrounds.items():
+        got = fast.backgrounds[ref]
+        assert (got.data.dtype, got.scale) == (enc.data.dtype, enc.scale) and np.array_equal(got.data, enc.data)
