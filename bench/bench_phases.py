@@ -13,8 +13,9 @@ finished, so a pool's CPU shows up when its pass ends):
 It also samples the CPU time of every thread of this process (``/proc/self/task``, Linux), which
 is how the spinning pool thread of issue 12 was found (``synth/parallel.py``, ``_QuietPool``).
 
-Usage: python bench/bench_phases.py [--json FILE] -- --dataset brats --root COHORT --exemplars 150 \\
-           --workers 2 --no-progress --out /tmp/ds
+Usage: python bench/bench_phases.py [--code DIR] [--json FILE] -- --dataset brats --root COHORT \\
+           --exemplars 150 --workers 2 --no-progress --out /tmp/ds
+(``--code``: a checkout whose synth to time, e.g. ``git worktree add /tmp/before <commit>``.)
 """
 from __future__ import annotations
 
@@ -102,9 +103,12 @@ def main() -> None:
     build_args = argv[argv.index("--") + 1:] if "--" in argv else []
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, help="append the rows to this JSON lines file")
+    ap.add_argument("--code", type=Path, help="time this checkout's synth (default: this one)")
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if not build_args:
         ap.error("give the build's arguments after --")
+    if args.code is not None:
+        sys.path.insert(0, str(args.code.resolve()))
 
     import synth.build as build
     import synth.jobs as jobs
