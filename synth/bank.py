@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from shared.arrays import nonzero_box
 from shared.errors import DataError
 from synth.pool import BackgroundInfo, BackgroundStore, EncodedSlice
 
@@ -181,8 +182,9 @@ class SliceBank:
         if bits is None:
             b = self._backgrounds
             mask = b.above(ref, threshold) if isinstance(b, BackgroundStore) else self.background(ref) > threshold
-            self._content_area[key] = area = int(np.count_nonzero(mask))
-            self._content_bbox[key] = _mask_bbox(mask) if area else None
+            self._content_area[key] = int(np.count_nonzero(mask))
+            box = nonzero_box(mask)
+            self._content_bbox[key] = None if box is None else (box[0], box[1] - 1, box[2], box[3] - 1)  # inclusive
             bits = self._content_bits_cache[key] = np.packbits(mask.ravel())
         return bits
 
@@ -219,15 +221,6 @@ class SliceBank:
         """Bounding box (y0, y1, x0, x1) of a background slice's content (pixels > threshold)."""
         self._content_bits(ref, threshold)
         return self._content_bbox[(ref, threshold)]
-
-
-def _mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1), inclusive, of a 2D bool mask with at least one True pixel (OpenCV's
-    bounding rectangle: one pass, ~3x numpy's two any() reductions)."""
-    import cv2
-
-    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask).view(np.uint8))
-    return y, y + h - 1, x, x + w - 1
 
 
 def _check_image(img: np.ndarray, what: str) -> np.ndarray:

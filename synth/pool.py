@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from shared.arrays import nonzero_box
 from shared.intensity import ExactSliceMinMax
 
 # Default --pool-size, chosen by measurement (BENCHMARKS.md, "Scaling to the full BraTS release"):
@@ -64,7 +65,6 @@ class PoolSampler:
     def __init__(self, pool_size: int | None):
         self.pool_size = pool_size or 0
         self._heap: list[tuple[int, str, int, Any]] = []  # (-key, negated order...) max-heap by key
-        self.offered = 0
 
     @property
     def threshold(self) -> int:
@@ -73,7 +73,6 @@ class PoolSampler:
         return -self._heap[0][0]
 
     def offer(self, key: int, volume: str, k: int, item: Any) -> None:
-        self.offered += 1
         # max-heap on (key, volume, slice): the root is the entry to evict first
         entry = (-key, _Neg(volume), -int(k), item)
         if not self.pool_size or len(self._heap) < self.pool_size:
@@ -205,16 +204,13 @@ class CroppedSlice:
     @classmethod
     def of(cls, encoded: EncodedSlice) -> "CroppedSlice":
         data = encoded.data
-        if data.dtype in (np.uint8, np.uint16) and data.ndim == 2 and data.size:  # OpenCV: ~3x numpy's any()
+        if data.dtype in (np.uint8, np.uint16) and data.ndim == 2:  # OpenCV: ~3x numpy's comparison
             import cv2
 
-            c0, r0, width, height = cv2.boundingRect(cv2.compare(data, 0, cv2.CMP_GT))
-            r1, c1 = r0 + height, c0 + width
+            nonzero = cv2.compare(data, 0, cv2.CMP_GT)
         else:
             nonzero = data.view(f"u{data.itemsize}") != 0  # bitwise: a float32 -0.0 is kept
-            rows, cols = np.flatnonzero(nonzero.any(axis=1)), np.flatnonzero(nonzero.any(axis=0))
-            r0, r1, c0, c1 = ((int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1) if rows.size
-                              else (0, 0, 0, 0))
+        r0, r1, c0, c1 = nonzero_box(nonzero) or (0, 0, 0, 0)
         return cls(data[r0:r1, c0:c1].copy(), (r0, c0), (int(data.shape[0]), int(data.shape[1])), encoded.scale,
                    encoded.max_level)
 

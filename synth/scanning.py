@@ -163,6 +163,17 @@ def _read_now(key: int, worker: Worker) -> bool:
     return key <= _current_threshold(worker.state)
 
 
+def _sort_candidate(key: int | None, k: int, content: float, encode: Callable[[], EncodedSlice], worker: Worker,
+                    backgrounds: list[tuple[int, int, EncodedSlice]], deferred: list[tuple[int, int]]) -> None:
+    """Slice ``k`` into ``backgrounds`` (encoded now) or ``deferred`` (its key alone) when it
+    qualifies; nothing otherwise."""
+    if _qualifies(key, content):
+        if _read_now(key, worker):
+            backgrounds.append((key, k, encode()))
+        else:
+            deferred.append((key, k))
+
+
 def _scan_chunks(shape: Sequence[int], chunks: Iterable[tuple[int, np.ndarray]], exemplar_ks: Sequence[int],
                  candidates: Sequence[tuple[int, int]], worker: Worker):
     """The general image pass: float32 chunks of a few slices (any source, any preset)."""
@@ -179,12 +190,7 @@ def _scan_chunks(shape: Sequence[int], chunks: Iterable[tuple[int, np.ndarray]],
             k = k0 + i
             if k in want:
                 images[k] = np.array(chunk[i], dtype=np.float32)  # a copy: the chunk is freed
-            key = keys.get(k)
-            if _qualifies(key, frac[i]):
-                if _read_now(key, worker):
-                    backgrounds.append((key, k, encode_slice(chunk[i])))
-                else:
-                    deferred.append((key, k))
+            _sort_candidate(keys.get(k), k, frac[i], lambda: encode_slice(chunk[i]), worker, backgrounds, deferred)
     return content, images, backgrounds, deferred
 
 
@@ -198,11 +204,7 @@ def _scan_integers(minmax: ExactSliceMinMax, exemplar_ks: Sequence[int], candida
     backgrounds: list[tuple[int, int, EncodedSlice]] = []
     deferred: list[tuple[int, int]] = []
     for k, key in candidates:
-        if _qualifies(key, content[k]):
-            if _read_now(key, worker):
-                backgrounds.append((key, k, encode_minmax_slice(minmax, k)))
-            else:
-                deferred.append((key, k))
+        _sort_candidate(key, k, content[k], lambda: encode_minmax_slice(minmax, k), worker, backgrounds, deferred)
     return content, images, backgrounds, deferred
 
 
@@ -221,11 +223,7 @@ def _scan_floats(raw: np.ndarray, exemplar_ks: Sequence[int], candidates: Sequen
     backgrounds: list[tuple[int, int, EncodedSlice]] = []
     deferred: list[tuple[int, int]] = []
     for k, key in candidates:
-        if _qualifies(key, content[k]):
-            if _read_now(key, worker):
-                backgrounds.append((key, k, encode_slice(image(k))))
-            else:
-                deferred.append((key, k))
+        _sort_candidate(key, k, content[k], lambda: encode_slice(image(k)), worker, backgrounds, deferred)
     return content, images, backgrounds, deferred
 
 
