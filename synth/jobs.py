@@ -8,6 +8,7 @@ where forked build workers share it without copying.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -223,7 +224,7 @@ def _selected_exemplars(cfg: BuildConfig, source: Any, min_pixels: int, workers:
 
 
 def _slice_pixels(encoded: Any) -> int:
-    return int(encoded.data.size)
+    return math.prod(encoded.shape)
 
 
 def _read_listed(source: Any, exemplars: Sequence[dict[str, Any]], pool: Sequence[dict[str, Any]], workers: int,

@@ -12,9 +12,9 @@ progress bar in volumes:
    seeded pool sample (:class:`synth.pool.PoolSampler`; its threshold, capped early by
    :class:`synth.pool.PoolCap`, is shared with the workers; a qualifying slice above it is
    reported by its key alone and read again at the end only if it makes the sample),
-   stored exactly and compactly (``synth.pool.encode_slice``); worker processes send each one as
-   its nonzero box (``synth.pool.CroppedSlice``, ~1/5 of a BraTS slice) and the parent restores
-   the slices it keeps. Integer scans under the per-slice min-max preset (BraTS FLAIR) take an
+   stored exactly and compactly (``synth.pool.encode_slice``) and cropped to its nonzero box
+   (``synth.pool.CroppedSlice``, ~1/5 of a BraTS slice): how workers send it and how the bank
+   keeps it (nothing is restored to a whole slice). Integer scans under the per-slice min-max preset (BraTS FLAIR) take an
    exact shortcut: the content fractions come from integer passes over the raw volume and only
    the kept slices are made float32 (``_scan_integers``; the same numbers and encodings as the
    float32 chunks); float32 scans under that preset (z-scored FLAIR) count content on the raw
@@ -127,8 +127,8 @@ def _image_task(worker: Worker, args: tuple) -> dict[str, Any]:
     else:
         content, images, backgrounds, deferred = _scan_chunks(shape, chunks, exemplar_ks, candidates, worker)
     want = set(exemplar_ks)
-    if worker.separate_process:  # pickled to the parent: only each candidate's nonzero box (~1/5 on BraTS)
-        backgrounds = [(key, k, CroppedSlice.of(encoded)) for key, k, encoded in backgrounds]
+    # each candidate's nonzero box (~1/5 on BraTS): what a worker pickles and the bank keeps
+    backgrounds = [(key, k, CroppedSlice.of(encoded)) for key, k, encoded in backgrounds]
     out: dict[str, Any] = {"case": case, "content": content, "backgrounds": backgrounds, "deferred": deferred,
                            "exemplars": {}}
     if want:
@@ -235,7 +235,7 @@ def _scan_floats(raw: np.ndarray, exemplar_ks: Sequence[int], candidates: Sequen
 class StreamScan:
     scans: list[VolumeScan]  # full scans (counts + content), in case order
     exemplar_slices: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]
-    backgrounds: dict[tuple[str, int], EncodedSlice]  # the sampled strict pool candidates
+    backgrounds: dict[tuple[str, int], CroppedSlice]  # the sampled strict pool candidates
     fingerprint: dict[str, Any]
     file_hashes: dict[str, str]  # str(path) -> sha256
     chosen: list[tuple[str, int]] = field(default_factory=list)  # exemplars chosen from the labels
@@ -308,7 +308,6 @@ def _stream_scan(source: Any, cases: list[str], workers: int, progress: bool,
     scans = [VolumeScan(s.volume_id, s.counts, contents[s.volume_id]) for s in label_scans]
     fingerprint = {"algorithm": "sha256", "files": dict(sorted(files.items())), "arrays": dict(sorted(arrays.items()))}
     backgrounds = {ref: reread.get(ref, item) for ref, item in kept.items()}
-    backgrounds = {ref: item.restore() if isinstance(item, CroppedSlice) else item for ref, item in backgrounds.items()}
     return StreamScan(scans, exemplar_slices, backgrounds, fingerprint, hashes, chosen, encoded_offers,
                       len({v for (v, _k), item in kept.items() if item is None}))
 

@@ -123,6 +123,34 @@ def test_cropped_slices_restore_the_same_bytes():
         assert np.array_equal(back.data.view(np.uint8), enc.data.view(np.uint8))
 
 
+def test_cropped_slices_decode_and_mask_as_the_whole_slice():
+    """The store keeps slices cropped: decode() and above(t) give the uncropped slice's bits, for
+    every dtype, thresholds below zero (the zeros outside the box are above them), an empty box
+    and a float32 -0.0 (kept inside the box)."""
+    from synth.pool import CroppedSlice, EncodedSlice
+
+    rng = np.random.default_rng(12)
+    head = np.zeros((30, 40), np.uint16)
+    head[7:21, 12:33] = rng.integers(0, 3000, (14, 21))
+    floats = np.zeros((30, 40), np.float32)
+    floats[3, 5], floats[20, 30], floats[9, 9] = -0.0, 0.25, 0.5
+    for enc in (EncodedSlice(head, 2999.0, int(head.max())), EncodedSlice((head % 256).astype(np.uint8), 255.0),
+                EncodedSlice(floats, 0.0), EncodedSlice(np.zeros((30, 40), np.uint8), 1.0, 0)):
+        cropped = CroppedSlice.of(enc)
+        assert cropped.shape == (30, 40) and cropped.nbytes == cropped.data.nbytes
+        assert cropped.decode().dtype == np.float32
+        assert np.array_equal(cropped.decode().view(np.uint32), enc.decode().view(np.uint32))
+        for thr in (-0.5, -0.0, 0.0, 0.001, 0.3, np.float32(0.3), np.float64(0.3), 1.0):
+            assert np.array_equal(cropped.above(thr), enc.above(thr)), thr
+        assert cropped.in_unit_range == enc.in_unit_range or cropped.data.size == 0
+    store = BackgroundStore()
+    store.add("a", EncodedSlice(head, 2999.0))
+    store.add("b", floats)
+    assert store.shape("a") == store.shape("b") == (30, 40)
+    assert store.nbytes == 14 * 21 * 2 + 18 * 26 * 4  # the boxes only
+    assert np.array_equal(store["a"], EncodedSlice(head, 2999.0).decode())
+
+
 def test_levels_within_the_scale_skip_the_banks_range_check():
     """A slice stored as integer levels <= scale decodes into [0, 1]: the bank does not decode it to
     check it; anything else is still checked (and a bad one refused)."""

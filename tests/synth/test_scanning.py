@@ -76,8 +76,8 @@ def test_reusing_freed_memory_changes_no_result(brats_root):
 
 
 def test_two_workers_send_cropped_candidates_and_give_the_same_scan(brats_root, tmp_path, monkeypatch):
-    """Worker processes pickle each candidate's nonzero box (synth.pool.CroppedSlice); the parent
-    restores the slices it keeps: the same pool, bytes and order as one worker in this process."""
+    """Worker processes pickle each candidate's nonzero box (synth.pool.CroppedSlice), which the
+    bank keeps: the same pool, bytes and order as one worker in this process."""
     cases = open_source("brats", brats_root).case_ids()[:3]
     source = open_source("brats", _int16_copy(brats_root, tmp_path / "brats16", cases))
     one, two = _scan(source, cases, workers=1), _scan(source, cases, workers=2)
