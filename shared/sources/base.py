@@ -23,6 +23,9 @@ class Source:
     task: str = "single"  # "single" (one target) or "multi" (several organs)
     classmap: ClassMap
     intensity: dict[str, Any]
+    # modules the readers import on first use: a parallel scan imports them before its worker
+    # processes fork, so they inherit them instead of importing them once per worker and pass
+    reader_modules: tuple[str, ...] = ()
 
     def __init__(self, root: str | Path | None, options: dict[str, Any] | None = None):
         self.root = Path(root).resolve() if root is not None else None

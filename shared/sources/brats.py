@@ -24,6 +24,7 @@ GRADES = ("HGG", "LGG")
 
 class BratsSource(Source):
     name = "brats"
+    reader_modules = ("nibabel",)  # the NIfTI header (shared.sources.io)
     task = "single"
     classmap = BRATS_MAP
 

@@ -59,6 +59,7 @@ def read_image_chunks(source: Source, image_file: Path, chunk: int = 8):
 
 class PairedNiftiSource(Source):
     """A source whose cases are (image, label) NIfTI pairs found by ``_cases`` (synapse, nifti)."""
+    reader_modules = ("nibabel",)  # the NIfTI header (shared.sources.io)
 
     _cases: dict[str, tuple[Path, Path]]  # case id -> (image file, label file); a cached_property
 
