@@ -31,10 +31,11 @@ from shared.arrays import nonzero_box
 from shared.intensity import ExactSliceMinMax
 
 # Default --pool-size, chosen by measurement (BENCHMARKS.md, "Scaling to the full BraTS release"):
-# a pooled 240x240 BraTS slice costs ~0.2 MB of peak memory (its exact compact copy, ~0.13 MB, plus
-# its cached content mask in each synthesis worker); 4096 keeps a 240-patient build at ~1 GB with
-# one worker and ~1.4 GB with two, and is larger than the pools of the sample cohorts (4 cases: 185
-# slices, the 30-case cohort's train split: 1,246), which therefore keep their full pools and bytes.
+# a pooled 240x240 BraTS slice costs ~0.04 MB of peak memory (its exact compact copy cropped to its
+# nonzero box, ~0.027 MB, plus its cached content mask in each synthesis worker; ~0.2 MB before the
+# crop); 4096 keeps a 240-patient build at ~0.35 GB with one worker and ~0.5 GB PSS with two, bounds
+# it whatever the cohort, and is larger than the pools of the sample cohorts (4 cases: 185 slices,
+# the 30-case cohort's train split: 1,246), which therefore keep their full pools and bytes.
 DEFAULT_POOL_SIZE = 4096
 _NO_LIMIT = (1 << 64) - 1
 
