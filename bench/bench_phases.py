@@ -6,8 +6,8 @@ finished, so a pool's CPU shows up when its pass ends):
 
 * ``labels`` (with the start-up) / ``images`` (with the exemplar choice): the two streaming passes
   of the scan (``synth.scanning.map_volumes``); ``read`` for an ``--exemplar-list`` build;
-* ``restore, select``: the rest of the scan (the kept pool slices made whole again) and the final
-  selection; ``bank``; ``output folder``; ``shards`` (synthesis and writing); ``finalize``; and
+* ``restore, select``: the rest of the scan (until d62b9d3, the kept pool slices made whole
+  again) and the final selection; ``bank``; ``output folder``; ``shards`` (synthesis and writing); ``finalize``; and
   ``summary`` (the end-of-build report).
 
 It also samples the CPU time of every thread of this process (``/proc/self/task``, Linux), which

@@ -199,7 +199,7 @@ class CroppedSlice:
     background slice's box is ~1/5 of the slice (the head on a black field), so a scan worker
     pickles, pipes and the parent unpickles ~5x fewer bytes, and the bank holds ~5x less.
     :meth:`decode` and :meth:`above` give the whole slice's values and mask (the same bits as the
-    uncropped slice's: a zero level decodes to +0.0); :meth:`restore` gives the uncropped slice."""
+    uncropped slice's: a zero level decodes to +0.0)."""
 
     data: np.ndarray  # the levels inside the box
     top_left: tuple[int, int]  # (row, column) of the box in the slice
@@ -220,11 +220,6 @@ class CroppedSlice:
         return cls(data[r0:r1, c0:c1].copy(), (r0, c0), (int(data.shape[0]), int(data.shape[1])), encoded.scale,
                    encoded.max_level)
 
-    def restore(self) -> EncodedSlice:
-        full = np.zeros(self.shape, dtype=self.data.dtype)
-        full[self._box] = self.data
-        return EncodedSlice(full, self.scale, self.max_level)
-
     @property
     def _box(self) -> tuple[slice, slice]:
         r0, c0 = self.top_left
@@ -235,7 +230,7 @@ class CroppedSlice:
         return EncodedSlice(self.data, self.scale, self.max_level)
 
     def decode(self) -> np.ndarray:
-        """The whole slice's float32 values: ``restore().decode()``, decoding the box only."""
+        """The whole slice's float32 values (:meth:`EncodedSlice.decode` of the box, zeros around it)."""
         out = np.zeros(self.shape, dtype=np.float32)
         if self.data.size:
             out[self._box] = self._inner.decode()

@@ -14,10 +14,10 @@ progress bar in volumes:
    reported by its key alone and read again at the end only if it makes the sample),
    stored exactly and compactly (``synth.pool.encode_slice``) and cropped to its nonzero box
    (``synth.pool.CroppedSlice``, ~1/5 of a BraTS slice): how workers send it and how the bank
-   keeps it (nothing is restored to a whole slice). Integer scans under the per-slice min-max preset (BraTS FLAIR) take an
-   exact shortcut: the content fractions come from integer passes over the raw volume and only
-   the kept slices are made float32 (``_scan_integers``; the same numbers and encodings as the
-   float32 chunks); float32 scans under that preset (z-scored FLAIR) count content on the raw
+   keeps it (nothing is made whole again). Integer scans under the per-slice min-max preset
+   (BraTS FLAIR) take an exact shortcut: the content fractions come from integer passes over the
+   raw volume and only the kept slices are made float32 (``_scan_integers``; the same numbers and
+   encodings as the float32 chunks); float32 scans under that preset (z-scored FLAIR) count content on the raw
    floats the same way (``_scan_floats``).
 
 So each image is decoded once, nothing larger than one volume's label and a few float32 slices is
