@@ -42,7 +42,6 @@ class Worker:
 
     state: Any
     tick: Callable[[int], None]
-    separate_process: bool = False  # a pool worker: its results reach the caller pickled
 
 
 TaskFn = Callable[[Worker, Any], Any]
@@ -169,7 +168,7 @@ def _init_worker(fn: TaskFn, state: Any, spawn_state: Callable[[], Any] | None, 
     if state is None and spawn_state is not None:
         state = spawn_state()
     _WORKER["fn"] = fn
-    _WORKER["worker"] = Worker(state, _counter_tick(counter) if counter is not None else _ignore, True)
+    _WORKER["worker"] = Worker(state, _counter_tick(counter) if counter is not None else _ignore)
 
 
 def _counter_tick(counter: Any) -> Callable[[int], None]:
