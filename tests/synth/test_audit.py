@@ -33,6 +33,31 @@ def test_verify_ok_and_replay(built, fmt):
     assert "OK: 40 samples in 5 shards" in text and "40 replayed bit-identical" in text
 
 
+def test_verify_replays_with_opencv_on_one_thread(built, monkeypatch):
+    """Replay renders as the build did, with OpenCV on one thread whatever the caller had set
+    (OpenCV's threads may change the last bit on some CPUs, which would read as a mismatch), and
+    gives the caller's setting back."""
+    import cv2
+
+    import synth.synthesis
+
+    real, seen = synth.synthesis.replay, []
+
+    def replay(*args, **kwargs):
+        seen.append(cv2.getNumThreads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synth.synthesis, "replay", replay)
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(3)
+        text = ok("verify", built["zarr"], "--replay", "4", "--no-progress")
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
+    assert "4 replayed bit-identical" in text and seen == [1] * 4
+
+
 def test_verify_catches_corrupted_zarr_chunk(built, tmp_path: Path):
     ds = _copy(built["zarr"], tmp_path / "c")
     # shard 1 holds samples 8..15; the image array is one Zarr shard file of 8 chunks (one per
