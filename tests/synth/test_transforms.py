@@ -124,19 +124,28 @@ def test_image_ops_stay_in_unit_range_and_keep_black() -> None:
     assert apply_photometric(ro, TransformParams(gain=1.05)) is not ro  # never writes into its input
 
 
-def test_ops_do_not_depend_on_opencv_threads() -> None:
+def test_opencv_threads_change_at_most_the_last_bits() -> None:
+    """OpenCV does not promise bit-identical kernels across thread counts: on an AMD EPYC,
+    warpAffine on float32 gave 2-3 pixels that differ in the last bit (6e-8) from one thread. The
+    build pins OpenCV to one thread, so datasets do not depend on it (test_build.py:
+    test_bytes_do_not_depend_on_workers_or_the_callers_opencv_threads); here the ops agree to far
+    better than any visible difference whatever the thread count."""
     img = np.random.default_rng(0).random((300, 280), dtype=np.float32)
     p = TransformParams(scale=1.07, rotation=-12.0, flip_h=True, tx=4.2, ty=-3.3, blur_sigma=0.8, gain=1.05, gamma=0.9)
     fwd = forward_affine(p, (140.0, 150.0), img.shape, img.shape)
+    lab = (img > 0.7).astype(np.uint8) * 3
     before = cv2.getNumThreads()
     try:
-        outs = []
+        images, labels = [], []
         for n in (1, 4):
             cv2.setNumThreads(n)
-            outs.append(apply_photometric(warp_image(img, fwd.inverse_matrix(), (280, 300)), p).tobytes())
+            images.append(apply_photometric(warp_image(img, fwd.inverse_matrix(), (280, 300)), p))
+            labels.append(warp_label(lab, fwd.inverse_matrix(), (280, 300)))
     finally:
         cv2.setNumThreads(before)
-    assert outs[0] == outs[1]
+    np.testing.assert_allclose(images[0], images[1], rtol=0, atol=1e-5)
+    assert set(np.unique(labels[1]).tolist()) <= {0, 3}
+    assert np.mean(labels[0] != labels[1]) < 1e-3
 
 
 @pytest.mark.parametrize("sigma", [0.3, 1.0, 2.5])
