@@ -23,6 +23,7 @@ import pytest
 
 from clikit import run_in_process
 from shared.errors import DataError
+from waitkit import HANG, finished_shards, held_build, log_lines, wait_until
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEMO = ["--dataset", "demo-brain", "--split", "test", "--exemplars", "6", "--shard-size", "8", "--seed", "1",
@@ -58,28 +59,24 @@ def _as_from_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+_POPEN = dict(cwd=PROJECT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+              preexec_fn=_as_from_a_terminal)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1"}
+
+
 def popen(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", *map(str, args)], cwd=PROJECT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            preexec_fn=_as_from_a_terminal)
+    return subprocess.Popen([sys.executable, "-m", *map(str, args)], env=_env(), **_POPEN)
 
 
-def wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not cond():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"process ended before {what}: {out}{err}")
-        if time.time() > deadline:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+# Waits are on events (logged steps, finished shards), bounded only against a hang (tests/waitkit.py).
+wait_for = wait_until
 
 
 def metric_lines(run: Path) -> int:
-    path = run / "metrics.jsonl"
-    return len(path.read_text().splitlines()) if path.exists() else 0
+    return log_lines(run / "metrics.jsonl")
 
 
 def build_demo(out: Path, *extra: str, samples: int = 16) -> Path:
@@ -158,7 +155,7 @@ def test_sigterm_saves_and_a_rebuild_under_the_fit_is_refused(tmp_path: Path):
                          "--out", ds), "being read")
         assert (ds / "dataset.json").read_bytes() == before
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=HANG)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -176,8 +173,9 @@ def test_sigterm_saves_and_a_rebuild_under_the_fit_is_refused(tmp_path: Path):
 
 def test_kill_9_loses_at_most_the_save_interval(tmp_path: Path, demo_ds: Path):
     run = tmp_path / "run"
+    # saves by step count only (no save every N minutes: what is saved must not depend on speed)
     proc = popen("train", "fit", "--shards", demo_ds, "--out", run, "--steps", "5000",
-                 "--save-every-steps", "4", *FIT)
+                 "--save-every-steps", "4", "--save-every-minutes", "0", *FIT)
     try:
         wait_for(lambda: metric_lines(run) >= 10, proc, "ten logged steps")
         proc.kill()
@@ -432,8 +430,14 @@ def test_stale_lock_takeover_is_atomic(tmp_path: Path):
                for _ in range(procs)]
     for w in workers:
         w.start()
+    deadline = time.monotonic() + HANG  # a bound against a hang (a broken barrier), not a speed
     for w in workers:
-        w.join(120)
+        w.join(max(0.0, deadline - time.monotonic()))
+    hung = [w for w in workers if w.is_alive()]
+    for w in hung:
+        w.kill()
+        w.join()
+    assert not hung, f"{len(hung)} of {procs} lock contenders still running after {HANG:.0f} s"
     assert all(w.exitcode == 0 for w in workers)
     assert overlaps.value == 0  # never two holders (the O_EXCL + unlink takeover had some in 150 rounds)
     assert wins.value >= rounds  # every round someone took the stale lock
@@ -443,15 +447,16 @@ def test_stale_lock_takeover_is_atomic(tmp_path: Path):
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_interrupted_parallel_build_is_quiet_and_resumable(tmp_path: Path, how: str):
     out = tmp_path / "ds"
-    args = ["synth", "build", *DEMO, "--num-samples", "800", "--workers", "2", "--out", out]
-    proc = popen(*args)
+    args = ["synth", "build", *DEMO, "--num-samples", "48", "--workers", "2", "--out", out]
+    # held mid-shard from shard 2 on (tests/waitkit.py): still running when signalled, on any machine
+    proc = held_build(args[1:], 2, env=_env(), **_POPEN)
     try:
-        wait_for(lambda: len(list((out / ".build").glob("shard-*.json"))) >= 2, proc, "two finished shards")
+        wait_for(lambda: finished_shards(out) >= 2, proc, "two finished shards")
         if how == "ctrl-c":
             os.killpg(proc.pid, signal.SIGINT)  # the terminal sends it to the whole process group
         else:
             proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=HANG)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -461,7 +466,7 @@ def test_interrupted_parallel_build_is_quiet_and_resumable(tmp_path: Path, how: 
     code, text = cli(*args[:-2], "--resume", "--workers", "1", "--out", out)
     assert code == 0 and "keeping" in text, text
     code, text = cli(*args[:-2], "--resume", "--out", out)
-    assert code == 0 and "already complete (800 samples), nothing to do" in text, text
+    assert code == 0 and "already complete (48 samples), nothing to do" in text, text
     assert "interrupted build" not in text
 
 

@@ -84,6 +84,8 @@ def test_fit_learns_and_writes_the_run(ds, tmp_path, capsys):
     metrics = _metrics(run)
     assert [m["step"] for m in metrics] == [1, 5, 10, 15, 20, 25, 30, 35, 40]
     assert set(metrics[0]) >= {"step", "loss", "ce", "dice", "lr", "samples_per_s"}
+    # seeded (config seed 1234, dataset seed 0): the last/first loss ratio is 0.09-0.12 over five
+    # data/model seeds, so 0.7 holds wherever float rounding differs
     assert metrics[-1]["loss"] < 0.7 * metrics[0]["loss"]
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["model"] == "tiny" and config["dataset"]["path"] == str(ds.resolve())
@@ -212,19 +214,23 @@ def test_ctrl_c_saves_a_resumable_checkpoint(ds, tmp_path):
     import signal
     import subprocess
     import sys
-    import time
+
+    from waitkit import HANG, log_lines, wait_until
 
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "train", "fit", "--shards", str(ds), "--out", str(run), "--steps", "5000",
            "--log-every", "1", *FAST]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 60
-    while time.time() < deadline and not ((run / "metrics.jsonl").exists()
-                                          and len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        # an event (3 logged steps), not a time: signalled only once it has trained 3 steps
+        wait_until(lambda: log_lines(run / "metrics.jsonl") >= 3, proc, "three logged steps")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=HANG)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, out + err
     assert "interrupted: saved step" in out and "Traceback" not in err
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
