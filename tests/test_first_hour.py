@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from evalkit import run_train
+from waitkit import HANG
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,8 @@ def _cli_in_subprocess(tool: str, args: list[str], env: dict | None = None) -> d
     full_env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     full_env["PYTHONPATH"] = str(ROOT)
     full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
+                          timeout=HANG)  # a bound against a hang, not a speed
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["err"] = proc.stderr
     return out

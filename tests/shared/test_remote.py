@@ -24,6 +24,7 @@ from shared.errors import ConfigError, DataError  # noqa: E402
 from shared.remote import CACHE_ENV, CACHE_LIMIT_ENV, as_location, is_remote, parse_size  # noqa: E402
 from shared.sources import open_source  # noqa: E402
 from train_datasets import make_dataset  # noqa: E402
+from waitkit import HANG  # noqa: E402
 
 FAST = ["--model", "tiny", "--img-size", "32", "--batch-size", "4", "--threads", "1", "--no-progress"]
 
@@ -54,14 +55,15 @@ def served(tmp_path_factory):
                              "--directory", str(root)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
+        deadline = time.monotonic() + HANG  # waits for the server to answer; the bound is for a hang only
+        while True:
             try:
-                urllib.request.urlopen(f"{url}/ds/dataset.json", timeout=1).read()
+                urllib.request.urlopen(f"{url}/ds/dataset.json", timeout=HANG).read()
                 break
             except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"http.server did not start: {(root.parent / 'http.log').read_text()}")
                 time.sleep(0.1)
-        else:
-            raise AssertionError("http.server did not start")
         yield url, root, root.parent / "http.log"
     finally:
         proc.terminate()

@@ -13,6 +13,7 @@ import pytest
 from shared import open_dataset
 from train.data import SampleOrder
 from train_datasets import make_dataset
+from waitkit import HANG
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ def test_ddp_two_ranks_gloo(tmp_path):
            "-m", "train", "fit", "--shards", str(ds), "--out", str(run), "--model", "tiny",
            "--img-size", "32", "--steps", str(steps), "--batch-size", str(batch), "--num-workers", "0",
            "--threads", "1", "--log-every", "1", "--log-sample-ids", "--no-progress", "--device", "cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=HANG)  # only a hang
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout and proc.stdout.count("done: steps 0->5") == 1
 

@@ -11,6 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from waitkit import HANG
+
 PROJECT = Path(__file__).resolve().parents[3]
 SCHEMA = json.loads((PROJECT / "data_manifests/schemas/exemplar_list.schema.json").read_text())
 
@@ -18,7 +20,8 @@ SCHEMA = json.loads((PROJECT / "data_manifests/schemas/exemplar_list.schema.json
 def synth(*args: str) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("synth")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "synth"]
-    return subprocess.run(cmd + ["select", *args, "--no-progress"], capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd + ["select", *args, "--no-progress"], capture_output=True, text=True,
+                          timeout=HANG)  # a bound against a hang, not a speed
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
