@@ -13,7 +13,7 @@ from shared.errors import ConfigError
 from shared.sources.base import Source
 from shared.sources.io import preprocess_raw, read_nifti
 
-DATASETS = ("brats", "synapse", "transunet", "nifti", "demo-brain", "demo-abdomen", "demo")
+DATASETS = ("brats", "synapse", "transunet", "nifti", "dicom", "demo-brain", "demo-abdomen", "demo")
 """Names accepted by :func:`open_source` (``demo`` is an alias of ``demo-brain``)."""
 
 
@@ -21,14 +21,14 @@ def open_source(dataset: str, root: str | Path | None = None, *, modality: str =
                 config: str | Path | None = None, intensity: Any = None) -> Source:
     """Open a dataset by name. The demo sources read no folder: a ``root`` for them is an error
     (silently ignoring it would let a user believe their data was read); ``modality`` applies to
-    ``brats``; ``config`` to ``nifti`` (default: ``source.json`` in the root); ``intensity`` (a
-    preset name or dict, see shared.intensity) replaces the intensity preset of ``brats`` and
-    ``nifti`` sources (None: the source's own)."""
+    ``brats``; ``config`` to ``nifti`` and ``dicom`` (default: ``source.json`` in the root);
+    ``intensity`` (a preset name or dict, see shared.intensity) replaces the intensity preset of
+    ``brats``, ``nifti`` and ``dicom`` sources (None: the source's own)."""
     if dataset in ("demo", "demo-brain", "demo-abdomen") and root is not None:
         raise ConfigError(f"--root {root}: --dataset {dataset} generates its phantoms and reads no folder; "
-                          "drop --root, or choose the layout of your data (brats, synapse, transunet, nifti)")
-    if intensity is not None and dataset not in ("brats", "nifti"):
-        raise ConfigError(f"--intensity applies to the brats and nifti sources, not to {dataset!r} "
+                          "drop --root, or choose the layout of your data (brats, synapse, transunet, nifti, dicom)")
+    if intensity is not None and dataset not in ("brats", "nifti", "dicom"):
+        raise ConfigError(f"--intensity applies to the brats, nifti and dicom sources, not to {dataset!r} "
                           "(its intensity is fixed by its format)")
     if dataset in ("demo", "demo-brain"):
         from shared.sources.demo import DemoBrainSource
@@ -54,6 +54,10 @@ def open_source(dataset: str, root: str | Path | None = None, *, modality: str =
         from shared.sources.transunet import TransUNetSource
 
         return TransUNetSource(root)
+    if dataset == "dicom":
+        from shared.sources.dicom_source import DicomSource
+
+        return DicomSource(root, config=config, intensity=intensity)
     from shared.sources.nifti import NiftiSource
 
     return NiftiSource(root, config=config, intensity=intensity)

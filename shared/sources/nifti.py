@@ -22,9 +22,11 @@ DEFAULT_CONFIG_NAMES = ("source.json", "source.yaml", "source.yml")
 _KEYS = {"images", "labels", "classes", "label_values", "intensity", "task", "image_suffix", "label_suffix"}
 
 
-def read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path, *, known: set[str] | frozenset[str] = frozenset(_KEYS),
+                what: str = "nifti source config") -> dict[str, Any]:
+    """A source config file (JSON, or YAML by its suffix) as a dict; unknown keys are an error."""
     if not path.is_file():
-        raise ConfigError(f"{path}: nifti source config not found")
+        raise ConfigError(f"{path}: {what} not found")
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
@@ -33,12 +35,12 @@ def read_config(path: Path) -> dict[str, Any]:
         except Exception as exc:  # yaml.YAMLError, a file that is not text
             raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     else:
-        config = read_json(path, what="nifti source config", error=ConfigError)
+        config = read_json(path, what=what, error=ConfigError)
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected an object with 'classes' and 'intensity'")
-    unknown = sorted(set(config) - _KEYS)
+    unknown = sorted(set(config) - set(known))
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_KEYS))})")
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     return config
 
 

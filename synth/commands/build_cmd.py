@@ -9,7 +9,7 @@ import click
 
 from shared.cli_support import debug_option
 
-DATASET_CHOICES = ["brats", "synapse", "transunet", "nifti", "demo", "demo-brain", "demo-abdomen"]
+DATASET_CHOICES = ["brats", "synapse", "transunet", "nifti", "dicom", "demo", "demo-brain", "demo-abdomen"]
 
 
 def _default_workers() -> int:
@@ -28,7 +28,8 @@ def source_options(split_default: str, *, from_list: bool = False):
             click.option("--dataset", required=not from_list, type=click.Choice(DATASET_CHOICES),
                          help="Source layout: brats (BraTS 2018 HGG|LGG folders), synapse (RawData/Training "
                               "img/label), transunet (train_npz / test_vol_h5), nifti (images/ + labels/ with "
-                              "a config), demo-brain / demo-abdomen (procedural phantoms; demo = demo-brain)."
+                              "a config), dicom (<case>/image/ DICOM series + label.seg.dcm or "
+                              "label.nii.gz), demo-brain / demo-abdomen (procedural phantoms; demo = demo-brain)."
                               + (" Default with --exemplar-list: the dataset the list records." if from_list else "")),
             click.option("--root", type=click.Path(path_type=Path), default=None,
                          help="Dataset folder (the demo sources take none)."
@@ -36,9 +37,9 @@ def source_options(split_default: str, *, from_list: bool = False):
             click.option("--modality", type=click.Choice(["t1", "t1ce", "t2", "flair"]), default="flair",
                          show_default=True, help="BraTS modality to read."),
             click.option("--config", "source_config", type=click.Path(path_type=Path), default=None,
-                         help="nifti source config (classes, intensity preset); default ROOT/source.json."),
+                         help="nifti / dicom source config (classes, intensity preset); default ROOT/source.json."),
             click.option("--intensity", default=None, metavar="PRESET",
-                         help="brats / nifti: replace the source's intensity preset, by name "
+                         help="brats / nifti / dicom: replace the source's intensity preset, by name "
                               "(mri-slice-p99.5: per-slice min-max with the top at the 99.5th percentile "
                               "of the brain, robust to outlier voxels; mri-slice-minmax: the paper's rule, "
                               "the brats default) or as JSON. Recorded in dataset.json; train eval and "

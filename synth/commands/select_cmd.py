@@ -7,22 +7,23 @@ import click
 
 from shared.cli_support import debug_option
 
-DATASET_CHOICES = ["brats", "synapse", "transunet", "nifti", "demo", "demo-brain", "demo-abdomen"]
+DATASET_CHOICES = ["brats", "synapse", "transunet", "nifti", "dicom", "demo", "demo-brain", "demo-abdomen"]
 
 
 @click.command("select")
 @click.option("--dataset", required=True, type=click.Choice(DATASET_CHOICES),
               help="Source layout: brats (BraTS 2018 HGG|LGG folders), synapse (RawData/Training "
                    "img/label), transunet (train_npz / test_vol_h5), nifti (images/ + labels/ with "
-                   "a config), demo-brain / demo-abdomen (procedural phantoms; demo = demo-brain).")
+                   "a config), dicom (<case>/image/ DICOM series + label.seg.dcm or label.nii.gz), "
+                   "demo-brain / demo-abdomen (procedural phantoms; demo = demo-brain).")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Dataset folder (not needed for the demo sources).")
 @click.option("--modality", type=click.Choice(["t1", "t1ce", "t2", "flair"]), default="flair",
               show_default=True, help="BraTS modality to read.")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
-              help="nifti source config (classes, intensity preset); default ROOT/source.json.")
+              help="nifti / dicom source config (classes, intensity preset); default ROOT/source.json.")
 @click.option("--intensity", default=None, metavar="PRESET",
-              help="brats / nifti: the intensity preset to read the images with (mri-slice-p99.5, "
+              help="brats / nifti / dicom: the intensity preset to read the images with (mri-slice-p99.5, "
                    "mri-slice-minmax (the brats default), or JSON; see synth build --help). It decides "
                    "the content test of the background pool, so the list records it and `synth build "
                    "--exemplar-list` reads the images the same way.")

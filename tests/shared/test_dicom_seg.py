@@ -1,20 +1,18 @@
 """shared/dicom_seg.py: label volumes as DICOM SEG (highdicom) referencing their series, and back."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (dicomkit)
 
-from dicomkit import synapse_arrays, write_series, write_synapse_series  # noqa: E402
-from shared.classmaps import SYNAPSE_13_TO_8, SYNAPSE_ORGANS  # noqa: E402
-from shared.dicom_seg import read_dicom_seg, segment_labels, write_dicom_seg  # noqa: E402
-from shared.errors import ConfigError, DataError  # noqa: E402
-from shared.sources.dicom import read_dicom_series  # noqa: E402
-from shared.sources.io import to_slice_first  # noqa: E402
+from dicomkit import synapse_arrays, write_series, write_synapse_series
+from shared.classmaps import SYNAPSE_13_TO_8, SYNAPSE_ORGANS
+from shared.dicom_seg import read_dicom_seg, segment_labels, write_dicom_seg
+from shared.errors import ConfigError, DataError
+from shared.sources.dicom import read_dicom_series
+from shared.sources.io import to_slice_first
 
 hd = pytest.importorskip("highdicom")
 

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (dicomkit)
 
-from shared.errors import DataError  # noqa: E402
-from shared.prompts_file import read_prompt_file  # noqa: E402
+from shared.errors import DataError
+from shared.prompts_file import read_prompt_file
 
 # the Synapse sample's affine: 3 mm voxels, RAS axes
 AFFINE = np.array([[3.0, 0, 0, -177.956], [0, 3.0, 0, 11.319], [0, 0, 3.0, 94.302], [0, 0, 0, 1]])

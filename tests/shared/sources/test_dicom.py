@@ -1,19 +1,17 @@
 """shared/sources/dicom.py: a DICOM series folder read like the NIfTI it was written from."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/ (dicomkit)
 
-from dicomkit import SYNAPSE_IMAGE, write_series, write_synapse_series  # noqa: E402
-from shared.errors import DataError  # noqa: E402
-from shared.sources import open_source  # noqa: E402
-from shared.sources.dicom import dicom_series_headers, list_series, read_dicom_series  # noqa: E402
-from shared.sources.io import nifti_geometry, read_nifti, to_slice_first  # noqa: E402
+from dicomkit import SYNAPSE_IMAGE, write_series, write_synapse_series
+from shared.errors import DataError
+from shared.sources import open_source
+from shared.sources.dicom import dicom_series_headers, list_series, read_dicom_series
+from shared.sources.io import nifti_geometry, read_nifti, to_slice_first
 
 pydicom = pytest.importorskip("pydicom")
 
