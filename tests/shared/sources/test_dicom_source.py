@@ -146,3 +146,13 @@ def test_synth_build_from_dicom(seg_root, tmp_path):
     info = json.loads((out / "dataset.json").read_text())
     assert info["source"]["name"] == "dicom" and info["source"]["class_names"] == list(SYNAPSE_CLASS_NAMES)
     assert info["num_samples"] == 6 and info["source"]["intensity"] == PRESETS["ct-abdomen"]
+    # an exemplar list of a dicom source: its files are the slice's own DICOM file and the SEG
+    lst = tmp_path / "list.json"
+    code, text = run_in_process(cli, "select", "--dataset", "dicom", "--root", seg_root, "--split", "all",
+                                "--exemplars", "1", "--no-progress", "--out", lst)
+    assert code == 0, text
+    entry = json.loads(lst.read_text())["exemplars"][0]
+    assert entry["files"]["label_file"] == "ct1/label.seg.dcm" and entry["files"]["image_file"].startswith("ct1/image/")
+    code, text = run_in_process(cli, "build", "--exemplar-list", lst, "--split", "all", "--num-samples", "3",
+                                "--shard-size", "3", "--workers", "1", "--no-progress", "--out", tmp_path / "ds2")
+    assert code == 0, text
