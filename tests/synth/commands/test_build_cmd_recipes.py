@@ -62,7 +62,7 @@ def test_percentile_preset_ignores_outlier_voxels() -> None:
 def test_intensity_option_only_for_brats_and_nifti() -> None:
     from shared.sources import open_source
 
-    with pytest.raises(ConfigError, match="brats and nifti"):
+    with pytest.raises(ConfigError, match=r"--intensity applies to the brats, .*nifti and dicom sources"):
         open_source("demo-brain", intensity="mri-slice-p99.5")
 
 
