@@ -110,6 +110,12 @@ class DicomSource(Source):
             ("nibabel",) if "nifti" in kinds else ())
         self._raw_cache: tuple[str, np.ndarray] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for worker processes without the cached volume (headers travel, voxels do not)."""
+        state = dict(self.__dict__)
+        state["_raw_cache"] = None
+        return state
+
     # ------------------------------------------------------------------------------ discovery
     @cached_property
     def _cases(self) -> dict[str, tuple[Path, Path, str]]:

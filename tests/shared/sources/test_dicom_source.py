@@ -54,6 +54,9 @@ def test_seg_labelled_case_reads_like_the_synapse_source(seg_root, synapse_root)
     assert np.array_equal(src.label_slices("ct1", [3, 12])[12], want.label[12])
     assert src.num_slices("ct1") == 30 and src.files("ct1")[-1].name == "label.seg.dcm"
     assert src.slice_files("ct1", 4)["image_file"] == src.files("ct1")[4]
+    import pickle
+
+    assert src._raw_cache is not None and pickle.loads(pickle.dumps(src))._raw_cache is None
     again = open_described(json.loads(json.dumps(src.describe())))
     assert again.class_names == src.class_names and again.intensity == src.intensity
 
