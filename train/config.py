@@ -21,7 +21,7 @@ from shared.errors import ConfigError
 from shared.fileio import read_json
 from train.model.registry import MODEL_NAMES
 
-PROMPTS = ("point", "none")
+PROMPTS = ("point", "box", "mixed", "none")   # = train.prompts.TRAIN_PROMPTS (torch-free here)
 
 
 @dataclass
@@ -71,7 +71,8 @@ class TrainConfig:
     ce_weight: float = 1.0
     dice_weight: float = 0.8
     dice_reduction: str = "sample"  # point prompts: soft Dice per "sample" (averaged) or over the "batch"
-    prompt: str = "point"
+    prompt: str = "point"           # point (the paper), box (MedSAM), mixed, none (promptless)
+    box_jitter: int = 5             # box prompts: each side moved out by a random 0..box_jitter input pixels
     seed: int = 1234
     num_workers: int = 2
     prefetch_factor: int = 2
@@ -118,7 +119,8 @@ class TrainConfig:
         for name in ("batch_size", "decay_every", "log_every", "lora_rank", "prefetch_factor", "shuffle_block_shards"):
             if getattr(self, name) < 1:
                 raise bad(f"{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("warmup_steps", "checkpoint_every", "save_every_steps", "num_workers", "num_threads"):
+        for name in ("warmup_steps", "checkpoint_every", "save_every_steps", "num_workers", "num_threads",
+                     "box_jitter"):
             if getattr(self, name) < 0:
                 raise bad(f"{name} must be >= 0 (got {getattr(self, name)})")
         if self.steps is not None and self.epochs is not None:
@@ -275,7 +277,7 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Train
         values.pop(k)
     try:
         cfg = TrainConfig(**values, augment=aug)
-        for name in ("img_size", "lora_rank", "batch_size", "warmup_steps", "decay_every", "seed",
+        for name in ("img_size", "lora_rank", "batch_size", "warmup_steps", "decay_every", "seed", "box_jitter",
                      "num_workers", "prefetch_factor", "shuffle_block_shards", "log_every",
                      "checkpoint_every", "save_every_steps", "num_threads"):
             v = getattr(cfg, name)

@@ -39,10 +39,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from shared.errors import DataError, ExemplarSamError
 from train.augment import apply_augment, sample_augment
 from train.config import AugmentConfig
-from train.prompts import sample_training_prompt
+from train.prompts import jittered_box, sample_training_prompt
 
 PROMPT_STREAM = 1   # rng stream ids (third/fourth seed words) so prompts and augments are independent
 AUGMENT_STREAM = 2
+BOX_STREAM = 3      # box jitter and the point-or-box choice of mixed prompts (point streams unchanged)
 
 
 def resize_image_into(image: np.ndarray, out: np.ndarray) -> None:
@@ -83,15 +84,18 @@ def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
 
 
-def foreground_samples(ds, img_size: int | None = None) -> np.ndarray:
+def foreground_samples(ds, img_size: int | None = None, resize: str = "square") -> np.ndarray:
     """Boolean (N,): which samples of a shard dataset hold any foreground (label > 0).
 
-    With `img_size`, judged on the label as training sees it (resized to img_size x img_size,
-    nearest neighbour, exactly as the batches are built), so a speck that the resize drops does
-    not count. Reads only the label arrays, shard by shard.
+    With `img_size`, judged on the label as training sees it (resized to the model input with
+    `resize` (train.resize.InputGeometry), nearest neighbour, exactly as the batches are built),
+    so a speck that the resize drops does not count. Reads only the label arrays, shard by shard.
     """
+    from train.resize import InputGeometry
+
     flags = np.zeros(len(ds), dtype=bool)
     buf = None if img_size is None else np.empty((img_size, img_size), np.uint8)
+    geometry = None if img_size is None or resize == "square" else InputGeometry(img_size, resize)
     for k in range(ds.num_shards):
         start, count = ds.shard_range(k)
         labels, sizes = ds.shard_labels(k)
@@ -99,7 +103,10 @@ def foreground_samples(ds, img_size: int | None = None) -> np.ndarray:
         if buf is not None:
             for j in np.flatnonzero(any_fg):
                 h, w = int(sizes[j, 0]), int(sizes[j, 1])
-                if (h, w) != buf.shape:
+                if geometry is not None:
+                    geometry.label_into(labels[j, :h, :w], buf)
+                    any_fg[j] = buf.any()
+                elif (h, w) != buf.shape:
                     _resize_label_into(labels[j, :h, :w], buf)
                     any_fg[j] = buf.any()
         flags[start:start + count] = any_fg
@@ -177,7 +184,10 @@ class StreamSpec:
     batch_size: int
     seed: int
     prompt: str = "point"               # "point": binary target of a random class + one point (samples
-                                        # without foreground skipped); "none": full label, all samples
+                                        # without foreground skipped); "box": the same class's
+                                        # jittered box; "mixed": either, evenly; "none": full label
+    box_jitter: int = 5                 # box prompts: each side moved out by 0..box_jitter input pixels
+    resize: str = "square"              # train.resize.InputGeometry mode of the model's input
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     block_shards: int = 2
     start_sample: int = 0               # stream position of batch 0 (the resume position)
@@ -191,16 +201,19 @@ class ShardBatchStream(IterableDataset):
     """Yields training batches (dicts of tensors) for this rank; see the module docstring.
 
     A batch: ``image`` (B, 1, S, S) float32 in [0, 1]; ``target`` (B, S, S) uint8, the binary mask
-    (prompt "point") or the class map (prompt "none"); ``points`` (B, 1, 2) float32 xy in input
-    pixels and ``point_labels`` (B, 1) int64 (all 1) for "point"; ``class_index`` (B,) int64 (the
-    prompted class; 0 for "none"); ``position`` (B,) int64 stream positions;
-    ``ids`` list of sample ids; ``batch`` the batch number.
+    (prompted) or the class map (prompt "none"); ``points`` (B, 1, 2) float32 xy in input
+    pixels and ``point_labels`` (B, 1) int64 (all 1) when prompted; ``boxes`` (B, 4) float32
+    x0, y0, x1, y1 and ``use_box`` (B,) bool (which samples are prompted by their box) for "box"
+    and "mixed"; ``class_index`` (B,) int64 (the prompted class; 0 for "none"); ``position``
+    (B,) int64 stream positions; ``ids`` list of sample ids; ``batch`` the batch number.
+    The point of a sample is drawn the same way whatever the prompt kind, so "point" batches are
+    those of runs made before box prompts existed.
     """
 
     def __init__(self, spec: StreamSpec):
         super().__init__()
-        if spec.prompt not in ("point", "none"):
-            raise ValueError(f"prompt must be 'point' or 'none', got {spec.prompt!r}")
+        if spec.prompt not in ("point", "box", "mixed", "none"):
+            raise ValueError(f"prompt must be 'point', 'box', 'mixed' or 'none', got {spec.prompt!r}")
         if not 0 <= spec.rank < spec.world_size:
             raise ValueError(f"rank {spec.rank} outside world size {spec.world_size}")
         self.spec = spec
@@ -222,8 +235,8 @@ class ShardBatchStream(IterableDataset):
             self._ds = open_dataset(self.spec.shards)
             ranges = [self._ds.shard_range(k) for k in range(self._ds.num_shards)]
             eligible = self.spec.eligible
-            if self.spec.prompt == "point" and eligible is None:
-                eligible = foreground_samples(self._ds, self.spec.img_size)
+            if self.spec.prompt != "none" and eligible is None:
+                eligible = foreground_samples(self._ds, self.spec.img_size, self.spec.resize)
             self._order = SampleOrder(ranges, self.spec.seed, self.spec.block_shards, eligible)
 
     @property
@@ -268,9 +281,12 @@ class ShardBatchStream(IterableDataset):
         batch arrays (no per-sample output arrays or copies); the pixels are those of
         ``train.resize.resize_image`` / ``resize_label`` (tests/train/test_data.py checks it).
         """
-        from train.resize import resize_image, resize_label
+        from train.resize import InputGeometry
 
         s = self.spec
+        geometry = InputGeometry(s.img_size, s.resize)
+        prompted = s.prompt != "none"
+        with_boxes = s.prompt in ("box", "mixed")
         pos = self.positions(batch)
         epochs, indices = self.order.samples_at(pos)
         shards = self.order.shard_of(indices).tolist()
@@ -282,26 +298,32 @@ class ShardBatchStream(IterableDataset):
         targets = np.empty((len(pos), size, size), np.uint8)
         points = np.zeros((len(pos), 1, 2), np.float32)
         classes = np.zeros(len(pos), np.int64)
+        boxes = np.zeros((len(pos), 4), np.float32)
+        use_box = np.full(len(pos), s.prompt == "box")
         label_buf = np.empty((size, size), np.uint8)
         ids = []
         for i, (epoch, index, k) in enumerate(zip(epochs.tolist(), indices.tolist(), shards)):
             sample = self._sample(index, k)
             if augment:
-                image = resize_image(sample["image"], size)
-                label = resize_label(sample["label"], size)
+                image = geometry.image(sample["image"])
+                label = geometry.label(sample["label"])
                 params = sample_augment(s.augment, np.random.default_rng([s.seed, epoch, index, AUGMENT_STREAM]))
                 aug_image, aug_label = apply_augment(image, label, params)
-                if s.prompt == "point" and not aug_label.any() and label.any():
+                if prompted and not aug_label.any() and label.any():
                     # zoom/rotation moved all foreground out of the frame: keep the sample as
                     # it is rather than prompt a class that is no longer there
                     aug_image, aug_label = image, label
                 image, label = aug_image, aug_label
                 images[i, 0] = image
-            else:
+            elif s.resize == "square":
                 resize_image_into(sample["image"], images[i, 0])
-                label = targets[i] if s.prompt != "point" else label_buf
+                label = targets[i] if not prompted else label_buf
                 _resize_label_into(sample["label"], label)
-            if s.prompt == "point":
+            else:
+                geometry.image_into(sample["image"], images[i, 0])
+                label = targets[i] if not prompted else label_buf
+                geometry.label_into(sample["label"], label)
+            if prompted:
                 rng = np.random.default_rng([s.seed, epoch, index, PROMPT_STREAM])
                 prompt = sample_training_prompt(label, rng)
                 if prompt is None:
@@ -313,6 +335,11 @@ class ShardBatchStream(IterableDataset):
                 targets[i] = mask
                 points[i, 0] = (x, y)
                 classes[i] = cls
+                if with_boxes:
+                    box_rng = np.random.default_rng([s.seed, epoch, index, BOX_STREAM])
+                    boxes[i] = jittered_box(mask, s.box_jitter, box_rng)
+                    if s.prompt == "mixed":
+                        use_box[i] = box_rng.random() < 0.5
             elif augment:
                 targets[i] = label
             ids.append(sample["id"])
@@ -324,9 +351,12 @@ class ShardBatchStream(IterableDataset):
             "ids": ids,
             "batch": batch,
         }
-        if s.prompt == "point":
+        if prompted:
             out["points"] = torch.from_numpy(points)
             out["point_labels"] = torch.ones((len(pos), 1), dtype=torch.int64)
+        if with_boxes:
+            out["boxes"] = torch.from_numpy(boxes)
+            out["use_box"] = torch.from_numpy(use_box)
         return out
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

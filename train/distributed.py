@@ -31,10 +31,11 @@ class TrainForward(nn.Module):
         self.prompt = prompt
 
     def forward(self, images: torch.Tensor, points: torch.Tensor | None = None,
-                point_labels: torch.Tensor | None = None) -> torch.Tensor:
+                point_labels: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
+                use_box: torch.Tensor | None = None) -> torch.Tensor:
         if self.prompt == "none":
             return self.model.forward_promptless(images)
-        return self.model(images, points, point_labels)
+        return self.model(images, points, point_labels, boxes, use_box)
 
 
 def setup_distributed(device_kind: str) -> DistInfo:

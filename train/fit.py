@@ -34,6 +34,7 @@ from train.fit_setup import (PreparedRun, prepare_run, require_checkpoint, trunc
                              write_run_json)
 from train.fit_steps import Checkpointer, MetricsWindow, StopRequest, train_step, weights_digest
 from train.model import trainable_state_dict
+from train.model.registry import input_resize
 from train.tensorboard import TrainBoard
 
 
@@ -89,7 +90,8 @@ def batches_of(run: PreparedRun) -> Generator[dict[str, Any], None, None]:
     cfg, start = run.cfg, run.start
     stream = ShardBatchStream(StreamSpec(
         shards=str(run.shards), img_size=cfg.img_size, batch_size=cfg.batch_size, seed=cfg.seed,
-        prompt=cfg.prompt, augment=run.data.augment, block_shards=cfg.shuffle_block_shards,
+        prompt=cfg.prompt, box_jitter=cfg.box_jitter, resize=input_resize(cfg.model),
+        augment=run.data.augment, block_shards=cfg.shuffle_block_shards,
         start_sample=start.sample, num_batches=start.total_steps - start.step,
         rank=run.di.rank, world_size=run.di.world_size, eligible=run.data.eligible))
     return batch_loader(stream, cfg.num_workers, cfg.prefetch_factor, pin_memory=run.device.type == "cuda")

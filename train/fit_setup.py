@@ -27,6 +27,7 @@ from train.data import foreground_samples
 from train.devices import pick_device, set_threads
 from train.distributed import DistInfo, barrier, in_process_group, wrap_for_training
 from train.fit_steps import Optimisation, make_optimizer
+from train.model.registry import MODEL_SPECS, input_resize
 from train.model import BuiltSam, ParamCount, PromptSAM, count_parameters, describe_counts, load_trainable_state
 
 
@@ -129,7 +130,8 @@ def open_training_data(cfg: TrainConfig, shards: str | Path) -> TrainingData:
         raise DataError(f"{shards}/dataset.json: class_names must list background and at least one class")
     # Prompted training never clicks on a class that is absent: samples without foreground (at
     # the model size) are left out of the stream; promptless training keeps them (all background).
-    eligible = foreground_samples(ds, cfg.img_size) if cfg.prompt == "point" else None
+    eligible = (foreground_samples(ds, cfg.img_size, input_resize(cfg.model))
+                if cfg.prompt != "none" else None)
     n_train = len(ds) if eligible is None else int(eligible.sum())
     if n_train == 0:
         raise DataError(f"{shards}: no sample holds foreground at {cfg.img_size} px, nothing to prompt "
@@ -226,7 +228,8 @@ def run_config(run: PreparedRun) -> dict[str, Any]:
         "model": {"name": cfg.model, "img_size": cfg.img_size, "num_classes": data.num_classes,
                   "class_names": data.class_names, "prompt": cfg.prompt,
                   "trainable_params": run.params.trainable, "total_params": run.params.total,
-                  "base_checkpoint": cfg.checkpoint, "lora": run.built.lora,
+                  "base_checkpoint": cfg.checkpoint, "base_weights": run.built.weights,
+                  "input_contract": MODEL_SPECS[cfg.model].contract.to_dict(), "lora": run.built.lora,
                   "trainable": run.built.trainable or {}},
         "data": {"samples": len(data.ds), "trained_samples": data.n_train,
                  "skipped_without_foreground": data.skipped,

@@ -162,7 +162,7 @@ def check_fit_model(config_file: str | Path | None, model: str | None, checkpoin
             for source in (layer, section if isinstance(section, dict) else {}):
                 if source.get("checkpoint") is not None:
                     ckpt = source["checkpoint"]
-    if name == "tiny":
+    if name == "tiny" or name == "lite_medsam" and ckpt is None:   # random init / package weights
         return
     if ckpt is None:
         raise ConfigError(f"--model {name} needs --checkpoint (the official SAM weights, e.g. "

@@ -1,15 +1,81 @@
-"""Point prompts: random training prompts and the evaluation points.
+"""Prompts: the :class:`Prompt` of one class on one slice (clicks or a box), training prompts and
+the evaluation prompts.
 
 Training (the paper): for each sample, a random class present in its label and a random pixel of
-that class; the target is that class's binary mask. Evaluation: one point per class, either the
-pixel farthest from the class border (`center_point`) or a random pixel (`random_point`).
-Points are (x, y) = (column, row) pixel indices.
+that class; the target is that class's binary mask. With box prompts (MedSAM's training) the
+prompt is the class's bounding box, each side moved out by a random 0..jitter pixels.
+Evaluation: one prompt per class, the pixel farthest from the class border (`center_point`), a
+random pixel (`random_point`) or the class's bounding box widened by a margin (`bounding_box`).
+Points are (x, y) = (column, row) pixel indices; a box is (x0, y0, x1, y1), the pixel indices of
+its first and last column and row (SAM's and MedSAM's convention).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import ndimage
+
+
+PROMPT_KINDS = ("point", "box")
+# `train fit --prompt`: point (the paper), box (MedSAM), mixed (each sample a point or a box,
+# evenly), none (SAMed's promptless head).
+TRAIN_PROMPTS = ("point", "box", "mixed", "none")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What one class gets on one slice: positive clicks (`points`, (n, 2) xy) or a `box`
+    (x0, y0, x1, y1), in pixels of the slice."""
+
+    points: tuple[tuple[float, float], ...] = ()
+    box: tuple[float, float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.box is None) == (not self.points):
+            raise ValueError("a Prompt is either points or a box")
+
+    @classmethod
+    def at(cls, *xy: tuple[float, float]) -> "Prompt":
+        return cls(points=tuple((float(x), float(y)) for x, y in xy))
+
+    @classmethod
+    def around(cls, box) -> "Prompt":
+        x0, y0, x1, y1 = (float(v) for v in box)
+        return cls(box=(x0, y0, x1, y1))
+
+    @property
+    def kind(self) -> str:
+        return "box" if self.box is not None else "point"
+
+    def points_array(self) -> np.ndarray:
+        return np.asarray(self.points, np.float64).reshape(-1, 2)
+
+    def to_json(self) -> dict:
+        return {"box": list(self.box)} if self.box is not None else {"points": [list(p) for p in self.points]}
+
+
+def bounding_box(mask: np.ndarray, margin: float = 0.0) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of a non-empty mask's pixels, each side moved out by `margin` pixels and
+    clipped to the slice (MedSAM's get_bbox with bbox_shift = margin)."""
+    mask = np.asarray(mask, dtype=bool)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        raise ValueError("bounding_box: empty mask")
+    h, w = mask.shape
+    m = int(round(margin))
+    return (max(0, int(cols[0]) - m), max(0, int(rows[0]) - m),
+            min(w - 1, int(cols[-1]) + m), min(h - 1, int(rows[-1]) + m))
+
+
+def jittered_box(mask: np.ndarray, jitter: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """The mask's bounding box with each side moved out by its own random 0..jitter pixels
+    (MedSAM's training: ``random.randint(0, bbox_shift)`` per side), clipped to the slice."""
+    x0, y0, x1, y1 = bounding_box(mask)
+    d = rng.integers(0, int(jitter) + 1, size=4) if jitter > 0 else np.zeros(4, np.int64)
+    h, w = np.shape(mask)
+    return (max(0, x0 - int(d[0])), max(0, y0 - int(d[1])), min(w - 1, x1 + int(d[2])), min(h - 1, y1 + int(d[3])))
 
 
 def present_classes(label: np.ndarray) -> np.ndarray:

@@ -147,3 +147,41 @@ def test_corrupt_shard_is_a_one_line_data_error(tmp_path, workers):
     assert "Traceback" not in str(err.value)
 
 
+
+
+def test_box_and_mixed_prompts_keep_the_point_stream_and_bound_the_target(zarr_ds):
+    """Box batches carry each target's bounding box moved out by 0..jitter per side; the clicks and
+    targets are those of a point stream (same seed), so point runs are unchanged."""
+    from train.prompts import bounding_box
+
+    point = _collect(_stream(zarr_ds, num_batches=4))
+    box = _collect(_stream(zarr_ds, num_batches=4, prompt="box", box_jitter=3))
+    mixed = _collect(_stream(zarr_ds, num_batches=4, prompt="mixed", box_jitter=3))
+    assert "boxes" not in point[0]
+    uses = []
+    for p, b, m in zip(point, box, mixed):
+        assert torch.equal(p["points"], b["points"]) and torch.equal(p["target"], b["target"])
+        assert torch.equal(p["points"], m["points"]) and torch.equal(b["boxes"], m["boxes"])
+        assert b["use_box"].all()
+        uses += m["use_box"].tolist()
+        for target, bx in zip(b["target"].numpy(), b["boxes"].numpy()):
+            x0, y0, x1, y1 = bounding_box(target > 0)
+            assert x0 - 3 <= bx[0] <= x0 and y0 - 3 <= bx[1] <= y0
+            assert x1 <= bx[2] <= x1 + 3 and y1 <= bx[3] <= y1 + 3
+    assert 0 < sum(uses) < len(uses)
+    again = _collect(_stream(zarr_ds, num_batches=4, prompt="mixed", box_jitter=3), num_workers=2)
+    assert all(torch.equal(a["boxes"], m["boxes"]) and torch.equal(a["use_box"], m["use_box"])
+               for a, m in zip(again, mixed))
+
+
+def test_longest_side_stream_pads_like_the_model_input(tmp_path):
+    """resize "longest_side" (lite_medsam): a non-square sample keeps its aspect, zero padding
+    bottom-right, the label and the prompt inside the content."""
+    from train.resize import InputGeometry
+
+    root = make_dataset(tmp_path / "ds", n=6, shard_size=3, size=(20, 30))
+    batch = _collect(_stream(root, num_batches=1, img_size=32, resize="longest_side", prompt="box"))[0]
+    nh, nw = InputGeometry(32, "longest_side").content_hw((20, 30))
+    assert (nh, nw) == (21, 32)
+    assert not batch["image"][:, :, nh:].any() and not batch["target"][:, nh:].any()
+    assert (batch["points"][..., 1] < nh).all() and (batch["boxes"][:, 3] < 32).all()

