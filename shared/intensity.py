@@ -13,10 +13,17 @@ exactly what synthesis applied:
   and brighter voxels are clipped to 1. Robust to single outlier voxels (some BraTS LGG FLAIR
   volumes hold voxels of 32767 that squeeze the brain into a few grey levels under plain
   min-max). The minimum stays the minimum, so background stays exactly 0.
+- ``"lower_percentile": q`` as well: the bottom of the range is that percentile of the content
+  voxels instead of the minimum (darker voxels, the background among them, clipped to 0). With
+  ``"per": "volume"``, 0.5 and 99.5 this is MedSAM's MR preprocessing (clip to the 0.5 / 99.5
+  percentiles of the volume's non-zero voxels, scale to [0, 1], background 0), "content" being
+  the voxels above the volume's minimum so that z-scored volumes, whose background is their
+  minimum rather than 0, are read the same way.
 
 Named presets (``PRESETS``) can stand in for the dict in config files and on the command line
 (``--intensity``): ``"ct-abdomen"``, ``"mri-slice-minmax"``, ``"volume-minmax"``,
-``"mri-slice-p99.5"``.
+``"mri-slice-p99.5"``, and the LiteMedSAM input contract's ``"mr-medsam"`` and ``"ct-medsam"``
+(window level 40, width 400 HU).
 """
 from __future__ import annotations
 
@@ -33,12 +40,18 @@ SLICE_MINMAX: dict[str, Any] = {"kind": "minmax", "per": "slice"}
 VOLUME_MINMAX: dict[str, Any] = {"kind": "minmax", "per": "volume"}
 
 SLICE_P995: dict[str, Any] = {"kind": "minmax", "per": "slice", "upper_percentile": 99.5}
+# MedSAM's pre_CT_MR.py: MR clipped to the volume's 0.5 / 99.5 content percentiles; CT window 40 / 400.
+MR_MEDSAM: dict[str, Any] = {"kind": "minmax", "per": "volume", "lower_percentile": 0.5,
+                             "upper_percentile": 99.5}
+CT_MEDSAM: dict[str, Any] = {"kind": "clip", "low": -160.0, "high": 240.0}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "ct-abdomen": CT_ABDOMEN,
     "mri-slice-minmax": SLICE_MINMAX,
     "volume-minmax": VOLUME_MINMAX,
     "mri-slice-p99.5": SLICE_P995,
+    "mr-medsam": MR_MEDSAM,
+    "ct-medsam": CT_MEDSAM,
 }
 
 
@@ -79,16 +92,19 @@ def validate_preset(preset: Any, where: str = "intensity preset") -> dict[str, A
         per = preset.get("per", "slice")
         if per not in ("slice", "volume"):
             raise ConfigError(f"{where}: 'minmax' preset 'per' must be 'slice' or 'volume', got {per!r}")
-        unknown = sorted(set(preset) - {"kind", "per", "upper_percentile"})
+        unknown = sorted(set(preset) - {"kind", "per", "upper_percentile", "lower_percentile"})
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} in a 'minmax' preset "
-                              "(known: per, upper_percentile)")
-        if "upper_percentile" not in preset:
-            return {"kind": "minmax", "per": per}
-        q = preset["upper_percentile"]
-        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 50.0 <= float(q) <= 100.0:
-            raise ConfigError(f"{where}: 'upper_percentile' must be a number in [50, 100], got {q!r}")
-        return {"kind": "minmax", "per": per, "upper_percentile": float(q)}
+                              "(known: per, lower_percentile, upper_percentile)")
+        out: dict[str, Any] = {"kind": "minmax", "per": per}
+        for key, low, high in (("lower_percentile", 0.0, 50.0), ("upper_percentile", 50.0, 100.0)):
+            if key not in preset:
+                continue
+            q = preset[key]
+            if isinstance(q, bool) or not isinstance(q, (int, float)) or not low <= float(q) <= high:
+                raise ConfigError(f"{where}: {key!r} must be a number in [{low:g}, {high:g}], got {q!r}")
+            out[key] = float(q)
+        return out
     raise ConfigError(f"{where}: unknown preset kind {kind!r} (expected 'clip' or 'minmax')")
 
 
@@ -110,6 +126,9 @@ def apply_intensity(volume: np.ndarray, preset: dict[str, Any]) -> np.ndarray:
         hi = _content_percentile(x, lo, preset["upper_percentile"], per_slice=axes is not None)
     else:
         hi = x.max(axis=axes, keepdims=True)
+    if "lower_percentile" in preset:
+        lo = _content_percentile(x, lo, preset["lower_percentile"], per_slice=axes is not None)
+        lo = np.minimum(lo, hi)
     span = hi - lo
     out = x - lo
     np.divide(out, span, out=out, where=np.broadcast_to(span > 0, out.shape))

@@ -3,10 +3,12 @@
 Protocol (the paper's, after SAMed):
 - Every slice is resized to the model's square input (``train.resize.resize_image``) and encoded
   ONCE; the embedding is reused for all prompts of that slice. Slices are encoded in batches.
-- Prompted modes give one positive point per slice and per class present in that slice's ground
+- Prompted modes give one prompt per slice and per class present in that slice's ground
   truth: ``center`` = the pixel farthest from the class border (maximum of the distance transform
   inside the class), ``random`` = a uniformly drawn pixel of the class, seeded by
-  (seed, volume, slice, class). A class absent from a slice's ground truth gets no prompt, hence
+  (seed, volume, slice, class), ``box`` = the class's bounding box on the slice widened by
+  ``box_margin`` source pixels per side, clipped to the slice (MedSAM's evaluation). A class
+  absent from a slice's ground truth gets no prompt, hence
   no prediction there; slices without any ground-truth class are predicted empty without running
   the model.
 - ``none`` (SAMed-style promptless runs) predicts every slice with all K+1 mask outputs and takes
@@ -44,10 +46,10 @@ from train.inference import Inference, LoadedModel, predict_slices
 from train.metrics import (EMPTY_CASE_TEXT, EMPTY_CASES, HD95_UNITS, CaseScore, score_volume, slice_dice,
                            summarise)
 from train.overlays import write_overlays
-from train.prompts import center_point, random_point
+from train.prompts import Prompt, bounding_box, center_point, random_point
 from train.testsets import EvalVolume, TestSet
 
-PROMPT_MODES = ("center", "random", "none")
+PROMPT_MODES = ("center", "random", "box", "none")
 
 
 def check_classes(loaded: LoadedModel, testset: TestSet, where: str) -> None:
@@ -77,19 +79,21 @@ def prompt_point(mask: np.ndarray, mode: str, seed: int, vkey: int, k: int, c: i
 
 
 def slice_prompts(label: np.ndarray, num_classes: int, mode: str, seed: int, vkey: int,
-                  k: int) -> dict[int, np.ndarray]:
-    """{class: [[x, y]]}: one point per class present in ground-truth slice k (prompted modes)."""
+                  k: int, box_margin: float = 5.0) -> dict[int, Prompt]:
+    """{class: Prompt}: one prompt per class present in ground-truth slice k (prompted modes)."""
     present = np.unique(label)
-    return {int(c): np.asarray([prompt_point(label == c, mode, seed, vkey, k, int(c))], np.float64)
-            for c in present[(present > 0) & (present <= num_classes)]}
+    classes = present[(present > 0) & (present <= num_classes)]
+    if mode == "box":
+        return {int(c): Prompt.around(bounding_box(label == c, box_margin)) for c in classes}
+    return {int(c): Prompt.at(prompt_point(label == c, mode, seed, vkey, k, int(c))) for c in classes}
 
 
 def predict_volume(inf: Inference, vol: EvalVolume, num_classes: int, prompt: str, seed: int,
                    progress: Callable[[int], None] | None = None,
-                   prompts_out: dict | None = None) -> tuple[np.ndarray, int]:
+                   prompts_out: dict | None = None, box_margin: float = 5.0) -> tuple[np.ndarray, int]:
     """Label map (S, R, C) for one volume and the number of slices run through the encoder.
 
-    `prompts_out`, if given, receives {slice: [(class, x, y), ...]} (points at source resolution).
+    `prompts_out`, if given, receives {slice: [(class, Prompt), ...]} (at source resolution).
     """
     S, H, W = vol.label.shape
     pred = np.zeros((S, H, W), np.uint8)
@@ -102,11 +106,12 @@ def predict_volume(inf: Inference, vol: EvalVolume, num_classes: int, prompt: st
         ks = todo[b0:b0 + inf.batch_size]
         prompts = None
         if prompt != "none":
-            prompts = [slice_prompts(vol.label[k], num_classes, prompt, seed, vkey, int(k)) for k in ks]
+            prompts = [slice_prompts(vol.label[k], num_classes, prompt, seed, vkey, int(k), box_margin)
+                       for k in ks]
             if prompts_out is not None:
                 for k, per_class in zip(ks, prompts):
                     if per_class:
-                        prompts_out[int(k)] = [(c, *map(float, xy[0])) for c, xy in per_class.items()]
+                        prompts_out[int(k)] = list(per_class.items())
         pred[ks] = predict_slices(inf, vol.image[ks], prompts)
         if progress is not None:
             progress(len(ks))
@@ -132,6 +137,8 @@ class EvalOptions:
     hd95_unit: str | None = None  # "mm" | "voxel"; None: mm, or voxels when the source has no geometry
     empty_case: str = "strict"  # "strict" | "samed" (train.metrics)
     multimask: bool = False  # zero-shot SAM: three masks per point, keep the best predicted IoU
+    box_margin: float = 5.0  # prompt "box": source pixels added to each side of the class's box
+    engine: str = "torch"  # image encoder engine (train.model.engines) on CPU
     progress: bool = True  # a progress bar in slices (when stderr is a terminal)
 
 
@@ -229,7 +236,8 @@ def score_volumes(inf: Inference, testset: TestSet, opts: EvalOptions, hd95_unit
                             f"dataset's {num_classes} classes")
         t0 = time.perf_counter()
         prompts: dict = {}
-        pred, n = predict_volume(inf, vol, num_classes, opts.prompt, opts.seed, bar.update, prompts)
+        pred, n = predict_volume(inf, vol, num_classes, opts.prompt, opts.seed, bar.update, prompts,
+                                 opts.box_margin)
         scores.model_seconds += time.perf_counter() - t0
         scores.slices += n
         scores.rows.extend(score_volume(vid, pred, vol.label, vol.spacing, testset.class_names,
@@ -260,7 +268,8 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
             torch.set_num_threads(opts.num_threads)
         device = pick_device(opts.device)
         model.to(device).eval()
-        inf = Inference(model, device, opts.batch_size, opts.decode_batch, opts.multimask)
+        inf = Inference(model, device, opts.batch_size, opts.decode_batch, opts.multimask,
+                        encoder_engine(model, opts.engine, device))
         t_start = time.perf_counter()
         with torch.inference_mode():
             scores = score_volumes(inf, testset, opts, hd95_unit, tmp, log)
@@ -278,7 +287,8 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
             empty_case_convention=EMPTY_CASE_TEXT[opts.empty_case]
             + (" in mm" if hd95_unit == "mm" and opts.empty_case == "strict" else
                " in voxels" if opts.empty_case == "strict" else ""),
-            multimask=opts.multimask)
+            multimask=opts.multimask, engine=opts.engine if device.type == "cpu" else "torch",
+            **({"box_margin": opts.box_margin} if opts.prompt == "box" else {}))
         write_results(tmp, result, scores, loaded.name, testset.class_names, overlays=opts.overlays > 0)
         _finish_outdir(out, tmp)
         ok = True
@@ -287,6 +297,17 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
         torch.set_num_threads(threads)
         if not ok and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def encoder_engine(model, engine: str, device: torch.device):
+    """The train.model.engines runner of the model's image encoder for `engine` on CPU (None: torch
+    eager, also on CUDA, where the model runs under autocast)."""
+    if engine == "torch" or device.type != "cpu":
+        return None
+    from train.model.engines import make_encoder_engine
+
+    return make_encoder_engine(model.sam.image_encoder, engine, img_size=model.img_size,
+                               num_threads=torch.get_num_threads())
 
 
 def write_results(folder: Path, result: dict, scores: Scores, method: str, class_names: Sequence[str],
@@ -328,7 +349,9 @@ def collect_worst(heap: list, counter: int, n: int, vol: EvalVolume, pred: np.nd
         key = (-float(d[k]), int(gt_area[k]))
         item = (key, counter, {"volume": vol.volume_id, "slice": int(k), "dice": float(d[k]),
                                "image": vol.image[k].copy(), "label": vol.label[k].copy(),
-                               "pred": pred[k].copy(), "points": prompts.get(int(k), []),
+                               "pred": pred[k].copy(),
+                               "points": [(c, *p.points[0]) for c, p in prompts.get(int(k), []) if p.box is None],
+                               "boxes": [(c, *p.box) for c, p in prompts.get(int(k), []) if p.box is not None],
                                "affine": vol.affine})
         counter += 1
         if len(heap) < n:

@@ -22,7 +22,8 @@ from shared.errors import ConfigError
 from train.checkpointing import load_trained_model
 from train.model import MODEL_SPECS, PromptSAM, build_sam
 from train.precheck import check_run_dir
-from train.resize import resize_image, scale_points, upsample_logits
+from train.prompts import Prompt
+from train.resize import InputGeometry
 
 
 @dataclass
@@ -38,14 +39,18 @@ class LoadedModel:
 
 
 def load_zero_shot(model: str, checkpoint: str | Path | None, img_size: int | None = None) -> LoadedModel:
-    """Zero-shot SAM (the paper's "SAM" rows): official weights, no LoRA, no training."""
+    """Zero-shot SAM (the paper's "SAM" rows): pretrained weights (official SAM from
+    `checkpoint`, LiteMedSAM from its package unless `checkpoint`), no LoRA, no training."""
     if model not in MODEL_SPECS:
         raise ConfigError(f"unknown --model {model!r}; choose one of {', '.join(MODEL_SPECS)}")
-    size = int(img_size or MODEL_SPECS[model].checkpoint_img_size)
+    spec = MODEL_SPECS[model]
+    size = int(img_size or spec.checkpoint_img_size)
     sam = build_sam(model, checkpoint, size)
     info = {"model": model, "checkpoint": None if checkpoint is None else str(checkpoint),
-            "img_size": size, "zero_shot": True}
-    return LoadedModel(PromptSAM(sam).eval(), f"SAM ({model}, zero-shot)", None, None, info)
+            "weights": sam.weights, "img_size": size, "zero_shot": True,
+            "input_contract": spec.contract.to_dict()}
+    name = "LiteMedSAM (zero-shot)" if model == "lite_medsam" else f"SAM ({model}, zero-shot)"
+    return LoadedModel(PromptSAM(sam).eval(), name, None, None, info)
 
 
 def load_run_model(rundir: str | Path, checkpoint: str | Path | None = None,
@@ -66,23 +71,34 @@ def load_run_model(rundir: str | Path, checkpoint: str | Path | None = None,
             "base_checkpoint": str(base_checkpoint) if base_checkpoint else train_cfg.get("checkpoint"),
             "lora_rank": train_cfg.get("lora_rank"), "trained_prompt": train_cfg.get("prompt"),
             "zero_shot": False}
+    if train_cfg.get("model") in MODEL_SPECS:
+        info["input_contract"] = MODEL_SPECS[train_cfg["model"]].contract.to_dict()
     return LoadedModel(model.eval(), rundir.resolve().name, tuple(names) if names else None,
                        train_cfg.get("prompt"), info, run)
 
 
 @dataclass
 class Inference:
-    """Batched inference settings and the torch context they imply."""
+    """Batched inference settings and the torch context they imply.
+
+    `engine` (train.model.engines): runs the image encoder on the preprocessed input instead of
+    torch eager (an exported ONNX graph on CPU); None = the model's own encoder.
+    """
 
     model: Any
     device: Any
     batch_size: int = 8  # slices per encoder call
     decode_batch: int = 64  # prompts per decoder call
     multimask: bool = False  # SAM's three masks per prompt, keep the best predicted IoU
+    engine: Any = None
 
     @property
     def img_size(self) -> int:
         return int(self.model.img_size)
+
+    @property
+    def geometry(self) -> InputGeometry:
+        return InputGeometry(self.img_size, getattr(self.model, "resize", "square"))
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -90,31 +106,42 @@ class Inference:
         return contextlib.nullcontext()
 
     def encode(self, slices: np.ndarray):
-        """(B, h, w) float32 slices -> embeddings on the device."""
-        s = self.img_size
-        batch = np.stack([resize_image(im, s) for im in slices]).astype(np.float32, copy=False)
+        """(B, h, w) float32 slices -> embeddings on the device (each slice encoded once)."""
+        geometry = self.geometry
+        batch = np.empty((len(slices), self.img_size, self.img_size), np.float32)
+        for out, im in zip(batch, slices):
+            geometry.image_into(im, out)
         x = torch.from_numpy(batch).unsqueeze(1).to(self.device)
+        if self.engine is not None:
+            return self.engine(self.model.preprocess(x)).to(self.device)
         with self.autocast():
             return self.model.encode(x)
 
-    def decode_prompts(self, embeddings, emb_index: np.ndarray, points: np.ndarray,
-                       labels: np.ndarray, hw: tuple[int, int]):
-        """Logits (P, h, w) float32 numpy for P prompts (points (P, N, 2) at model scale)."""
+    def decode_prompts(self, embeddings, emb_index: np.ndarray, points: np.ndarray | None,
+                       labels: np.ndarray | None, hw: tuple[int, int], boxes: np.ndarray | None = None):
+        """Logits (P, h, w) float32 numpy for P prompts at model scale: points (P, N, 2) with their
+        labels (P, N) (1 = positive) and/or boxes (P, 4)."""
         out = []
+        geometry = self.geometry
         for i in range(0, len(emb_index), self.decode_batch):
-            sel = torch.from_numpy(emb_index[i:i + self.decode_batch]).to(self.device)
-            pts = torch.from_numpy(points[i:i + self.decode_batch]).float().to(self.device)
-            lab = torch.from_numpy(labels[i:i + self.decode_batch]).long().to(self.device)
+            sl = slice(i, i + self.decode_batch)
+            sel = torch.from_numpy(emb_index[sl]).to(self.device)
+            pts = lab = bxs = None
+            if points is not None:
+                pts = torch.from_numpy(points[sl]).float().to(self.device)
+                lab = torch.from_numpy(labels[sl]).long().to(self.device)
+            if boxes is not None:
+                bxs = torch.from_numpy(boxes[sl]).float().to(self.device)
             with self.autocast():
-                logits = self.model.decode(embeddings[sel], pts, lab, multimask=self.multimask)
-            out.append(upsample_logits(logits.float(), hw)[:, 0].cpu().numpy())
+                logits = self.model.decode(embeddings[sel], pts, lab, boxes=bxs, multimask=self.multimask)
+            out.append(geometry.logits_to_slice(logits.float(), hw)[:, 0].cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, *hw), np.float32)
 
     def decode_promptless(self, embeddings, hw: tuple[int, int]) -> np.ndarray:
         """Arg-max label maps (B, h, w) of the K+1 promptless outputs."""
         with self.autocast():
             logits = self.model.decode_promptless(embeddings)
-        return upsample_logits(logits.float(), hw).argmax(1).to(torch.uint8).cpu().numpy()
+        return self.geometry.logits_to_slice(logits.float(), hw).argmax(1).to(torch.uint8).cpu().numpy()
 
 
 def combine_class_logits(classes: Sequence[int], logits: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -129,27 +156,32 @@ def combine_class_logits(classes: Sequence[int], logits: np.ndarray, hw: tuple[i
 
 
 def predict_slices(inf: Inference, images: np.ndarray,
-                   prompts: Sequence[Mapping[int, np.ndarray]] | None) -> np.ndarray:
+                   prompts: Sequence[Mapping[int, Prompt]] | None) -> np.ndarray:
     """Label maps (B, h, w) uint8 for B slices (B, h, w) of one size, at that size.
 
-    `prompts`: per slice, {class: positive points (n, 2) as (x, y) pixels of the slice}; each class
-    of a slice is decoded from all its points (several points = several clicks), prompts with the
-    same number of points together (``inf.decode_batch`` at a time), and overlaps go to the class
-    with the highest logit. A slice without prompts stays 0. None: promptless, the arg-max of the
-    K+1 outputs. Every slice is encoded once.
+    `prompts`: per slice, {class: Prompt} (clicks or a box in pixels of the slice; a bare (n, 2)
+    array counts as clicks); prompts of the same shape (point count, or box) are decoded together
+    (``inf.decode_batch`` at a time), and overlaps go to the class with the highest logit. A
+    slice without prompts stays 0. None: promptless, the arg-max of the K+1 outputs. Every
+    slice is encoded once.
     """
     b, h, w = images.shape
     embeddings = inf.encode(images)
     if prompts is None:
         return inf.decode_promptless(embeddings, (h, w))
-    items = [(j, int(c), np.asarray(xy, np.float64).reshape(-1, 2))
-             for j, per_class in enumerate(prompts) for c, xy in sorted(per_class.items())]
+    items = [(j, int(c), as_prompt(p)) for j, per_class in enumerate(prompts) for c, p in sorted(per_class.items())]
     logits: list[Any] = [None] * len(items)
-    for n in sorted({len(xy) for _, _, xy in items}):   # no padding points: one call per count
-        sel = [i for i, (_, _, xy) in enumerate(items) if len(xy) == n]
-        pts = np.stack([scale_points(items[i][2], (h, w), inf.img_size) for i in sel]).astype(np.float32)
-        res = inf.decode_prompts(embeddings, np.asarray([items[i][0] for i in sel], np.int64), pts,
-                                 np.ones(pts.shape[:2], np.int64), (h, w))
+    geometry = inf.geometry
+    shapes = sorted({_shape(p) for _, _, p in items})
+    for shape in shapes:   # no padding points: one call per prompt shape
+        sel = [i for i, (_, _, p) in enumerate(items) if _shape(p) == shape]
+        owners = np.asarray([items[i][0] for i in sel], np.int64)
+        if shape == (0, True):
+            boxes = np.stack([geometry.boxes(items[i][2].box, (h, w)) for i in sel]).astype(np.float32)
+            res = inf.decode_prompts(embeddings, owners, None, None, (h, w), boxes)
+        else:
+            pts = np.stack([geometry.points(items[i][2].points_array(), (h, w)) for i in sel]).astype(np.float32)
+            res = inf.decode_prompts(embeddings, owners, pts, np.ones(pts.shape[:2], np.int64), (h, w))
         for i, r in zip(sel, res):
             logits[i] = r
     pred = np.zeros((b, h, w), np.uint8)
@@ -158,3 +190,12 @@ def predict_slices(inf: Inference, images: np.ndarray,
         if mine:
             pred[j] = combine_class_logits([items[i][1] for i in mine], np.stack([logits[i] for i in mine]), (h, w))
     return pred
+
+
+def as_prompt(p: Prompt | np.ndarray) -> Prompt:
+    """A Prompt, or positive clicks (n, 2) as (x, y)."""
+    return p if isinstance(p, Prompt) else Prompt.at(*np.asarray(p, np.float64).reshape(-1, 2))
+
+
+def _shape(p: Prompt) -> tuple[int, bool]:
+    return (0, True) if p.box is not None else (len(p.points), False)

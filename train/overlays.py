@@ -4,7 +4,7 @@ Every class has one colour (``CLASS_BGR``): its ground truth is drawn as an outl
 colour and its prediction as a translucent fill of the same colour, so organs can be told apart
 and a missed region (outline without fill) or a false one (fill without outline) shows at a
 glance. Prompt points are small hollow crosses drawn under the outlines (a small ground truth
-stays visible). The legend shows these marks (outline, fill, cross) and then each class present
+stays visible); box prompts are thin rectangles in the same yellow. The legend shows these marks (outline, fill, cross) and then each class present
 as it appears on the slice: its fill over grey tissue inside its outline.
 
 Slices are shown in the radiological convention when the volume's affine is known: patient's
@@ -38,14 +38,17 @@ def class_colour(c: int) -> tuple[int, int, int]:
 
 def render_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, title: str,
                    class_names: Sequence[str], points: Sequence[tuple] = (),
-                   affine: np.ndarray | None = None) -> np.ndarray:
-    """BGR uint8 picture of one slice: prediction fills, ground-truth outlines, prompt points,
-    a title bar and a legend. `points`: (class, x, y) prompt points at the slice's resolution;
-    `affine`: the volume's (for the radiological orientation)."""
+                   affine: np.ndarray | None = None, boxes: Sequence[tuple] = ()) -> np.ndarray:
+    """BGR uint8 picture of one slice: prediction fills, ground-truth outlines, prompt points
+    and boxes, a title bar and a legend. `points`: (class, x, y) prompt points at the slice's
+    resolution; `boxes`: (class, x0, y0, x1, y1) box prompts; `affine`: the volume's (for the
+    radiological orientation)."""
     import cv2
 
     how = display_orientation(affine)
-    (image, label, pred), points = orient([image, label, pred], points, how)
+    corners = [p for c, x0, y0, x1, y1 in boxes for p in ((c, x0, y0), (c, x1, y1))]
+    (image, label, pred), marks = orient([image, label, pred], list(points) + corners, how)
+    points, corners = marks[:len(points)], marks[len(points):]
     h, w = image.shape
     scale = max(1, int(np.ceil(MIN_SIDE / max(1, min(h, w)))))
     gray = (np.clip(image, 0, 1) * 255).astype(np.uint8)
@@ -66,6 +69,12 @@ def render_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, title
         for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
             cv2.line(canvas, (cx + dx * arm_in, cy + dy * arm_in), (cx + dx * arm_out, cy + dy * arm_out),
                      POINT_BGR, max(1, thickness - 1), cv2.LINE_AA)
+    for (_, xa, ya), (_, xb, yb) in zip(corners[0::2], corners[1::2]):
+        x0, x1 = sorted((xa, xb))
+        y0, y1 = sorted((ya, yb))
+        cv2.rectangle(canvas, (int(round(x0 * scale)), int(round(y0 * scale))),
+                      (int(round((x1 + 1) * scale)) - 1, int(round((y1 + 1) * scale)) - 1),
+                      POINT_BGR, max(1, thickness - 1), cv2.LINE_AA)
     for c in np.unique(lab[lab > 0]):
         contours, _ = cv2.findContours((lab == c).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(canvas, contours, -1, class_colour(c), thickness)
@@ -85,6 +94,8 @@ def render_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, title
         ("ground truth: outline", "outline", NEUTRAL_BGR), ("prediction: fill", "fill", NEUTRAL_BGR)]
     if len(points):
         legend.append(("prompt point", "cross", POINT_BGR))
+    if len(corners):
+        legend.append(("prompt box", "outline", POINT_BGR))
     legend += [(class_names[c] if c < len(class_names) else str(c), "class", class_colour(c)) for c in classes_here]
     # Flow layout by measured text width, so a long entry never runs into the next mark.
     positions: list[tuple[int, int]] = []
@@ -125,7 +136,7 @@ def write_overlays(directory: Path, items: Sequence[dict], class_names: Sequence
         gt_px = int(np.count_nonzero(it["label"]))
         title = f"#{rank} {it['volume']} slice {it['slice']}  Dice {100 * it['dice']:.1f}%  GT {gt_px} px"
         picture = render_overlay(it["image"], it["label"], it["pred"], title, class_names,
-                                 it.get("points", ()), it.get("affine"))
+                                 it.get("points", ()), it.get("affine"), it.get("boxes", ()))
         path = directory / f"{rank:02d}_{it['volume']}_slice{it['slice']:03d}.png"
         if not cv2.imwrite(str(path), picture):
             raise OSError(f"{path}: cannot write PNG")

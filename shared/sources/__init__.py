@@ -23,12 +23,12 @@ def open_source(dataset: str, root: str | Path | None = None, *, modality: str =
     (silently ignoring it would let a user believe their data was read); ``modality`` applies to
     ``brats``; ``config`` to ``nifti`` and ``dicom`` (default: ``source.json`` in the root);
     ``intensity`` (a preset name or dict, see shared.intensity) replaces the intensity preset of
-    ``brats``, ``nifti`` and ``dicom`` sources (None: the source's own)."""
+    ``brats``, ``synapse``, ``nifti`` and ``dicom`` sources (None: the source's own)."""
     if dataset in ("demo", "demo-brain", "demo-abdomen") and root is not None:
         raise ConfigError(f"--root {root}: --dataset {dataset} generates its phantoms and reads no folder; "
                           "drop --root, or choose the layout of your data (brats, synapse, transunet, nifti, dicom)")
-    if intensity is not None and dataset not in ("brats", "nifti", "dicom"):
-        raise ConfigError(f"--intensity applies to the brats, nifti and dicom sources, not to {dataset!r} "
+    if intensity is not None and dataset not in ("brats", "synapse", "nifti", "dicom"):
+        raise ConfigError(f"--intensity applies to the brats, synapse, nifti and dicom sources, not to {dataset!r} "
                           "(its intensity is fixed by its format)")
     if dataset in ("demo", "demo-brain"):
         from shared.sources.demo import DemoBrainSource
@@ -49,7 +49,7 @@ def open_source(dataset: str, root: str | Path | None = None, *, modality: str =
     if dataset == "synapse":
         from shared.sources.synapse import SynapseSource
 
-        return SynapseSource(root)
+        return SynapseSource(root, intensity=intensity)
     if dataset == "transunet":
         from shared.sources.transunet import TransUNetSource
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from shared.classmaps import SYNAPSE_MAP
 from shared.errors import DataError
-from shared.intensity import CT_ABDOMEN
+from shared.intensity import CT_ABDOMEN, validate_preset
 from shared.sources.base import layout_hint, require_dir
 from shared.sources.nifti_pair import PairedNiftiSource
 
@@ -24,9 +25,11 @@ class SynapseSource(PairedNiftiSource):
     task = "multi"
     classmap = SYNAPSE_MAP
 
-    def __init__(self, root: str | Path):
-        super().__init__(root, {})
-        self.intensity = dict(CT_ABDOMEN)
+    def __init__(self, root: str | Path, *, intensity: Any = None):
+        # --intensity replaces the TransUNet window (recorded only then: old manifests stay valid)
+        preset = dict(CT_ABDOMEN) if intensity is None else validate_preset(intensity, "--intensity")
+        super().__init__(root, {} if preset == CT_ABDOMEN else {"intensity": preset})
+        self.intensity = preset
         require_dir(self.root, "Synapse root")
         self._cases
 

@@ -230,3 +230,27 @@ def test_source_options_with_shards_are_refused(tmp_path):
     assert result.returncode == 2
     assert "--split only apply with --dataset" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_box_prompts_for_a_tiny_run(brain_run, tmp_path, capsys):
+    """--prompt box: one box per slice and class (the class's box + --box-margin), recorded in
+    summary.json and drawn on the overlays; a wider margin gives other predictions."""
+    from train.evaluate import slice_prompts
+
+    label = np.zeros((40, 50), np.uint8)
+    label[10:20, 5:15] = 1
+    label[30:35, 40:48] = 2
+    prompts = slice_prompts(label, 2, "box", 0, 0, 0, box_margin=3)
+    assert prompts[1].box == (2, 7, 17, 22) and prompts[2].box == (37, 27, 49, 37)
+    outs = []
+    for name, margin in (("b5", 5), ("b0", 0)):
+        code, _, err = run_train(["eval", "--run", brain_run, "--dataset", "demo-brain", "--split", "test",
+                                  "--prompt", "box", "--box-margin", margin, "--out", tmp_path / name,
+                                  "--overlays", "--overlay-count", "2", "--num-threads", "1", "--no-progress"],
+                                 capsys)
+        assert code == 0, err
+        s = summary(tmp_path / name)
+        assert s["prompt"] == "box" and s["box_margin"] == margin
+        outs.append(cases(tmp_path / name))
+    assert outs[0] != outs[1]
+    assert len(list((tmp_path / "b5" / "overlays").glob("*.png"))) == 2

