@@ -17,7 +17,8 @@ its prompts). The prompt encoder and mask decoder stay in torch: they are small.
 
 The encoder is put in eval mode (``encoder.eval()``) before anything runs: TinyViT's attention
 caches its bias table (``ab``) when it enters eval mode, and the export must see that table.
-Inference precision is fp32 everywhere (OpenVINO would otherwise pick bf16 on CPUs with AMX);
+``default_engine()`` names the engine to use when none is given (OpenVINO if installed, else
+ONNX Runtime). Inference precision is fp32 everywhere (OpenVINO would otherwise pick bf16 on CPUs with AMX);
 the engines agree with eager torch to ~3e-6 on the LiteMedSAM embedding (BENCHMARKS.md,
 "LiteMedSAM CPU engines (issue 28)").
 """
@@ -59,6 +60,17 @@ class EncoderEngine(Protocol):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """CPU float32 ``(B, 3, S, S)`` -> CPU float32 ``(B, C, h, w)``."""
         ...
+
+
+def default_engine() -> str:
+    """The engine to use when none is named: OpenVINO when installed (the fastest fp32 engine per
+    CPU-second and the smallest in memory here, BENCHMARKS.md), else ONNX Runtime (a base
+    dependency; ~1.6x eager torch)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return "onnxruntime"
+    return "openvino"
 
 
 def default_cache_dir() -> Path:
@@ -184,11 +196,13 @@ class TorchEngine:
 
 class OnnxRuntimeEngine:
     """ONNX Runtime CPU session: intra-op threads = num_threads, inter-op 1, sequential, all
-    graph optimisations; ``spinning=False`` stops idle worker threads from spinning."""
+    graph optimisations. ``spinning`` (session.intra_op.allow_spinning) is off by default: on a
+    shared 2-core machine spinning workers made 2 threads 1.6x slower (BENCHMARKS.md), the same
+    reason `train` sets OMP_WAIT_POLICY=PASSIVE."""
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, num_threads: int, *, spinning: bool = True):
+    def __init__(self, onnx_path: Path, num_threads: int, *, spinning: bool = False):
         ort = _require("onnxruntime", "onnxruntime")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = num_threads

@@ -153,6 +153,19 @@ def test_failed_export_is_one_line_and_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_default_engine_falls_back_to_onnxruntime(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino":
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+
+    assert engines.default_engine() in ENGINES
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    assert engines.default_engine() == "onnxruntime"
+
+
 def test_bad_engine_and_threads(lite_encoder):
     with pytest.raises(ConfigError, match="unknown encoder engine"):
         make_encoder_engine(lite_encoder, "tensorrt", img_size=IMG, num_threads=1)
