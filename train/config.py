@@ -73,6 +73,7 @@ class TrainConfig:
     dice_reduction: str = "sample"  # point prompts: soft Dice per "sample" (averaged) or over the "batch"
     prompt: str = "point"           # point (the paper), box (MedSAM), mixed, none (promptless)
     box_jitter: int = 5             # box prompts: each side moved out by a random 0..box_jitter input pixels
+    frozen_encoder: bool = False    # train on cached image embeddings (train.embeddings); encoder untouched
     seed: int = 1234
     num_workers: int = 2
     prefetch_factor: int = 2
@@ -141,6 +142,12 @@ class TrainConfig:
 
         if self.trainable not in TRAINABLE_NAMES:
             raise bad(f"trainable {self.trainable!r} is not one of auto, {', '.join(TRAINABLE_NAMES)}")
+        if self.frozen_encoder:
+            from train.model.trainable import ENCODER_GROUPS, TRAINABLE_SETS
+
+            if set(TRAINABLE_SETS[self.trainable].groups) & set(ENCODER_GROUPS):
+                raise bad(f"frozen_encoder: the trainable set {self.trainable!r} adapts the image encoder; "
+                          "use decoder_lora (the default) or another set without encoder groups")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise bad(f"device {self.device!r} must be auto, cpu or cuda[:N]")  # the names train.devices takes
         return self
@@ -188,7 +195,7 @@ def upgrade_config_dict(values: Mapping[str, Any]) -> dict[str, Any]:
     _upgrade_legacy(out)
     if out.get("trainable", "auto") == "auto":
         out["trainable"] = default_trainable(out.get("model", "vit_b"), out.get("prompt", "point"),
-                                             out.get("checkpoint"))
+                                             out.get("checkpoint"), bool(out.get("frozen_encoder")))
     return out
 
 
@@ -283,6 +290,9 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Train
             v = getattr(cfg, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{source}: {name} must be an integer (got {v!r})")
+        for name in ("frozen_encoder", "grad_checkpointing"):
+            if not isinstance(getattr(cfg, name), bool):
+                raise ConfigError(f"{source}: {name} must be true or false (got {getattr(cfg, name)!r})")
         if cfg.steps is not None:
             cfg.steps = _int(cfg.steps, "steps", source)
         for name in ("lr", "weight_decay", "decay_gamma", "min_lr_ratio", "ce_weight", "dice_weight", "grad_clip",
@@ -298,7 +308,7 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Train
     if cfg.trainable == "auto":
         from train.model.trainable import default_trainable
 
-        cfg.trainable = default_trainable(cfg.model, cfg.prompt, cfg.checkpoint)
+        cfg.trainable = default_trainable(cfg.model, cfg.prompt, cfg.checkpoint, cfg.frozen_encoder)
     return cfg.validate(source)
 
 

@@ -188,6 +188,8 @@ class StreamSpec:
                                         # jittered box; "mixed": either, evenly; "none": full label
     box_jitter: int = 5                 # box prompts: each side moved out by 0..box_jitter input pixels
     resize: str = "square"              # train.resize.InputGeometry mode of the model's input
+    embeddings: str | None = None       # frozen encoder: train.embeddings cache folder of this model
+    embedding_shape: tuple[int, ...] | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     block_shards: int = 2
     start_sample: int = 0               # stream position of batch 0 (the resume position)
@@ -204,7 +206,8 @@ class ShardBatchStream(IterableDataset):
     (prompted) or the class map (prompt "none"); ``points`` (B, 1, 2) float32 xy in input
     pixels and ``point_labels`` (B, 1) int64 (all 1) when prompted; ``boxes`` (B, 4) float32
     x0, y0, x1, y1 and ``use_box`` (B,) bool (which samples are prompted by their box) for "box"
-    and "mixed"; ``class_index`` (B,) int64 (the prompted class; 0 for "none"); ``position``
+    and "mixed"; ``embedding`` (B, C, h, w) float32, the cached image embeddings, with a frozen
+    encoder (``embeddings``); ``class_index`` (B,) int64 (the prompted class; 0 for "none"); ``position``
     (B,) int64 stream positions; ``ids`` list of sample ids; ``batch`` the batch number.
     The point of a sample is drawn the same way whatever the prompt kind, so "point" batches are
     those of runs made before box prompts existed.
@@ -221,6 +224,7 @@ class ShardBatchStream(IterableDataset):
         self._pid: int | None = None
         self._order: SampleOrder | None = None
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._embeddings: list[np.ndarray] | None = None
 
     # -- opened lazily, in each worker ---------------------------------------------------------
     def _open(self) -> None:
@@ -238,6 +242,12 @@ class ShardBatchStream(IterableDataset):
             if self.spec.prompt != "none" and eligible is None:
                 eligible = foreground_samples(self._ds, self.spec.img_size, self.spec.resize)
             self._order = SampleOrder(ranges, self.spec.seed, self.spec.block_shards, eligible)
+            if self.spec.embeddings is not None:
+                from train.embeddings import EmbeddingCache, open_cached
+
+                folder = Path(self.spec.embeddings)
+                cache = EmbeddingCache(folder.parent, folder.name)
+                self._embeddings = open_cached(self._ds, cache, tuple(self.spec.embedding_shape or ()))
 
     @property
     def order(self) -> SampleOrder:
@@ -301,6 +311,9 @@ class ShardBatchStream(IterableDataset):
         boxes = np.zeros((len(pos), 4), np.float32)
         use_box = np.full(len(pos), s.prompt == "box")
         label_buf = np.empty((size, size), np.uint8)
+        embeddings = None
+        if self._embeddings is not None:
+            embeddings = np.empty((len(pos), *self._embeddings[0].shape[1:]), np.float32)
         ids = []
         for i, (epoch, index, k) in enumerate(zip(epochs.tolist(), indices.tolist(), shards)):
             sample = self._sample(index, k)
@@ -342,6 +355,9 @@ class ShardBatchStream(IterableDataset):
                         use_box[i] = box_rng.random() < 0.5
             elif augment:
                 targets[i] = label
+            if embeddings is not None:
+                start, _ = self._ds.shard_range(k)
+                embeddings[i] = self._embeddings[k][index - start]
             ids.append(sample["id"])
         out: dict[str, Any] = {
             "image": torch.from_numpy(images),
@@ -357,6 +373,8 @@ class ShardBatchStream(IterableDataset):
         if with_boxes:
             out["boxes"] = torch.from_numpy(boxes)
             out["use_box"] = torch.from_numpy(use_box)
+        if embeddings is not None:
+            out["embedding"] = torch.from_numpy(embeddings)
         return out
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

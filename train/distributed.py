@@ -32,10 +32,10 @@ class TrainForward(nn.Module):
 
     def forward(self, images: torch.Tensor, points: torch.Tensor | None = None,
                 point_labels: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
-                use_box: torch.Tensor | None = None) -> torch.Tensor:
+                use_box: torch.Tensor | None = None, embeddings: torch.Tensor | None = None) -> torch.Tensor:
         if self.prompt == "none":
             return self.model.forward_promptless(images)
-        return self.model(images, points, point_labels, boxes, use_box)
+        return self.model(images, points, point_labels, boxes=boxes, use_box=use_box, embeddings=embeddings)
 
 
 def setup_distributed(device_kind: str) -> DistInfo:

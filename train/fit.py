@@ -34,6 +34,7 @@ from train.fit_setup import (PreparedRun, prepare_run, require_checkpoint, trunc
                              write_run_json)
 from train.fit_steps import Checkpointer, MetricsWindow, StopRequest, train_step, weights_digest
 from train.model import trainable_state_dict
+from train.embeddings import embedding_shape
 from train.model.registry import input_resize
 from train.tensorboard import TrainBoard
 
@@ -52,10 +53,11 @@ class FitResult:
 def fit(cfg: TrainConfig, shards: str | Path, out: str | Path, *, resume: bool = False,
         overwrite: bool = False, log_sample_ids: bool = False, progress: bool = True,
         echo: Callable[[str], None] = print, tensorboard: bool = False,
-        tensorboard_images_every: int = 100) -> FitResult:
+        tensorboard_images_every: int = 100, embedding_cache: str | Path | None = None) -> FitResult:
     """Train per `cfg` on the dataset at `shards` (a folder or an fsspec URL), writing the run to
     `out`. See the module doc. `tensorboard`: also write RUNDIR/tensorboard (train.tensorboard),
-    prediction pictures every `tensorboard_images_every` steps.
+    prediction pictures every `tensorboard_images_every` steps. `embedding_cache`: the folder of
+    the frozen encoder's embeddings (``cfg.frozen_encoder``; default train.embeddings.default_cache_dir).
 
     With `resume`, `cfg` must equal the saved config in its identity fields
     (:data:`train.checkpointing.IDENTITY_FIELDS`); steps/epochs and runtime knobs may change.
@@ -68,7 +70,8 @@ def fit(cfg: TrainConfig, shards: str | Path, out: str | Path, *, resume: bool =
     threads_before = torch.get_num_threads()  # prepare_run changes a process-wide setting
     say = echo if di.is_main else (lambda _msg: None)
     try:
-        run = prepare_run(cfg, shards, out, di, resume=resume, overwrite=overwrite, say=say)
+        run = prepare_run(cfg, shards, out, di, resume=resume, overwrite=overwrite, say=say,
+                          embedding_cache=embedding_cache, progress=progress)
         logs = FitLogs(run, resume=resume, log_sample_ids=log_sample_ids, progress=progress,
                        tensorboard=tensorboard, tensorboard_images_every=tensorboard_images_every)
         window = MetricsWindow(log_every=cfg.log_every, start_step=run.start.step,
@@ -93,7 +96,9 @@ def batches_of(run: PreparedRun) -> Generator[dict[str, Any], None, None]:
         prompt=cfg.prompt, box_jitter=cfg.box_jitter, resize=input_resize(cfg.model),
         augment=run.data.augment, block_shards=cfg.shuffle_block_shards,
         start_sample=start.sample, num_batches=start.total_steps - start.step,
-        rank=run.di.rank, world_size=run.di.world_size, eligible=run.data.eligible))
+        rank=run.di.rank, world_size=run.di.world_size, eligible=run.data.eligible,
+        embeddings=None if run.embeddings is None else str(run.embeddings.folder),
+        embedding_shape=None if run.embeddings is None else embedding_shape(run.model)))
     return batch_loader(stream, cfg.num_workers, cfg.prefetch_factor, pin_memory=run.device.type == "cuda")
 
 

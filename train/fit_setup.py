@@ -114,7 +114,10 @@ def safe_augment(cfg: TrainConfig, class_names: list[str]) -> AugmentConfig:
     """The augmentation a run applies: the configured one, except that promptless multi-class
     training never flips or rotates by 90 degrees (the class of an organ depends on its side:
     a flip would teach "left kidney" on the right). Prompted targets are binary, so flips are safe.
+    A frozen encoder trains on embeddings computed once per sample: no augmentation at all.
     """
+    if cfg.frozen_encoder:
+        return AugmentConfig()
     if cfg.prompt == "none" and len(class_names) > 2 and (cfg.augment.flip_prob or cfg.augment.rot90_prob):
         return dataclasses.replace(cfg.augment, flip_prob=0.0, rot90_prob=0.0)
     return cfg.augment
@@ -186,6 +189,7 @@ class PreparedRun:
     forward: nn.Module              # TrainForward, in DDP under torchrun
     opt: Optimisation
     params: ParamCount
+    embeddings: Any = None          # train.embeddings.EmbeddingReport with a frozen encoder
 
     @property
     def global_batch(self) -> int:
@@ -193,8 +197,12 @@ class PreparedRun:
 
 
 def prepare_run(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *, resume: bool,
-                overwrite: bool, say: Callable[[str], None]) -> PreparedRun:
-    """Device and threads, data, run folder, resume point, model, optimiser; config.json written."""
+                overwrite: bool, say: Callable[[str], None], embedding_cache: str | Path | None = None,
+                progress: bool = True) -> PreparedRun:
+    """Device and threads, data, run folder, resume point, model, optimiser; config.json written.
+
+    With ``cfg.frozen_encoder`` the samples' image embeddings are computed first where missing
+    (train.embeddings; `embedding_cache` or its default folder)."""
     device = pick_device(cfg.device, di.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -210,13 +218,60 @@ def prepare_run(cfg: TrainConfig, shards: str | Path, out: Path, di: DistInfo, *
     if start.saved:
         load_trainable_state(model, start.saved["trainable"], str(last_checkpoint(out)))
     model.to(device).train()
+    report = None
+    if cfg.frozen_encoder:
+        report = prepare_embeddings(model, cfg, data, device, threads, embedding_cache, di, say, progress)
     opt = make_optimizer(model, cfg, start.saved, str(last_checkpoint(out)))
     run = PreparedRun(cfg, shards, out, di, device, threads, data, start, built, model,
-                      wrap_for_training(model, cfg.prompt, device), opt, count_parameters(model))
+                      wrap_for_training(model, cfg.prompt, device), opt, count_parameters(model), report)
     if di.is_main:
         write_run_json(out / CONFIG_FILE, run_config(run))
         announce(run, say)
     return run
+
+
+def prepare_embeddings(model: PromptSAM, cfg: TrainConfig, data: TrainingData, device: torch.device, threads: int,
+                       cache_dir: str | Path | None, di: DistInfo, say: Callable[[str], None],
+                       progress: bool):
+    """Every sample's image embedding in the cache (computed by the main process where missing,
+    through ONNX Runtime on CPU when installed): the report of train.embeddings.build_embeddings."""
+    from train.embeddings import EmbeddingCache, build_embeddings, check_frozen_encoder, default_cache_dir, encoder_key
+
+    check_frozen_encoder(cfg)
+    cache = EmbeddingCache(Path(cache_dir) if cache_dir is not None else default_cache_dir(), encoder_key(model))
+    engine = _embedding_engine(model, device, threads)
+    was_training = model.training
+    model.eval()
+    try:
+        report = build_embeddings(data.ds, model, cache, engine=engine, progress=progress and di.is_main,
+                                  say=say if di.is_main else None) if di.is_main else None
+    finally:
+        model.train(was_training)
+    barrier(di)
+    if report is None:   # other ranks: everything is cached now
+        report = build_embeddings(data.ds, model, cache, engine=engine, progress=False)
+    if di.is_main and report.computed:
+        say(f"frozen encoder: {report.computed} embeddings in {report.seconds:.0f} s "
+            f"({report.computed / max(report.seconds, 1e-9):.2f} samples/s), {report.bytes / 2**30:.2f} GiB "
+            f"in {report.folder}")
+    return report
+
+
+def _embedding_engine(model: PromptSAM, device: torch.device, threads: int):
+    """ONNX Runtime on CPU when installed (BENCHMARKS.md: the fastest CPU engine), else eager."""
+    enc = model.sam.image_encoder
+    if device.type == "cpu":
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None:
+            from train.model.engines import make_encoder_engine
+
+            return make_encoder_engine(enc, "onnxruntime", img_size=model.img_size, num_threads=threads)
+
+    def eager(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return enc(x.to(device)).float().cpu()
+    return eager
 
 
 def run_config(run: PreparedRun) -> dict[str, Any]:
@@ -231,6 +286,10 @@ def run_config(run: PreparedRun) -> dict[str, Any]:
                   "base_checkpoint": cfg.checkpoint, "base_weights": run.built.weights,
                   "input_contract": MODEL_SPECS[cfg.model].contract.to_dict(), "lora": run.built.lora,
                   "trainable": run.built.trainable or {}},
+        "embeddings": None if run.embeddings is None else {
+            "folder": str(run.embeddings.folder), "samples": len(run.data.ds),
+            "computed_now": run.embeddings.computed, "bytes": run.embeddings.bytes,
+            "seconds": round(run.embeddings.seconds, 1), "dtype": "float16"},
         "data": {"samples": len(data.ds), "trained_samples": data.n_train,
                  "skipped_without_foreground": data.skipped,
                  "augment": dataclasses.asdict(data.augment)},
@@ -254,8 +313,9 @@ def announce(run: PreparedRun, say: Callable[[str], None]) -> None:
         say(f"prompted training skips {data.skipped} of {len(ds)} samples without foreground "
             f"at {cfg.img_size}px; an epoch is {data.n_train} samples")
     if data.augment != cfg.augment:
-        say("augment: flips and 90-degree rotations off for promptless multi-class training "
-            "(they would swap left and right organs)")
+        say("augment: off with --frozen-encoder (each sample's embedding is computed once)" if cfg.frozen_encoder
+            else "augment: flips and 90-degree rotations off for promptless multi-class training "
+                 "(they would swap left and right organs)")
     world, total = run.di.world_size, run.start.total_steps
     resumed = f", resuming at step {run.start.step}" if run.start.saved else ""
     ddp = f", DDP over {torch.distributed.get_backend()}" if in_process_group() else ""

@@ -87,10 +87,11 @@ def train_step(forward: nn.Module, batch: dict[str, Any], opt: Optimisation, cfg
         if cfg.prompt == "none":
             logits = forward(images)
         else:
-            boxes, use_box = batch.get("boxes"), batch.get("use_box")
-            logits = forward(images, batch["points"].to(device), batch["point_labels"].to(device),
-                             None if boxes is None else boxes.to(device),
-                             None if use_box is None else use_box.to(device))
+            # box prompts and cached embeddings (frozen encoder) only when the batch has them
+            extra = {name: batch[key].to(device, non_blocking=True)
+                     for name, key in (("boxes", "boxes"), ("use_box", "use_box"), ("embeddings", "embedding"))
+                     if key in batch}
+            logits = forward(images, batch["points"].to(device), batch["point_labels"].to(device), **extra)
     loss, ce, dice = ce_dice_loss(logits.float(), target, cfg.ce_weight, cfg.dice_weight,
                                   dice_reduction=cfg.dice_reduction)
     if not math.isfinite(loss.item()):

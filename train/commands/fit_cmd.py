@@ -42,6 +42,15 @@ from train.model.registry import MODEL_NAMES
 @click.option("--box-jitter", type=click.IntRange(min=0),
               help="Box prompts: each side of the box moved out by a random 0..N model-input pixels "
                    "(MedSAM: 5). [default: 5]")
+@click.option("--frozen-encoder/--no-frozen-encoder", default=None,
+              help="CPU route for pretrained models: the image encoder stays as it is; every sample's "
+                   "embedding is computed once (ONNX Runtime on CPU), cached as float16 (2 MiB a sample "
+                   "for lite_medsam) and only the prompt encoder and mask decoder train (trainable set "
+                   "decoder_lora). No augmentation. [default: off]")
+@click.option("--embedding-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --frozen-encoder: the embedding cache folder (content-addressed by encoder "
+                   "weights and shard sha256). [default: $EXEMPLAR_SAM_EMBEDDING_CACHE or "
+                   "~/.cache/exemplar-sam/embeddings]")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="JSON file of hyper-parameters (layout of train/configs/default.json); "
                    "flags override it.")
@@ -49,11 +58,12 @@ from train.model.registry import MODEL_NAMES
 @click.option("--lr", type=float, help="Peak learning rate (AdamW). [default: 1e-3]")
 @click.option("--lora-rank", type=int, help="LoRA rank for vit_*. [default: 4]")
 @click.option("--trainable", type=click.Choice(("auto", "samed_lora", "samed_full", "lora", "decoder_full",
-                                                "encoder_lora", "full")),
+                                                "encoder_lora", "full", "decoder_lora")),
               help="Named trainable set (docs/model.md). auto: samed_lora for point prompts (LoRA on encoder "
                    "and decoder attention q/v + prompt encoder, mask tokens, hypernetwork MLPs, upscaling, "
                    "IoU head; SAMed's decoder-LoRA), samed_full for --prompt none (encoder LoRA + whole "
-                   "mask decoder, SAMed), full for tiny without --checkpoint. [default: auto]")
+                   "mask decoder, SAMed), full for tiny without --checkpoint, decoder_lora (samed_lora without "
+                   "the image encoder) with --frozen-encoder. [default: auto]")
 @click.option("--num-workers", type=int, help="DataLoader worker processes (0: a prefetch thread). [default: 2]")
 @click.option("--log-every", type=int, help="Write metrics.jsonl every N steps. [default: 10]")
 @click.option("--checkpoint-every", type=int,
@@ -88,7 +98,7 @@ from train.model.registry import MODEL_NAMES
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @debug_option
 def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batch_size, prompt, box_jitter,
-        config_file, seed, lr, lora_rank, trainable, num_workers, log_every, checkpoint_every,
+        frozen_encoder, embedding_cache, config_file, seed, lr, lora_rank, trainable, num_workers, log_every, checkpoint_every,
         save_every_steps, save_every_minutes, grad_checkpointing, device, num_threads, resume, overwrite,
         log_sample_ids, tensorboard, tensorboard_images_every, no_progress) -> None:
     """Train on a shard dataset: point- or box-prompted LoRA fine-tuning of SAM (1.0 CE + 0.8 Dice,
@@ -116,7 +126,7 @@ def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batc
     overrides = {
         "model": model, "checkpoint": None if checkpoint is None else str(checkpoint.resolve()),  # eval/predict run elsewhere
         "img_size": img_size, "steps": steps, "epochs": epochs, "batch_size": batch_size,
-        "prompt": prompt, "box_jitter": box_jitter, "seed": seed, "lr": lr, "lora_rank": lora_rank, "trainable": trainable,
+        "prompt": prompt, "box_jitter": box_jitter, "frozen_encoder": frozen_encoder, "seed": seed, "lr": lr, "lora_rank": lora_rank, "trainable": trainable,
         "num_workers": num_workers,
         "log_every": log_every, "checkpoint_every": checkpoint_every,
         "save_every_steps": save_every_steps, "save_every_minutes": save_every_minutes,
@@ -146,7 +156,8 @@ def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batc
     try:
         result = run_fit(cfg, shards, out, resume=resume, overwrite=overwrite,
                          log_sample_ids=log_sample_ids, progress=not no_progress, echo=click.echo,
-                         tensorboard=tensorboard, tensorboard_images_every=tensorboard_images_every)
+                         tensorboard=tensorboard, tensorboard_images_every=tensorboard_images_every,
+                         embedding_cache=embedding_cache)
     except BaseException:
         if created and out.is_dir() and not precheck.last_checkpoint_path(out).exists():
             import shutil

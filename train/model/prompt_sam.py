@@ -170,10 +170,12 @@ class PromptSAM(nn.Module):
         low_res = masks[torch.arange(masks.shape[0], device=masks.device), best][:, None]
         return self._upsample(low_res)
 
-    def forward(self, images: torch.Tensor, points: torch.Tensor | None,
+    def forward(self, images: torch.Tensor | None, points: torch.Tensor | None,
                 point_labels: torch.Tensor | None, boxes: torch.Tensor | None = None,
-                use_box: torch.Tensor | None = None) -> torch.Tensor:
-        return self.decode(self.encode(images), points, point_labels, boxes=boxes, use_box=use_box)
+                use_box: torch.Tensor | None = None, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode `images` (or take precomputed `embeddings`: a frozen encoder) and decode."""
+        emb = self.encode(images) if embeddings is None else embeddings
+        return self.decode(emb, points, point_labels, boxes=boxes, use_box=use_box)
 
     def decode_promptless(self, embeddings: torch.Tensor) -> torch.Tensor:
         """SAMed-style: no prompt, all num_classes + 1 mask tokens -> logits (B, K+1, S, S)."""

@@ -35,6 +35,9 @@ Sets (:data:`TRAINABLE_SETS`; docs/model.md has the counts for vit_b/l/h and tin
 - ``decoder_full``: LoRA on encoder q/v + the whole mask decoder (prompt encoder frozen).
 - ``encoder_lora``: LoRA on encoder q/v only.
 - ``full``: every parameter, no LoRA (tiny from random init).
+- ``decoder_lora``: ``samed_lora`` without the image encoder: decoder-attention q/v LoRA, prompt
+  encoder, output tokens, upscaling, hypernetwork MLPs and IoU head. Default for
+  ``--frozen-encoder`` (the encoder's embeddings are computed once and cached).
 """
 from __future__ import annotations
 
@@ -82,20 +85,27 @@ TRAINABLE_SETS: dict[str, TrainableSet] = {s.name: s for s in (
                  "encoder q/v LoRA + whole mask decoder (prompt encoder frozen)"),
     TrainableSet("encoder_lora", ("encoder_qv",), ("encoder_lora",), "encoder q/v LoRA only"),
     TrainableSet("full", (), GROUPS, "every parameter, no LoRA (training from scratch)"),
+    TrainableSet("decoder_lora", ("decoder_attn",), ("decoder_lora",) + _HEADS,
+                 "frozen image encoder: decoder attention q/v LoRA, prompt encoder, output tokens, "
+                 "upscaling, hypernetwork MLPs and IoU head trained"),
 )}
+ENCODER_GROUPS = ("encoder_lora", "encoder")
 TRAINABLE_NAMES: tuple[str, ...] = tuple(TRAINABLE_SETS)
 
 # Values of the former `train_decoder` config key (runs written before the named sets).
 LEGACY_TRAIN_DECODER = {"lora": "lora", "full": "decoder_full", "frozen": "encoder_lora"}
 
 
-def default_trainable(model: str, prompt: str, checkpoint: str | None) -> str:
+def default_trainable(model: str, prompt: str, checkpoint: str | None, frozen_encoder: bool = False) -> str:
     """The set a run trains when the config says "auto".
 
-    tiny without a checkpoint has nothing pretrained to adapt: "full". Everything else adapts
-    pretrained weights as SAMed does: "samed_full" for the promptless baseline, "samed_lora"
-    (the paper's decoder fine-tuning with the point prompt embedding) for point prompts.
+    A frozen encoder (cached embeddings): "decoder_lora". tiny without a checkpoint has nothing
+    pretrained to adapt: "full". Everything else adapts pretrained weights as SAMed does:
+    "samed_full" for the promptless baseline, "samed_lora" (the paper's decoder fine-tuning with
+    the point prompt embedding) for prompted runs.
     """
+    if frozen_encoder:
+        return "decoder_lora"
     if model == "tiny" and checkpoint is None:
         return "full"
     return "samed_full" if prompt == "none" else "samed_lora"
