@@ -67,3 +67,19 @@ def vit_b_random_checkpoint(tmp_path_factory):
     state = ref.state_dict()
     torch.save(state, path)
     return path, {k: v.shape for k, v in state.items()}, state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_model_caches(tmp_path_factory):
+    """Engine exports and frozen-encoder embeddings go to a folder of the test session, not to the
+    user's ~/.cache (one export is shared by the whole session)."""
+    root = tmp_path_factory.mktemp("model-caches")
+    saved = {k: os.environ.get(k) for k in ("EXEMPLAR_SAM_ENGINE_CACHE", "EXEMPLAR_SAM_EMBEDDING_CACHE")}
+    os.environ["EXEMPLAR_SAM_ENGINE_CACHE"] = str(root / "engines")
+    os.environ["EXEMPLAR_SAM_EMBEDDING_CACHE"] = str(root / "embeddings")
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -138,7 +138,7 @@ class EvalOptions:
     empty_case: str = "strict"  # "strict" | "samed" (train.metrics)
     multimask: bool = False  # zero-shot SAM: three masks per point, keep the best predicted IoU
     box_margin: float = 5.0  # prompt "box": source pixels added to each side of the class's box
-    engine: str = "torch"  # image encoder engine (train.model.engines) on CPU
+    engine: str = "auto"  # image encoder engine on CPU (train.model.engines); auto: see encoder_engine
     progress: bool = True  # a progress bar in slices (when stderr is a terminal)
 
 
@@ -287,7 +287,7 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
             empty_case_convention=EMPTY_CASE_TEXT[opts.empty_case]
             + (" in mm" if hd95_unit == "mm" and opts.empty_case == "strict" else
                " in voxels" if opts.empty_case == "strict" else ""),
-            multimask=opts.multimask, engine=opts.engine if device.type == "cpu" else "torch",
+            multimask=opts.multimask, engine=getattr(inf.engine, "name", "torch"),
             **({"box_margin": opts.box_margin} if opts.prompt == "box" else {}))
         write_results(tmp, result, scores, loaded.name, testset.class_names, overlays=opts.overlays > 0)
         _finish_outdir(out, tmp)
@@ -301,10 +301,16 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
 
 def encoder_engine(model, engine: str, device: torch.device):
     """The train.model.engines runner of the model's image encoder for `engine` on CPU (None: torch
-    eager, also on CUDA, where the model runs under autocast)."""
+    eager, also on CUDA, where the model runs under autocast). "auto": the default engine for
+    models whose input contract is MedSAM's (lite_medsam: exported once per weights, cached),
+    torch eager for the others (tiny is fast in eager; a ViT export is large)."""
+    if engine == "auto":
+        engine = "torch" if getattr(model, "normalise", "sam") == "sam" else None
     if engine == "torch" or device.type != "cpu":
         return None
-    from train.model.engines import make_encoder_engine
+    from train.model.engines import default_engine, make_encoder_engine
+
+    engine = engine or default_engine()
 
     return make_encoder_engine(model.sam.image_encoder, engine, img_size=model.img_size,
                                num_threads=torch.get_num_threads())

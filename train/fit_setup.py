@@ -234,7 +234,8 @@ def prepare_embeddings(model: PromptSAM, cfg: TrainConfig, data: TrainingData, d
                        cache_dir: str | Path | None, di: DistInfo, say: Callable[[str], None],
                        progress: bool):
     """Every sample's image embedding in the cache (computed by the main process where missing,
-    through ONNX Runtime on CPU when installed): the report of train.embeddings.build_embeddings."""
+    through the default CPU engine, train.model.engines.default_engine): the report of
+    train.embeddings.build_embeddings."""
     from train.embeddings import EmbeddingCache, build_embeddings, check_frozen_encoder, default_cache_dir, encoder_key
 
     check_frozen_encoder(cfg)
@@ -258,15 +259,12 @@ def prepare_embeddings(model: PromptSAM, cfg: TrainConfig, data: TrainingData, d
 
 
 def _embedding_engine(model: PromptSAM, device: torch.device, threads: int):
-    """ONNX Runtime on CPU when installed (BENCHMARKS.md: the fastest CPU engine), else eager."""
+    """On CPU the default engine (OpenVINO, else ONNX Runtime; BENCHMARKS.md), on CUDA eager."""
     enc = model.sam.image_encoder
     if device.type == "cpu":
-        import importlib.util
+        from train.model.engines import default_engine, make_encoder_engine
 
-        if importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None:
-            from train.model.engines import make_encoder_engine
-
-            return make_encoder_engine(enc, "onnxruntime", img_size=model.img_size, num_threads=threads)
+        return make_encoder_engine(enc, default_engine(), img_size=model.img_size, num_threads=threads)
 
     def eager(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

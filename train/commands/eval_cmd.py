@@ -51,10 +51,12 @@ from train.model.registry import MODEL_NAMES
 @click.option("--box-margin", type=float, default=5.0, show_default=True,
               help="--prompt box: source pixels added to each side of the class's bounding box (clipped "
                    "to the slice; MedSAM uses 5).")
-@click.option("--engine", type=click.Choice(["torch", "onnxruntime", "openvino"]), default="torch",
+@click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime", "openvino"]), default="auto",
               show_default=True,
               help="CPU only: run the image encoder through torch (eager) or an exported ONNX graph "
-                   "(ONNX Runtime, OpenVINO; exported once per weights and cached, see docs/model.md).")
+                   "(ONNX Runtime, OpenVINO; exported once per weights and cached in "
+                   "~/.cache/exemplar-sam/engines or $EXEMPLAR_SAM_ENGINE_CACHE). auto: OpenVINO (else ONNX "
+                   "Runtime) for lite_medsam, torch for the others.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random prompts.")
 @click.option("--hd95-unit", type=click.Choice(["mm", "voxel"]), default=None,
               help="HD95 in mm (voxel spacing; the default) or in voxels (unit spacing, as SAMed's code "

@@ -12,8 +12,9 @@ its prompts). The prompt encoder and mask decoder stay in torch: they are small.
   encoder's state-dict tensors (names, shapes, dtypes, bytes), its module structure (``repr``),
   ``img_size`` and the torch / onnx versions, so a LoRA-adapted encoder gets its own file. The
   file is written atomically (``shared.fileio``): a killed export leaves no file that looks
-  complete. Cache folder: ``cache_dir``, else ``$EXEMPLAR_SAM_CACHE``, else
-  ``$XDG_CACHE_HOME/exemplar-sam/engines``, else ``~/.cache/exemplar-sam/engines``.
+  complete. Cache folder: ``cache_dir``, else ``$EXEMPLAR_SAM_ENGINE_CACHE``, else
+  ``$XDG_CACHE_HOME/exemplar-sam/engines``, else ``~/.cache/exemplar-sam/engines``
+  (``EXEMPLAR_SAM_CACHE`` is the size-bounded cache of remote shards, shared/remote.py).
 
 The encoder is put in eval mode (``encoder.eval()``) before anything runs: TinyViT's attention
 caches its bias table (``ab``) when it enters eval mode, and the export must see that table.
@@ -74,10 +75,10 @@ def default_engine() -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$EXEMPLAR_SAM_CACHE``, else ``$XDG_CACHE_HOME/exemplar-sam/engines``, else
+    """``$EXEMPLAR_SAM_ENGINE_CACHE``, else ``$XDG_CACHE_HOME/exemplar-sam/engines``, else
     ``~/.cache/exemplar-sam/engines``."""
-    if os.environ.get("EXEMPLAR_SAM_CACHE"):
-        return Path(os.environ["EXEMPLAR_SAM_CACHE"]).expanduser()
+    if os.environ.get("EXEMPLAR_SAM_ENGINE_CACHE"):
+        return Path(os.environ["EXEMPLAR_SAM_ENGINE_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base).expanduser() / "exemplar-sam" / "engines"
 

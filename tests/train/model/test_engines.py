@@ -116,9 +116,9 @@ def test_cache_key_follows_the_weights(lite_encoder, engine_cache):
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("EXEMPLAR_SAM_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("EXEMPLAR_SAM_ENGINE_CACHE", str(tmp_path / "c"))
     assert engines.default_cache_dir() == tmp_path / "c"
-    monkeypatch.delenv("EXEMPLAR_SAM_CACHE")
+    monkeypatch.delenv("EXEMPLAR_SAM_ENGINE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert engines.default_cache_dir() == tmp_path / "xdg" / "exemplar-sam" / "engines"
 
