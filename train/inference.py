@@ -170,26 +170,34 @@ def predict_slices(inf: Inference, images: np.ndarray,
     if prompts is None:
         return inf.decode_promptless(embeddings, (h, w))
     items = [(j, int(c), as_prompt(p)) for j, per_class in enumerate(prompts) for c, p in sorted(per_class.items())]
-    logits: list[Any] = [None] * len(items)
-    geometry = inf.geometry
-    shapes = sorted({_shape(p) for _, _, p in items})
-    for shape in shapes:   # no padding points: one call per prompt shape
-        sel = [i for i, (_, _, p) in enumerate(items) if _shape(p) == shape]
-        owners = np.asarray([items[i][0] for i in sel], np.int64)
-        if shape == (0, True):
-            boxes = np.stack([geometry.boxes(items[i][2].box, (h, w)) for i in sel]).astype(np.float32)
-            res = inf.decode_prompts(embeddings, owners, None, None, (h, w), boxes)
-        else:
-            pts = np.stack([geometry.points(items[i][2].points_array(), (h, w)) for i in sel]).astype(np.float32)
-            res = inf.decode_prompts(embeddings, owners, pts, np.ones(pts.shape[:2], np.int64), (h, w))
-        for i, r in zip(sel, res):
-            logits[i] = r
+    logits = prompt_logits(inf, embeddings, [j for j, _, _ in items], [p for _, _, p in items], (h, w))
     pred = np.zeros((b, h, w), np.uint8)
     for j in range(b):
         mine = [i for i, (owner, _, _) in enumerate(items) if owner == j]
         if mine:
             pred[j] = combine_class_logits([items[i][1] for i in mine], np.stack([logits[i] for i in mine]), (h, w))
     return pred
+
+
+def prompt_logits(inf: Inference, embeddings, owners: Sequence[int], prompts: Sequence[Prompt],
+                  hw: tuple[int, int]) -> np.ndarray:
+    """Logits (P, h, w) float32 of P prompts, prompt i decoded on ``embeddings[owners[i]]`` (slices of
+    size `hw`); prompts of the same shape (point count, or box) are decoded together, no padding
+    points (``inf.decode_batch`` at a time)."""
+    h, w = hw
+    out = np.zeros((len(prompts), h, w), np.float32)
+    geometry = inf.geometry
+    for shape in sorted({_shape(p) for p in prompts}):   # no padding points: one call per prompt shape
+        sel = [i for i, p in enumerate(prompts) if _shape(p) == shape]
+        idx = np.asarray([owners[i] for i in sel], np.int64)
+        if shape == (0, True):
+            boxes = np.stack([geometry.boxes(prompts[i].box, (h, w)) for i in sel]).astype(np.float32)
+            res = inf.decode_prompts(embeddings, idx, None, None, (h, w), boxes)
+        else:
+            pts = np.stack([geometry.points(prompts[i].points_array(), (h, w)) for i in sel]).astype(np.float32)
+            res = inf.decode_prompts(embeddings, idx, pts, np.ones(pts.shape[:2], np.int64), (h, w))
+        out[sel] = res
+    return out
 
 
 def as_prompt(p: Prompt | np.ndarray) -> Prompt:
