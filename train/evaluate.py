@@ -139,6 +139,7 @@ class EvalOptions:
     multimask: bool = False  # zero-shot SAM: three masks per point, keep the best predicted IoU
     box_margin: float = 5.0  # prompt "box": source pixels added to each side of the class's box
     engine: str = "auto"  # image encoder engine on CPU (train.model.engines); auto: see encoder_engine
+    embedding_cache: str | None = None  # keep each test slice's embedding on disk (train.embeddings.CachingEncoder)
     progress: bool = True  # a progress bar in slices (when stderr is a terminal)
 
 
@@ -269,7 +270,7 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
         device = pick_device(opts.device)
         model.to(device).eval()
         inf = Inference(model, device, opts.batch_size, opts.decode_batch, opts.multimask,
-                        encoder_engine(model, opts.engine, device))
+                        encoder_engine(model, opts.engine, device, opts.embedding_cache))
         t_start = time.perf_counter()
         with torch.inference_mode():
             scores = score_volumes(inf, testset, opts, hd95_unit, tmp, log)
@@ -299,11 +300,25 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def encoder_engine(model, engine: str, device: torch.device):
+def encoder_engine(model, engine: str, device: torch.device, embedding_cache: str | None = None):
     """The train.model.engines runner of the model's image encoder for `engine` on CPU (None: torch
     eager, also on CUDA, where the model runs under autocast). "auto": the default engine for
     models whose input contract is MedSAM's (lite_medsam: exported once per weights, cached),
-    torch eager for the others (tiny is fast in eager; a ViT export is large)."""
+    torch eager for the others (tiny is fast in eager; a ViT export is large). With
+    `embedding_cache` (CPU), every slice's embedding is kept there and reused by later runs on the
+    same encoder (train.embeddings.CachingEncoder)."""
+    runner = _engine_runner(model, engine, device)
+    if embedding_cache is None or device.type != "cpu":
+        return runner
+    from train.embeddings import CachingEncoder, encoder_key
+
+    def eager(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model.encode_input(x)
+    return CachingEncoder(runner or eager, embedding_cache, encoder_key(model))
+
+
+def _engine_runner(model, engine: str, device: torch.device):
     if engine == "auto":
         engine = "torch" if getattr(model, "normalise", "sam") == "sam" else None
     if engine == "torch" or device.type != "cpu":

@@ -87,3 +87,35 @@ def test_frozen_encoder_refusals_and_damaged_cache(ds, tmp_path, capsys):
                       cache, *FAST], capsys)
     assert code == 2 and str(victim) in out and "delete it to recompute" in out
     assert len(out.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
+
+
+def test_eval_embedding_cache_reuses_test_slices(tmp_path, capsys):
+    """train eval --embedding-cache: the second evaluation on the same encoder finds every slice's
+    embedding and gives the same scores."""
+    import csv
+
+    from train.embeddings import CachingEncoder
+
+    cache = tmp_path / "slices"
+    rows = []
+    for name in ("a", "b"):
+        code, out = _run(["eval", "--model", "tiny", "--img-size", "32", "--dataset", "demo-brain", "--split", "test",
+                          "--embedding-cache", cache, "--out", tmp_path / name, "--num-threads", "1",
+                          "--no-progress"], capsys)
+        assert code == 0, out
+        with open(tmp_path / name / "cases.csv", newline="") as f:
+            rows.append(list(csv.DictReader(f)))
+    assert rows[0] == rows[1]
+    files = list(cache.rglob("*.npy"))
+    assert files and all(np.load(f).dtype == np.float32 for f in files[:3])
+    calls = []
+
+    def encode(x):
+        calls.append(len(x))
+        return torch.zeros(len(x), 2, 1, 1)
+
+    enc = CachingEncoder(encode, tmp_path / "c2", "k" * 64)
+    x = torch.rand(3, 3, 8, 8)
+    enc(x)
+    enc(torch.cat([x[:1], torch.rand(1, 3, 8, 8)]))
+    assert calls == [3, 1] and (enc.hits, enc.misses) == (1, 4)

@@ -57,6 +57,10 @@ from train.model.registry import MODEL_NAMES
                    "(ONNX Runtime, OpenVINO; exported once per weights and cached in "
                    "~/.cache/exemplar-sam/engines or $EXEMPLAR_SAM_ENGINE_CACHE). auto: OpenVINO (else ONNX "
                    "Runtime) for lite_medsam, torch for the others.")
+@click.option("--embedding-cache", type=click.Path(file_okay=False), default=None,
+              help="CPU: keep every test slice's image embedding in this folder (float32, keyed by the "
+                   "encoder's weights and the slice's input) and reuse it: runs that share a frozen encoder "
+                   "(zero-shot, --frozen-encoder) then encode the test set once.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random prompts.")
 @click.option("--hd95-unit", type=click.Choice(["mm", "voxel"]), default=None,
               help="HD95 in mm (voxel spacing; the default) or in voxels (unit spacing, as SAMed's code "
@@ -85,7 +89,7 @@ from train.model.registry import MODEL_NAMES
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
 @debug_option
 def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset, root, split, modality,
-          source_config, intensity, prompt, box_margin, engine, seed, hd95_unit, empty_case, multimask, batch_size,
+          source_config, intensity, prompt, box_margin, engine, embedding_cache, seed, hd95_unit, empty_case, multimask, batch_size,
           decode_batch, device, num_threads, max_volumes, save_predictions, overlays, overlay_count, overwrite,
           tensorboard, out, no_progress) -> None:
     """Score a run (or zero-shot SAM) on test volumes: DSC and HD95 per volume and class.
@@ -144,7 +148,8 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
                   "box" if model_name == "lite_medsam" and run is None else "center")
     if box_margin < 0:
         raise ConfigError(f"--box-margin must be >= 0, got {box_margin}")
-    opts = EvalOptions(prompt=prompt, box_margin=box_margin, engine=engine, seed=seed,
+    opts = EvalOptions(prompt=prompt, box_margin=box_margin, engine=engine, embedding_cache=embedding_cache,
+                       seed=seed,
                        batch_size=batch_size, decode_batch=decode_batch,
                        device=device, save_predictions=save_predictions,
                        overlays=overlay_count if overlays else 0, overwrite=overwrite,
