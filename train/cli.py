@@ -11,6 +11,7 @@ COMMANDS = {
     "eval": "train.commands.eval_cmd:eval_",
     "report": "train.commands.eval_cmd:report",
     "predict": "train.commands.predict_cmd:predict",
+    "export": "train.commands.export_cmd:export",
 }
 
 
@@ -23,7 +24,8 @@ def cli() -> None:
     `train fit` trains from shard directories written by `synth build`, `train pretrain` makes a
     pretrained tiny SAM from unlabelled slices (automatic masks), `train eval` scores a run
     (or zero-shot SAM) on test volumes with DSC/HD95, `train report` puts evaluations side by side,
-    `train predict` segments a new scan from clicked points.
+    `train predict` segments a new scan from clicked points, `train export` writes a run's adapter
+    and card for publishing.
     """
 
 

@@ -24,6 +24,9 @@ from train.model.registry import MODEL_NAMES
               help="Base weights: official SAM weights (e.g. sam_vit_b_01ec64.pth), or a LiteMedSAM state "
                    "dict instead of the package's. Zero-shot: the model's weights; with --run: overrides "
                    "the base weights path recorded in the run.")
+@click.option("--adapter", type=click.Path(file_okay=False), default=None,
+              help="With --model: a published adapter folder (models/NAME: adapter.pt + model.json, "
+                   "`train export`) applied to the base weights, which must match the card's sha256.")
 @click.option("--img-size", type=int, default=None,
               help="Zero-shot only: input size (default: the checkpoint's native size, 1024 for vit_*).")
 @click.option("--shards", type=str, default=None,
@@ -88,7 +91,7 @@ from train.model.registry import MODEL_NAMES
 @click.option("--out", required=True, type=click.Path(file_okay=True), help="Evaluation directory to write.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
 @debug_option
-def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset, root, split, modality,
+def eval_(run, run_checkpoint, model_name, checkpoint, adapter, img_size, shards, dataset, root, split, modality,
           source_config, intensity, prompt, box_margin, engine, embedding_cache, seed, hd95_unit, empty_case, multimask, batch_size,
           decode_batch, device, num_threads, max_volumes, save_predictions, overlays, overlay_count, overwrite,
           tensorboard, out, no_progress) -> None:
@@ -109,6 +112,8 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
     Writes OUT/summary.json, OUT/cases.csv and OUT/table.md (paper format); see docs/evaluation.md.
     """
     check_eval_flags(run, run_checkpoint, model_name, img_size, shards, dataset, overlay_count)
+    if adapter is not None and run is not None:
+        raise ConfigError("--adapter applies to --model (base weights + adapter), not to --run")
     from shared.cli_support import check_writable
 
     check_writable(Path(out).resolve().parent, "--out")  # before loading the model and the volumes
@@ -133,6 +138,11 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
     if run is not None:
         loaded = load_run_model(run, run_checkpoint, checkpoint)
         where = f"--run {run}"
+    elif adapter is not None:
+        from train.adapters import load_adapter_model
+
+        loaded = load_adapter_model(adapter, model_name, checkpoint)
+        where = f"--model {model_name} --adapter {adapter}"
     else:
         loaded = load_zero_shot(model_name, checkpoint, img_size)
         where = f"--model {model_name}"
@@ -145,7 +155,7 @@ def eval_(run, run_checkpoint, model_name, checkpoint, img_size, shards, dataset
         where += f" vs --dataset {dataset}"
     if prompt is None:
         prompt = ("none" if loaded.trained_prompt == "none" else
-                  "box" if model_name == "lite_medsam" and run is None else "center")
+                  "box" if model_name == "lite_medsam" and run is None and adapter is None else "center")
     if box_margin < 0:
         raise ConfigError(f"--box-margin must be >= 0, got {box_margin}")
     opts = EvalOptions(prompt=prompt, box_margin=box_margin, engine=engine, embedding_cache=embedding_cache,

@@ -1,0 +1,147 @@
+"""Issue 29 on CPU: LiteMedSAM fine-tuned with a frozen encoder (`train fit --frozen-encoder`) from a
+few exemplars of the BraTS cohort, recipe chosen on validation, then scored on the test split.
+
+    python bench/lite_medsam_cpu.py --data ../shared/data --out runs/lm-cpu [--stage val|test|all]
+
+Stages (each step skipped when its output is complete, so a run can span sessions):
+1. val: exemplars and samples from the 18 training cases of data_manifests/splits/
+   brats2018_cohort_val.json, scored on its 6 validation cases; the recipes of RECIPES compete
+   (the paper's lr 1e-3 vs MedSAM's fine-tuning lr 5e-5; point vs mixed point/box prompts) on
+   centre-point DSC (one click is the goal).
+2. test: the winning recipe (or --recipe) on the cohort's 24 training cases, synthesized and
+   exemplars-only at 8 exemplars (0.5 %), scored on the 6 test cases with centre points and boxes.
+   Zero-shot rows: `train eval --model lite_medsam` with boxes and centre points.
+Every command is printed and logged to OUT/commands.log; all commands are the public CLIs.
+CPU scale: SAMPLES synthesized samples (the paper: 4500), STEPS steps at batch 8, one seed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+VAL_SPLIT = ROOT / "data_manifests" / "splits" / "brats2018_cohort_val.json"
+SAMPLES = 480
+STEPS = 600
+SEED = 0
+RECIPES = {
+    "paper-point": {"lr": "1e-3", "prompt": "point"},
+    "medsam-lr-point": {"lr": "5e-5", "prompt": "point"},
+    "paper-mixed": {"lr": "1e-3", "prompt": "mixed"},
+}
+
+
+def run(cmd: list, log: Path, done: Path | None = None) -> None:
+    if done is not None and done.exists():
+        return
+    line = " ".join(shlex.quote(str(c)) for c in cmd)
+    print(f"$ {line}", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "a") as fh:
+        fh.write(f"$ {line}\n")
+        fh.flush()
+        proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        fh.write(f"# exit {proc.returncode} after {time.perf_counter() - t0:.0f} s\n")
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {line}; see {log}")
+
+
+def build(out: Path, cohort: Path, log: Path, *, split_file: Path | None, synthesis: bool) -> Path:
+    cmd = [BIN / "synth", "build", "--dataset", "brats", "--root", cohort, "--split", "train",
+           "--exemplars", "8", "--seed", SEED, "--intensity", "mr-medsam", "--out", out, "--no-progress"]
+    if split_file:
+        cmd += ["--split-file", split_file]
+    cmd += ["--num-samples", SAMPLES] if synthesis else ["--no-synthesis"]
+    run(cmd, log, out / "dataset.json")
+    return out
+
+
+def pack(out: Path, cohort: Path, log: Path, split_file: Path | None) -> Path:
+    cmd = [BIN / "synth", "pack", "--dataset", "brats", "--root", cohort, "--split", "test",
+           "--intensity", "mr-medsam", "--out", out]
+    if split_file:
+        cmd += ["--split-file", split_file]
+    run(cmd, log, out / "dataset.json")
+    return out
+
+
+def fit(shards: Path, out: Path, recipe: dict, log: Path, cache: Path, threads: int) -> Path:
+    run([BIN / "train", "fit", "--shards", shards, "--model", "lite_medsam", "--frozen-encoder",
+         "--embedding-cache", cache, "--prompt", recipe["prompt"], "--lr", recipe["lr"], "--steps", STEPS,
+         "--batch-size", 8, "--seed", SEED, "--num-workers", 0, "--num-threads", threads, "--out", out,
+         "--no-progress"], log, out / "summary.json")
+    return out
+
+
+def evaluate(model_args: list, test: Path, out: Path, prompt: str, log: Path, cache: Path, threads: int) -> dict:
+    run([BIN / "train", "eval", *model_args, "--shards", test, "--prompt", prompt, "--out", out,
+         "--embedding-cache", cache / "eval", "--num-threads", threads, "--no-progress"], log, out / "summary.json")
+    return json.loads((out / "summary.json").read_text())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--stage", choices=("val", "test", "all"), default="all")
+    ap.add_argument("--recipe", choices=tuple(RECIPES), default=None, help="test stage: skip the choice")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    cohort = args.data / "brats2018_cohort"
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    log, cache = out / "commands.log", out / "cache"
+    results: dict = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+
+    def save() -> None:
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    recipe = args.recipe
+    if args.stage in ("val", "all"):
+        val_test = pack(out / "val" / "volumes", cohort, log, VAL_SPLIT)
+        syn = build(out / "val" / "syn8", cohort, log, split_file=VAL_SPLIT, synthesis=True)
+        for name, r in RECIPES.items():
+            run_dir = fit(syn, out / "val" / f"run-{name}", r, log, cache, args.threads)
+            for prompt in ("center", "box"):
+                s = evaluate(["--run", run_dir], val_test, out / "val" / f"eval-{name}-{prompt}", prompt, log,
+                             cache, args.threads)
+                results.setdefault("val", {}).setdefault(name, {})[prompt] = {
+                    "dsc": s["mean_dsc"], "hd95": s["mean_hd95"], "volume_ratio": s["median_volume_ratio"]}
+                save()
+        recipe = recipe or max(RECIPES, key=lambda n: results["val"][n]["center"]["dsc"])
+        results["chosen_recipe"] = recipe
+        save()
+        print(f"validation: {json.dumps(results['val'])}; chosen {recipe}", flush=True)
+    if args.stage in ("test", "all"):
+        recipe = recipe or results.get("chosen_recipe") or "paper-point"
+        test = pack(out / "test" / "volumes", cohort, log, None)
+        for prompt in ("box", "center"):
+            s = evaluate(["--model", "lite_medsam"], test, out / "test" / f"eval-zero-shot-{prompt}", prompt, log,
+                         cache, args.threads)
+            results.setdefault("test", {}).setdefault("zero-shot", {})[prompt] = {
+                "dsc": s["mean_dsc"], "hd95": s["mean_hd95"], "volume_ratio": s["median_volume_ratio"]}
+            save()
+        for arm, synthesis in (("syn8", True), ("ex8", False)):
+            ds = build(out / "test" / arm, cohort, log, split_file=None, synthesis=synthesis)
+            run_dir = fit(ds, out / "test" / f"run-{arm}-{recipe}", RECIPES[recipe], log, cache, args.threads)
+            for prompt in ("center", "box"):
+                s = evaluate(["--run", run_dir], test, out / "test" / f"eval-{arm}-{prompt}", prompt, log, cache,
+                             args.threads)
+                results.setdefault("test", {}).setdefault(arm, {})[prompt] = {
+                    "dsc": s["mean_dsc"], "hd95": s["mean_hd95"], "volume_ratio": s["median_volume_ratio"],
+                    "recipe": recipe}
+                save()
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
