@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ from shared.errors import DataError
 from shared.fileio import read_json
 
 LOCK_FILE = ".lock"
+# How often a shared (reader) lock is tried again while it is busy: ~1 s in all, far longer
+# than a releasing reader's exclusive moment, far shorter than any build.
+SHARED_RETRIES = 20
 
 
 class LockBusy(Exception):
@@ -37,7 +41,8 @@ class LockBusy(Exception):
 def _open_and_lock(path: Path, mode: int, *, create: bool) -> int | None:
     """fd of ``path`` flocked with ``mode`` (non-blocking), or None when the file cannot be opened
     (a read-only folder without a lock file). Raises LockBusy when the lock is held."""
-    for _attempt in range(50):
+    busy_tries = 0
+    for _attempt in range(50 + SHARED_RETRIES):
         try:
             fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
         except OSError as exc:
@@ -53,6 +58,12 @@ def _open_and_lock(path: Path, mode: int, *, create: bool) -> int | None:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            if mode & fcntl.LOCK_SH and busy_tries < SHARED_RETRIES:
+                # A reader that lets go upgrades its shared lock to exclusive for a moment, to see
+                # whether it is the last one and may remove the file: not a build. Look again.
+                busy_tries += 1
+                time.sleep(0.005 * busy_tries)
+                continue
             raise LockBusy(str(path)) from None
         except OSError:  # a file system without flock: no lock, the generation check remains
             os.close(fd)
