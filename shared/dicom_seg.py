@@ -58,6 +58,13 @@ def _class_names(class_names: Sequence[str], where: str) -> list[str]:
     return names
 
 
+def check_segment_names(class_names: Sequence[str], where: str) -> list[str]:
+    """The N segment labels a SEG of these classes gets (a leading "background" dropped); a one-line
+    ConfigError naming `where` when one cannot be a DICOM segment label or they repeat. Lets a caller
+    check before the work whose result it will write."""
+    return _class_names(class_names, where)
+
+
 def write_dicom_seg(path: str | Path, labels: np.ndarray, class_names: Sequence[str], series: Any, *,
                     series_description: str = "exemplar-sam segmentation", series_number: int = 300,
                     algorithm_name: str = "exemplar-sam", algorithm_version: str = "0",
@@ -170,4 +177,4 @@ def read_dicom_seg(path: str | Path, series: Any) -> tuple[np.ndarray, dict[int,
     return np.ascontiguousarray(labels, dtype=np.uint8), labels_by_number
 
 
-__all__ = ["read_dicom_seg", "segment_labels", "write_dicom_seg"]
+__all__ = ["check_segment_names", "read_dicom_seg", "segment_labels", "write_dicom_seg"]

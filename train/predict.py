@@ -143,3 +143,292 @@ def predict_scan(loaded: LoadedModel, rundir: str | Path, image: str | Path, poi
     write_label_nifti(out, pred, img, len(class_names))
     voxels = {class_names[c]: int(np.count_nonzero(pred == c)) for c in range(1, len(class_names))}
     return PredictResult(out, len(todo), voxels, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------ --input / --prompts (issue 31)
+OUTPUT_SUFFIXES = (".nii.gz", ".labels.json", ".seg.dcm")
+# zero-shot models whose input contract names no preset for the modality: the dicom source's defaults
+ZERO_SHOT_PRESETS = {"ct": "ct-abdomen", "mr": "mri-slice-minmax"}
+DICOM_MODALITIES = {"CT": "ct", "MR": "mr"}
+PROMPT_MODELS_FOLLOWING_BOXES = ("box", "mixed")  # runs trained with these prompts get boxes
+
+
+@dataclass
+class ScanInput:
+    """A scan to segment: a DICOM series folder or a NIfTI file, in NIfTI order with its RAS affine."""
+
+    path: Path
+    kind: str  # "dicom" or "nifti"
+    raw: np.ndarray  # (i, j, k)
+    affine: np.ndarray  # 4x4 RAS
+    name: str  # the outputs' <name>
+    modality: str | None  # "ct" / "mr" when known (DICOM Modality tag)
+    series: object = None  # shared.sources.dicom.DicomSeries for DICOM
+    image: object = None  # the nibabel image for NIfTI
+
+
+def scan_name(path: str | Path) -> str:
+    """<name> of the outputs: the NIfTI file name without .nii(.gz), or the DICOM folder's name."""
+    path = Path(path)
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.resolve().name
+
+
+def read_input(path: str | Path, series_uid: str | None = None) -> ScanInput:
+    """`--input`: a DICOM series folder (``--series UID`` picks one of several) or a NIfTI file."""
+    path = Path(path)
+    if path.is_dir():
+        from shared.sources.dicom import read_dicom_series
+
+        raw, affine, series = read_dicom_series(path, series_uid)
+        modality = DICOM_MODALITIES.get(str(series.modality).upper())
+        return ScanInput(path, "dicom", raw, affine, scan_name(path), modality, series=series)
+    if series_uid is not None:
+        raise ConfigError(f"--series {series_uid}: only for a DICOM folder; --input {path} is a file")
+    if not str(path).endswith((".nii", ".nii.gz")):
+        raise DataError(f"--input {path}: expected a DICOM series folder or a NIfTI file (*.nii.gz or *.nii)")
+    raw, img = read_nifti(path)
+    return ScanInput(path, "nifti", raw, np.asarray(img.affine, np.float64), scan_name(path), None, image=img)
+
+
+def choose_intensity(loaded: LoadedModel, scan: ScanInput, *, intensity: str | dict | None = None,
+                     modality: str | None = None, rundir: str | Path | None = None) -> dict:
+    """The preset the scan is preprocessed with: ``--intensity``; else with a run the preset its
+    training data recorded; else (zero-shot) the model's input-contract preset for the modality
+    (``--modality``, else the DICOM Modality tag CT / MR), else the dicom source's default for it
+    (ct-abdomen / mri-slice-minmax). A zero-shot NIfTI needs --modality or --intensity."""
+    from shared.intensity import parse_preset_option, validate_preset
+
+    if intensity is not None:
+        return validate_preset(parse_preset_option(intensity) if isinstance(intensity, str) else intensity,
+                               "--intensity")
+    if loaded.run_config:
+        return run_intensity(loaded.run_config, rundir or loaded.info.get("run", "--run"))
+    modality = modality or scan.modality
+    if modality is None:
+        what = "a NIfTI file says nothing of it" if scan.kind == "nifti" else \
+            f"the series' Modality is {scan.series.modality or 'empty'!r}"  # type: ignore[union-attr]
+        raise ConfigError(f"--input {scan.path}: give --modality ct|mr (the zero-shot model's intensity preset "
+                          f"depends on it; {what}) or --intensity PRESET")
+    contract = (loaded.info.get("input_contract") or {}).get("intensity") or {}
+    return validate_preset(contract.get(modality) or ZERO_SHOT_PRESETS[modality], f"--modality {modality}")
+
+
+def follows_boxes(loaded: LoadedModel) -> bool:
+    """Whether the model is prompted with boxes (zero-shot LiteMedSAM, runs trained with box or
+    mixed prompts): then propagation follows a structure with boxes even from a clicked seed."""
+    if loaded.trained_prompt is not None:
+        return loaded.trained_prompt in PROMPT_MODELS_FOLLOWING_BOXES
+    return loaded.info.get("model") == "lite_medsam"
+
+
+def seeds_from_prompts(prompt_file, box_model: bool):
+    """The prompt file's prompts -> train.propagate.Seed (one per class and slice): clicks of one class
+    on one slice are one prompt (several positive clicks); a second box, or a box and clicks, of one
+    class on one slice is a one-line DataError."""
+    from train.prompts import Prompt
+    from train.propagate import Seed
+
+    grouped: dict[tuple[int, int], list] = {}
+    for p in prompt_file.prompts:
+        grouped.setdefault((p.class_index, p.slice_index), []).append(p)
+    seeds = []
+    for (c, k), group in sorted(grouped.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        kinds = {p.kind for p in group}
+        if "box" in kinds and len(group) > 1:
+            numbers = ", ".join(str(p.number) for p in group)
+            raise DataError(f"{prompt_file.path}: prompts {numbers}: class {group[0].class_name!r} has "
+                            f"{'two boxes' if kinds == {'box'} else 'a box and clicks'} on slice {k}; give one "
+                            "box per class and slice (or clicks only)")
+        if kinds == {"box"}:
+            prompt = Prompt.around(group[0].box)
+        else:
+            prompt = Prompt.at(*[p.point for p in group])
+        follow = "box" if (kinds == {"box"} or box_model) else "point"
+        seeds.append(Seed(c, k, prompt, follow))
+    return seeds
+
+
+class SliceEmbeddings:
+    """Slice k's embedding on demand, kept until released (train.propagate's `logits` / `release`).
+
+    `upcoming`: slices in the order they will be asked for (without propagation): a missing slice is
+    encoded together with the next ones, up to ``inf.batch_size`` per encoder call."""
+
+    def __init__(self, inf: Inference, volume: np.ndarray, upcoming: Sequence[int] = ()):
+        self.inf, self.volume = inf, volume
+        self.cache: dict[int, object] = {}
+        self.upcoming = [int(k) for k in upcoming]
+        self.encoded = 0
+        self.peak = 0
+
+    def embedding(self, k: int):
+        if k not in self.cache:
+            ks = [k]
+            if k in self.upcoming:
+                at = self.upcoming.index(k)
+                ks = [j for j in self.upcoming[at:at + self.inf.batch_size] if j not in self.cache]
+            emb = self.inf.encode(self.volume[ks])
+            for n, j in enumerate(ks):
+                self.cache[j] = emb[n:n + 1]
+            self.encoded += len(ks)
+            self.peak = max(self.peak, len(self.cache))
+        return self.cache[k]
+
+    def logits(self, k: int, prompts) -> np.ndarray:
+        from train.inference import prompt_logits
+
+        return prompt_logits(self.inf, self.embedding(k), [0] * len(prompts), prompts, self.volume.shape[1:])
+
+    def release(self, k: int) -> None:
+        self.cache.pop(k, None)
+
+
+@dataclass
+class VolumePrediction:
+    files: dict  # suffix -> Path written
+    labels: np.ndarray  # (S, R, C) uint8
+    class_names: tuple  # labels 1..N
+    voxels: dict  # class name -> voxels
+    extents: dict  # class name -> [first, last] slice segmented
+    encoded: int  # slices encoded
+    seconds: float
+    intensity: dict
+
+
+def check_outdir(out: str | Path, name: str, *, overwrite: bool) -> Path:
+    """--out DIR: a folder that is absent or empty, or (with --overwrite) any folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory (give the folder to write {name}.nii.gz into)")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"--out {out}: not empty (use --overwrite to write {name}.* into it anyway)")
+    return out
+
+
+def label_nifti(pred: np.ndarray, scan: ScanInput, num_labels: int):
+    """uint8 labels (S, R, C) -> a NIfTI image in the scan's (i, j, k) order and RAS affine (for a
+    NIfTI input: its header, data type uint8, scaling removed)."""
+    data = np.ascontiguousarray(pred.transpose(2, 1, 0))
+    if scan.image is not None:
+        header = scan.image.header.copy()
+        header.set_data_dtype(np.uint8)
+        header.set_slope_inter(1.0, 0.0)
+        img = nib.Nifti1Image(data, scan.affine, header)
+    else:
+        img = nib.Nifti1Image(data, scan.affine)
+        img.set_qform(scan.affine, code=1)
+        img.set_sform(scan.affine, code=1)
+        img.header.set_xyzt_units("mm")
+        img.set_data_dtype(np.uint8)
+    img.header["cal_min"], img.header["cal_max"] = 0, num_labels
+    return img
+
+
+def _save_nifti(path: Path, img) -> None:
+    with atomic_writer(path) as fh:
+        # the gzip stream nib.save writes (level 1, no name, mtime 0): the same bytes
+        with gzip.GzipFile(filename="", mode="wb", fileobj=fh, compresslevel=1, mtime=0) as gz:
+            img.to_file_map({"image": nib.FileHolder(fileobj=gz), "header": nib.FileHolder(fileobj=gz)})
+
+
+def write_prediction(out: Path, name: str, pred: np.ndarray, scan: ScanInput, class_names: Sequence[str],
+                     *, dicom_seg: bool, overwrite: bool) -> dict:
+    """<name>.nii.gz, <name>.labels.json (and <name>.seg.dcm) into `out`: written into a hidden
+    temporary folder inside `out`, then renamed into place (the NIfTI last); on any error nothing
+    of this prediction is left (files renamed already are removed again)."""
+    import shutil
+    import tempfile
+
+    from shared.fileio import atomic_write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.predict-", dir=out))
+    placed: list[Path] = []
+    try:
+        files = {".labels.json": tmp / f"{name}.labels.json"}
+        atomic_write_json(files[".labels.json"], {str(i): n for i, n in enumerate(class_names, start=1)})
+        if dicom_seg:
+            from shared.dicom_seg import write_dicom_seg
+
+            files[".seg.dcm"] = tmp / f"{name}.seg.dcm"
+            write_dicom_seg(files[".seg.dcm"], pred, list(class_names), scan.series,
+                            series_description=f"exemplar-sam {name}")
+        files[".nii.gz"] = tmp / f"{name}.nii.gz"
+        _save_nifti(files[".nii.gz"], label_nifti(pred, scan, len(class_names)))
+        final = {}
+        for suffix, src in files.items():  # labels.json, seg, then the NIfTI
+            dest = out / src.name
+            if dest.exists() and not overwrite:
+                raise ConfigError(f"--out {out}: {dest.name} exists (use --overwrite to replace it)")
+            if dest.is_dir():
+                raise ConfigError(f"--out {out}: {dest.name} is a directory")
+            src.replace(dest)
+            placed.append(dest)
+            final[suffix] = dest
+        return final
+    except BaseException:
+        for p in placed:
+            p.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def predict_volume(loaded: LoadedModel, scan: ScanInput, prompts: str | Path, out: str | Path, *,
+                   propagate: bool = False, dicom_seg: bool = False, intensity: str | dict | None = None,
+                   modality: str | None = None, box_margin: float | None = None, min_pixels: int | None = None,
+                   device: str = "auto", batch_size: int = 8, engine: str = "torch", overwrite: bool = False,
+                   rundir: str | Path | None = None) -> VolumePrediction:
+    """`train predict --input --prompts --out DIR`: segment `scan` from the prompt file (labels 1..N
+    = its "classes"), each prompt's own slice or, with `propagate`, its whole structure
+    (train.propagate); write <name>.nii.gz / .labels.json (/ .seg.dcm) into `out`."""
+    from shared.prompts_file import read_prompt_file
+    from train import propagate as prop
+    from train.evaluate import encoder_engine
+
+    t0 = time.perf_counter()
+    out = check_outdir(out, scan.name, overwrite=overwrite)
+    if dicom_seg and scan.kind != "dicom":
+        raise ConfigError(f"--dicom-seg needs a DICOM series as --input (a SEG references the series' "
+                          f"files); {scan.path} is a NIfTI file")
+    if loaded.trained_prompt == "none":
+        raise ConfigError(f"--run {rundir}: the run was trained without prompts (prompt none); segment with "
+                          "--image SCAN.nii.gz (no prompts) instead of --prompts")
+    margin = prop.DEFAULT_MARGIN if box_margin is None else float(box_margin)
+    if margin < 0:
+        raise ConfigError(f"--box-margin must be >= 0, got {box_margin}")
+    min_px = prop.DEFAULT_MIN_PIXELS if min_pixels is None else int(min_pixels)
+    preset = choose_intensity(loaded, scan, intensity=intensity, modality=modality, rundir=rundir)
+    known = loaded.class_names if loaded.class_names else None
+    pf = read_prompt_file(prompts, scan.affine, scan.raw.shape[:3], known_classes=known)
+    if dicom_seg:  # before the prediction: a name the SEG cannot hold would fail only at the end
+        from shared.dicom_seg import check_segment_names
+
+        check_segment_names(pf.classes, f"--prompts {pf.path}: --dicom-seg")
+    seeds = seeds_from_prompts(pf, follows_boxes(loaded))
+    vol = preprocess_raw(scan.raw, preset, name=str(scan.path))  # (S, R, C) = (k, j, i)
+
+    dev = pick_device(device)
+    loaded.model.to(dev).eval()
+    inf = Inference(loaded.model, dev, batch_size, engine=encoder_engine(loaded.model, engine, dev))
+    upcoming = [] if propagate else sorted({s.slice_index for s in seeds})
+    cache = SliceEmbeddings(inf, vol, upcoming)
+    with torch.inference_mode():
+        result = prop.propagate(vol.shape, seeds, cache.logits, release=cache.release, propagate=propagate,
+                                margin=margin, min_pixels=min_px)
+    pred = result.labels
+    files = write_prediction(out, scan.name, pred, scan, pf.classes, dicom_seg=dicom_seg, overwrite=overwrite)
+    voxels = {name: int(np.count_nonzero(pred == c)) for c, name in enumerate(pf.classes, start=1)}
+    extents: dict[str, list[int]] = {}
+    for chain in result.chains:
+        name = pf.classes[chain.seed.class_index - 1]
+        if chain.extent is None:
+            continue
+        lo, hi = chain.extent
+        cur = extents.setdefault(name, [lo, hi])
+        cur[0], cur[1] = min(cur[0], lo), max(cur[1], hi)
+    return VolumePrediction(files, pred, pf.classes, voxels, extents, cache.encoded, time.perf_counter() - t0, preset)
