@@ -24,7 +24,7 @@ import torch
 
 from shared.errors import ConfigError, DataError
 from shared.fileio import atomic_writer, read_json
-from shared.remote import is_remote
+from shared.shards.remote import is_remote
 
 CHECKPOINT_FORMAT = "exemplar-sam-train/1"
 # The run-folder layout lives in the torch-free train.precheck (checked before torch is imported).

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from shared.errors import ConfigError, DataError
-from shared.remote import as_location
+from shared.shards.remote import as_location
 from train.checkpointing import IDENTITY_FIELDS, METRICS_FILE, SUMMARY_FILE, last_checkpoint, load_checkpoint
 from train.config import TrainConfig, config_from_dict, upgrade_config_dict
 from train.data import ShardBatchStream, StreamSpec, batch_loader
@@ -65,7 +65,7 @@ def fit(cfg: TrainConfig, shards: str | Path, out: str | Path, *, resume: bool =
     if cfg.steps is None and cfg.epochs is None:
         raise ConfigError("give --steps N or --epochs N")
     out = Path(out)
-    shards = as_location(shards)   # a URL stays a string (shared.remote)
+    shards = as_location(shards)   # a URL stays a string (shared.shards.remote)
     di = setup_distributed(device_kind(cfg.device))
     threads_before = torch.get_num_threads()  # prepare_run changes a process-wide setting
     say = echo if di.is_main else (lambda _msg: None)

@@ -28,14 +28,14 @@ def last_checkpoint_path(rundir: str | Path) -> Path:
 
 
 def is_url(location: str | Path) -> bool:
-    """A remote dataset location (``https://``, ``s3://`` ...; shared.remote reads those)."""
+    """A remote dataset location (``https://``, ``s3://`` ...; shared.shards.remote reads those)."""
     text = str(location)
     return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text)) and not text.lower().startswith("file://")
 
 
 def check_dataset_dir(path: str | Path, flag: str = "--shards") -> dict[str, Any] | None:
     """A dataset folder written by `synth build` / `synth pack`: returns its parsed dataset.json
-    (None for a remote URL: shared.remote checks it when it opens it)."""
+    (None for a remote URL: shared.shards.remote checks it when it opens it)."""
     if is_url(path):
         return None
     if str(path).lower().startswith("file://"):

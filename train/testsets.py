@@ -9,7 +9,7 @@ import numpy as np
 
 from shared import open_dataset
 from shared.errors import DataError
-from shared.remote import is_remote
+from shared.shards.remote import is_remote
 from shared.sources import open_source
 from shared.splits import resolve_split
 

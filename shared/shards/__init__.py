@@ -8,7 +8,9 @@ and ``DIR/samples.jsonl`` (per-sample provenance). The modules, one job each:
 - :mod:`.layout`: names and paths of the folder, the generation id, reading and checking
   ``dataset.json`` / ``samples.jsonl`` (written by :mod:`shared.manifest`);
 - :mod:`.writer`: :class:`ShardWriter` / :func:`write_shard` (samples in, a finished shard out);
-- :mod:`.reader`: :func:`open_dataset` / :class:`ShardDataset`;
+- :mod:`.reader`: :class:`ShardDataset` and :func:`open_local_dataset` (a local folder);
+- :mod:`.remote`: a dataset at an fsspec URL, shards fetched into a bounded local cache;
+- :mod:`.opening`: :func:`open_dataset`, local folder or URL (above both, so no import circle);
 - :mod:`.formats`: the table format name -> writer and reader, and :class:`ShardHandle`;
 - :mod:`.zarr_format`, :mod:`.hdf5_format`: each format's writer and reader;
 - :mod:`.zarr_codec`: the Zarr chunks encoded and decoded without zarr's pipeline.
@@ -21,7 +23,8 @@ from shared.shards.formats import FORMATS, ShardFormat, ShardHandle, shard_forma
 from shared.shards.layout import (DATASET_FILE, IMAGE_DTYPES, SAMPLES_FILE, SHARD_FORMATS, SHARD_LAYOUT_VERSION,
                                   SHARD_SUFFIX, SHARDS_DIR, compute_build_id, format_of, generation_of,
                                   read_dataset_info, shard_relpath)
-from shared.shards.reader import ShardDataset, open_dataset
+from shared.shards.opening import open_dataset
+from shared.shards.reader import ShardDataset
 from shared.shards.writer import ShardResult, ShardWriter, sample_hashes, store_into, to_stored, write_shard
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Reading a dataset folder written by `synth build` / `synth pack`: :func:`open_dataset` and
+"""Reading a dataset folder written by `synth build` / `synth pack`: :func:`open_local_dataset` and
 :class:`ShardDataset` (random access, bulk reads per shard, packed volumes).
 
 Every read is pinned to the build that was opened: each shard read checks that ``dataset.json``
@@ -270,22 +270,17 @@ class ShardDataset:
                 f"shards={self.num_shards}, format={self.format!r})")
 
 
-def open_dataset(root: str | Path, *, check_files: bool = True, lock: bool = True) -> ShardDataset:
-    """Open a dataset directory (Zarr or HDF5 shards, detected from dataset.json), or a dataset
-    at an fsspec URL (``https://``, ``s3://``, ...: :mod:`shared.remote`, shards fetched on use).
+def open_local_dataset(root: str | Path, *, check_files: bool = True, lock: bool = True) -> ShardDataset:
+    """Open a local dataset directory (Zarr or HDF5 shards, detected from dataset.json); URLs are
+    :func:`shared.shards.opening.open_dataset`'s (it sends them to :mod:`shared.shards.remote`).
 
     With ``lock`` a local reader holds ``DIR/.lock`` shared until ``close()`` (or exit), so
     ``synth build --overwrite`` into DIR is refused meanwhile; a build in progress in DIR is a
     DataError here. A read-only folder without a lock file is read unlocked (the generation
-    check still guards every read). Remote shards are fetched by sha256, so they cannot mix.
+    check still guards every read).
     """
     from shared.locks import FolderLock, LockBusy
-    from shared.remote import is_remote
 
-    if is_remote(root):
-        from shared.remote import open_remote_dataset
-
-        return open_remote_dataset(str(root))
     root = Path(root)
     held = None
     if lock and root.is_dir():

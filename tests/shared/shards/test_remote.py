@@ -1,4 +1,4 @@
-"""Remote shard folders (shared/remote.py): `train fit` / `train eval` from a dataset served over
+"""Remote shard folders (shared/shards/remote.py): `train fit` / `train eval` from a dataset served over
 HTTP by a real `python -m http.server` on 127.0.0.1, the sha256 check of downloaded shards, and
 the bounded cache."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ pytest.importorskip("aiohttp", reason="fsspec's http filesystem needs aiohttp (t
 from evalkit import make_tiny_run, pack_volumes, run_train  # noqa: E402
 from shared import open_dataset  # noqa: E402
 from shared.errors import ConfigError, DataError  # noqa: E402
-from shared.remote import CACHE_ENV, CACHE_LIMIT_ENV, as_location, is_remote, parse_size  # noqa: E402
+from shared.shards.remote import CACHE_ENV, CACHE_LIMIT_ENV, as_location, is_remote, parse_size  # noqa: E402
 from shared.sources import open_source  # noqa: E402
 from train_datasets import make_dataset  # noqa: E402
 from waitkit import HANG  # noqa: E402

@@ -51,8 +51,9 @@ from typing import Any, Iterator
 from shared.errors import ConfigError, DataError, exception_summary
 from shared.fileio import atomic_write_bytes
 from shared.hashing import path_bytes, sha256_path
-from shared.shards import DATASET_FILE, SAMPLES_FILE, ShardDataset, ShardHandle, read_dataset_info
-from shared.shards.layout import SHARD_ARRAYS
+from shared.shards.formats import ShardHandle
+from shared.shards.layout import DATASET_FILE, SAMPLES_FILE, SHARD_ARRAYS, read_dataset_info
+from shared.shards.reader import ShardDataset
 
 CACHE_ENV = "EXEMPLAR_SAM_CACHE"
 CACHE_LIMIT_ENV = "EXEMPLAR_SAM_CACHE_LIMIT"
