@@ -238,6 +238,16 @@ def resolve_config(config_file: str | Path | None = None, overrides: Mapping[str
     ``overrides`` holds flag values; keys whose value is None are ignored (flag not given).
     ``base`` replaces default.json (tests).
     """
+    return config_from_dict(resolve_values(config_file, overrides, base), "resolved config")
+
+
+def resolve_values(config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+                   base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The layers of :func:`resolve_config` merged into one plain dict (keys checked, types not).
+
+    Torch-free (``train.precheck`` reads the model and checkpoint from it before torch is
+    imported); :func:`resolve_config` is this plus :func:`config_from_dict`.
+    """
     from train.configs import DEFAULT_CONFIG
 
     layers: list[tuple[str, Mapping[str, Any]]] = [
@@ -269,7 +279,7 @@ def resolve_config(config_file: str | Path | None = None, overrides: Mapping[str
             _apply(values, section)
     _apply(values, flags)
     values["model"] = model
-    return config_from_dict(values, "resolved config")
+    return values
 
 
 def config_from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:

@@ -138,30 +138,16 @@ def check_json_file(path: str | Path | None, flag: str) -> Any:
 
 
 def check_fit_model(config_file: str | Path | None, model: str | None, checkpoint: str | Path | None) -> None:
-    """`train fit`: a vit_* model needs an existing --checkpoint. Resolved from the flags, the
-    --config file and default.json the way train.config does it, but without importing it
-    (resolving the full config imports torch)."""
-    from train.configs import DEFAULT_CONFIG
+    """`train fit`: a vit_* model needs an existing --checkpoint. The model and checkpoint are
+    those :func:`train.config.resolve_values` resolves from the flags, the --config file and
+    default.json (the torch-free part of ``resolve_config``)."""
+    from train.config import resolve_values
 
-    layers = []
-    for path in (DEFAULT_CONFIG, config_file):
-        if path is None:
-            continue
-        data = check_json_file(path, "--config")
-        if isinstance(data, dict):
-            layers.append(data)
-    name = model
-    if name is None:
-        name = "vit_b"
-        for layer in layers:
-            name = layer.get("model", name)
-    ckpt = checkpoint
-    if ckpt is None:
-        for layer in layers:
-            section = (layer.get("models") or {}).get(name) if isinstance(layer.get("models"), dict) else None
-            for source in (layer, section if isinstance(section, dict) else {}):
-                if source.get("checkpoint") is not None:
-                    ckpt = source["checkpoint"]
+    if config_file is not None:
+        check_file(config_file, "--config")
+    values = resolve_values(config_file, {"model": model,
+                                          "checkpoint": None if checkpoint is None else str(checkpoint)})
+    name, ckpt = values["model"], values.get("checkpoint")
     if name == "tiny" or name == "lite_medsam" and ckpt is None:   # random init / package weights
         return
     if ckpt is None:
