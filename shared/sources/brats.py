@@ -12,19 +12,16 @@ from typing import Any
 from shared.classmaps import BRATS_MAP
 from shared.errors import ConfigError, DataError
 from shared.intensity import SLICE_MINMAX, validate_preset
-from shared.sources.base import Source, layout_hint, require_dir
-from shared.sources.io import nifti_shape
-from shared.sources.nifti_pair import (load_pair, read_image_chunks, read_label_counts, read_label_slices, read_labels,
-                                      read_raw_image)
-from shared.volume import Volume
+from shared.sources.base import layout_hint, require_dir
+from shared.sources.nifti_pair import PairedNiftiSource
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 GRADES = ("HGG", "LGG")
 
 
-class BratsSource(Source):
+class BratsSource(PairedNiftiSource):
+    """BraTS cases as (image, label) pairs; ``Volume.meta`` also names the modality and grade."""
     name = "brats"
-    reader_modules = ("nibabel",)  # the NIfTI header (shared.sources.io)
     task = "single"
     classmap = BRATS_MAP
 
@@ -43,7 +40,7 @@ class BratsSource(Source):
         self._cases  # scan now: a wrong root or a scan without its label fails at open time
 
     @cached_property
-    def _cases(self) -> dict[str, Path]:
+    def _cases(self) -> dict[str, tuple[Path, Path]]:
         case_dirs: dict[str, Path] = {}
         grades = [self.root / g for g in GRADES if (self.root / g).is_dir()]
         if not grades:
@@ -63,38 +60,11 @@ class BratsSource(Source):
                 case_dirs[case] = case_dir
         if not case_dirs:
             raise DataError(f"{self.root}: no BraTS case folders under {', '.join(g.name for g in grades)}/")
-        return case_dirs
+        return {case: self._paths(case_dir) for case, case_dir in case_dirs.items()}
 
     def _paths(self, case_dir: Path) -> tuple[Path, Path]:
         case = case_dir.name
         return case_dir / f"{case}_{self.modality}.nii.gz", case_dir / f"{case}_seg.nii.gz"
 
-    def case_ids(self) -> list[str]:
-        return sorted(self._cases)
-
-    def files(self, case_id: str) -> tuple[Path, ...]:
-        self.check_case(case_id)
-        return self._paths(self._cases[case_id])
-
-    def num_slices(self, case_id: str) -> int:
-        return nifti_shape(self.files(case_id)[0])[2]
-
-    def load(self, case_id: str) -> Volume:
-        image, label = self.files(case_id)
-        grade = self._cases[case_id].parent.name
-        return load_pair(self, case_id, image, label, {"modality": self.modality, "grade": grade})
-
-    def load_labels(self, case_id: str):
-        return read_labels(self, self.files(case_id)[1])
-
-    def label_counts(self, case_id: str):
-        return read_label_counts(self, self.files(case_id)[1])
-
-    def image_chunks(self, case_id: str, chunk: int = 8):
-        return read_image_chunks(self, self.files(case_id)[0], chunk)
-
-    def raw_image(self, case_id: str):
-        return read_raw_image(self.files(case_id)[0])
-
-    def label_slices(self, case_id: str, slices: list[int]):
-        return read_label_slices(self, self.files(case_id)[1], slices)
+    def _volume_meta(self, case_id: str) -> dict:
+        return {"modality": self.modality, "grade": self._cases[case_id][0].parent.parent.name}

@@ -58,7 +58,8 @@ def read_image_chunks(source: Source, image_file: Path, chunk: int = 8):
 
 
 class PairedNiftiSource(Source):
-    """A source whose cases are (image, label) NIfTI pairs found by ``_cases`` (synapse, nifti)."""
+    """A source whose cases are (image, label) NIfTI pairs found by ``_cases`` (brats, synapse,
+    nifti); ``_volume_meta`` adds a source's own facts to ``Volume.meta``."""
     reader_modules = ("nibabel",)  # the NIfTI header (shared.sources.io)
 
     _cases: dict[str, tuple[Path, Path]]  # case id -> (image file, label file); a cached_property
@@ -75,7 +76,11 @@ class PairedNiftiSource(Source):
 
     def load(self, case_id: str) -> Volume:
         image, label = self.files(case_id)
-        return load_pair(self, case_id, image, label)
+        return load_pair(self, case_id, image, label, self._volume_meta(case_id))
+
+    def _volume_meta(self, case_id: str) -> dict | None:
+        """Extra ``Volume.meta`` of one case (None: nothing beyond the source's)."""
+        return None
 
     def load_labels(self, case_id: str):
         return read_labels(self, self.files(case_id)[1])
