@@ -188,7 +188,8 @@ def dicom_case(tmp_path_factory, synapse_root):
 
 @pytest.fixture(scope="module")
 def propagated(dicom_case):
-    """`train predict --model lite_medsam --propagate --dicom-seg`, run once for the tests below."""
+    """`train predict --model lite_medsam --propagate --dicom-seg`, run once for the tests below
+    (30 slices encoded: ~60-90 s on 2 cores, 177 s on a loaded 2-core machine)."""
     import time
 
     out = dicom_case["root"] / "out_prop"
@@ -250,6 +251,7 @@ def test_propagated_seg_references_the_series(dicom_case, propagated):
     assert np.array_equal(back, pred.transpose(2, 1, 0))
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_per_slice_boxes_equal_evals_prediction(dicom_case, tmp_path):
     """Without --propagate each box segments its own slice only, exactly as `train eval`'s
