@@ -44,6 +44,32 @@ class EncoderKind:
     check_img_size: Callable[[ModelSpec, int], None]
 
 
+# -- activation checkpointing --------------------------------------------------------------------
+
+class _Checkpointed(nn.Module):
+    """One module run under ``torch.utils.checkpoint``: its activations are recomputed in backward."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint(self.inner, x, use_reentrant=False)
+
+
+def checkpointed_forward(encoder: nn.Module, x: torch.Tensor, attr: str) -> torch.Tensor:
+    """The encoder's own ``forward`` with each module of its ``ModuleList`` ``attr`` (ViT's
+    ``blocks``, TinyViT's ``layers``) checkpointed: the list is swapped for wrappers for this call
+    and put back afterwards, so the encoder's forward is not copied here and cannot drift from it.
+    """
+    children = getattr(encoder, attr)
+    setattr(encoder, attr, nn.ModuleList(_Checkpointed(child) for child in children))
+    try:
+        return encoder(x)
+    finally:
+        setattr(encoder, attr, children)
+
+
 # -- SAM's ViT ---------------------------------------------------------------------------------
 
 def _build_vit(spec: ModelSpec, img_size: int) -> nn.Module:
@@ -72,16 +98,6 @@ def _vit_qkv(encoder: nn.Module) -> list[QKVLayer]:
         dim = attn.qkv.out_features // 3
         out.append(QKVLayer(attn, "blocks", attn.num_heads, dim // attn.num_heads, dim // attn.num_heads))
     return out
-
-
-def _vit_checkpointed(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """ImageEncoderViT.forward with each block recomputed in backward."""
-    x = encoder.patch_embed(x)
-    if encoder.pos_embed is not None:
-        x = x + encoder.pos_embed
-    for blk in encoder.blocks:
-        x = checkpoint(blk, x, use_reentrant=False)
-    return encoder.neck(x.permute(0, 3, 1, 2))
 
 
 def _vit_check_size(spec: ModelSpec, img_size: int) -> None:
@@ -123,17 +139,6 @@ def _tiny_vit_qkv(encoder: nn.Module) -> list[QKVLayer]:
     return out
 
 
-def _tiny_vit_checkpointed(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """TinyViT.forward_features with each stage recomputed in backward."""
-    x = encoder.patch_embed(x)
-    for layer in encoder.layers:
-        x = checkpoint(layer, x, use_reentrant=False)
-    b, _, c = x.shape
-    side = int(round((x.shape[1]) ** 0.5))
-    x = x.view(b, side, side, c).permute(0, 3, 1, 2)
-    return encoder.neck(x)
-
-
 def _tiny_vit_check_size(spec: ModelSpec, img_size: int) -> None:
     fixed = spec.encoder.fixed_img_size  # type: ignore[union-attr]
     if img_size != fixed:
@@ -142,8 +147,10 @@ def _tiny_vit_check_size(spec: ModelSpec, img_size: int) -> None:
 
 
 ENCODERS: dict[str, EncoderKind] = {
-    "vit": EncoderKind(_build_vit, _vit_qkv, _vit_checkpointed, _vit_check_size),
-    "tiny_vit": EncoderKind(_build_tiny_vit, _tiny_vit_qkv, _tiny_vit_checkpointed, _tiny_vit_check_size),
+    # ImageEncoderViT.forward with each block checkpointed; TinyViT.forward with each stage
+    "vit": EncoderKind(_build_vit, _vit_qkv, partial(checkpointed_forward, attr="blocks"), _vit_check_size),
+    "tiny_vit": EncoderKind(_build_tiny_vit, _tiny_vit_qkv, partial(checkpointed_forward, attr="layers"),
+                            _tiny_vit_check_size),
 }
 
 

@@ -94,7 +94,14 @@ class PromptSAM(nn.Module):
     def _decode_masks(self, embeddings: torch.Tensor, sparse: torch.Tensor,
                       dense: torch.Tensor, with_iou: bool = False):
         """MaskDecoder.predict_masks for one prompt set per image: all mask tokens' low-res logits
-        (and, `with_iou`, the IoU head's predictions (B, num_mask_tokens))."""
+        (and, `with_iou`, the IoU head's predictions (B, num_mask_tokens)).
+
+        Kept here on purpose: segment_anything's ``predict_masks`` serves N prompt sets of ONE
+        image (``repeat_interleave(image_embeddings, tokens.shape[0])``); given B embeddings and B
+        prompt sets it would pair every image with every prompt set (B*B rows). Calling it once
+        per image would serialise the batch. The copy is pinned to segment_anything's
+        ``MaskDecoder.forward`` run image by image (tests/train/model/test_prompt_sam.py), for
+        points, boxes, multimask and the promptless head."""
         dec = self.sam.mask_decoder
         b = embeddings.shape[0]
         output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
