@@ -178,3 +178,17 @@ def test_torch_engine_restores_threads():
     before = torch.get_num_threads()
     out = eng(torch.zeros(1, 3, 16, 16))
     assert torch.get_num_threads() == before and not out.is_inference()
+
+
+def test_openvino_throughput_mode_runs_a_batch_side_by_side(lite_encoder, flair_slice, reference, engine_cache):
+    """hint THROUGHPUT: one single-threaded stream per thread, the batch's slices in parallel
+    requests; the same embeddings, in the batch's order."""
+    pytest.importorskip("openvino")
+    eng = make_encoder_engine(lite_encoder, "openvino", img_size=IMG, num_threads=2, cache_dir=engine_cache,
+                              hint="THROUGHPUT")
+    batch = torch.cat([flair_slice, flair_slice.flip(-1), flair_slice])
+    out = eng(batch)
+    scale = float(reference.abs().max())
+    assert out.shape == (3, 256, 64, 64)
+    assert float((out[0] - reference[0]).abs().max()) <= REL_TOL * scale
+    assert torch.equal(out[0], out[2]) and not torch.allclose(out[0], out[1])
