@@ -381,7 +381,7 @@ def write_prediction(out: Path, name: str, pred: np.ndarray, scan: ScanInput, cl
 def predict_volume(loaded: LoadedModel, scan: ScanInput, prompts: str | Path, out: str | Path, *,
                    propagate: bool = False, dicom_seg: bool = False, intensity: str | dict | None = None,
                    modality: str | None = None, box_margin: float | None = None, min_pixels: int | None = None,
-                   device: str = "auto", batch_size: int = 8, engine: str = "torch", overwrite: bool = False,
+                   device: str = "auto", batch_size: int = 8, engine: str = "auto", overwrite: bool = False,
                    rundir: str | Path | None = None) -> VolumePrediction:
     """`train predict --input --prompts --out DIR`: segment `scan` from the prompt file (labels 1..N
     = its "classes"), each prompt's own slice or, with `propagate`, its whole structure

@@ -50,8 +50,9 @@ INPUT_MODE_ONLY = ("prompts", "model_name", "series", "propagate", "dicom_seg", 
 @click.option("--modality", type=click.Choice(["ct", "mr"]), default=None,
               help="Zero-shot: the scan's modality, for the model's intensity preset (default: the DICOM "
                    "Modality tag; a NIfTI needs this or --intensity).")
-@click.option("--engine", type=click.Choice(["torch", "onnxruntime", "openvino"]), default="torch",
-              show_default=True, help="CPU only: the image encoder through torch, ONNX Runtime or OpenVINO.")
+@click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime", "openvino"]), default="auto",
+              show_default=True, help="CPU only: the image encoder through torch, ONNX Runtime or OpenVINO "
+                                      "(auto: OpenVINO, else ONNX Runtime, for lite_medsam; torch for the others).")
 @click.option("--name", default=None,
               help="With --input: <name> of the outputs (default: the NIfTI's name without .nii.gz, or "
                    "the DICOM folder's name).")
