@@ -39,10 +39,10 @@ def source_options(split_default: str, *, from_list: bool = False):
             click.option("--config", "source_config", type=click.Path(path_type=Path), default=None,
                          help="nifti / dicom source config (classes, intensity preset); default ROOT/source.json."),
             click.option("--intensity", default=None, metavar="PRESET",
-                         help="brats / nifti / dicom: replace the source's intensity preset, by name "
-                              "(mri-slice-p99.5: per-slice min-max with the top at the 99.5th percentile "
+                         help="brats / synapse / nifti / dicom: replace the source's intensity preset, by "
+                              "name (mri-slice-p99.5: per-slice min-max with the top at the 99.5th percentile "
                               "of the brain, robust to outlier voxels; mri-slice-minmax: the paper's rule, "
-                              "the brats default) or as JSON. Recorded in dataset.json; train eval and "
+                              "the brats default; mr-medsam / ct-medsam: LiteMedSAM's input contract) or as JSON. Recorded in dataset.json; train eval and "
                               "train predict apply the same preset (docs/sources.md)."),
             click.option("--split", type=click.Choice(["train", "test", "all"]), default=split_default,
                          show_default=True, help="Which cases to read: the training part of the dataset's "

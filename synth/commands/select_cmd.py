@@ -23,7 +23,7 @@ DATASET_CHOICES = ["brats", "synapse", "transunet", "nifti", "dicom", "demo", "d
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
               help="nifti / dicom source config (classes, intensity preset); default ROOT/source.json.")
 @click.option("--intensity", default=None, metavar="PRESET",
-              help="brats / nifti / dicom: the intensity preset to read the images with (mri-slice-p99.5, "
+              help="brats / synapse / nifti / dicom: the intensity preset to read the images with (mri-slice-p99.5, "
                    "mri-slice-minmax (the brats default), or JSON; see synth build --help). It decides "
                    "the content test of the background pool, so the list records it and `synth build "
                    "--exemplar-list` reads the images the same way.")
