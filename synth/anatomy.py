@@ -259,11 +259,17 @@ def _shares(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.ndarra
     return np.count_nonzero(hit, axis=1) / max(1, pts.shape[1])
 
 
-def _first_acceptable(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.ndarray, w: int, h: int,
-                      n_obj: int, pl: "Placement") -> tuple[int, float, float] | None:
-    """The first translation k whose shares (:func:`_shares` of object and ring) pass the anatomy rule, as (k,
-    inside, ring), or None. The ring is looked up only for the translations whose object passes:
-    in the fallbacks most do not (about 85 % of BraTS candidates), so this skips most ring work."""
+def first_acceptable(pts: np.ndarray, txs: np.ndarray, tys: np.ndarray, padded: np.ndarray, w: int, h: int,
+                     n_obj: int, pl: "Placement") -> tuple[int, float, float] | None:
+    """The anatomy rule on K candidate translations of one object: the first k at which at least
+    ``pl.min_inside`` of the object's points (the first ``n_obj`` columns of ``pts`` (2, N), x row,
+    y row, moved by (txs[k], tys[k]) and rounded) land on content (``> pl.content_threshold``) and
+    at least ``pl.min_ring_content`` of the rest (its ring) on tissue (``>= pl.air_threshold``),
+    as (k, inside share, ring share), or None. ``padded``: :func:`padded_frame` of the h x w
+    background (points off the frame count as off the body); no ring points: ring share 1.0.
+
+    The ring is looked up only for the translations whose object passes: in the fallbacks most
+    do not (about 85 % of BraTS candidates), so this skips most ring work."""
     inside = _shares(pts[:, :n_obj], txs, tys, padded, w, h, pl.content_threshold, False)
     cand = np.flatnonzero(inside >= pl.min_inside)
     if not cand.size:
@@ -371,7 +377,7 @@ def search_placement(info: "ObjectInfo", points: np.ndarray, params: TransformPa
                 txs = _clip(np.concatenate((extra[:, 0] * (max_shift * w), [0.0])), lx, hx)
                 tys = _clip(np.concatenate((extra[:, 1] * (max_shift * h), [0.0])), ly, hy)
             tries += txs.size
-            first = _first_acceptable(pts, txs, tys, padded, w, h, n_obj, pl)
+            first = first_acceptable(pts, txs, tys, padded, w, h, n_obj, pl)
             if first is not None:
                 j, inside, on = first
                 step = name if si == 0 else "shrunk"

@@ -126,16 +126,19 @@ def _image_task(worker: Worker, args: tuple) -> dict[str, Any]:
     floats = (raw is not None and raw.dtype == np.float32 and raw.ndim == 3
               and validate_preset(source.intensity) == SLICE_MINMAX)
     if minmax is not None:
+        image_pass = "integers"
         content, images, backgrounds, deferred = _scan_integers(minmax, exemplar_ks, candidates, worker)
     elif floats:
+        image_pass = "floats"
         content, images, backgrounds, deferred = _scan_floats(raw, exemplar_ks, candidates, worker)
     else:
+        image_pass = "chunks"
         content, images, backgrounds, deferred = _scan_chunks(shape, chunks, exemplar_ks, candidates, worker)
     want = set(exemplar_ks)
     # each candidate's nonzero box (~1/5 on BraTS): what a worker pickles and the bank keeps
     backgrounds = [(key, k, CroppedSlice.of(encoded)) for key, k, encoded in backgrounds]
     out: dict[str, Any] = {"case": case, "content": content, "backgrounds": backgrounds, "deferred": deferred,
-                           "exemplars": {}}
+                           "exemplars": {}, "image_pass": image_pass}
     if want:
         labels = source.label_slices(case, sorted(want))
         out["exemplars"] = {k: (images[k], labels[k]) for k in sorted(want)}
@@ -246,6 +249,9 @@ class StreamScan:
     chosen: list[tuple[str, int]] = field(default_factory=list)  # exemplars chosen from the labels
     candidates_offered: int = 0  # pool candidates encoded and offered in the image pass
     volumes_read_again: int = 0  # volumes read again for deferred slices that made the sample
+    # case -> how its image pass read it: "integers" (exact integer shortcut), "floats" (raw
+    # float32 shortcut) or "chunks" (the preset's float32 chunks); the shortcuts give the chunks' numbers
+    image_passes: dict[str, str] = field(default_factory=dict)
 
 
 def stream_scan(source: Any, cases: Sequence[str], *, workers: int, progress: bool,
@@ -292,11 +298,13 @@ def _stream_scan(source: Any, cases: list[str], workers: int, progress: bool,
     arrays: dict[str, str] = {}
     shapes = {task[0]: task[1] for task in tasks}
     encoded_offers = 0
+    image_passes: dict[str, str] = {}
     candidate_keys = {task[0]: dict(task[3]) for task in tasks}
     for res, task in zip(map_volumes(_image_task, tasks, workers, progress, f"images {source.name}",
                                      ScanState(source, threshold)), tasks):
         case = res["case"]
         contents[case] = res["content"]
+        image_passes[case] = res["image_pass"]
         for k, pair in res["exemplars"].items():
             exemplar_slices[(case, k)] = pair
         for key, k, encoded in res["backgrounds"]:
@@ -314,7 +322,7 @@ def _stream_scan(source: Any, cases: list[str], workers: int, progress: bool,
     fingerprint = {"algorithm": "sha256", "files": dict(sorted(files.items())), "arrays": dict(sorted(arrays.items()))}
     backgrounds = {ref: reread.get(ref, item) for ref, item in kept.items()}
     return StreamScan(scans, exemplar_slices, backgrounds, fingerprint, hashes, chosen, encoded_offers,
-                      len({v for (v, _k), item in kept.items() if item is None}))
+                      len({v for (v, _k), item in kept.items() if item is None}), image_passes)
 
 
 def _read_deferred(source: Any, kept: dict[tuple[str, int], Any], shapes: dict[str, Any],

@@ -290,60 +290,89 @@ def test_drawn_tests_in_one_lookup_equal_each_objects_own_search() -> None:
     assert {"drawn", "moved"} <= steps and len(steps) >= 3  # the fallbacks were exercised too
 
 
-def fractions_on(pts, txs, tys, padded, w, h, n_obj, content, air):
-    """The plain placement test at every translation k: the share of the first ``n_obj`` points
-    (the object) on pixels ``> content`` and of the rest (its ring) on pixels ``>= air`` (the
-    reference the search's shortcuts must equal; checked pixel by pixel below)."""
-    from synth.anatomy import _shares
-
-    inside = _shares(pts[:, :n_obj], txs, tys, padded, w, h, content, False)
+def fractions_on(pts, txs, tys, image, n_obj, content, air):
+    """The placement test written plainly, one translation at a time, from the rule's statement
+    (synth/anatomy.py's docstring): each point moved by (txs[k], tys[k]) and rounded to a pixel;
+    off the frame it is off the body; the share of the first ``n_obj`` points (the object) on
+    pixels ``> content`` and of the rest (its ring) on pixels ``>= air`` (1.0 without a ring).
+    Independent of the module's vectorised lookup (no padded frame, no flat indices)."""
+    h, w = image.shape
     n_ring = pts.shape[1] - n_obj
-    ring = _shares(pts[:, n_obj:], txs, tys, padded, w, h, air, True) if n_ring else np.ones(len(txs))
+    inside, ring = np.empty(len(txs)), np.empty(len(txs))
+    for j, (tx, ty) in enumerate(zip(txs, tys)):
+        hits = []
+        for x, y in zip(pts[0] + tx, pts[1] + ty):
+            x, y = round(float(x)), round(float(y))   # round half to even, as np.rint
+            hits.append(float(image[y, x]) if 0 <= x < w and 0 <= y < h else -1.0)
+        v = np.array(hits, dtype=np.float64)
+        inside[j] = np.count_nonzero(v[:n_obj] > np.float32(content)) / n_obj
+        ring[j] = np.count_nonzero(v[n_obj:] >= np.float32(air)) / n_ring if n_ring else 1.0
     return inside, ring
 
 
-def test_first_acceptable_is_the_first_passing_translation_of_the_full_lookup() -> None:
-    """The fallbacks' test (the ring looked up only where the object passes) picks the same
-    translation with the same shares as testing object and ring at every translation; and
-    fractions_on's shares are those of each translation looked up on its own."""
+def test_first_acceptable_is_the_first_translation_passing_the_plain_test() -> None:
+    """first_acceptable (the ring looked up only where the object passes, one vectorised lookup
+    on the padded frame) picks the translation, with the shares, that testing object and ring
+    plainly at every translation picks first."""
     from types import SimpleNamespace
 
-    from synth.anatomy import _first_acceptable, padded_frame
+    from synth.anatomy import first_acceptable, padded_frame
 
     rng = np.random.default_rng(5)
     found = 0
     for i in range(300):
         h, w = (int(v) for v in rng.integers(20, 90, 2))
         image = np.where(ellipse((h, w), w / 2, h / 2, w / 3, h / 3), rng.random((h, w)), 0.03).astype(np.float32)
-        padded = padded_frame(image)
         n_obj, n_ring = int(rng.integers(1, 60)), int(rng.integers(0, 60))
         pts = rng.normal(0, 1, (2, n_obj + n_ring)) * [[w / 6], [h / 6]] + [[w / 2], [h / 2]]
         k = int(rng.integers(1, 9))
         txs, tys = rng.normal(0, w / 5, k), rng.normal(0, h / 5, k)
         pl = SimpleNamespace(content_threshold=0.02, air_threshold=0.04, min_inside=float(rng.choice([0.5, 0.9])),
                              min_ring_content=0.6)
-        inside, ring = fractions_on(pts, txs, tys, padded, w, h, n_obj, pl.content_threshold, pl.air_threshold)
-        for j in range(k):  # each translation alone, in the frame (off the frame: off the body)
-            x, y = np.rint(pts[0] + txs[j]), np.rint(pts[1] + tys[j])
-            on_frame = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-            v = np.where(on_frame, image[np.clip(y, 0, h - 1).astype(int), np.clip(x, 0, w - 1).astype(int)], -1.0)
-            assert inside[j] == np.count_nonzero(v[:n_obj] > np.float32(0.02)) / n_obj
-            assert ring[j] == (np.count_nonzero(v[n_obj:] >= np.float32(0.04)) / n_ring if n_ring else 1.0)
+        inside, ring = fractions_on(pts, txs, tys, image, n_obj, pl.content_threshold, pl.air_threshold)
         ok = np.flatnonzero((inside >= pl.min_inside) & (ring >= pl.min_ring_content))
         want = (int(ok[0]), float(inside[ok[0]]), float(ring[ok[0]])) if ok.size else None
-        assert _first_acceptable(pts, txs, tys, padded, w, h, n_obj, pl) == want
+        assert first_acceptable(pts, txs, tys, padded_frame(image), w, h, n_obj, pl) == want
         found += want is not None
     assert 30 < found < 270  # both outcomes exercised
 
 
+# The search's order, restated from search_placement's docstring (not imported from the module):
+# "moved 5 % .. 100 % of the way towards the content's centre" in these steps.
+MOVE_STEPS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+
+
+def _clamped(v, lo, hi):
+    """v clamped to [lo, hi]; unchanged when the range is empty (the box does not fit)."""
+    return v if lo > hi else np.clip(v, lo, hi)
+
+
+def _translation_range(box, w, h, max_shift):
+    """Translations keeping the box (x0, y0, x1, y1) inside the pixel frame [-0.5, size - 0.5]
+    and within +-max_shift of the frame size: (x low, x high, y low, y high)."""
+    x0, y0, x1, y1 = box
+    return (max(-max_shift * w, -0.5 - x0), min(max_shift * w, w - 0.5 - x1),
+            max(-max_shift * h, -0.5 - y0), min(max_shift * h, h - 0.5 - y1))
+
+
+def _content_centroid(image, threshold):
+    """OpenCV's centroid of the content mask (pixels > threshold), or the frame centre."""
+    import cv2
+
+    m = cv2.moments((image > threshold).astype(np.uint8), binaryImage=True)
+    h, w = image.shape
+    return (m["m10"] / m["m00"], m["m01"] / m["m00"]) if m["m00"] else ((w - 1) / 2.0, (h - 1) / 2.0)
+
+
 def _sequential_search(info, points, params, extra, src_shape, image, pl, scale_low, max_shift):
-    """The placement search written plainly: group after group, each tested with fractions_on
-    at every translation (the reference search_placement's answers, shares and tries must equal)."""
-    from synth.anatomy import _MOVE_STEPS, PlacementResult, _clip, content_centre, padded_frame, shift_bounds
+    """The placement search written plainly from search_placement's docstring: group after group
+    (drawn, moved, redrawn; then the same at each smaller scale), each translation tested with
+    fractions_on; the reference search_placement's answers, shares and tries must equal. Only the
+    object's affine (synth.transforms, tested there) and the result type come from the code."""
+    from synth.anatomy import PlacementResult
     from synth.transforms import forward_affine
 
     h, w = image.shape
-    padded = padded_frame(image)
     n_obj = len(info.points)
     scales = [params.scale]
     if pl.shrink_steps > 0 and scale_low < params.scale:
@@ -354,8 +383,8 @@ def _sequential_search(info, points, params, extra, src_shape, image, pl, scale_
         p = params if si == 0 else params.replace(scale=float(s))
         fwd = forward_affine(p, info.center, src_shape, (h, w), with_translation=False)
         box = fwd.bbox(info.bbox)
-        lx, hx, ly, hy = shift_bounds(box, (h, w), max_shift)
-        fx0, fx1, fy0, fy1 = shift_bounds(box, (h, w), 1.0)
+        lx, hx, ly, hy = _translation_range(box, w, h, max_shift)
+        fx0, fx1, fy0, fy1 = _translation_range(box, w, h, 1.0)
         pts = np.stack(fwd.apply_xy(points[0], points[1]))
         tx0 = min(max(p.tx, lx), hx) if lx <= hx else p.tx
         ty0 = min(max(p.ty, ly), hy) if ly <= hy else p.ty
@@ -363,16 +392,16 @@ def _sequential_search(info, points, params, extra, src_shape, image, pl, scale_
             if name == "drawn":
                 txs, tys = np.array([tx0]), np.array([ty0])
             elif name == "moved":
-                centre = content_centre(image, pl.content_threshold) or ((w - 1) / 2.0, (h - 1) / 2.0)
+                centre = _content_centroid(image, pl.content_threshold)
                 cx, cy = fwd.apply_xy(np.array([info.center[0]]), np.array([info.center[1]]))
-                a = np.asarray(_MOVE_STEPS)
-                txs = _clip(tx0 + a * (centre[0] - (cx[0] + tx0)), fx0, fx1)
-                tys = _clip(ty0 + a * (centre[1] - (cy[0] + ty0)), fy0, fy1)
+                a = np.asarray(MOVE_STEPS)
+                txs = _clamped(tx0 + a * (centre[0] - (cx[0] + tx0)), fx0, fx1)
+                tys = _clamped(ty0 + a * (centre[1] - (cy[0] + ty0)), fy0, fy1)
             else:
-                txs = _clip(np.concatenate((extra[:, 0] * (max_shift * w), [0.0])), lx, hx)
-                tys = _clip(np.concatenate((extra[:, 1] * (max_shift * h), [0.0])), ly, hy)
+                txs = _clamped(np.concatenate((extra[:, 0] * (max_shift * w), [0.0])), lx, hx)
+                tys = _clamped(np.concatenate((extra[:, 1] * (max_shift * h), [0.0])), ly, hy)
             tries += txs.size
-            inside, on = fractions_on(pts, txs, tys, padded, w, h, n_obj, pl.content_threshold, pl.air_threshold)
+            inside, on = fractions_on(pts, txs, tys, image, n_obj, pl.content_threshold, pl.air_threshold)
             good = np.flatnonzero((inside >= pl.min_inside) & (on >= pl.min_ring_content))
             if good.size:
                 j = int(good[0])

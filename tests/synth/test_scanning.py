@@ -41,13 +41,11 @@ def test_integer_shortcut_equals_float_chunks(brats_root, tmp_path, monkeypatch)
     cases = open_source("brats", brats_root).case_ids()[:2]
     source = open_source("brats", _int16_copy(brats_root, tmp_path / "brats16", cases))
     assert source.raw_image(cases[0]).dtype == np.int16
-    calls = []
-    shortcut = scanning._scan_integers
-    monkeypatch.setattr(scanning, "_scan_integers", lambda *a: calls.append(1) or shortcut(*a))
     fast = _scan(source, cases)
-    assert len(calls) == len(cases)  # every volume took the shortcut
+    assert fast.image_passes == {c: "integers" for c in cases}  # every volume took the shortcut
     monkeypatch.setattr(type(source), "raw_image", lambda self, case: None)  # force the float32 chunks
     slow = _scan(source, cases)
+    assert slow.image_passes == {c: "chunks" for c in cases}
     assert fast.chosen == slow.chosen and len(fast.exemplar_slices) == 2 * len(cases)
     for a, b in zip(fast.scans, slow.scans):
         assert a.volume_id == b.volume_id and np.array_equal(a.content, b.content)
@@ -150,17 +148,15 @@ def test_a_deferred_slice_that_no_longer_qualifies_is_a_clear_error(brats_root, 
 
 def test_float_shortcut_equals_float_chunks(brats_root, monkeypatch):
     """The sample's FLAIRs are z-scored float32: the image pass counts content on the raw floats
-    (synth.scanning._scan_floats) and gives the float32 chunks' numbers, exemplars and pool."""
+    (the "floats" image pass) and gives the float32 chunks' numbers, exemplars and pool."""
     source = open_source("brats", brats_root)
     cases = source.case_ids()[:2]
     assert source.raw_image(cases[0]).dtype == np.float32
-    calls = []
-    shortcut = scanning._scan_floats
-    monkeypatch.setattr(scanning, "_scan_floats", lambda *a: calls.append(1) or shortcut(*a))
     fast = _scan(source, cases)
-    assert len(calls) == len(cases)
+    assert fast.image_passes == {c: "floats" for c in cases}
     monkeypatch.setattr(type(source), "raw_image", lambda self, case: None)  # force the float32 chunks
     slow = _scan(source, cases)
+    assert slow.image_passes == {c: "chunks" for c in cases}
     assert fast.chosen == slow.chosen and list(fast.backgrounds) == list(slow.backgrounds)
     for a, b in zip(fast.scans, slow.scans):
         assert np.array_equal(a.content, b.content)
