@@ -93,7 +93,7 @@ def map_tasks(fn: TaskFn, tasks: Sequence[Any], *, workers: int, state: Any = No
         init_state = state if forked or spawn_state is None else None
         initargs = (fn, init_state, spawn_state, counter, not forked)
         try:
-            with _QuietPool(workers, initializer=_init_worker, initargs=initargs, context=ctx) as pool:
+            with QuietPool(workers, initializer=_init_worker, initargs=initargs, context=ctx) as pool:
                 run = pool.imap if ordered else pool.imap_unordered
                 yield from run(_run_task, tasks)
         finally:
@@ -105,7 +105,7 @@ def _ignore(_n: int) -> None:
     pass
 
 
-class _QuietPool(multiprocessing.pool.Pool):
+class QuietPool(multiprocessing.pool.Pool):
     """``multiprocessing.Pool`` whose worker-handler thread does not spin while results are in transit.
 
     Since Python 3.8 (bpo-35493) the pool's worker handler sleeps in ``wait()`` on the workers'
