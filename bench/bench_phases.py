@@ -11,7 +11,7 @@ finished, so a pool's CPU shows up when its pass ends):
   ``summary`` (the end-of-build report).
 
 It also samples the CPU time of every thread of this process (``/proc/self/task``, Linux), which
-is how the spinning pool thread of issue 12 was found (``synth/parallel.py``, ``_QuietPool``).
+is how the spinning pool thread of issue 12 was found (``synth/parallel.py``, ``QuietPool``).
 
 Usage: python bench/bench_phases.py [--code DIR] [--json FILE] -- --dataset brats --root COHORT \\
            --exemplars 150 --workers 2 --no-progress --out /tmp/ds
