@@ -14,7 +14,7 @@ its prompts). The prompt encoder and mask decoder stay in torch: they are small.
   file is written atomically (``shared.fileio``): a killed export leaves no file that looks
   complete. Cache folder: ``cache_dir``, else ``$EXEMPLAR_SAM_ENGINE_CACHE``, else
   ``$XDG_CACHE_HOME/exemplar-sam/engines``, else ``~/.cache/exemplar-sam/engines``
-  (``EXEMPLAR_SAM_CACHE`` is the size-bounded cache of remote shards, shared/remote.py).
+  (``EXEMPLAR_SAM_CACHE`` is the size-bounded cache of remote shards, shared/shards/remote.py).
 
 The encoder is put in eval mode (``encoder.eval()``) before anything runs: TinyViT's attention
 caches its bias table (``ab``) when it enters eval mode, and the export must see that table.
