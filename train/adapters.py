@@ -167,3 +167,35 @@ def load_adapter_model(folder: str | Path, model: str, checkpoint: str | Path | 
             "zero_shot": False, "input_contract": MODEL_SPECS[model].contract.to_dict()}
     return LoadedModel(PromptSAM(built).eval(), Path(folder).name, tuple(names) if names else None,
                        obj.get("prompt"), info, {"dataset": {"source": (card.get("dataset") or {}).get("source") or {}}})
+
+
+def sample_check(loaded, dataset: str, root: str | Path, case: str, *, every: int = 4, prompt: str = "center",
+                 intensity: Any = None, engine: str = "auto") -> dict[str, Any]:
+    """The DSC of `loaded` on every `every`-th ground-truth slice of one case of a source, with
+    one prompt per slice (train.evaluate's rules): the card's quick reproduction check, cheap
+    enough for a test on CPU. Returns the record stored on the card as ``sample_check``."""
+    import dataclasses
+
+    import numpy as np
+
+    from train.evaluate import encoder_engine, predict_volume
+    from train.inference import Inference
+    from train.testsets import open_source_testset
+
+    testset = open_source_testset(dataset, root, "all", intensity=intensity)
+    vol = testset.load(case)
+    ks = np.flatnonzero(vol.label.reshape(len(vol.label), -1).any(1))[::every]
+    sub = dataclasses.replace(vol, image=vol.image[ks], label=vol.label[ks])
+    cpu = torch.device("cpu")
+    model = loaded.model.eval()
+    inf = Inference(model, cpu, batch_size=8, engine=encoder_engine(model, engine, cpu))
+    num_classes = len(testset.class_names) - 1
+    with torch.inference_mode():
+        pred, _ = predict_volume(inf, sub, num_classes, prompt, 0)
+    scores = []
+    for c in range(1, num_classes + 1):
+        p, t = pred == c, sub.label == c
+        if t.any():
+            scores.append(float(2 * np.logical_and(p, t).sum() / (p.sum() + t.sum())))
+    return {"dataset": dataset, "case": case, "every": every, "slices": int(len(ks)), "prompt": prompt,
+            "intensity": intensity, "dsc": round(float(np.mean(scores)), 6)}
