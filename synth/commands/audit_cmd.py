@@ -38,10 +38,10 @@ def verify(dataset_dir: Path, replay: int, seed: int, source_root: Path | None, 
 
     if replay < 0:
         raise ConfigError(f"--replay must be >= 0, got {replay}")
-    from synth.commands.build_cmd import _workers
+    from synth.commands.options import resolve_workers
 
     report = verify_dataset(dataset_dir, replay=replay, seed=seed, source_root=source_root,
-                            workers=_workers(workers), progress=progress)
+                            workers=resolve_workers(workers), progress=progress)
     for line in report.lines()[:50]:
         click.echo(line, err=True)
     if len(report.lines()) > 50:

@@ -2,108 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 
 from shared.cli_support import debug_option
-
-DATASET_CHOICES = ["brats", "synapse", "transunet", "nifti", "dicom", "demo", "demo-brain", "demo-abdomen"]
-
-
-def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-def source_options(split_default: str, *, from_list: bool = False):
-    """--dataset/--root/--modality/--config/--split/--split-file, named exactly as in `synth select`.
-
-    ``from_list``: --dataset may be left out when --exemplar-list names it (build)."""
-    def deco(f):
-        opts = [
-            click.option("--dataset", required=not from_list, type=click.Choice(DATASET_CHOICES),
-                         help="Source layout: brats (BraTS 2018 HGG|LGG folders), synapse (RawData/Training "
-                              "img/label), transunet (train_npz / test_vol_h5), nifti (images/ + labels/ with "
-                              "a config), dicom (<case>/image/ DICOM series + label.seg.dcm or "
-                              "label.nii.gz), demo-brain / demo-abdomen (procedural phantoms; demo = demo-brain)."
-                              + (" Default with --exemplar-list: the dataset the list records." if from_list else "")),
-            click.option("--root", type=click.Path(path_type=Path), default=None,
-                         help="Dataset folder (the demo sources take none)."
-                              + (" Default with --exemplar-list: the root the list records." if from_list else "")),
-            click.option("--modality", type=click.Choice(["t1", "t1ce", "t2", "flair"]), default="flair",
-                         show_default=True, help="BraTS modality to read."),
-            click.option("--config", "source_config", type=click.Path(path_type=Path), default=None,
-                         help="nifti / dicom source config (classes, intensity preset); default ROOT/source.json."),
-            click.option("--intensity", default=None, metavar="PRESET",
-                         help="brats / synapse / nifti / dicom: replace the source's intensity preset, by "
-                              "name (mri-slice-p99.5: per-slice min-max with the top at the 99.5th percentile "
-                              "of the brain, robust to outlier voxels; mri-slice-minmax: the paper's rule, "
-                              "the brats default; mr-medsam / ct-medsam: LiteMedSAM's input contract) or as JSON. Recorded in dataset.json; train eval and "
-                              "train predict apply the same preset (docs/sources.md)."),
-            click.option("--split", type=click.Choice(["train", "test", "all"]), default=split_default,
-                         show_default=True, help="Which cases to read: the training part of the dataset's "
-                                                 "split, the test part, or every case."),
-            click.option("--split-file", type=click.Path(path_type=Path), default=None,
-                         help='Your own split, JSON {"train": [...], "test": [...]} of case ids '
-                              "(default: the dataset's recorded split, see docs/sources.md)."),
-        ]
-        for opt in reversed(opts):
-            f = opt(f)
-        return f
-    return deco
-
-
-def output_options(dtype_default: str):
-    def deco(f):
-        opts = [
-            click.option("--out", required=True, type=click.Path(path_type=Path), metavar="DIR",
-                         help="Dataset folder to write (shards/, dataset.json, samples.jsonl)."),
-            click.option("--format", "fmt", type=click.Choice(["zarr", "hdf5"]), default="zarr", show_default=True,
-                         help="Shard format: Zarr v3 groups (shards/shard-00000.zarr) or HDF5 files (.h5)."),
-            click.option("--dtype", "image_dtype", type=click.Choice(["float16", "float32"]), default=dtype_default,
-                         show_default=True, help="Stored image dtype (labels are always uint8)."),
-            click.option("--shard-size", type=int, default=256, show_default=True,
-                         help="Samples per shard (the last shard may be shorter). Also the unit of work "
-                              "of a worker and of --part."),
-            click.option("--workers", type=int, default=None,
-                         help="Worker processes (default: the number of CPUs). The output does not depend on it."),
-            click.option("--overwrite", is_flag=True,
-                         help="Replace an existing dataset in DIR (only dataset files are removed)."),
-            click.option("--resume", is_flag=True,
-                         help="Continue an interrupted build into DIR with the same options: shards whose "
-                              "sha256 checks are kept, the rest rebuilt."),
-            click.option("--progress/--no-progress", default=True, show_default=True,
-                         help="Show a progress bar (samples/s) while building."),
-        ]
-        for opt in reversed(opts):
-            f = opt(f)
-        return f
-    return deco
-
-
-def _workers(workers: int | None) -> int:
-    from shared.errors import ConfigError
-
-    if workers is None:
-        return _default_workers()
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
-    return workers
-
-
-def _preset(text: str | None):
-    """--intensity: a preset name, or a JSON object; validated by the source."""
-    from shared.intensity import parse_preset_option
-
-    return parse_preset_option(text)
-
-
-def _abs(p: Path | None) -> str | None:
-    return None if p is None else str(Path(p).resolve())
+from synth.commands.options import abs_path, output_options, parse_intensity, resolve_workers, source_options
 
 
 @click.command("build")
@@ -184,7 +88,7 @@ def build(dataset, root, modality, source_config, intensity, split, split_file, 
         raise ConfigError("--all-slices packs every slice; --exemplars/--exemplar-list/--exclude-exemplar do not apply")
     if dataset is None:
         dataset, root, modality, source_config = _source_from_list(exemplar_list, root, modality, source_config)
-    preset = _preset(intensity)
+    preset = parse_intensity(intensity)
     if exemplar_list is not None:
         preset = _intensity_for_list(exemplar_list, preset, dataset, root, modality, source_config)
     if kind != "synthesized" and (num_samples is not None or synthesis_config is not None or recipe is not None):
@@ -195,14 +99,14 @@ def build(dataset, root, modality, source_config, intensity, split, split_file, 
     part_ = Part.parse(part)
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
-    n_workers = _workers(workers)
-    cfg = BuildConfig(kind=kind, dataset="demo-brain" if dataset == "demo" else dataset, root=_abs(root),
-                      modality=modality, source_config=_abs(source_config), intensity=preset, split=split,
-                      split_file=_abs(split_file), exemplars=spec, exemplar_list=_abs(exemplar_list),
+    n_workers = resolve_workers(workers)
+    cfg = BuildConfig(kind=kind, dataset="demo-brain" if dataset == "demo" else dataset, root=abs_path(root),
+                      modality=modality, source_config=abs_path(source_config), intensity=preset, split=split,
+                      split_file=abs_path(split_file), exemplars=spec, exemplar_list=abs_path(exemplar_list),
                       min_pixels=min_pixels if kind != "all-slices" else None,
                       exclude_exemplars=sorted(exclude), num_samples=num_samples, seed=seed,
                       shard_size=shard_size, format=fmt, image_dtype=image_dtype,
-                      synthesis_config=_abs(synthesis_config), recipe=recipe or DEFAULT_RECIPE)
+                      synthesis_config=abs_path(synthesis_config), recipe=recipe or DEFAULT_RECIPE)
     if pool_size is not None:
         cfg.pool_size = pool_size
     if kind != "synthesized":
@@ -332,10 +236,10 @@ def pack(dataset, root, modality, source_config, intensity, split, split_file, o
         from shared.errors import ConfigError
 
         raise ConfigError("--resume and --overwrite exclude each other")
-    n_workers = _workers(workers)
-    cfg = BuildConfig(kind="volumes", dataset="demo-brain" if dataset == "demo" else dataset, root=_abs(root),
-                      modality=modality, source_config=_abs(source_config), intensity=_preset(intensity), split=split,
-                      split_file=_abs(split_file), shard_size=shard_size, format=fmt, image_dtype=image_dtype)
+    n_workers = resolve_workers(workers)
+    cfg = BuildConfig(kind="volumes", dataset="demo-brain" if dataset == "demo" else dataset, root=abs_path(root),
+                      modality=modality, source_config=abs_path(source_config), intensity=parse_intensity(intensity), split=split,
+                      split_file=abs_path(split_file), shard_size=shard_size, format=fmt, image_dtype=image_dtype)
     cfg.check()
     _check_out_early(out, overwrite, resume)
     job = prepare_slices_job(cfg, out, workers=n_workers, progress=progress)

@@ -6,8 +6,7 @@ from pathlib import Path
 import click
 
 from shared.cli_support import debug_option
-
-DATASET_CHOICES = ["brats", "synapse", "transunet", "nifti", "dicom", "demo", "demo-brain", "demo-abdomen"]
+from synth.commands.options import DATASET_CHOICES
 
 
 @click.command("select")
@@ -67,7 +66,7 @@ def select(dataset: str, root: Path | None, modality: str, config: Path | None, 
     from shared.errors import ConfigError, DataError
     from shared.sources import open_source
     from shared.splits import resolve_split
-    from synth.commands.build_cmd import _preset, _workers
+    from synth.commands.options import parse_intensity, resolve_workers
     from synth.pool import DEFAULT_POOL_SIZE
     from synth.scanning import stream_scan
     from synth.exemplar_list import select_exemplars
@@ -79,13 +78,13 @@ def select(dataset: str, root: Path | None, modality: str, config: Path | None, 
     if min_pixels < 1:
         raise ConfigError(f"--min-pixels {min_pixels}: must be at least 1")
     pool_size = DEFAULT_POOL_SIZE if pool_size is None else pool_size
-    n_workers = _workers(workers)
+    n_workers = resolve_workers(workers)
     if out.exists() and not overwrite:
         raise DataError(f"{out}: already exists (pass --overwrite to replace it)")
     if not out.parent.is_dir():
         raise DataError(f"{out.parent}: output folder does not exist")
     check_writable(out.parent, "--out")  # before scanning every volume, not after
-    source = open_source(dataset, root, modality=modality, config=config, intensity=_preset(intensity))
+    source = open_source(dataset, root, modality=modality, config=config, intensity=parse_intensity(intensity))
     cases = resolve_split(source, split, split_file)
     # streaming scan: one volume at a time per worker, only per-slice numbers kept
     scan = stream_scan(source, cases, workers=n_workers, progress=progress)
