@@ -5,13 +5,13 @@ wall seconds and the CPU seconds of this process and of its worker processes (ch
 finished, so a pool's CPU shows up when its pass ends):
 
 * ``labels`` (with the start-up) / ``images`` (with the exemplar choice): the two streaming passes
-  of the scan (``synth.scanning.map_volumes``); ``read`` for an ``--exemplar-list`` build;
+  of the scan (``synth.selection.scanning.map_volumes``); ``read`` for an ``--exemplar-list`` build;
 * ``restore, select``: the rest of the scan (until d62b9d3, the kept pool slices made whole
   again) and the final selection; ``bank``; ``output folder``; ``shards`` (synthesis and writing); ``finalize``; and
   ``summary`` (the end-of-build report).
 
 It also samples the CPU time of every thread of this process (``/proc/self/task``, Linux), which
-is how the spinning pool thread of issue 12 was found (``synth/parallel.py``, ``QuietPool``).
+is how the spinning pool thread of issue 12 was found (``synth/base/parallel.py``, ``QuietPool``).
 
 Usage: python bench/bench_phases.py [--code DIR] [--json FILE] -- --dataset brats --root COHORT \\
            --exemplars 150 --workers 2 --no-progress --out /tmp/ds
@@ -110,9 +110,9 @@ def main() -> None:
     if args.code is not None:
         sys.path.insert(0, str(args.code.resolve()))
 
-    import synth.build as build
-    import synth.jobs as jobs
-    import synth.scanning as scanning
+    import synth.build.run as build
+    import synth.build.jobs as jobs
+    import synth.selection.scanning as scanning
     from synth.cli import cli
 
     clock = PhaseClock()

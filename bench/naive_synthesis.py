@@ -1,7 +1,7 @@
 """The straightforward baselines for the build benchmark: same draws, scipy.ndimage, one .npz per sample.
 
-Two variants, both making the same random choices as ``synth.synthesis.synthesize`` (same exemplar,
-background, parameters and placement rules; ``synth.synthesis.synthesize_with`` with other renderers),
+Two variants, both making the same random choices as ``synth.synthesis.sample.synthesize`` (same exemplar,
+background, parameters and placement rules; ``synth.synthesis.sample.synthesize_with`` with other renderers),
 rendering on whole frames with scipy.ndimage and writing each sample with ``np.savez_compressed``
 (image float16, label uint8, the record as JSON):
 
@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from synth.bank import SliceBank, SliceRef
-from synth.synthesis import synthesize_with
-from synth.synthesis_config import SynthesisConfig
-from synth.transforms import TransformParams, forward_affine
+from synth.synthesis.bank import SliceBank, SliceRef
+from synth.synthesis.sample import synthesize_with
+from synth.synthesis.config import SynthesisConfig
+from synth.synthesis.transforms import TransformParams, forward_affine
 
 
 def _scipy_warp(src: np.ndarray, a: np.ndarray, b: np.ndarray, out_shape: tuple[int, int], order: int) -> np.ndarray:
@@ -199,8 +199,8 @@ def _main() -> None:  # pragma: no cover - a convenience for manual timing
 
     import cv2
 
-    from synth.synthesis import synthesize
-    from synth.synthesis_config import load_config
+    from synth.synthesis.sample import synthesize
+    from synth.synthesis.config import load_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=200)

@@ -9,7 +9,7 @@ import numpy as np
 
 from clikit import run_in_process
 from shared.hashing import sha256_path
-from synth.bank import SliceBank, SliceRef
+from synth.synthesis.bank import SliceBank, SliceRef
 
 ORGANS = ("background", "spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach",
           "aorta", "pancreas")

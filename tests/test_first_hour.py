@@ -156,7 +156,7 @@ def test_build_takes_dataset_from_the_exemplar_list_and_manifest_explains_itself
 
 def test_trace_and_show_take_the_same_sample_identifiers(demo_ds):
     from shared.errors import DataError
-    from synth.audit import find_sample
+    from synth.audit.info import find_sample
 
     assert find_sample(demo_ds, "s000012")["id"] == "s000012"
     assert find_sample(demo_ds, "12")["id"] == "s000012"
@@ -167,8 +167,8 @@ def test_trace_and_show_take_the_same_sample_identifiers(demo_ds):
 
 
 def test_old_records_with_class_null_replay_bit_identically():
-    from synth.synthesis import replay, synthesize
-    from synth.synthesis_config import load_config
+    from synth.synthesis.sample import replay, synthesize
+    from synth.synthesis.config import load_config
     from synthkit import brain_bank
 
     bank, cfg = brain_bank(), load_config()
@@ -184,7 +184,7 @@ def test_old_records_with_class_null_replay_bit_identically():
 def test_demo_source_refuses_a_root_and_wrong_roots_get_hints(tmp_path):
     from shared.errors import ConfigError, DataError
     from shared.sources import open_source
-    from synth.jobs import reopen_source
+    from synth.build.jobs import reopen_source
 
     with pytest.raises(ConfigError, match="reads no folder"):
         open_source("demo-brain", tmp_path)

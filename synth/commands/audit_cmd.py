@@ -34,7 +34,7 @@ def verify(dataset_dir: Path, replay: int, seed: int, source_root: Path | None, 
       synth verify ds/brats150 --replay 20
     """
     from shared.errors import ConfigError
-    from synth.verify import verify_dataset
+    from synth.audit.verify import verify_dataset
 
     if replay < 0:
         raise ConfigError(f"--replay must be >= 0, got {replay}")
@@ -70,7 +70,7 @@ def info(dataset_dir: Path, as_json: bool, show_shards: bool, pixels: bool) -> N
     Example:
       synth info ds/brats150
     """
-    from synth.audit import dataset_summary, floating_from_pixels, placement_lines
+    from synth.audit.info import dataset_summary, floating_from_pixels, placement_lines
 
     s = dataset_summary(dataset_dir)
     if pixels and s["kind"] == "synthesized":
@@ -131,8 +131,8 @@ def trace(dataset_dir: Path, exemplar: str | None, background: str | None, sampl
       synth trace ds/brats150 --sample s000123
     """
     from shared.errors import ConfigError
-    from synth.audit import find_sample, trace_exemplar
-    from synth.jobs import parse_slice_ref
+    from synth.audit.info import find_sample, trace_exemplar
+    from synth.build.jobs import parse_slice_ref
 
     given = [x for x in (exemplar, background, sample_id) if x is not None]
     if len(given) != 1:

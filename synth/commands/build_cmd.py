@@ -76,10 +76,10 @@ def build(dataset, root, modality, source_config, intensity, split, split_file, 
       synth build ... --part 3/8 --out parts/p3     # then: synth merge parts/p* --out ds/full
     """
     from shared.errors import ConfigError
-    from synth.build import run_job
-    from synth.buildspec import BuildConfig, Part
-    from synth.jobs import prepare_exemplar_job, prepare_slices_job
-    from synth.synthesis_config import DEFAULT_RECIPE
+    from synth.build.run import run_job
+    from synth.build.spec import BuildConfig, Part
+    from synth.build.jobs import prepare_exemplar_job, prepare_slices_job
+    from synth.synthesis.config import DEFAULT_RECIPE
 
     if no_synthesis and all_slices:
         raise ConfigError("--no-synthesis and --all-slices exclude each other")
@@ -123,7 +123,7 @@ def build(dataset, root, modality, source_config, intensity, split, split_file, 
     summary = run_job(job, workers=n_workers, part=part_, overwrite=overwrite, resume=resume, progress=progress)
     click.echo(summary.line())
     if kind == "synthesized":
-        from synth.audit import build_summary_lines
+        from synth.audit.info import build_summary_lines
 
         for line in build_summary_lines(out, summary.placement):
             click.echo(line)
@@ -228,9 +228,9 @@ def pack(dataset, root, modality, source_config, intensity, split, split_file, o
     Example:
       synth pack --dataset synapse --root Synapse --split test --out ds/synapse_test
     """
-    from synth.build import run_job
-    from synth.buildspec import BuildConfig
-    from synth.jobs import prepare_slices_job
+    from synth.build.run import run_job
+    from synth.build.spec import BuildConfig
+    from synth.build.jobs import prepare_slices_job
 
     if resume and overwrite:
         from shared.errors import ConfigError
@@ -265,7 +265,7 @@ def merge(parts, out, overwrite, move) -> None:
     Example:
       synth merge parts/p0 parts/p1 parts/p2 parts/p3 --out ds/brats150
     """
-    from synth.merge import merge_parts
+    from synth.build.merge import merge_parts
 
     summary = merge_parts(list(parts), out, overwrite=overwrite, move=move)
     click.echo(f"merged {len(parts)} part(s): {summary.num_samples} samples, "

@@ -67,10 +67,10 @@ def select(dataset: str, root: Path | None, modality: str, config: Path | None, 
     from shared.sources import open_source
     from shared.splits import resolve_split
     from synth.commands.options import parse_intensity, resolve_workers
-    from synth.pool import DEFAULT_POOL_SIZE
-    from synth.scanning import stream_scan
-    from synth.exemplar_list import select_exemplars
-    from synth.selection import ExemplarSpec
+    from synth.selection.background_pool import DEFAULT_POOL_SIZE
+    from synth.selection.scanning import stream_scan
+    from synth.selection.exemplar_list import select_exemplars
+    from synth.selection.rules import ExemplarSpec
 
     exemplar_spec = ExemplarSpec.parse(spec)  # fail on a bad spec before reading any data
     if pool_size is not None and pool_size < 0:

@@ -40,7 +40,7 @@ def show(directory: Path, sample: str, out: Path, size: int, source_root: Path |
     import cv2
 
     from shared import open_dataset
-    from synth import visual
+    from synth.audit.info import visual
 
     ds = open_dataset(directory)
     i = _resolve_sample(ds, sample, directory)
@@ -97,7 +97,7 @@ def sheet(directory: Path, out: Path, n: int, seed: int, cols: int, size: int) -
     import numpy as np
 
     from shared import open_dataset
-    from synth import visual
+    from synth.audit.info import visual
 
     ds = open_dataset(directory)
     total = len(ds)
@@ -178,7 +178,7 @@ def _source_slices(description: dict, rec: dict) -> tuple[list, tuple, str | Non
             return volumes[case]
 
         exemplars = [(f"exemplar {c}[{k}]", vol(c).image[k], vol(c).label[k]) for c, k in refs]
-        from synth.background import background_image
+        from synth.synthesis.background import background_image
 
         background = (f"background {bg[0]}[{bg[1]}]", background_image(vol(bg[0]).image[bg[1]], vol(bg[0]).label[bg[1]]))
         return exemplars, background, None

@@ -1,4 +1,4 @@
-"""The anatomy rule (synth/anatomy.py): placement never leaves an object off the body, fallbacks
+"""The anatomy rule (synth/synthesis/placement.py, background_choice.py, pixel_checks.py): placement never leaves an object off the body, fallbacks
 are recorded and replay exactly, backgrounds fit the object, the ring test, the recipes."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from shared.errors import ConfigError, DataError
-from synth.anatomy import floating_objects, ring_air_fraction, ring_mask
-from synth.bank import SliceBank, SliceRef
-from synth.synthesis import replay, synthesize
-from synth.synthesis_config import SynthesisConfig, load_config
+from synth.synthesis.pixel_checks import floating_objects, ring_air_fraction, ring_mask
+from synth.synthesis.bank import SliceBank, SliceRef
+from synth.synthesis.sample import replay, synthesize
+from synth.synthesis.config import SynthesisConfig, load_config
 from synthkit import ellipse, abdomen_bank, brain_bank
 
 CONFIG = load_config()
@@ -189,9 +189,9 @@ def test_eligible_backgrounds_match_the_per_slice_rule_and_decode_each_slice_onc
     """The vectorised pool table gives exactly the per-slice rule's lists (pool order), for every
     exemplar and scale, and decodes each stored background once, not once per exemplar (a
     240-patient pool of 4096 slices x 150 exemplars took 20 s of decoding before)."""
-    from synth.anatomy import anatomy_index
-    from synth.bank import make_bank
-    from synth.pool import EncodedSlice
+    from synth.synthesis.background_choice import anatomy_index
+    from synth.synthesis.bank import make_bank
+    from synth.base.slice_store import EncodedSlice
 
     src = _small_heads_bank(n_bg_small=8, n_bg_large=3)
     bank = make_bank({(r.volume, r.slice): src.exemplar(r) for r in src.exemplar_refs},
@@ -240,7 +240,7 @@ def test_content_centre_is_opencv_moments_centroid_exactly() -> None:
     the recorded placements of earlier builds were computed with (replays stay bit-exact)."""
     import cv2
 
-    from synth.anatomy import content_centre
+    from synth.synthesis.placement import content_centre
 
     rng = np.random.default_rng(1)
     for i in range(400):
@@ -257,9 +257,10 @@ def test_content_centre_is_opencv_moments_centroid_exactly() -> None:
 def test_drawn_tests_in_one_lookup_equal_each_objects_own_search() -> None:
     """Testing every object's drawn position in one lookup (drawn_tests) changes nothing: each
     object's placement, shares, step and tries are those of its own search."""
-    from synth.anatomy import anatomy_index, drawn_tests, search_placement
-    from synth.synthesis import render_background
-    from synth.transforms import sample_params
+    from synth.synthesis.background_choice import anatomy_index
+    from synth.synthesis.placement import drawn_tests, search_placement
+    from synth.synthesis.sample import render_background
+    from synth.synthesis.transforms import sample_params
 
     rng = np.random.default_rng(7)
     steps = set()
@@ -292,7 +293,7 @@ def test_drawn_tests_in_one_lookup_equal_each_objects_own_search() -> None:
 
 def fractions_on(pts, txs, tys, image, n_obj, content, air):
     """The placement test written plainly, one translation at a time, from the rule's statement
-    (synth/anatomy.py's docstring): each point moved by (txs[k], tys[k]) and rounded to a pixel;
+    (synth/synthesis/placement.py's docstring): each point moved by (txs[k], tys[k]) and rounded to a pixel;
     off the frame it is off the body; the share of the first ``n_obj`` points (the object) on
     pixels ``> content`` and of the rest (its ring) on pixels ``>= air`` (1.0 without a ring).
     Independent of the module's vectorised lookup (no padded frame, no flat indices)."""
@@ -316,7 +317,7 @@ def test_first_acceptable_is_the_first_translation_passing_the_plain_test() -> N
     plainly at every translation picks first."""
     from types import SimpleNamespace
 
-    from synth.anatomy import first_acceptable, padded_frame
+    from synth.synthesis.placement import first_acceptable, padded_frame
 
     rng = np.random.default_rng(5)
     found = 0
@@ -368,9 +369,9 @@ def _sequential_search(info, points, params, extra, src_shape, image, pl, scale_
     """The placement search written plainly from search_placement's docstring: group after group
     (drawn, moved, redrawn; then the same at each smaller scale), each translation tested with
     fractions_on; the reference search_placement's answers, shares and tries must equal. Only the
-    object's affine (synth.transforms, tested there) and the result type come from the code."""
-    from synth.anatomy import PlacementResult
-    from synth.transforms import forward_affine
+    object's affine (synth.synthesis.transforms, tested there) and the result type come from the code."""
+    from synth.synthesis.placement import PlacementResult
+    from synth.synthesis.transforms import forward_affine
 
     h, w = image.shape
     n_obj = len(info.points)
@@ -414,9 +415,10 @@ def test_search_placement_equals_the_group_by_group_search() -> None:
     """search_placement (rings looked up only where the object passes, the drawn scale's
     geometry reused from drawn_tests) gives the plain group-by-group search's placement, shares,
     step and tries, with and without drawn_tests' result."""
-    from synth.anatomy import anatomy_index, drawn_tests, search_placement
-    from synth.synthesis import render_background
-    from synth.transforms import sample_params
+    from synth.synthesis.background_choice import anatomy_index
+    from synth.synthesis.placement import drawn_tests, search_placement
+    from synth.synthesis.sample import render_background
+    from synth.synthesis.transforms import sample_params
 
     rng = np.random.default_rng(9)
     steps = []
@@ -450,9 +452,10 @@ def test_search_placement_equals_the_group_by_group_search() -> None:
 def test_drawn_tests_of_one_object_equal_its_test_among_several() -> None:
     """The one-object path of drawn_tests (the single task's) gives exactly the numbers and
     geometry of the same object tested in a group (the concatenated lookup)."""
-    from synth.anatomy import anatomy_index, drawn_tests
-    from synth.synthesis import render_background
-    from synth.transforms import sample_params
+    from synth.synthesis.background_choice import anatomy_index
+    from synth.synthesis.placement import drawn_tests
+    from synth.synthesis.sample import render_background
+    from synth.synthesis.transforms import sample_params
 
     rng = np.random.default_rng(11)
     oks = set()

@@ -39,15 +39,15 @@ def test_verify_replays_with_opencv_on_one_thread(built, monkeypatch):
     gives the caller's setting back."""
     import cv2
 
-    import synth.synthesis
+    import synth.synthesis.sample
 
-    real, seen = synth.synthesis.replay, []
+    real, seen = synth.synthesis.sample.replay, []
 
     def replay(*args, **kwargs):
         seen.append(cv2.getNumThreads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synth.synthesis, "replay", replay)
+    monkeypatch.setattr(synth.synthesis.sample, "replay", replay)
     before = cv2.getNumThreads()
     try:
         cv2.setNumThreads(3)
@@ -140,7 +140,7 @@ def test_trace(built):
 def test_the_build_report_from_memory_equals_the_one_from_samples_jsonl(tmp_path: Path):
     """`synth build` reports placement from the digests its workers send (no second parse of
     samples.jsonl); the lines equal those computed from the written records."""
-    from synth.audit import build_summary_lines
+    from synth.audit.info import build_summary_lines
 
     out = tmp_path / "ds"
     text = ok("build", *SMALL, "--workers", "2", "--out", out)

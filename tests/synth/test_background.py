@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from synth.background import background_image
-from synth.exemplar_list import select_exemplars
-from synth.selection import FALLBACK_POOL_FRACTION, background_pool
+from synth.synthesis.background import background_image
+from synth.selection.exemplar_list import select_exemplars
+from synth.selection.rules import FALLBACK_POOL_FRACTION, background_pool
 
 
 def test_background_image_is_identity_without_foreground():

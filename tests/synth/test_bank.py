@@ -1,15 +1,15 @@
-"""synth/bank.py: make_bank, the one way a build and a replay assemble the slice bank."""
+"""synth/synthesis/bank.py: make_bank, the one way a build and a replay assemble the slice bank."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from shared.errors import DataError
-from synth.bank import SliceBank, SliceRef, make_bank
-from synth.pool import BackgroundInfo, encode_slice
-from synth.synthesis import replay, synthesize
-from synth.synthesis_config import load_config
-from synth.verify import replay_bank
+from synth.synthesis.bank import SliceBank, SliceRef, make_bank
+from synth.base.slice_store import BackgroundInfo, encode_slice
+from synth.synthesis.sample import replay, synthesize
+from synth.synthesis.config import load_config
+from synth.audit.verify import replay_bank
 from synthkit import brain_bank
 
 CONFIG = load_config()

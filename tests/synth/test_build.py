@@ -63,7 +63,7 @@ def validate_manifests(ds: Path) -> None:
 def test_bytes_do_not_depend_on_workers_or_the_callers_opencv_threads(single: Path, tmp_path: Path, workers: int,
                                                                       caller_threads: int | None):
     """The same bytes whatever --workers and whatever OpenCV thread count the caller had set: the
-    build runs OpenCV on one thread (synth/parallel.py), because OpenCV's multi-threaded kernels
+    build runs OpenCV on one thread (synth/base/parallel.py), because OpenCV's multi-threaded kernels
     may differ from its one-thread ones in the last bit on some CPUs (warpAffine on float32, seen
     on an AMD EPYC). `single` was built with OpenCV's default thread count. The caller's setting
     is restored afterwards."""
@@ -251,7 +251,7 @@ def test_real_brats_build(brats_root: Path, tmp_path: Path):
 def test_pool_sampling_bounded_and_worker_independent(single: Path, tmp_path: Path):
     """A --pool-size below the eligible slices: a seeded sample, chosen from the labels, identical for
     any worker count; the same sample as `synth select --pool-size`; replays bit-identically."""
-    from synth.pool import pool_key
+    from synth.selection.background_pool import pool_key
 
     base = [a for a in SMALL]
     ok("build", *base, "--pool-size", "7", "--workers", "1", "--out", tmp_path / "p1")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from synth.synthesis import synthesize
-from synth.synthesis_config import load_config
+from synth.synthesis.sample import synthesize
+from synth.synthesis.config import load_config
 from synthkit import abdomen_bank, brain_bank
 
 CONFIG = load_config()

@@ -1,4 +1,4 @@
-"""synth/parallel.py: one process-pool helper; its results do not depend on the worker count."""
+"""synth/base/parallel.py: one process-pool helper; its results do not depend on the worker count."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -11,8 +11,8 @@ from typing import Callable
 
 import pytest
 
-from synth import parallel
-from synth.parallel import Worker, map_tasks
+from synth.base import parallel
+from synth.base.parallel import Worker, map_tasks
 
 
 def _scaled(worker: Worker, task: int) -> tuple[int, int, int]:
@@ -115,7 +115,7 @@ def _big_slice(task: int) -> bytes:
 
 def test_the_worker_handler_does_not_spin_while_results_are_in_transit() -> None:
     """CPython's pool handler also waits on the result pipe and so spins while a result is in
-    transit (synth/parallel.py, QuietPool); ours waits on the change notifier (and worker
+    transit (synth/base/parallel.py, QuietPool); ours waits on the change notifier (and worker
     sentinels) only: measured on the handler thread, against the stock Pool on the same work."""
     quiet = _handler_cpu_seconds(parallel.QuietPool)
     stock = _handler_cpu_seconds(multiprocessing.pool.Pool)

@@ -1,14 +1,14 @@
-"""synth/pool.py: seeded pool sample (streaming == offline), exact compact background storage."""
+"""synth/selection/background_pool.py and synth/base/slice_store.py: seeded pool sample (streaming == offline), exact compact background storage."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from shared.intensity import SLICE_MINMAX, ExactSliceMinMax, apply_intensity
-from synth.bank import SliceBank, SliceRef
-from synth.pool import (BackgroundInfo, BackgroundStore, PoolSampler, encode_minmax_slice, encode_slice, pool_key,
-                        sample_pool)
-from synth.selection import content_fraction, content_fraction_exact
+from synth.synthesis.bank import SliceBank, SliceRef
+from synth.base.slice_store import BackgroundInfo, BackgroundStore, encode_minmax_slice, encode_slice
+from synth.selection.background_pool import PoolSampler, pool_key, sample_pool
+from synth.selection.rules import content_fraction, content_fraction_exact
 
 
 def test_streaming_sampler_equals_sample_pool_in_any_order():
@@ -107,7 +107,7 @@ def test_store_in_bank_decodes_on_access():
 
 
 def test_cropped_slices_hold_the_same_bytes():
-    from synth.pool import CroppedSlice, EncodedSlice
+    from synth.base.slice_store import CroppedSlice, EncodedSlice
 
     rng = np.random.default_rng(5)
     head = np.zeros((30, 40), np.uint16)
@@ -129,7 +129,7 @@ def test_cropped_slices_decode_and_mask_as_the_whole_slice():
     """The store keeps slices cropped: decode() and above(t) give the uncropped slice's bits, for
     every dtype, thresholds below zero (the zeros outside the box are above them), an empty box
     and a float32 -0.0 (kept inside the box)."""
-    from synth.pool import CroppedSlice, EncodedSlice
+    from synth.base.slice_store import CroppedSlice, EncodedSlice
 
     rng = np.random.default_rng(12)
     head = np.zeros((30, 40), np.uint16)
@@ -157,7 +157,7 @@ def test_levels_within_the_scale_skip_the_banks_range_check():
     """A slice stored as integer levels <= scale decodes into [0, 1]: the bank does not decode it to
     check it; anything else is still checked (and a bad one refused)."""
     from shared.errors import DataError
-    from synth.pool import EncodedSlice
+    from synth.base.slice_store import EncodedSlice
 
     ok = EncodedSlice(np.array([[0, 7], [300, 300]], np.uint16), 300.0)
     over = EncodedSlice(np.array([[0, 7], [301, 300]], np.uint16), 300.0)
@@ -182,7 +182,7 @@ def test_levels_within_the_scale_skip_the_banks_range_check():
 def test_above_equals_comparing_the_decoded_slice():
     """EncodedSlice.above(t) is decode() > t without the decode: every scale, dtype and threshold
     kind, and thresholds exactly on a level's value."""
-    from synth.pool import EncodedSlice
+    from synth.base.slice_store import EncodedSlice
 
     rng = np.random.default_rng(11)
     for trial in range(400):
@@ -214,7 +214,7 @@ def test_minmax_offsets_equal_the_wide_subtraction_for_every_integer_dtype():
 
 
 def test_pool_cap_follows_the_qualifying_fraction():
-    from synth.pool import PoolCap
+    from synth.selection.background_pool import PoolCap
 
     keys = list(range(1000, 0, -1))  # any order: the cap sorts them
     cap = PoolCap(100, keys, margin=0.2, min_seen=0.05)

@@ -10,8 +10,8 @@ import pytest
 
 from shared.errors import DataError
 from shared.sources import open_source
-from synth import scanning
-from synth.scanning import stream_scan
+from synth.selection.rules import scanning
+from synth.selection.scanning import stream_scan
 
 
 def _scan(source, cases, workers: int = 1):
@@ -74,7 +74,7 @@ def test_reusing_freed_memory_changes_no_result(brats_root):
 
 
 def test_two_workers_send_cropped_candidates_and_give_the_same_scan(brats_root, tmp_path, monkeypatch):
-    """Worker processes pickle each candidate's nonzero box (synth.pool.CroppedSlice), which the
+    """Worker processes pickle each candidate's nonzero box (synth.base.slice_store.CroppedSlice), which the
     bank keeps: the same pool, bytes and order as one worker in this process."""
     cases = open_source("brats", brats_root).case_ids()[:3]
     source = open_source("brats", _int16_copy(brats_root, tmp_path / "brats16", cases))
@@ -93,7 +93,7 @@ def test_spawned_scan_workers_get_the_source_once_and_agree(brats_root, tmp_path
     worker, not per task; the scan equals the one-process scan."""
     import multiprocessing as mp
 
-    from synth import parallel
+    from synth.base import parallel
 
     cases = open_source("brats", brats_root).case_ids()[:2]
     source = open_source("brats", _int16_copy(brats_root, tmp_path / "brats16", cases))
@@ -108,9 +108,9 @@ def test_spawned_scan_workers_get_the_source_once_and_agree(brats_root, tmp_path
 def _forced_rereads(monkeypatch, keep: float = 0.2) -> None:
     """A cap far below the pool's threshold from the start: the ``keep`` fraction of the free
     slices' keys (the sample needs more), whatever has been seen."""
-    from synth import pool
+    from synth.selection.rules import background_pool
 
-    monkeypatch.setattr(pool.PoolCap, "value", property(lambda self: int(self.keys[int(keep * len(self.keys))])))
+    monkeypatch.setattr(background_pool.PoolCap, "value", property(lambda self: int(self.keys[int(keep * len(self.keys))])))
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -11,8 +11,8 @@ import pytest
 from shared.errors import ConfigError, DataError
 from shared.sources import open_source
 from shared.splits import resolve_split
-from synth.exemplar_list import ExemplarList, select_exemplars
-from synth.selection import ExemplarSpec, VolumeScan, pick_most_organs, rank_slices, scan_source
+from synth.selection.exemplar_list import ExemplarList, select_exemplars
+from synth.selection.rules import ExemplarSpec, VolumeScan, pick_most_organs, rank_slices, scan_source
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "data_manifests/schemas/exemplar_list.schema.json").read_text())
 

@@ -1,4 +1,4 @@
-"""Synthesis engine (synth/synthesis.py): replay, determinism, labels, placement, config."""
+"""Synthesis engine (synth/synthesis/sample.py): replay, determinism, labels, placement, config."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from shared.errors import ConfigError, DataError
-from synth.bank import SliceBank, SliceRef
-from synth.synthesis import render_background, replay, synthesize
-from synth.synthesis_config import SynthesisConfig, load_config
+from synth.synthesis.bank import SliceBank, SliceRef
+from synth.synthesis.sample import render_background, replay, synthesize
+from synth.synthesis.config import SynthesisConfig, load_config
 from synthkit import abdomen_bank, brain_bank, brats_real_bank, synapse_real_bank
 
 CONFIG = load_config()
@@ -71,10 +71,10 @@ def test_sample_depends_only_on_seed_and_index(brain: SliceBank) -> None:
 
 @pytest.mark.parametrize("task", ["single", "multi"])
 def test_result_independent_of_opencv_threads(task: str, brain: SliceBank, abdomen: SliceBank) -> None:
-    """Under the build's pin (synth.parallel.opencv_single_threaded, what build and verify run
+    """Under the build's pin (synth.base.parallel.opencv_single_threaded, what build and verify run
     in) the bytes do not depend on the caller's OpenCV setting. Unpinned, OpenCV's kernels may
     differ in the last bit between thread counts on some CPUs, so only closeness is asserted."""
-    from synth.parallel import opencv_single_threaded
+    from synth.base.parallel import opencv_single_threaded
 
     bank = brain if task == "single" else abdomen
     before = cv2.getNumThreads()
@@ -295,7 +295,7 @@ def test_missing_config_file(tmp_path) -> None:
 def test_real_brats_replay_threads_and_placement(brats_root) -> None:
     """Replay is bit-exact on one machine and library build with OpenCV on one thread (as the
     build and `synth verify --replay` run it); OpenCV's own threads change at most the last bits."""
-    from synth.parallel import opencv_single_threaded
+    from synth.base.parallel import opencv_single_threaded
 
     bank = brats_real_bank(brats_root)
     before = cv2.getNumThreads()
@@ -336,7 +336,7 @@ def test_real_synapse_organs_near_their_positions(synapse_root) -> None:
                 continue  # mostly overwritten by a smaller organ pasted later
             assert obj["inside"] >= cfg.multi.placement.min_inside
             if obj["placed"] not in ("drawn", "redrawn"):
-                continue  # moved towards the body by the anatomy rule (synth/anatomy.py)
+                continue  # moved towards the body by the anatomy rule (synth/synthesis/placement.py)
             bound = np.array([r.max_shift * w, r.max_shift * h]) + 3.0
             assert (np.abs(_centroid(visible) - np.array(obj["center"])) <= bound).all()
             checked += 1
@@ -368,7 +368,7 @@ def test_naive_baseline_draws_the_same_samples(tmp_path) -> None:
 def test_background_intensity_window_matches_full_frame(brain: SliceBank) -> None:
     """T' applies gamma/gain only inside the (transformed) nonzero box of the background: the
     same bytes as applying it to the whole frame."""
-    from synth.transforms import TransformParams
+    from synth.synthesis.transforms import TransformParams
 
     ref = brain.background_refs[0]
     src = brain.background(ref)

@@ -1,4 +1,4 @@
-"""Random transforms (synth/transforms.py): sampling, affine geometry, pure apply functions."""
+"""Random transforms (synth/synthesis/transforms.py): sampling, affine geometry, pure apply functions."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from synth.transforms import (
+from synth.synthesis.transforms import (
     TransformParams,
     TransformRanges,
     apply_blur,
@@ -150,7 +150,7 @@ def test_opencv_threads_change_at_most_the_last_bits() -> None:
 
 @pytest.mark.parametrize("sigma", [0.3, 1.0, 2.5])
 def test_blur_pad_covers_kernel(sigma: float) -> None:
-    from synth.transforms import blur_pad
+    from synth.synthesis.transforms import blur_pad
 
     impulse = np.zeros((41, 41), np.float32)
     impulse[20, 20] = 1.0

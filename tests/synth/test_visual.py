@@ -1,4 +1,4 @@
-"""Audit pictures: drawing functions (synth/visual.py) and the `synth show` / `synth sheet` commands."""
+"""Audit pictures: drawing functions (synth/audit/visual.py) and the `synth show` / `synth sheet` commands."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from shared.errors import DataError
-from synth import visual
-from synth.bank import SliceRef
-from synth.synthesis import synthesize
-from synth.synthesis_config import load_config
+from synth.audit.info import visual
+from synth.synthesis.bank import SliceRef
+from synth.synthesis.sample import synthesize
+from synth.synthesis.config import load_config
 from synthkit import ORGANS, abdomen_bank
 
 CONFIG = load_config()

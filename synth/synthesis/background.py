@@ -2,7 +2,7 @@
 
 The paper pastes objects onto slices without foreground. Some scans have none (a CT cropped to
 the abdomen has an organ in every slice, like the Synapse sample). Selection then falls back to
-the slices with the least foreground (``synth.selection``), and their labelled pixels are
+the slices with the least foreground (``synth.selection.rules``), and their labelled pixels are
 removed here by inpainting, so a pasted organ never sits next to an unlabelled copy of another.
 For a slice without foreground, ``background_image`` returns the image unchanged, so the same
 rule applies to every pool entry and replay needs no flag.

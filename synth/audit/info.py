@@ -4,7 +4,7 @@
 - :func:`trace_exemplar` lists every sample derived from one exemplar slice.
 - :func:`placement_summary` / :func:`floating_from_pixels`: the placement figures and the ring test.
 
-Re-hashing and replay (``synth verify``) are in :mod:`synth.verify`.
+Re-hashing and replay (``synth verify``) are in :mod:`synth.audit.verify`.
 """
 from __future__ import annotations
 
@@ -225,7 +225,7 @@ def floating_from_pixels(root: str | Path, *, max_samples: int | None = None) ->
     """The ring test on the stored pixels of every sample (or the first ``max_samples``): share of
     samples with a floating object (more than half of the pixels 2-4 px outside the object are
     air, intensity < 0.04). Works on any dataset, whatever code built it."""
-    from synth.anatomy import floating_objects
+    from synth.synthesis.pixel_checks import floating_objects
 
     ds = open_dataset(Path(root), check_files=False)
     n = n_float = n_obj = 0

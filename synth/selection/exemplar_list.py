@@ -1,6 +1,6 @@
 """The exemplar list: the chosen exemplar slices plus the background pool, as a file.
 
-:func:`select_exemplars` applies the selection rules (:mod:`synth.selection`) to a source's
+:func:`select_exemplars` applies the selection rules (:mod:`synth.selection.rules`) to a source's
 cases and records, per exemplar, its classes, files and their sha256; :class:`ExemplarList` is
 that record: written by ``synth select`` (:meth:`ExemplarList.to_json`), read back by ``synth
 build --exemplar-list`` (:meth:`ExemplarList.from_json`, checked against
@@ -18,8 +18,8 @@ from typing import Any
 
 from shared.errors import ConfigError, DataError
 from shared.fileio import atomic_write_text, read_json
-from synth.pool import sample_pool
-from synth.selection import (BACKGROUND_MIN_CONTENT, CONTENT_DELTA, FALLBACK_POOL_FRACTION, ExemplarSpec, VolumeScan,
+from synth.selection.background_pool import sample_pool
+from synth.selection.rules import (BACKGROUND_MIN_CONTENT, CONTENT_DELTA, FALLBACK_POOL_FRACTION, ExemplarSpec, VolumeScan,
                              background_pool, pick_most_organs, pick_random, rank_slices, scan_source, slice_classes)
 
 SCHEMA_VERSION = 1
@@ -290,9 +290,9 @@ def select_exemplars(source, case_ids: list[str], spec: str | int | ExemplarSpec
                      pool_size: int | None = None) -> ExemplarList:
     """Choose exemplar slices among ``case_ids`` by the task's rule and compute the background pool.
 
-    ``scans`` (from :func:`scan_source` or ``synth.scanning.stream_scan``) can be passed to avoid
+    ``scans`` (from :func:`scan_source` or ``synth.selection.scanning.stream_scan``) can be passed to avoid
     reading the volumes again, ``file_hashes`` (str(path) -> sha256) to avoid hashing files again.
-    ``pool_size``: above it, the background pool is the seeded sample of ``synth.pool.sample_pool``.
+    ``pool_size``: above it, the background pool is the seeded sample of ``synth.selection.background_pool.sample_pool``.
     """
     if not isinstance(spec, ExemplarSpec):
         spec = ExemplarSpec.parse(spec)

@@ -1,9 +1,9 @@
 """``synth verify``: re-hash a finished dataset against its manifests, and replay samples.
 
 :func:`verify_dataset` re-hashes every shard and every sample against dataset.json and
-samples.jsonl (shards spread over worker processes, :mod:`synth.parallel`) and, with
+samples.jsonl (shards spread over worker processes, :mod:`synth.base.parallel`) and, with
 ``replay=K``, regenerates K random samples from their records (re-reading the source named in
-dataset.json, the bank assembled by :func:`synth.bank.make_bank`) and checks they are
+dataset.json, the bank assembled by :func:`synth.synthesis.bank.make_bank`) and checks they are
 bit-identical to what is stored.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ from shared.errors import DataError
 from shared.hashing import sha256_array, sha256_path
 from shared.manifest import read_samples
 from shared.shards import ShardDataset, open_dataset, to_stored
-from synth.audit import ref_of, record_refs
-from synth.parallel import Worker, map_tasks, opencv_single_threaded
+from synth.audit.info import ref_of, record_refs
+from synth.base.parallel import Worker, map_tasks, opencv_single_threaded
 
 
 @dataclass
@@ -164,7 +164,7 @@ def _check_samples(samples: Iterable, records, start: int, dtype: str, num_class
 def _replay(ds: ShardDataset, records: list[dict[str, Any]], k: int, seed: int, source_root, workers: int,
             progress: bool, report: VerifyReport) -> None:
     """Regenerate ``k`` random samples (chosen by ``seed``) and compare them with the stored ones."""
-    from synth.jobs import check_fingerprint, load_slices, reopen_source
+    from synth.build.jobs import check_fingerprint, load_slices, reopen_source
 
     rng = np.random.default_rng(seed)
     n = len(records)
@@ -177,8 +177,8 @@ def _replay(ds: ShardDataset, records: list[dict[str, Any]], k: int, seed: int, 
     check_fingerprint(source, info.get("fingerprint") or {}, sorted({v for v, _ in refs}), str(ds.root / "dataset.json"))
     slices = load_slices(source, sorted(refs), workers, progress)
     if ds.kind == "synthesized":
-        from synth.synthesis import replay
-        from synth.synthesis_config import SynthesisConfig
+        from synth.synthesis.sample import replay
+        from synth.synthesis.config import SynthesisConfig
 
         config = SynthesisConfig.from_json(info["config"]["synthesis"], str(ds.root / "dataset.json"))
         bank = replay_bank(chosen, slices, ds.class_names)
@@ -207,8 +207,8 @@ def replay_bank(records: list[dict[str, Any]], slices: dict[tuple[str, int], tup
                 class_names: tuple[str, ...]):
     """The bank that replays ``records``: their exemplar slices and their background slices (with
     any labelled structure erased, as the build's pool had them), from ``slices`` (image, label)."""
-    from synth.background import background_image
-    from synth.bank import make_bank
+    from synth.synthesis.background import background_image
+    from synth.synthesis.bank import make_bank
 
     ex_refs: set[tuple[str, int]] = set()
     bg_refs: set[tuple[str, int]] = set()
@@ -234,7 +234,7 @@ def _differences(rec: dict[str, Any], image: np.ndarray, label: np.ndarray, dtyp
 
 
 def _note_environment(info: dict[str, Any], report: VerifyReport) -> None:
-    from synth.manifests import environment
+    from synth.build.manifests import environment
 
     now, then = environment(), info.get("environment") or {}
     changed = [f"{k} {then.get(k)} -> {now.get(k)}" for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k)]

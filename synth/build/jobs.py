@@ -1,4 +1,4 @@
-"""Resolve a build request into a :class:`synth.buildspec.Job`: source, split, exemplar list, bank.
+"""Resolve a build request into a :class:`synth.build.spec.Job`: source, split, exemplar list, bank.
 
 Volumes are read in parallel worker processes (one volume per task); each returns only what the
 build keeps: its selection statistics, candidate slices and the sha256 of its files. So every
@@ -17,16 +17,17 @@ import numpy as np
 
 from shared.errors import ConfigError, DataError
 from shared.hashing import sha256_array, sha256_file
-from synth.background import background_image
-from synth.bank import make_bank
-from synth.buildspec import BuildConfig, Job, Log, default_num_samples, log_to_stderr
-from synth.exemplar_list import ExemplarList, select_exemplars
-from synth.parallel import Worker
-from synth.pool import BackgroundInfo, encode_slice, sample_pool
-from synth.producers import PreloadedSlices, SliceProducer, SynthesisProducer
-from synth.scanning import ScanState, hash_case_files, map_volumes, relpath, stream_scan
-from synth.selection import ExemplarSpec
-from synth.synthesis_config import load_config
+from synth.synthesis.background import background_image
+from synth.synthesis.bank import make_bank
+from synth.build.spec import BuildConfig, Job, Log, default_num_samples, log_to_stderr
+from synth.selection.exemplar_list import ExemplarList, select_exemplars
+from synth.base.parallel import Worker
+from synth.base.slice_store import BackgroundInfo, encode_slice
+from synth.selection.background_pool import sample_pool
+from synth.build.producers import PreloadedSlices, SliceProducer, SynthesisProducer
+from synth.selection.scanning import ScanState, hash_case_files, map_volumes, relpath, stream_scan
+from synth.selection.rules import ExemplarSpec
+from synth.synthesis.config import load_config
 
 
 def parse_slice_ref(text: str, option: str = "--exclude-exemplar") -> tuple[str, int]:
@@ -115,7 +116,7 @@ class ChosenExemplars:
     where: str  # how messages name the list
     slices: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]  # exemplar (image, label)
     fingerprint: dict[str, Any]
-    backgrounds: dict[tuple[str, int], Any] = field(default_factory=dict)  # encoded (synth.pool)
+    backgrounds: dict[tuple[str, int], Any] = field(default_factory=dict)  # encoded (synth.base.slice_store)
     infos: dict[tuple[str, int], BackgroundInfo] = field(default_factory=dict)
 
 
@@ -185,7 +186,7 @@ def _listed_exemplars(cfg: BuildConfig, source: Any, min_pixels: int, workers: i
 
 def _selected_exemplars(cfg: BuildConfig, source: Any, min_pixels: int, workers: int,
                         progress: bool) -> ChosenExemplars:
-    """--exemplars N|P%: selection in one streaming scan (synth.scanning), each volume read once."""
+    """--exemplars N|P%: selection in one streaming scan (synth.selection.scanning), each volume read once."""
     from shared.splits import resolve_split
 
     spec = ExemplarSpec.parse(cfg.exemplars)

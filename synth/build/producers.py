@@ -1,7 +1,7 @@
 """Producers: what makes sample ``i`` of a build, from ``i`` and the build's recorded inputs only.
 
 A producer gives ``(image float [0, 1], label uint8, record extras)`` for sample ``i`` and its
-sample id; :func:`synth.build.build_shard` writes them. Kinds: ``synthesized``
+sample id; :func:`synth.build.run.build_shard` writes them. Kinds: ``synthesized``
 (:class:`SynthesisProducer`, cut-paste synthesis from the exemplar bank), ``exemplars``
 (:class:`PreloadedSlices`, the exemplar slices themselves), ``all-slices`` and ``volumes``
 (:class:`SliceProducer`, slices read from the source).
@@ -40,7 +40,7 @@ class SynthesisProducer(Producer):
         return f"s{i:06d}"
 
     def make(self, i: int):
-        from synth.synthesis import synthesize
+        from synth.synthesis.sample import synthesize
 
         image, label, record = synthesize(i, self.seed, self.bank, self.config, self.task)
         return image, label, {"kind": self.kind, "synthesis": record_to_dict(record)}
@@ -105,7 +105,7 @@ def class_pixels(label: np.ndarray, class_names: Sequence[str], sample_id: str) 
 
 
 class PreloadedSlices(SliceProducer):
-    """Exemplar slices already read by :func:`synth.jobs.read_cases` (no second read of the volumes)."""
+    """Exemplar slices already read by :func:`synth.build.jobs.read_cases` (no second read of the volumes)."""
 
     def __init__(self, kind: str, refs, ids, slices: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]):
         super().__init__(kind, None, refs, ids)

@@ -3,7 +3,7 @@
 :class:`SliceRef` names a 2D slice of a source volume; :class:`SliceBank` holds the exemplar and
 background slices in the order given (the exemplar list's), checks them, and caches per-slice
 geometry (objects, content masks and boxes, coverage). :func:`make_bank` is how a build
-(:mod:`synth.jobs`) and a replay (``synth verify --replay``, :mod:`synth.verify`) assemble one.
+(:mod:`synth.build.jobs`) and a replay (``synth verify --replay``, :mod:`synth.audit.verify`) assemble one.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from shared.arrays import nonzero_box
 from shared.errors import DataError
-from synth.pool import BackgroundInfo, BackgroundStore, EncodedSlice
+from synth.base.slice_store import BackgroundInfo, BackgroundStore, EncodedSlice
 
 _MAX_POINTS = 256  # object pixels sampled for the "inside the background's body" check
 
@@ -77,7 +77,7 @@ class SliceBank:
                 raise DataError(f"exemplar {ref}: label value {counts.size - 1} outside the class set 0..{n - 1}")
             self._exemplars[ref] = (img, np.ascontiguousarray(lab))
             self._counts[ref] = counts
-        if hasattr(backgrounds, "validate"):  # a synth.pool.BackgroundStore: compact, decoded on access
+        if hasattr(backgrounds, "validate"):  # a synth.base.slice_store.BackgroundStore: compact, decoded on access
             backgrounds.validate(lambda ref, img: _check_image(img, f"background {ref}"))
             self._backgrounds = backgrounds
         else:
@@ -238,8 +238,8 @@ def make_bank(exemplars: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]
               backgrounds: Mapping[tuple[str, int], np.ndarray | EncodedSlice], class_names: tuple[str, ...],
               info: Mapping[tuple[str, int], BackgroundInfo] | None = None) -> SliceBank:
     """A bank from ``{(volume, slice): (image, label)}`` exemplars and ``{(volume, slice): image}``
-    backgrounds (float32 images or their exact compact encoding, :mod:`synth.pool`), each kept
-    in the order given; backgrounds are held in a :class:`~synth.pool.BackgroundStore` (with
+    backgrounds (float32 images or their exact compact encoding, :mod:`synth.base.slice_store`), each kept
+    in the order given; backgrounds are held in a :class:`~synth.base.slice_store.BackgroundStore` (with
     ``info``, the per-background facts the "fit" background choice uses, where known)."""
     info = info or {}
     store = BackgroundStore()

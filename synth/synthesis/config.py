@@ -16,14 +16,14 @@ from typing import Any
 
 from shared.errors import ConfigError
 from shared.fileio import read_json
-from synth.transforms import TransformRanges
+from synth.synthesis.transforms import TransformRanges
 
 TASKS = ("single", "multi")
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "synthesis.json"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "synthesis.json"
 # Named recipes (``synth build --recipe``): overrides applied to synthesis.json (= "extended").
 RECIPES = ("extended", "paper")
 DEFAULT_RECIPE = "extended"
-RECIPE_PATHS = {"paper": Path(__file__).resolve().parent / "configs" / "recipe_paper.json"}
+RECIPE_PATHS = {"paper": Path(__file__).resolve().parents[1] / "configs" / "recipe_paper.json"}
 BACKGROUND_CHOICES = ("fit", "random")
 
 
@@ -38,7 +38,7 @@ class Placement:
     feather: bool = True  # blend a 1-pixel ring outside each pasted object 50/50
     mix_prob: float = 0.0  # multi: probability that organ k comes from another exemplar containing k
     min_object_pixels: int = 1  # objects smaller than this in their exemplar are not pasted
-    background_choice: str = "fit"  # "fit": eligible slices for the object (synth.anatomy); "random": the pool
+    background_choice: str = "fit"  # "fit": eligible slices for the object (synth.synthesis.background_choice); "random": the pool
     level_ratio: float = 0.7  # "fit": content area within [r, 1/r] x the exemplar's (a compatible level)
     min_ring_content: float = 0.6  # the anatomy rule: this share of the ring 2-4 px outside must be tissue
     air_threshold: float = 0.04  # "air" (ring test): T'(Ib) below this

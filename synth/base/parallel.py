@@ -1,7 +1,7 @@
 """One way to run tasks in worker processes: ``map_tasks(fn, tasks, workers=, state=)``.
 
 Used by ``synth build`` (one task per shard), the volume scans of ``synth select`` / ``synth
-build`` (one task per volume, :mod:`synth.scanning`) and ``synth verify`` (one task per shard).
+build`` (one task per volume, :mod:`synth.selection.scanning`) and ``synth verify`` (one task per shard).
 
 Worker state. A task function is called as ``fn(worker, task)``; ``worker.state`` is the
 ``state`` given to :func:`map_tasks` (a build's producer and bank, a scan's shared pool

@@ -5,15 +5,15 @@ progress bar in volumes:
 
 1. labels (small files): per-slice class pixel counts and the sha256 of the case's files. That
    is all exemplar selection needs, so the exemplars are chosen here, before any image is decoded;
-   every foreground-free slice gets its pool key (``synth.pool.pool_key``).
+   every foreground-free slice gets its pool key (``synth.selection.background_pool.pool_key``).
 2. images, decoded a few slices at a time (``Source.image_chunks``): the per-slice content
    fraction (the background rule), the exemplar slices (plus their labels, read again only for
    volumes holding an exemplar) and the background candidates whose key can still make the
-   seeded pool sample (:class:`synth.pool.PoolSampler`; its threshold, capped early by
-   :class:`synth.pool.PoolCap`, is shared with the workers; a qualifying slice above it is
+   seeded pool sample (:class:`synth.selection.background_pool.PoolSampler`; its threshold, capped early by
+   :class:`synth.selection.background_pool.PoolCap`, is shared with the workers; a qualifying slice above it is
    reported by its key alone and read again at the end only if it makes the sample),
-   stored exactly and compactly (``synth.pool.encode_slice``) and cropped to its nonzero box
-   (``synth.pool.CroppedSlice``, ~1/5 of a BraTS slice): how workers send it and how the bank
+   stored exactly and compactly (``synth.base.slice_store.encode_slice``) and cropped to its nonzero box
+   (``synth.base.slice_store.CroppedSlice``, ~1/5 of a BraTS slice): how workers send it and how the bank
    keeps it (nothing is made whole again). Integer scans under the per-slice min-max preset
    (BraTS FLAIR) take an exact shortcut: the content fractions come from integer passes over the
    raw volume and only the kept slices are made float32 (``_scan_integers``; the same numbers and
@@ -37,11 +37,11 @@ import numpy as np
 from shared.allocator import reusing_freed_memory
 from shared.errors import DataError
 from shared.hashing import sha256_array, sha256_file
-from synth.parallel import Worker, context, map_tasks
+from synth.base.parallel import Worker, context, map_tasks
 from shared.intensity import SLICE_MINMAX, ExactSliceMinMax, apply_intensity, intensity_chunks, validate_preset
-from synth.pool import (CroppedSlice, EncodedSlice, PoolCap, PoolSampler, encode_minmax_slice, encode_slice,
-                        pool_key)
-from synth.selection import (BACKGROUND_MIN_CONTENT, VolumeScan, content_fraction, content_fraction_exact,
+from synth.base.slice_store import CroppedSlice, EncodedSlice, encode_minmax_slice, encode_slice
+from synth.selection.background_pool import PoolCap, PoolSampler, pool_key
+from synth.selection.rules import (BACKGROUND_MIN_CONTENT, VolumeScan, content_fraction, content_fraction_exact,
                              content_fraction_float)
 
 def relpath(path: Path, root: Path | None) -> str:
@@ -64,7 +64,7 @@ def hash_case_files(source: Any, case: str) -> tuple[dict[str, str], dict[str, s
 
 def map_volumes(fn: Callable[[Worker, tuple], Any], tasks: Sequence[tuple], workers: int, progress: bool, desc: str,
                 state: Any = None) -> Iterable[Any]:
-    """``fn(worker, task)`` over ``tasks`` on up to ``workers`` processes (:func:`synth.parallel.map_tasks`),
+    """``fn(worker, task)`` over ``tasks`` on up to ``workers`` processes (:func:`synth.base.parallel.map_tasks`),
     results in task order (a generator: the caller consumes each result before the next arrives),
     with a progress bar in volumes. ``state`` is the workers' state (:class:`ScanState`)."""
     from tqdm import tqdm
@@ -166,7 +166,7 @@ def _qualifies(key: int | None, content: float) -> bool:
 
 def _read_now(key: int, worker: Worker) -> bool:
     """A qualifying slice is encoded and sent when its key is within the shared bound (the pool
-    sampler's threshold, capped by :class:`synth.pool.PoolCap`; read fresh: it only decreases);
+    sampler's threshold, capped by :class:`synth.selection.background_pool.PoolCap`; read fresh: it only decreases);
     any other is reported by its key alone (deferred)."""
     return key <= _current_threshold(worker.state)
 

@@ -1,22 +1,18 @@
-"""The anatomy rule of the synthesis: backgrounds chosen for the object, placements that never
-leave an object hanging off the body, and the pixel-level "floating object" measure.
+"""The placement search of the anatomy rule: placements that never leave an object hanging off
+the body. (The background choice is :mod:`synth.synthesis.background_choice`, the ring and the
+floating measure :mod:`synth.synthesis.pixel_checks`.)
 
-Three jobs, each a pure function of its inputs (randomness comes from the caller's generator):
-
-- :class:`AnatomyIndex` caches, per bank, what the background choice needs: each pool slice's
-  content (body/brain) area and extent, each exemplar's content area and object extent, and the
-  ring of pixels 2-4 px outside each object (for the placement test).
 - :func:`search_placement`: for one drawn object transform, the first acceptable placement in
   the issue's order: the drawn position; moved towards the background's content; other drawn
   positions; the same again at smaller scales within the configured range. ``None`` if none is
   acceptable (the caller then tries another background, then a new exemplar/background pair).
-- :func:`floating_objects`: the measure on a finished sample (image + label): an object floats
-  when more than half of its ring (pixels 2-4 px outside it) is air (intensity < 0.04).
+- :func:`drawn_tests`: the acceptance of the drawn placements of a sample's objects at once.
 
 Acceptance ("the anatomy rule"): at least ``min_inside`` of the object's pixels land on the
 background's content (``T'(Ib) > content_threshold``) and at least ``min_ring_content`` of its
 ring lands on tissue (``T'(Ib) >= air_threshold``). Both are tested on fixed subsamples (<= 256
-points each) of the object and its ring, mapped by the object's affine.
+points each) of the object and its ring, mapped by the object's affine. Pure functions of their
+inputs (randomness comes from the caller's generator).
 """
 from __future__ import annotations
 
@@ -27,196 +23,15 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from synth.transforms import Affine, TransformParams, forward_affine
+from synth.synthesis.transforms import Affine, TransformParams, forward_affine
 
 if TYPE_CHECKING:  # pragma: no cover
-    from synth.bank import ObjectInfo, SliceBank, SliceRef
-    from synth.synthesis_config import Placement
+    from synth.synthesis.bank import ObjectInfo, SliceBank, SliceRef
+    from synth.synthesis.config import Placement
 
-RING_INNER_PX = 2.0  # the ring of an object: pixels at distance 2..4 px from it
-RING_OUTER_PX = 4.0
-AIR_THRESHOLD = 0.04  # "air": normalised intensity below this
-FLOAT_AIR_FRACTION = 0.5  # an object floats when more than this share of its ring is air
-_MAX_RING_POINTS = 256
 _MOVE_STEPS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)  # fractions of the way to the content centre
 
 
-# =============================================================================================
-# Ring geometry
-# =============================================================================================
-
-def _disk(radius: float) -> np.ndarray:
-    r = int(math.floor(radius))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    return (xx * xx + yy * yy <= radius * radius).astype(np.uint8)
-
-
-# Exact Euclidean distances on the pixel grid: dist <= 4 is a dilation by the radius-4 disk;
-# dist < 2 (the values 1 and sqrt 2) a dilation by the radius-sqrt(2) disk (the 3x3 square).
-_OUTER = _disk(RING_OUTER_PX)
-_INNER = _disk(math.sqrt(2.0))
-
-
-def ring_mask(mask: np.ndarray) -> np.ndarray:
-    """Pixels at Euclidean distance RING_INNER_PX..RING_OUTER_PX from ``mask`` (bool, same shape).
-    Only pixels inside the array are considered (the caller pads if the ring must not be cut)."""
-    m = np.ascontiguousarray(mask, dtype=np.uint8)
-    outer = cv2.dilate(m, _OUTER)
-    inner = cv2.dilate(m, _INNER)
-    return (outer > inner)
-
-
-def ring_points(crop: np.ndarray, bbox: tuple[int, int, int, int]) -> np.ndarray:
-    """(N, 2) float64 (x, y) source-frame points of the ring around a label crop (nonzero =
-    object) whose top-left pixel is ``bbox``'s; a deterministic subsample of <= 256."""
-    pad = int(math.ceil(RING_OUTER_PX)) + 1
-    padded = np.pad(crop > 0, pad)
-    ys, xs = np.nonzero(ring_mask(padded))
-    step = max(1, -(-ys.size // _MAX_RING_POINTS))
-    y0, _, x0, _ = bbox
-    return np.stack([xs[::step] + (x0 - pad), ys[::step] + (y0 - pad)], axis=1).astype(np.float64)
-
-
-# =============================================================================================
-# Per-bank caches for the background choice
-# =============================================================================================
-
-@dataclass(frozen=True)
-class ContentStats:
-    area: int  # content pixels
-    height: int  # content bounding box, pixels (0 when empty)
-    width: int
-
-
-class AnatomyIndex:
-    """Derived geometry of a bank's slices (cached; no randomness, no state beyond the caches)."""
-
-    def __init__(self, bank: "SliceBank"):
-        self.bank = bank
-        self._bg: dict[tuple[Any, float], ContentStats] = {}
-        self._ex: dict[tuple[Any, float], int] = {}
-        self._ring: dict[tuple[Any, int | None], np.ndarray] = {}
-        self._eligible: dict[tuple, tuple[list, str]] = {}
-        self._tables: dict[float, PoolTable] = {}
-
-    def background_stats(self, ref: "SliceRef", threshold: float) -> ContentStats:
-        key = (ref, threshold)
-        s = self._bg.get(key)
-        if s is None:
-            area = self.bank.content_area(ref, threshold)
-            box = self.bank.content_bbox(ref, threshold)
-            s = ContentStats(area, 0 if box is None else box[1] - box[0] + 1,
-                             0 if box is None else box[3] - box[2] + 1)
-            self._bg[key] = s
-        return s
-
-    def exemplar_area(self, ref: "SliceRef", threshold: float) -> int:
-        key = (ref, threshold)
-        a = self._ex.get(key)
-        if a is None:
-            a = self._ex[key] = int(np.count_nonzero(self.bank.exemplar(ref)[0] > threshold))
-        return a
-
-    def ring(self, ref: "SliceRef", cls: int | None) -> np.ndarray:
-        """(N, 2) points: the object's sample points, then its ring's (``ObjectInfo.points``
-        first, so ``len(info.points)`` splits them)."""
-        key = (ref, cls)
-        pts = self._ring.get(key)
-        if pts is None:
-            info = self.bank.object_info(ref, cls)
-            pts = self._ring[key] = np.ascontiguousarray(
-                np.concatenate([info.points, ring_points(info.crop, info.bbox)]).T)
-        return pts
-
-    def pool_table(self, threshold: float) -> "PoolTable":
-        """Every pool slice's content stats and frame size as arrays, in pool order (each slice
-        decoded once per threshold, not once per exemplar)."""
-        table = self._tables.get(threshold)
-        if table is None:
-            refs = list(self.bank.background_refs)
-            stats = [self.background_stats(ref, threshold) for ref in refs]
-            shapes = np.array([self.bank.background_shape(ref) for ref in refs], dtype=np.int64).reshape(-1, 2)
-            table = self._tables[threshold] = PoolTable(
-                refs, np.array([s.area for s in stats], dtype=np.int64),
-                np.array([s.height for s in stats], dtype=np.int64), np.array([s.width for s in stats], dtype=np.int64),
-                shapes[:, 0], shapes[:, 1])
-        return table
-
-    def eligible_backgrounds(self, base: "SliceRef", pl: "Placement", scale_low: float) -> tuple[list, str]:
-        """Pool slices that can hold ``base``'s object(s) and sit at a compatible level, in pool
-        order, and the tier used: ``"level"`` (content area within ``level_ratio`` of the
-        exemplar's own and room for the object), ``"room"`` (room only: no slice at a compatible
-        level), ``"pool"`` (nothing has room: the whole pool; placement fallbacks decide)."""
-        key = (base, pl.content_threshold, pl.min_inside, pl.level_ratio, scale_low)
-        hit = self._eligible.get(key)
-        if hit is not None:
-            return hit
-        thr = pl.content_threshold
-        ex_img = self.bank.exemplar(base)[0]
-        info = self.bank.object_info(base, None)
-        y0, y1, x0, x1 = info.bbox
-        ex_area = self.exemplar_area(base, thr)
-        t = self.pool_table(thr)
-        # float64 arrays, the same operations in the same order as per-slice Python floats: the
-        # same comparisons, so the same eligible lists (and samples) as a loop over the pool
-        fy, fx = t.frame_h / ex_img.shape[0], t.frame_w / ex_img.shape[1]
-        k = scale_low  # the smallest object scale the placement may use
-        need_h, need_w = (y1 - y0 + 1) * fy * k, (x1 - x0 + 1) * fx * k
-        need_area = info.count * fy * fx * k * k * pl.min_inside
-        has_room = (t.area >= need_area) & (t.height >= need_h) & (t.width >= need_w)
-        mapped = ex_area * fy * fx
-        at_level = has_room & (mapped > 0) & (pl.level_ratio * mapped <= t.area) & (t.area <= mapped / pl.level_ratio)
-        room = [t.refs[i] for i in np.flatnonzero(has_room)]
-        level = [t.refs[i] for i in np.flatnonzero(at_level)]
-        hit = (level, "level") if level else (room, "room") if room else (list(self.bank.background_refs), "pool")
-        self._eligible[key] = hit
-        return hit
-
-
-@dataclass(frozen=True)
-class PoolTable:
-    """:meth:`AnatomyIndex.pool_table`: per pool slice (pool order) content area, content box
-    height and width, and frame height and width."""
-
-    refs: list
-    area: np.ndarray
-    height: np.ndarray
-    width: np.ndarray
-    frame_h: np.ndarray
-    frame_w: np.ndarray
-
-
-def anatomy_index(bank: "SliceBank") -> AnatomyIndex:
-    """The bank's index (created on first use, stored on the bank: caches of derived data only)."""
-    idx = getattr(bank, "_anatomy_index", None)
-    if idx is None:
-        idx = AnatomyIndex(bank)
-        bank._anatomy_index = idx  # type: ignore[attr-defined]
-    return idx
-
-
-def choose_background(rng: np.random.Generator, bank: "SliceBank", base: "SliceRef",
-                      pl: "Placement", scale_low: float) -> tuple["SliceRef", float, dict]:
-    """One background for ``base``. ``random``: uniform over the pool (the paper). ``fit``: of
-    ``background_candidates`` uniform draws from the eligible slices (see
-    :meth:`AnatomyIndex.eligible_backgrounds`), the one whose content covers most of the
-    exemplar's object at its own position. Returns (ref, coverage, record)."""
-    if pl.background_choice == "random":
-        ref = bank.background_refs[int(rng.integers(len(bank.background_refs)))]
-        return ref, bank.coverage(base, ref, pl.content_threshold), {"choice": "random"}
-    refs, tier = anatomy_index(bank).eligible_backgrounds(base, pl, scale_low)
-    cand = rng.integers(len(refs), size=pl.background_candidates)
-    best, score = None, -1.0
-    for i in cand:
-        ref = refs[int(i)]
-        c = bank.coverage(base, ref, pl.content_threshold)
-        if c > score:
-            best, score = ref, c
-    return best, score, {"choice": "fit", "tier": tier, "eligible": len(refs)}
-
-
-# =============================================================================================
-# Placement search
 # =============================================================================================
 
 def shift_bounds(extent: tuple[float, float, float, float], shape: tuple[int, int],
@@ -488,41 +303,3 @@ def _drawn_counts(geos: list[_DrawnGeometry], moves: list[tuple[float, float]], 
 
 
 # =============================================================================================
-# The measure on finished samples
-# =============================================================================================
-
-def object_masks(label: np.ndarray, task: str, classes=None) -> list[np.ndarray]:
-    """The pasted objects of a sample: all foreground (single task) or each class present (multi;
-    ``classes``: the classes to look at, default those in the label)."""
-    if task == "single":
-        return [label > 0]
-    if classes is None:
-        classes = [int(c) for c in np.flatnonzero(np.bincount(label.ravel()))[1:]] if label.any() else []
-    return [label == c for c in classes]
-
-
-def ring_air_fraction(image: np.ndarray, mask: np.ndarray, air: float = AIR_THRESHOLD) -> float:
-    """Share of an object's ring (pixels 2-4 px outside it, inside the frame) that is air."""
-    x, y, bw, bh = cv2.boundingRect(mask.view(np.uint8))
-    if bw == 0:
-        return 0.0
-    pad = int(math.ceil(RING_OUTER_PX)) + 1
-    h, w = mask.shape
-    y0, y1 = max(y - pad, 0), min(y + bh + pad, h)
-    x0, x1 = max(x - pad, 0), min(x + bw + pad, w)
-    ring = ring_mask(mask[y0:y1, x0:x1])
-    n = int(np.count_nonzero(ring))
-    if n == 0:
-        return 0.0
-    return float(np.count_nonzero(ring & (image[y0:y1, x0:x1] < air))) / n
-
-
-def floating_objects(image: np.ndarray, label: np.ndarray, task: str, classes=None) -> tuple[int, float]:
-    """(number of floating objects, the largest ring air share) of one sample."""
-    worst, n = 0.0, 0
-    img = np.asarray(image, dtype=np.float32)
-    for m in object_masks(np.asarray(label), task, classes):
-        f = ring_air_fraction(img, m)
-        worst = max(worst, f)
-        n += f > FLOAT_AIR_FRACTION
-    return n, worst

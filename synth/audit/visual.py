@@ -137,7 +137,7 @@ def grid(panels: Sequence[np.ndarray], cols: int, gap: int = 4) -> np.ndarray:
 
 
 def params_lines(record: dict, class_names: Sequence[str]) -> list[str]:
-    """Human-readable transform parameters of a sample record (synth.synthesis format)."""
+    """Human-readable transform parameters of a sample record (synth.synthesis.sample format)."""
     def fmt(p: dict) -> str:
         flips = "".join(f for f, on in (("H", p["flip_h"]), ("V", p["flip_v"])) if on) or "-"
         return (f"s={p['scale']:.3f} rot={p['rotation']:+.1f} flip={flips} t=({p['tx']:+.1f},{p['ty']:+.1f}) "

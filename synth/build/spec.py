@@ -1,8 +1,8 @@
 """What a dataset build is: its configuration, its shard plan, the resolved :class:`Job`.
 
 A :class:`BuildConfig` holds every option that defines a dataset's content (``--workers``,
-``--part`` and ``--resume`` do not); :mod:`synth.jobs` resolves it into a :class:`Job` (source,
-exemplars, background pool, producer) and :func:`synth.build.run_job` writes the job. The shard
+``--part`` and ``--resume`` do not); :mod:`synth.build.jobs` resolves it into a :class:`Job` (source,
+exemplars, background pool, producer) and :func:`synth.build.run.run_job` writes the job. The shard
 plan cuts the sample range into shards of ``shard_size`` samples; a :class:`Part` (``--part
 i/n``) is a contiguous, shard-aligned slice of it.
 """
@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable
 from shared.errors import ConfigError
 from shared.manifest import dumps
 from shared.shards import IMAGE_DTYPES, SHARD_FORMATS
-from synth.pool import DEFAULT_POOL_SIZE
-from synth.producers import Producer
+from synth.selection.background_pool import DEFAULT_POOL_SIZE
+from synth.build.producers import Producer
 
 KINDS = ("synthesized", "exemplars", "all-slices", "volumes")
 DEFAULT_SHARD_SIZE = 256
@@ -65,9 +65,9 @@ class BuildConfig:
     format: str = "zarr"
     image_dtype: str = "float16"
     synthesis_config: str | None = None
-    recipe: str = "extended"  # synthesis recipe (synth.synthesis.RECIPES), before --synthesis-config
+    recipe: str = "extended"  # synthesis recipe (synth.synthesis.config.RECIPES), before --synthesis-config
     synthesis: dict[str, Any] | None = None  # the resolved synthesis config (recorded in full)
-    pool_size: int | None = DEFAULT_POOL_SIZE  # background pool: seeded sample above this (synth/pool.py)
+    pool_size: int | None = DEFAULT_POOL_SIZE  # background pool: seeded sample above this (synth/selection/background_pool.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,7 +166,7 @@ class BuildSummary:
     bytes_written: int
     kept_shards: int = 0
     already_complete: bool = False
-    # what the end-of-build report reads of each sample's synthesis record (synth.audit.placement_
+    # what the end-of-build report reads of each sample's synthesis record (synth.audit.info.placement_
     # digest), in sample order, when every shard was built now; None after a resume keeps shards
     placement: list[dict[str, Any]] | None = None
 

@@ -2,8 +2,8 @@
 
 API (what ``synth build`` calls per sample, and ``synth verify --replay`` per record)::
 
-    from synth.bank import SliceBank, SliceRef
-    from synth.synthesis_config import load_config
+    from synth.synthesis.bank import SliceBank, SliceRef
+    from synth.synthesis.config import load_config
     bank = SliceBank(exemplars={SliceRef(vol, k): (image, label), ...},   # float32 HxW [0,1], uint8 HxW
                      backgrounds={SliceRef(vol, k): image, ...},
                      class_names=("background", "tumour"))
@@ -21,8 +21,9 @@ pasted, largest first (later = smaller organs overwrite), onto one T'(Ib).
 The record (JSON) holds the background ref and its parameters, and per pasted object its exemplar
 ref, class, centre and every sampled parameter; :func:`replay` renders from those recorded values
 only. See docs/synthesis.md for the rules (placement, clamping, shapes, overlap). The bank lives
-in :mod:`synth.bank`, the config and recipes in :mod:`synth.synthesis_config`, the anatomy rule
-in :mod:`synth.anatomy`, the transforms in :mod:`synth.transforms`.
+in :mod:`synth.synthesis.bank`, the config and recipes in :mod:`synth.synthesis.config`, the
+anatomy rule in :mod:`synth.synthesis.background_choice`, :mod:`synth.synthesis.placement` and
+:mod:`synth.synthesis.pixel_checks`, the transforms in :mod:`synth.synthesis.transforms`.
 """
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ import cv2
 import numpy as np
 
 from shared.errors import DataError
-from synth.anatomy import (anatomy_index, choose_background, clamp_shift, drawn_tests, floating_objects,
-                           search_placement, shift_bounds)
-from synth.bank import SliceBank, SliceRef
-from synth.synthesis_config import Placement, SynthesisConfig, TaskConfig
-from synth.transforms import (
+from synth.synthesis.background_choice import anatomy_index, choose_background
+from synth.synthesis.pixel_checks import floating_objects
+from synth.synthesis.placement import clamp_shift, drawn_tests, search_placement, shift_bounds
+from synth.synthesis.bank import SliceBank, SliceRef
+from synth.synthesis.config import Placement, SynthesisConfig, TaskConfig
+from synth.synthesis.transforms import (
     TransformParams,
     apply_photometric,
     blur_pad,
@@ -135,7 +137,7 @@ class _Found:
 def _search(rng: np.random.Generator, bank: SliceBank, tc: TaskConfig, task: str, usable: list[SliceRef],
             render: Callable) -> _Found | None:
     """Draw (exemplar, background, parameters) until every object is placed by the anatomy rule
-    (synth/anatomy.py: an object is pasted only where it lies on the background's content).
+    (synth/synthesis/placement.py: an object is pasted only where it lies on the background's content).
     Fallbacks, in order: moved towards the content, redrawn positions, smaller scales
     (search_placement); another background; a new (exemplar, background) pair. None when
     ``max_pairs`` pairs fail. The draw order is fixed: it decides every sample's bytes."""

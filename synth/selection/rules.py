@@ -24,7 +24,7 @@ minimum by more than ``CONTENT_DELTA`` (0.02 of the [0, 1] range): brain tissue 
 section, not an empty slab.
 
 This module holds the rules and the per-slice statistics they score; the exemplar list they
-produce (choosing, reading, writing, validating it) is :mod:`synth.exemplar_list`.
+produce (choosing, reading, writing, validating it) is :mod:`synth.selection.exemplar_list`.
 """
 from __future__ import annotations
 
@@ -199,7 +199,7 @@ def background_pool(scans: list[VolumeScan], exemplar_pairs: set[tuple[str, int]
     Fallback (e.g. a CT cropped to the abdomen, with an organ in every slice): per volume, the
     ``FALLBACK_POOL_FRACTION`` of its content slices with the least foreground, exemplar slices
     excluded. Their labelled pixels are erased by inpainting when the bank is built
-    (``synth.background.background_image``); each such entry records ``erased_pixels``.
+    (``synth.synthesis.background.background_image``); each such entry records ``erased_pixels``.
     """
     strict = [{"volume": s.volume_id, "slice": int(k)} for s in scans for k in s.background_slices()]
     if strict:
