@@ -85,8 +85,8 @@ def run_ours(preset: dict, out: Path, workers: int, fmt: str) -> dict:
 def prepare(preset: dict, out: Path):
     import cv2
 
-    from synth.build.spec import BuildConfig
-    from synth.build.jobs import prepare_exemplar_job
+    from synth.building.spec import BuildConfig
+    from synth.building.jobs import prepare_exemplar_job
 
     cv2.setNumThreads(1)
     cfg = BuildConfig(kind="synthesized", dataset=preset["dataset"], root=str(data_root() / preset["root"]),
@@ -99,7 +99,7 @@ def run_ours_shards(job, workers: int) -> dict:
     forked workers share it). CPU = this process + its finished children."""
     import resource
 
-    from synth.build.run import run_job
+    from synth.building.run import run_job
 
     shutil.rmtree(job.out, ignore_errors=True)
     load = os.getloadavg()[0]

@@ -110,8 +110,8 @@ def main() -> None:
     if args.code is not None:
         sys.path.insert(0, str(args.code.resolve()))
 
-    import synth.build.run as build
-    import synth.build.jobs as jobs
+    import synth.building.run as build
+    import synth.building.jobs as jobs
     import synth.selection.scanning as scanning
     from synth.cli import cli
 

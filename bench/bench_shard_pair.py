@@ -2,7 +2,7 @@
 
 On a noisy shared machine, two runs one after the other can differ by 30 % with the same code.
 This runs the shard phase of ``bench/bench_build.py``'s presets (bank in memory, 1 worker, CPU
-seconds of ``synth.build.run.run_job``) for two checkouts **at the same time**, one process per core
+seconds of ``synth.building.run.run_job``) for two checkouts **at the same time**, one process per core
 (``OMP_NUM_THREADS=1``), ``--reps`` times each, and reports the ratio within each pair of runs
 (the same minutes of the same machine), their median and the ratio of the minima.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 code, preset, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sys.path[:0] = [code, code + "/bench"]
 import bench_build as bb
-from synth.build.run import run_job
+from synth.building.run import run_job
 cpu = []
 for _ in range(reps):
     tmp = tempfile.mkdtemp()

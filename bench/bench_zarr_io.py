@@ -181,7 +181,7 @@ def build_pass(job, writer: Callable[[Path, Arrays], None] | None) -> int:
     import dataclasses
 
     from shared.shards import FORMATS
-    from synth.build.run import run_job
+    from synth.building.run import run_job
 
     original = FORMATS["zarr"]
     if writer is not None:

@@ -184,7 +184,7 @@ def test_old_records_with_class_null_replay_bit_identically():
 def test_demo_source_refuses_a_root_and_wrong_roots_get_hints(tmp_path):
     from shared.errors import ConfigError, DataError
     from shared.sources import open_source
-    from synth.build.jobs import reopen_source
+    from synth.building.jobs import reopen_source
 
     with pytest.raises(ConfigError, match="reads no folder"):
         open_source("demo-brain", tmp_path)

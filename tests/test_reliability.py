@@ -394,7 +394,7 @@ def test_audit_detects_a_truncated_manifest(tmp_path: Path, demo_ds: Path):
 
 # ------------------------------------------------------------------------------ 9. atomic lock takeover
 def _contend(folder: str, barrier, holders, overlaps, wins, rounds: int) -> None:
-    from synth.build.outdir import BuildLock
+    from synth.building.outdir import BuildLock
 
     for _ in range(rounds):
         barrier.wait()  # the barrier's action has just planted a stale lock of a dead process

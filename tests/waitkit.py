@@ -6,7 +6,7 @@ line on a pipe), never for a time. Each wait has an upper bound that only a hang
 process wrote, instead of going on and asserting about a state that was never reached.
 
 A build that must still be running when it is signalled is held: :func:`held_build` runs
-``python -m synth build ...`` with ``synth.build.run.build_shard`` wrapped so that each shard from
+``python -m synth build ...`` with ``synth.building.run.build_shard`` wrapped so that each shard from
 ``hold_from`` on waits forever once its first sample is made (mid-shard, its writer open).
 Shards ``0 .. hold_from - 1`` finish (their sidecars appear), the build can never end by itself,
 and a signal or kill finds it at the same place on any machine.
@@ -24,8 +24,8 @@ HANG = 600.0  # seconds: only a test that would hang waits this long
 
 _HOLD = """
 import os, sys, threading
-import synth.build.run
-real = synth.build.run.build_shard
+import synth.building.run
+real = synth.building.run.build_shard
 hold_from = int(os.environ["EXEMPLAR_SAM_TEST_HOLD_FROM"])
 def build_shard(job, k, progress=None):
     if k < hold_from:
@@ -35,7 +35,7 @@ def build_shard(job, k, progress=None):
             progress(n)
         threading.Event().wait()  # held mid-shard: the test signals or kills the build here
     return real(job, k, held)
-synth.build.run.build_shard = build_shard  # forked workers inherit the wrapper
+synth.building.run.build_shard = build_shard  # forked workers inherit the wrapper
 sys.argv[0] = "synth"
 from synth.cli import main
 main()

@@ -164,7 +164,7 @@ def _check_samples(samples: Iterable, records, start: int, dtype: str, num_class
 def _replay(ds: ShardDataset, records: list[dict[str, Any]], k: int, seed: int, source_root, workers: int,
             progress: bool, report: VerifyReport) -> None:
     """Regenerate ``k`` random samples (chosen by ``seed``) and compare them with the stored ones."""
-    from synth.build.jobs import check_fingerprint, load_slices, reopen_source
+    from synth.building.jobs import check_fingerprint, load_slices, reopen_source
 
     rng = np.random.default_rng(seed)
     n = len(records)
@@ -234,7 +234,7 @@ def _differences(rec: dict[str, Any], image: np.ndarray, label: np.ndarray, dtyp
 
 
 def _note_environment(info: dict[str, Any], report: VerifyReport) -> None:
-    from synth.build.manifests import environment
+    from synth.building.manifests import environment
 
     now, then = environment(), info.get("environment") or {}
     changed = [f"{k} {then.get(k)} -> {now.get(k)}" for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k)]

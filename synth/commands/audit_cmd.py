@@ -132,7 +132,7 @@ def trace(dataset_dir: Path, exemplar: str | None, background: str | None, sampl
     """
     from shared.errors import ConfigError
     from synth.audit.info import find_sample, trace_exemplar
-    from synth.build.jobs import parse_slice_ref
+    from synth.building.jobs import parse_slice_ref
 
     given = [x for x in (exemplar, background, sample_id) if x is not None]
     if len(given) != 1:

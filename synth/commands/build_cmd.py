@@ -76,9 +76,9 @@ def build(dataset, root, modality, source_config, intensity, split, split_file, 
       synth build ... --part 3/8 --out parts/p3     # then: synth merge parts/p* --out ds/full
     """
     from shared.errors import ConfigError
-    from synth.build.run import run_job
-    from synth.build.spec import BuildConfig, Part
-    from synth.build.jobs import prepare_exemplar_job, prepare_slices_job
+    from synth.building.run import run_job
+    from synth.building.spec import BuildConfig, Part
+    from synth.building.jobs import prepare_exemplar_job, prepare_slices_job
     from synth.synthesis.config import DEFAULT_RECIPE
 
     if no_synthesis and all_slices:
@@ -228,9 +228,9 @@ def pack(dataset, root, modality, source_config, intensity, split, split_file, o
     Example:
       synth pack --dataset synapse --root Synapse --split test --out ds/synapse_test
     """
-    from synth.build.run import run_job
-    from synth.build.spec import BuildConfig
-    from synth.build.jobs import prepare_slices_job
+    from synth.building.run import run_job
+    from synth.building.spec import BuildConfig
+    from synth.building.jobs import prepare_slices_job
 
     if resume and overwrite:
         from shared.errors import ConfigError
@@ -265,7 +265,7 @@ def merge(parts, out, overwrite, move) -> None:
     Example:
       synth merge parts/p0 parts/p1 parts/p2 parts/p3 --out ds/brats150
     """
-    from synth.build.merge import merge_parts
+    from synth.building.merge import merge_parts
 
     summary = merge_parts(list(parts), out, overwrite=overwrite, move=move)
     click.echo(f"merged {len(parts)} part(s): {summary.num_samples} samples, "

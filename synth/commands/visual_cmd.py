@@ -40,7 +40,7 @@ def show(directory: Path, sample: str, out: Path, size: int, source_root: Path |
     import cv2
 
     from shared import open_dataset
-    from synth.audit.info import visual
+    from synth.audit import visual
 
     ds = open_dataset(directory)
     i = _resolve_sample(ds, sample, directory)
@@ -97,7 +97,7 @@ def sheet(directory: Path, out: Path, n: int, seed: int, cols: int, size: int) -
     import numpy as np
 
     from shared import open_dataset
-    from synth.audit.info import visual
+    from synth.audit import visual
 
     ds = open_dataset(directory)
     total = len(ds)

@@ -9,10 +9,9 @@ exemplar. Pure functions of their inputs (randomness comes from the caller's gen
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 
 from synth.synthesis.pixel_checks import RING_OUTER_PX, ring_mask

@@ -3,7 +3,7 @@
 :class:`SliceRef` names a 2D slice of a source volume; :class:`SliceBank` holds the exemplar and
 background slices in the order given (the exemplar list's), checks them, and caches per-slice
 geometry (objects, content masks and boxes, coverage). :func:`make_bank` is how a build
-(:mod:`synth.build.jobs`) and a replay (``synth verify --replay``, :mod:`synth.audit.verify`) assemble one.
+(:mod:`synth.building.jobs`) and a replay (``synth verify --replay``, :mod:`synth.audit.verify`) assemble one.
 """
 from __future__ import annotations
 

@@ -16,9 +16,8 @@ inputs (randomness comes from the caller's generator).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -26,7 +25,7 @@ import numpy as np
 from synth.synthesis.transforms import Affine, TransformParams, forward_affine
 
 if TYPE_CHECKING:  # pragma: no cover
-    from synth.synthesis.bank import ObjectInfo, SliceBank, SliceRef
+    from synth.synthesis.bank import ObjectInfo
     from synth.synthesis.config import Placement
 
 _MOVE_STEPS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)  # fractions of the way to the content centre

@@ -19,7 +19,7 @@ from shared.hashing import sha256_path
 from shared.locks import LOCK_FILE, FolderLock, LockBusy
 from shared.fileio import read_json
 from shared.shards import DATASET_FILE, SAMPLES_FILE, SHARDS_DIR, shard_relpath
-from synth.build.spec import Log, log_to_stderr
+from synth.building.spec import Log, log_to_stderr
 
 STATE_DIR = ".build"
 STATE_FILE = "state.json"

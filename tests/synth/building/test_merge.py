@@ -1,4 +1,4 @@
-"""synth/build/merge.py: parts built with --part join into the very bytes of a whole build."""
+"""synth/building/merge.py: parts built with --part join into the very bytes of a whole build."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from shared.errors import DataError
-from synth.build.run import run_job
-from synth.build.spec import BuildConfig, Part
-from synth.build.jobs import prepare_exemplar_job
-from synth.build.merge import merge_parts, read_parts
+from synth.building.run import run_job
+from synth.building.spec import BuildConfig, Part
+from synth.building.jobs import prepare_exemplar_job
+from synth.building.merge import merge_parts, read_parts
 
 QUIET = {"progress": False, "log": lambda message: None}
 

@@ -15,7 +15,7 @@ from shared import open_dataset
 from synthkit import SMALL, fail, ok, same_dataset, synth
 from waitkit import finished_shards, held_build, wait_until
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[3]
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("single") / "ds"

@@ -1,4 +1,4 @@
-"""synth/build/outdir.py: the output folder's lock, its safety checks and the resume state."""
+"""synth/building/outdir.py: the output folder's lock, its safety checks and the resume state."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 from shared.errors import DataError
 from shared.hashing import sha256_path
 from shared.locks import LOCK_FILE, FolderLock
-from synth.build.outdir import (STATE_DIR, BuildLock, check_finished_shards, check_out_outside_source, clear_output,
+from synth.building.outdir import (STATE_DIR, BuildLock, check_finished_shards, check_out_outside_source, clear_output,
                           make_output_dir, remove_temporaries, shard_sidecar)
 
 

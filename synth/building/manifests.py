@@ -1,6 +1,6 @@
 """A build's manifests: dataset.json's fields and the final write of dataset.json + samples.jsonl.
 
-The finished shards' sidecars (:func:`synth.build.outdir.shard_sidecar`) are joined into
+The finished shards' sidecars (:func:`synth.building.outdir.shard_sidecar`) are joined into
 ``samples.jsonl`` and ``dataset.json`` by :func:`finalize`; ``shared.manifest.write_dataset``
 writes them atomically, dataset.json last (its presence marks the dataset complete).
 """
@@ -11,8 +11,8 @@ from typing import Any
 from shared.errors import DataError
 from shared.fileio import read_json
 from shared.manifest import SCHEMA_VERSION, jsonl_text, tool_version, write_dataset
-from synth.build.spec import PATH_KEYS, Job, Part, part_info
-from synth.build.outdir import shard_sidecar
+from synth.building.spec import PATH_KEYS, Job, Part, part_info
+from synth.building.outdir import shard_sidecar
 
 
 def finalize(job: Job, plan, shards: range, part: Part | None, key: str) -> None:
@@ -34,7 +34,7 @@ def finalize(job: Job, plan, shards: range, part: Part | None, key: str) -> None
 def dataset_info(job: Job, shards: list[dict[str, Any]], key: str, *, part: dict[str, Any] | None,
                  geometry: dict[str, Any]) -> dict[str, Any]:
     """dataset.json's fields for ``job`` (``shards``: the shard entries; ``part``: see
-    :func:`synth.build.spec.part_info`; ``geometry``: per volume, for kind ``volumes``)."""
+    :func:`synth.building.spec.part_info`; ``geometry``: per volume, for kind ``volumes``)."""
     cfg = job.config
     info: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,

@@ -10,7 +10,7 @@ import pytest
 
 from shared.errors import DataError
 from shared.sources import open_source
-from synth.selection.rules import scanning
+from synth.selection import scanning
 from synth.selection.scanning import stream_scan
 
 
@@ -108,7 +108,7 @@ def test_spawned_scan_workers_get_the_source_once_and_agree(brats_root, tmp_path
 def _forced_rereads(monkeypatch, keep: float = 0.2) -> None:
     """A cap far below the pool's threshold from the start: the ``keep`` fraction of the free
     slices' keys (the sample needs more), whatever has been seen."""
-    from synth.selection.rules import background_pool
+    from synth.selection import background_pool
 
     monkeypatch.setattr(background_pool.PoolCap, "value", property(lambda self: int(self.keys[int(keep * len(self.keys))])))
 

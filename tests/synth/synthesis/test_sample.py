@@ -349,7 +349,7 @@ def test_naive_baseline_draws_the_same_samples(tmp_path) -> None:
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "bench" / "naive_synthesis.py"
+    path = Path(__file__).resolve().parents[3] / "bench" / "naive_synthesis.py"
     spec = importlib.util.spec_from_file_location("naive_synthesis", path)
     naive = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(naive)

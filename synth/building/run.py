@@ -1,6 +1,6 @@
 """Dataset builds: a job's samples -> shards + manifests, in parallel, resumable.
 
-One build turns a *producer* (:mod:`synth.build.producers`: something that makes sample ``i`` from
+One build turns a *producer* (:mod:`synth.building.producers`: something that makes sample ``i`` from
 nothing but ``i`` and the build's recorded inputs) into a dataset directory (``shared/shards.py``
 has the format). Kinds:
 
@@ -9,17 +9,17 @@ has the format). Kinds:
 - ``all-slices``: every slice of the split (``synth build --all-slices``);
 - ``volumes``: whole volumes in slice order, with their geometry (``synth pack``).
 
-Where things are: the configuration and shard plan in :mod:`synth.build.spec`, resolving a request
-into a :class:`~synth.build.spec.Job` in :mod:`synth.build.jobs`, the output folder's lock and resume
-state in :mod:`synth.build.outdir`, the manifests in :mod:`synth.build.manifests`, ``synth merge`` in
-:mod:`synth.build.merge`, the worker processes in :mod:`synth.base.parallel`. This module drives a build.
+Where things are: the configuration and shard plan in :mod:`synth.building.spec`, resolving a request
+into a :class:`~synth.building.spec.Job` in :mod:`synth.building.jobs`, the output folder's lock and resume
+state in :mod:`synth.building.outdir`, the manifests in :mod:`synth.building.manifests`, ``synth merge`` in
+:mod:`synth.building.merge`, the worker processes in :mod:`synth.base.parallel`. This module drives a build.
 
 Determinism: sample ``i`` depends only on (seed, i, exemplar list, background pool, config), and
 each worker process builds whole shards, so the output does not depend on ``--workers``.
-``--part i/n`` builds a shard-aligned slice of the sample range; :func:`synth.build.merge.merge_parts`
+``--part i/n`` builds a shard-aligned slice of the sample range; :func:`synth.building.merge.merge_parts`
 joins parts.
 
-Safety: the output folder is locked (see :mod:`synth.build.outdir`); shards are written under temporary
+Safety: the output folder is locked (see :mod:`synth.building.outdir`); shards are written under temporary
 names and renamed; each finished shard leaves a sidecar ``.build/shard-XXXXX.json`` (its hashes
 and sample records) so ``--resume`` keeps the shards whose sha256 still checks; ``samples.jsonl``
 then ``dataset.json`` are written last, atomically.
@@ -41,14 +41,14 @@ from shared.fileio import atomic_write_text, read_json
 from shared.locks import LOCK_FILE
 from shared.manifest import dumps, jsonl_text
 from shared.shards import DATASET_FILE, SHARDS_DIR, ShardWriter, shard_relpath
-from synth.build.spec import (BuildSummary, Job, Log, Part, count_samples, diff_keys, identity_key, log_to_stderr,
+from synth.building.spec import (BuildSummary, Job, Log, Part, count_samples, diff_keys, identity_key, log_to_stderr,
                              part_info, part_shards, plan_shards)
 from synth.audit.info import placement_digest
-from synth.build.manifests import finalize
-from synth.build.outdir import (STATE_DIR, STATE_FILE, BuildLock, check_finished_shards, check_out_outside_source,
+from synth.building.manifests import finalize
+from synth.building.outdir import (STATE_DIR, STATE_FILE, BuildLock, check_finished_shards, check_out_outside_source,
                           clear_output, make_output_dir, remove_temporaries, shard_sidecar)
 from synth.base.parallel import Worker, map_tasks
-from synth.build.producers import Producer, class_pixels
+from synth.building.producers import Producer, class_pixels
 
 
 def run_job(job: Job, *, workers: int = 1, part: Part | None = None, overwrite: bool = False,
@@ -186,7 +186,7 @@ def _shard_task(worker: Worker, k: int) -> dict[str, Any]:
 
 def build_shard(job: ShardJob, k: int, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Build shard k of ``job``: make its samples, one bulk write, then its sidecar (the shard's
-    entry and sample records, read back by :func:`synth.build.manifests.finalize`)."""
+    entry and sample records, read back by :func:`synth.building.manifests.finalize`)."""
     start, count = job.plan[k]
     producer = job.producer
     in_range = bool(getattr(producer, "in_range", False))

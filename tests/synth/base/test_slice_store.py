@@ -1,31 +1,13 @@
-"""synth/selection/background_pool.py and synth/base/slice_store.py: seeded pool sample (streaming == offline), exact compact background storage."""
+"""synth/base/slice_store.py: exact compact background storage."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from shared.intensity import SLICE_MINMAX, ExactSliceMinMax, apply_intensity
-from synth.synthesis.bank import SliceBank, SliceRef
 from synth.base.slice_store import BackgroundInfo, BackgroundStore, encode_minmax_slice, encode_slice
-from synth.selection.background_pool import PoolSampler, pool_key, sample_pool
 from synth.selection.rules import content_fraction, content_fraction_exact
-
-
-def test_streaming_sampler_equals_sample_pool_in_any_order():
-    pool = [{"volume": f"case{v:03d}", "slice": k} for v in range(40) for k in range(0, 60, 3)]
-    for size in (1, 37, 500, len(pool), len(pool) + 5):
-        expected = sample_pool(pool, size, seed=7)
-        assert len(expected) == min(size, len(pool))
-        assert expected == [e for e in pool if e in expected]  # (volume, slice) order kept
-        for order in (pool, pool[::-1], list(np.random.default_rng(1).permutation(pool))):
-            sampler = PoolSampler(size)
-            for e in order:
-                key = pool_key(7, e["volume"], e["slice"])
-                if key <= sampler.threshold:
-                    sampler.offer(key, e["volume"], e["slice"], None)
-            assert sorted(sampler.items()) == [(e["volume"], e["slice"]) for e in expected]
-    assert sample_pool(pool, None, 0) == pool and sample_pool(pool, 0, 0) == pool
-    assert sample_pool(pool, 10, 1) != sample_pool(pool, 10, 2)
+from synth.synthesis.bank import SliceBank, SliceRef
 
 
 def test_encode_slice_is_exact_and_compact():
@@ -103,7 +85,6 @@ def test_store_in_bank_decodes_on_access():
     assert np.array_equal(bank.background(SliceRef("a", 1)), images[1])
     assert bank.background_info[SliceRef("a", 1)].position == 1.0
     assert store.nbytes == 2 * 32 * 32 * 2 and store.dtypes() == {"uint16": 2}
-
 
 
 def test_cropped_slices_hold_the_same_bytes():
@@ -211,35 +192,6 @@ def test_minmax_offsets_equal_the_wide_subtraction_for_every_integer_dtype():
                 want = (raw[k].astype(np.int64) - int(raw[k].min())).astype(np.uint16)
                 got = minmax.offsets(k)
                 assert got.dtype == np.uint16 and np.array_equal(got, want), (dtype, lo, hi)
-
-
-def test_pool_cap_follows_the_qualifying_fraction():
-    from synth.selection.background_pool import PoolCap
-
-    keys = list(range(1000, 0, -1))  # any order: the cap sorts them
-    cap = PoolCap(100, keys, margin=0.2, min_seen=0.05)
-    assert cap.value == (1 << 64) - 1  # nothing seen yet: no cap
-    cap.observe(40, 20)
-    assert cap.value == (1 << 64) - 1  # 40 < 5 % of 1000
-    cap.observe(60, 30)  # 100 free seen, half qualify: rank 100 * 1.2 / 0.5 = 240
-    assert cap.value == 241  # sorted keys 1..1000: rank 240 is key 241
-    cap.observe(100, 0)  # a quarter qualify: rank 480
-    assert cap.value == 481
-    assert PoolCap(100, keys[:150]).value == (1 << 64) - 1 and PoolCap(None, keys).value == (1 << 64) - 1
-    small = PoolCap(900, keys)
-    small.observe(500, 400)  # rank 900 * 1.2 / 0.8 = 1350 >= 1000 keys: no cap
-    assert small.value == (1 << 64) - 1
-
-
-def test_sampler_items_are_in_slice_order_whatever_the_offer_order():
-    a, b = PoolSampler(3), PoolSampler(3)
-    offers = [(5, "v2", 1), (9, "v1", 4), (1, "v1", 7), (7, "v3", 0), (3, "v1", 2)]
-    for key, v, k in offers:
-        a.offer(key, v, k, f"{v}:{k}")
-    for key, v, k in reversed(offers):
-        b.offer(key, v, k, None if k == 2 else f"{v}:{k}")
-    assert list(a.items()) == list(b.items()) == [("v1", 2), ("v1", 7), ("v2", 1)]
-    assert b.items()[("v1", 2)] is None  # a deferred place keeps its rank in the sample
 
 
 def test_float_minmax_counts_equal_the_float32_preset():

@@ -18,9 +18,9 @@ from shared.fileio import read_json
 from shared.hashing import sha256_path
 from shared.manifest import dumps, write_dataset
 from shared.shards import DATASET_FILE, SAMPLES_FILE, SHARDS_DIR
-from synth.build.spec import BuildSummary, Log, diff_keys, log_to_stderr
-from synth.build.manifests import identity_of
-from synth.build.outdir import BuildLock, clear_output, make_output_dir, same_fs
+from synth.building.spec import BuildSummary, Log, diff_keys, log_to_stderr
+from synth.building.manifests import identity_of
+from synth.building.outdir import BuildLock, clear_output, make_output_dir, same_fs
 
 PartInfo = tuple[Path, dict[str, Any]]  # a part folder and its dataset.json
 

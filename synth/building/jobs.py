@@ -1,4 +1,4 @@
-"""Resolve a build request into a :class:`synth.build.spec.Job`: source, split, exemplar list, bank.
+"""Resolve a build request into a :class:`synth.building.spec.Job`: source, split, exemplar list, bank.
 
 Volumes are read in parallel worker processes (one volume per task); each returns only what the
 build keeps: its selection statistics, candidate slices and the sha256 of its files. So every
@@ -19,12 +19,12 @@ from shared.errors import ConfigError, DataError
 from shared.hashing import sha256_array, sha256_file
 from synth.synthesis.background import background_image
 from synth.synthesis.bank import make_bank
-from synth.build.spec import BuildConfig, Job, Log, default_num_samples, log_to_stderr
+from synth.building.spec import BuildConfig, Job, Log, default_num_samples, log_to_stderr
 from synth.selection.exemplar_list import ExemplarList, select_exemplars
 from synth.base.parallel import Worker
 from synth.base.slice_store import BackgroundInfo, encode_slice
 from synth.selection.background_pool import sample_pool
-from synth.build.producers import PreloadedSlices, SliceProducer, SynthesisProducer
+from synth.building.producers import PreloadedSlices, SliceProducer, SynthesisProducer
 from synth.selection.scanning import ScanState, hash_case_files, map_volumes, relpath, stream_scan
 from synth.selection.rules import ExemplarSpec
 from synth.synthesis.config import load_config

@@ -1,5 +1,5 @@
-"""The anatomy rule (synth/synthesis/placement.py, background_choice.py, pixel_checks.py): placement never leaves an object off the body, fallbacks
-are recorded and replay exactly, backgrounds fit the object, the ring test, the recipes."""
+"""The placement search of the anatomy rule (synth/synthesis/placement.py): placement never leaves an
+object off the body, fallbacks are recorded and replay exactly, the recipes."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from shared.errors import ConfigError, DataError
-from synth.synthesis.pixel_checks import floating_objects, ring_air_fraction, ring_mask
 from synth.synthesis.bank import SliceBank, SliceRef
-from synth.synthesis.sample import replay, synthesize
 from synth.synthesis.config import SynthesisConfig, load_config
-from synthkit import ellipse, abdomen_bank, brain_bank
+from synth.synthesis.pixel_checks import floating_objects
+from synth.synthesis.sample import replay, synthesize
+from synthkit import ellipse, abdomen_bank
 
 CONFIG = load_config()
 
@@ -101,15 +101,6 @@ def test_no_acceptable_placement_is_an_error_not_a_violation() -> None:
         synthesize(0, 0, bank, cfg, "single")
 
 
-def test_fit_backgrounds_prefer_slices_that_hold_the_object() -> None:
-    bank = _small_heads_bank(n_bg_small=6, n_bg_large=2)
-    cfg = load_config()
-    used = [synthesize(i, 2, bank, cfg, "single")[2]["background"] for i in range(30)]
-    assert all(b["choice"] == "fit" for b in used)
-    assert all(b["ref"]["slice"] >= 100 for b in used)  # only the large heads hold these tumours
-    assert {b["tier"] for b in used} <= {"level", "room"}
-
-
 def test_paper_recipe_is_eq_1_3() -> None:
     cfg = load_config(None, "paper")
     for task in ("single", "multi"):
@@ -141,98 +132,6 @@ def test_extended_multi_keeps_organs_on_the_body() -> None:
     for i in range(20):
         image, label, rec = synthesize(i, 4, bank, CONFIG, "multi")
         _check_rule(image, label, rec, CONFIG, "multi")
-
-
-# --- the ring test -------------------------------------------------------------------------------
-
-def test_ring_mask_is_the_2_to_4_px_band() -> None:
-    mask = np.zeros((40, 40), bool)
-    mask[15:22, 12:20] = True
-    mask[22, 14] = True
-    ring = ring_mask(mask)
-    ys, xs = np.nonzero(mask)
-    yy, xx = np.mgrid[:40, :40]
-    dist = np.sqrt(((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2)).min(axis=-1)
-    assert np.array_equal(ring, (dist >= 2) & (dist <= 4))
-
-
-def test_floating_measure() -> None:
-    shape = (60, 60)
-    head = ellipse(shape, 30, 30, 20, 20)
-    image = np.where(head, 0.5, 0.0).astype(np.float32)
-    inside = ellipse(shape, 30, 30, 5, 5)
-    outside = ellipse(shape, 5, 5, 3, 3)
-    edge = ellipse(shape, 30, 10, 5, 5)  # straddles the head's edge
-    lab = np.zeros(shape, np.uint8)
-    lab[inside] = 1
-    assert floating_objects(image, lab, "single") == (0, 0.0)
-    lab[:] = 0
-    lab[outside] = 1
-    n, air = floating_objects(image, lab, "single")
-    assert n == 1 and air == 1.0
-    assert 0.2 < ring_air_fraction(image, edge) < 0.8
-    multi = np.zeros(shape, np.uint8)
-    multi[inside] = 2
-    multi[outside] = 5
-    assert floating_objects(image, multi, "multi")[0] == 1
-
-
-def test_brain_bank_samples_do_not_float() -> None:
-    bank = brain_bank()
-    for i in range(30):
-        image, label, rec = synthesize(i, 0, bank, CONFIG, "single")
-        assert rec["check"]["floating"] == 0
-        assert floating_objects(image, label, "single")[0] == 0
-
-
-def test_eligible_backgrounds_match_the_per_slice_rule_and_decode_each_slice_once(monkeypatch) -> None:
-    """The vectorised pool table gives exactly the per-slice rule's lists (pool order), for every
-    exemplar and scale, and decodes each stored background once, not once per exemplar (a
-    240-patient pool of 4096 slices x 150 exemplars took 20 s of decoding before)."""
-    from synth.synthesis.background_choice import anatomy_index
-    from synth.synthesis.bank import make_bank
-    from synth.base.slice_store import EncodedSlice
-
-    src = _small_heads_bank(n_bg_small=8, n_bg_large=3)
-    bank = make_bank({(r.volume, r.slice): src.exemplar(r) for r in src.exemplar_refs},
-                     {(r.volume, r.slice): src.background(r) for r in src.background_refs}, src.class_names)
-    decodes = []
-    original = EncodedSlice.decode
-    monkeypatch.setattr(EncodedSlice, "decode", lambda self: decodes.append(1) or original(self))
-    pl = CONFIG.task("single").placement
-    idx = anatomy_index(bank)
-    for scale_low in (0.5, 0.8, 1.0, 1.3):
-        for base in bank.exemplar_refs:
-            got, tier = idx.eligible_backgrounds(base, pl, scale_low)
-            ex_img = bank.exemplar(base)[0]
-            info = bank.object_info(base, None)
-            y0, y1, x0, x1 = info.bbox
-            ex_area = idx.exemplar_area(base, pl.content_threshold)
-            room, level = [], []
-            for ref in bank.background_refs:        # the rule, one slice at a time
-                s = idx.background_stats(ref, pl.content_threshold)
-                h, w = bank.background(ref).shape
-                fy, fx = h / ex_img.shape[0], w / ex_img.shape[1]
-                if (s.area >= info.count * fy * fx * scale_low * scale_low * pl.min_inside
-                        and s.height >= (y1 - y0 + 1) * fy * scale_low and s.width >= (x1 - x0 + 1) * fx * scale_low):
-                    room.append(ref)
-                    mapped = ex_area * fy * fx
-                    if mapped > 0 and pl.level_ratio * mapped <= s.area <= mapped / pl.level_ratio:
-                        level.append(ref)
-            want = (level, "level") if level else (room, "room") if room else (list(bank.background_refs), "pool")
-            assert (got, tier) == want
-    monkeypatch.setattr(EncodedSlice, "decode", original)
-    fresh = anatomy_index(make_bank({(r.volume, r.slice): src.exemplar(r) for r in src.exemplar_refs},
-                                    {(r.volume, r.slice): src.background(r) for r in src.background_refs},
-                                    src.class_names))
-    decodes.clear()
-    looks: list[int] = []  # content masks: EncodedSlice.above (integer levels: no decode at all)
-    above = EncodedSlice.above
-    monkeypatch.setattr(EncodedSlice, "decode", lambda self: decodes.append(1) or original(self))
-    monkeypatch.setattr(EncodedSlice, "above", lambda self, t: looks.append(1) or above(self, t))
-    for base in fresh.bank.exemplar_refs:
-        fresh.eligible_backgrounds(base, pl, 0.8)
-    assert len(looks) == len(fresh.bank.background_refs) and len(decodes) <= len(looks)
 
 
 def test_content_centre_is_opencv_moments_centroid_exactly() -> None:

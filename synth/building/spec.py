@@ -1,8 +1,8 @@
 """What a dataset build is: its configuration, its shard plan, the resolved :class:`Job`.
 
 A :class:`BuildConfig` holds every option that defines a dataset's content (``--workers``,
-``--part`` and ``--resume`` do not); :mod:`synth.build.jobs` resolves it into a :class:`Job` (source,
-exemplars, background pool, producer) and :func:`synth.build.run.run_job` writes the job. The shard
+``--part`` and ``--resume`` do not); :mod:`synth.building.jobs` resolves it into a :class:`Job` (source,
+exemplars, background pool, producer) and :func:`synth.building.run.run_job` writes the job. The shard
 plan cuts the sample range into shards of ``shard_size`` samples; a :class:`Part` (``--part
 i/n``) is a contiguous, shard-aligned slice of it.
 """
@@ -18,7 +18,7 @@ from shared.errors import ConfigError
 from shared.manifest import dumps
 from shared.shards import IMAGE_DTYPES, SHARD_FORMATS
 from synth.selection.background_pool import DEFAULT_POOL_SIZE
-from synth.build.producers import Producer
+from synth.building.producers import Producer
 
 KINDS = ("synthesized", "exemplars", "all-slices", "volumes")
 DEFAULT_SHARD_SIZE = 256

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from shared.errors import DataError
-from synth.audit.info import visual
+from synth.audit import visual
 from synth.synthesis.bank import SliceRef
 from synth.synthesis.sample import synthesize
 from synth.synthesis.config import load_config

@@ -1,4 +1,4 @@
-"""synth/build/jobs.py (a build request -> a Job with its bank) and synth/build/run.py's shard workers, directly."""
+"""synth/building/jobs.py (a build request -> a Job with its bank) and synth/building/run.py's shard workers, directly."""
 from __future__ import annotations
 
 import json
@@ -11,12 +11,12 @@ from shared.errors import ConfigError
 from shared.hashing import sha256_path
 from shared.sources import open_source
 from synth.synthesis.bank import SliceRef
-from synth.build.run import ShardJob, build_shard, run_job
-from synth.build.spec import BuildConfig, plan_shards
+from synth.building.run import ShardJob, build_shard, run_job
+from synth.building.spec import BuildConfig, plan_shards
 from synth.selection.exemplar_list import select_exemplars
-from synth.build.jobs import parse_slice_ref, prepare_exemplar_job
-from synth.build.outdir import STATE_DIR, shard_sidecar
-from synth.build.producers import PreloadedSlices, SynthesisProducer
+from synth.building.jobs import parse_slice_ref, prepare_exemplar_job
+from synth.building.outdir import STATE_DIR, shard_sidecar
+from synth.building.producers import PreloadedSlices, SynthesisProducer
 
 QUIET = {"progress": False, "log": lambda message: None}
 BASE = {"dataset": "demo-brain", "split": "test", "num_samples": 20, "shard_size": 6, "seed": 3}

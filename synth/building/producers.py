@@ -1,7 +1,7 @@
 """Producers: what makes sample ``i`` of a build, from ``i`` and the build's recorded inputs only.
 
 A producer gives ``(image float [0, 1], label uint8, record extras)`` for sample ``i`` and its
-sample id; :func:`synth.build.run.build_shard` writes them. Kinds: ``synthesized``
+sample id; :func:`synth.building.run.build_shard` writes them. Kinds: ``synthesized``
 (:class:`SynthesisProducer`, cut-paste synthesis from the exemplar bank), ``exemplars``
 (:class:`PreloadedSlices`, the exemplar slices themselves), ``all-slices`` and ``volumes``
 (:class:`SliceProducer`, slices read from the source).
@@ -105,7 +105,7 @@ def class_pixels(label: np.ndarray, class_names: Sequence[str], sample_id: str) 
 
 
 class PreloadedSlices(SliceProducer):
-    """Exemplar slices already read by :func:`synth.build.jobs.read_cases` (no second read of the volumes)."""
+    """Exemplar slices already read by :func:`synth.building.jobs.read_cases` (no second read of the volumes)."""
 
     def __init__(self, kind: str, refs, ids, slices: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]):
         super().__init__(kind, None, refs, ids)

@@ -14,7 +14,7 @@ from shared.splits import resolve_split
 from synth.selection.exemplar_list import ExemplarList, select_exemplars
 from synth.selection.rules import ExemplarSpec, VolumeScan, pick_most_organs, rank_slices, scan_source
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "data_manifests/schemas/exemplar_list.schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).resolve().parents[3] / "data_manifests/schemas/exemplar_list.schema.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def test_list_file_round_trip_and_schema(tmp_path, brats):
 
 
 def test_published_lists_are_valid_and_reusable(brats_root, synapse_root):
-    folder = Path(__file__).resolve().parents[2] / "data_manifests" / "exemplars"
+    folder = Path(__file__).resolve().parents[3] / "data_manifests" / "exemplars"
     files = sorted(folder.glob("*.json"))
     assert {f.name for f in files} >= {"brats2018_sample_150.json", "synapse_sample_1.json"}
     for f in files:
@@ -197,7 +197,7 @@ def test_bad_lists_name_the_file_and_entry(tmp_path, synapse_root):
         with pytest.raises(DataError, match=match):
             ExemplarList.from_json(path, src)
     with pytest.raises(DataError, match="made for dataset 'synapse', not 'demo-abdomen'"):
-        ExemplarList.from_json(Path(__file__).resolve().parents[2] / "data_manifests/exemplars/synapse_sample_1.json",
+        ExemplarList.from_json(Path(__file__).resolve().parents[3] / "data_manifests/exemplars/synapse_sample_1.json",
                                open_source("demo-abdomen"))
     with pytest.raises(DataError, match="exemplar list not found"):
         ExemplarList.from_json(tmp_path / "nope.json", src)
