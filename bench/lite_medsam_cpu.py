@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 VAL_SPLIT = ROOT / "data_manifests" / "splits" / "brats2018_cohort_val.json"
 SAMPLES = 480
-STEPS = 600
+STEPS = 300
 SEED = 0
 RECIPES = {
     "paper-point": {"lr": "1e-3", "prompt": "point"},
@@ -96,6 +96,8 @@ def main(argv=None) -> int:
                          "the test slices' embedding cache that the test stage reuses)")
     ap.add_argument("--recipe", choices=tuple(RECIPES), default=None, help="test stage: skip the choice")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--recipes", default=",".join(RECIPES),
+                    help="val stage: the recipes to run (comma list; two processes may share one OUT)")
     args = ap.parse_args(argv)
     cohort = args.data / "brats2018_cohort"
     out = args.out
@@ -110,15 +112,17 @@ def main(argv=None) -> int:
     if args.stage in ("val", "all"):
         val_test = pack(out / "val" / "volumes", cohort, log, VAL_SPLIT)
         syn = build(out / "val" / "syn8", cohort, log, split_file=VAL_SPLIT, synthesis=True)
-        for name, r in RECIPES.items():
+        for name in args.recipes.split(","):
+            r = RECIPES[name]
             run_dir = fit(syn, out / "val" / f"run-{name}", r, log, cache, args.threads)
             for prompt in ("center", "box"):
                 s = evaluate(["--run", run_dir], val_test, out / "val" / f"eval-{name}-{prompt}", prompt, log,
                              cache, args.threads)
+                results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else results
                 results.setdefault("val", {}).setdefault(name, {})[prompt] = {
                     "dsc": s["mean_dsc"], "hd95": s["mean_hd95"], "volume_ratio": s["median_volume_ratio"]}
                 save()
-        recipe = recipe or max(RECIPES, key=lambda n: results["val"][n]["center"]["dsc"])
+        recipe = recipe or max(results["val"], key=lambda n: results["val"][n]["center"]["dsc"])
         results["chosen_recipe"] = recipe
         save()
         print(f"validation: {json.dumps(results['val'])}; chosen {recipe}", flush=True)
