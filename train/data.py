@@ -40,48 +40,11 @@ from shared.errors import DataError, ExemplarSamError
 from train.augment import apply_augment, sample_augment
 from train.config import AugmentConfig
 from train.prompts import jittered_box, sample_training_prompt
+from train.resize import resize_image_into, resize_label_into
 
 PROMPT_STREAM = 1   # rng stream ids (third/fourth seed words) so prompts and augments are independent
 AUGMENT_STREAM = 2
 BOX_STREAM = 3      # box jitter and the point-or-box choice of mixed prompts (point streams unchanged)
-
-
-def resize_image_into(image: np.ndarray, out: np.ndarray) -> None:
-    """``out[...] = train.resize.resize_image(image, size)``, written in place.
-
-    float16 -> float32 through OpenCV (``x - 0.0``: exact for every float16, -0.0 included; ~3x
-    numpy's cast), then ``cv2.resize`` (INTER_LINEAR) with ``dst`` the batch slot."""
-    import cv2
-
-    if image.dtype == np.float16:
-        image = cv2.subtract(image, 0.0, dtype=cv2.CV_32F)
-    else:
-        image = np.asarray(image, dtype=np.float32)
-    if image.shape == out.shape:
-        out[...] = image
-        return
-    res = cv2.resize(image, (out.shape[1], out.shape[0]), dst=out, interpolation=cv2.INTER_LINEAR)
-    if not _same_buffer(res, out):  # OpenCV allocated instead of writing in place (should not happen)
-        out[...] = res
-
-
-def _resize_label_into(label: np.ndarray, out: np.ndarray) -> None:
-    """``out[...] = train.resize.resize_label(label, size)`` (uint8, pixel-centre nearest), in place."""
-    import cv2
-
-    from train.resize import LABEL_INTERPOLATION
-
-    label = label.astype(np.uint8, copy=False)
-    if label.shape == out.shape:
-        out[...] = label
-        return
-    res = cv2.resize(label, (out.shape[1], out.shape[0]), dst=out, interpolation=LABEL_INTERPOLATION)
-    if not _same_buffer(res, out):
-        out[...] = res
-
-
-def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
 
 
 def foreground_samples(ds, img_size: int | None = None, resize: str = "square") -> np.ndarray:
@@ -107,7 +70,7 @@ def foreground_samples(ds, img_size: int | None = None, resize: str = "square") 
                     geometry.label_into(labels[j, :h, :w], buf)
                     any_fg[j] = buf.any()
                 elif (h, w) != buf.shape:
-                    _resize_label_into(labels[j, :h, :w], buf)
+                    resize_label_into(labels[j, :h, :w], buf)
                     any_fg[j] = buf.any()
         flags[start:start + count] = any_fg
     return flags
@@ -331,7 +294,7 @@ class ShardBatchStream(IterableDataset):
             elif s.resize == "square":
                 resize_image_into(sample["image"], images[i, 0])
                 label = targets[i] if not prompted else label_buf
-                _resize_label_into(sample["label"], label)
+                resize_label_into(sample["label"], label)
             else:
                 geometry.image_into(sample["image"], images[i, 0])
                 label = targets[i] if not prompted else label_buf

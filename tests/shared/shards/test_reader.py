@@ -207,7 +207,7 @@ def test_float16_to_float32_exact_for_every_value():
     """The OpenCV conversion in resize_image_into (x - 0.0) is numpy's cast for every float16."""
     import cv2
 
-    from train.data import resize_image_into
+    from train.resize import resize_image_into
 
     every = np.arange(0, 1 << 16, dtype=np.uint16).view(np.float16).reshape(256, 256)
     finite = np.isfinite(every)
