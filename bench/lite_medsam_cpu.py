@@ -95,7 +95,9 @@ def main(argv=None) -> int:
                     help="zero-shot: only the zero-shot rows of the test split (no recipe needed; they fill "
                          "the test slices' embedding cache that the test stage reuses)")
     ap.add_argument("--recipe", choices=tuple(RECIPES), default=None, help="test stage: skip the choice")
+    ap.add_argument("--arms", default="syn8,ex8", help="test stage: syn8 (synthesized, 8 exemplars), ex8 (exemplars only)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--table", action="store_true", help="only print the Markdown tables of what is done")
     ap.add_argument("--recipes", default=",".join(RECIPES),
                     help="val stage: the recipes to run (comma list; two processes may share one OUT)")
     args = ap.parse_args(argv)
@@ -108,6 +110,9 @@ def main(argv=None) -> int:
     def save() -> None:
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
+    if args.table:
+        print(tables(out))
+        return 0
     recipe = args.recipe
     if args.stage in ("val", "all"):
         val_test = pack(out / "val" / "volumes", cohort, log, VAL_SPLIT)
@@ -138,6 +143,8 @@ def main(argv=None) -> int:
     if args.stage in ("test", "all"):
         recipe = recipe or results.get("chosen_recipe") or "paper-point"
         for arm, synthesis in (("syn8", True), ("ex8", False)):
+            if arm not in args.arms.split(","):
+                continue
             ds = build(out / "test" / arm, cohort, log, split_file=None, synthesis=synthesis)
             run_dir = fit(ds, out / "test" / f"run-{arm}-{recipe}", RECIPES[recipe], log, cache, args.threads)
             for prompt in ("center", "box"):
@@ -152,6 +159,24 @@ def main(argv=None) -> int:
                 recipe or results.get("chosen_recipe") or "paper-point")
     print(json.dumps(results, indent=2))
     return 0
+
+
+def tables(out: Path) -> str:
+    """Markdown tables from the evaluations' summary.json files under OUT (val and test)."""
+    lines = []
+    for stage, title in (("val", "validation split (6 patients of the 24 training cases)"),
+                         ("test", "test split (6 patients)")):
+        evals = sorted((out / stage).glob("eval-*/summary.json"))
+        if not evals:
+            continue
+        lines += [f"\n{title}:\n", "| arm | prompt | DSC (%) | HD95 (mm) | median predicted / true volume |",
+                  "|:---|:---|---:|---:|---:|"]
+        for path in evals:
+            s = json.loads(path.read_text())
+            arm = path.parent.name[len("eval-"):].rsplit("-", 1)[0]
+            lines.append(f"| {arm} | {s['prompt']} | {100 * s['mean_dsc']:.2f} | {s['mean_hd95']:.2f} | "
+                         f"{s['median_volume_ratio']:.3f} |")
+    return "\n".join(lines)
 
 
 def synapse(root: Path, out: Path, log: Path, cache: Path, threads: int, recipe: str) -> None:
