@@ -49,6 +49,15 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _trained_on(cfg: dict, scores: list[dict]) -> str:
+    """The run's device: its config's, or "cpu" / "cuda" when it said "auto" (a CUDA run records
+    bf16 autocast; an "auto" run on a machine without CUDA trained on the CPU)."""
+    device = str(cfg.get("device") or "auto")
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def export_adapter(rundir: str | Path, out: str | Path, *, evals: Sequence[str | Path] = (),
                    commands: Sequence[str] = (), overwrite: bool = False) -> Path:
     """Write ``out/adapter.pt`` and ``out/model.json`` from the finished run `rundir`."""
@@ -111,10 +120,12 @@ def export_adapter(rundir: str | Path, out: str | Path, *, evals: Sequence[str |
         "exemplars": exemplars,
         "exemplars_sha256": hashlib.sha256(exemplar_text.encode()).hexdigest(),
         "commands": list(commands),
-        "commit": _git_commit(),
-        "device": (run.get("device") or cfg.get("device")),
+        "export_commit": _git_commit(),   # the code that wrote this card (runs do not record theirs)
+        "device": _trained_on(cfg, scores),
         "machine": platform.processor() or platform.machine(),
-        "precision": "bf16 autocast" if str(cfg.get("device", "")).startswith("cuda") else "fp32",
+        "precision": "bf16 autocast" if _trained_on(cfg, scores).startswith("cuda") else "fp32",
+        "fit_seconds": (read_json(rundir / "summary.json", what="run summary").get("seconds")
+                        if (rundir / "summary.json").is_file() else None),
         "scores": scores,
         "run": str(rundir.resolve()),
     }
