@@ -25,19 +25,12 @@ import torch
 
 from shared.errors import ConfigError, DataError
 from shared.fileio import atomic_write_text, atomic_writer, read_json
+from train.model.sam_weights import file_sha256
 
 ADAPTER_FORMAT = "exemplar-sam-adapter/1"
 ADAPTER_FILE = "adapter.pt"
 CARD_FILE = "model.json"
 MAX_BYTES = 5 * 2**20
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _git_commit() -> str | None:
@@ -62,7 +55,6 @@ def export_adapter(rundir: str | Path, out: str | Path, *, evals: Sequence[str |
                    commands: Sequence[str] = (), overwrite: bool = False) -> Path:
     """Write ``out/adapter.pt`` and ``out/model.json`` from the finished run `rundir`."""
     from train.checkpointing import last_checkpoint, load_checkpoint, read_run_config
-    from train.model.sam_weights import file_sha256
 
     rundir, out = Path(rundir), Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -106,7 +98,7 @@ def export_adapter(rundir: str | Path, out: str | Path, *, evals: Sequence[str |
         "format": ADAPTER_FORMAT,
         "model": cfg.get("model"),
         "base_weights": {"file": Path(weights).name, "sha256": file_sha256(weights)},
-        "adapter": {"file": ADAPTER_FILE, "sha256": _sha256(out / ADAPTER_FILE), "bytes": size,
+        "adapter": {"file": ADAPTER_FILE, "sha256": file_sha256(out / ADAPTER_FILE), "bytes": size,
                     "dtype": "float16", "tensors": len(tensors),
                     "parameters": int(sum(t.numel() for t in tensors.values()))},
         "trainable_set": cfg.get("trainable"), "lora_rank": cfg.get("lora_rank"),
@@ -143,7 +135,7 @@ def read_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not file.is_file():
         raise DataError(f"{file}: missing (the adapter's tensors)")
     want = (card.get("adapter") or {}).get("sha256")
-    if want and _sha256(file) != want:
+    if want and file_sha256(file) != want:
         raise DataError(f"{file}: damaged (sha256 differs from {card_path}); download or export it again")
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
@@ -159,7 +151,6 @@ def load_adapter_model(folder: str | Path, model: str, checkpoint: str | Path | 
     from train.inference import LoadedModel
     from train.model import PromptSAM, apply_trainable_set, build_sam, load_trainable_state
     from train.model.registry import MODEL_SPECS
-    from train.model.sam_weights import file_sha256
 
     card, obj = read_adapter(folder)
     if obj.get("model") != model:

@@ -45,14 +45,11 @@ def default_cache_dir() -> Path:
 def encoder_key(model) -> str:
     """sha256 naming what an embedding depends on: the encoder's weights and structure, the input
     size and the input contract (resize, normalisation) of the PromptSAM `model`."""
-    enc = model.sam.image_encoder
+    from train.model.engines import hash_module
+
     h = hashlib.sha256()
     h.update(f"{FORMAT} img_size {model.img_size} resize {model.resize} normalise {model.normalise}\n".encode())
-    h.update(f"{type(enc).__module__}.{type(enc).__qualname__}\n{enc!r}\n".encode())
-    for name, tensor in enc.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name} {tuple(t.shape)} {t.dtype}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    hash_module(h, model.sam.image_encoder)
     return h.hexdigest()
 
 

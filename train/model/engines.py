@@ -91,12 +91,18 @@ def encoder_digest(encoder: nn.Module, img_size: int) -> str:
     h = hashlib.sha256()
     h.update(f"exemplar-sam encoder export {EXPORT_FORMAT} opset {OPSET}\n".encode())
     h.update(f"torch {torch.__version__} onnx {onnx.__version__} img_size {int(img_size)}\n".encode())
-    h.update(f"{type(encoder).__module__}.{type(encoder).__qualname__}\n{encoder!r}\n".encode())
-    for name, tensor in encoder.state_dict().items():
+    hash_module(h, encoder)
+    return h.hexdigest()
+
+
+def hash_module(h: "hashlib._Hash", module: nn.Module) -> None:
+    """Feed `module`'s class, structure (repr) and state-dict tensors (names, shapes, dtypes,
+    bytes) into the hash `h`: what its outputs depend on."""
+    h.update(f"{type(module).__module__}.{type(module).__qualname__}\n{module!r}\n".encode())
+    for name, tensor in module.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name} {tuple(t.shape)} {t.dtype}\n".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def onnx_path_for(encoder: nn.Module, img_size: int, cache_dir: Path | None = None, *,
