@@ -6,8 +6,8 @@ few exemplars of the BraTS cohort, recipe chosen on validation, then scored on t
 Stages (each step skipped when its output is complete, so a run can span sessions):
 1. val: exemplars and samples from the 18 training cases of data_manifests/splits/
    brats2018_cohort_val.json, scored on its 6 validation cases; the recipes of RECIPES compete
-   (the paper's lr 1e-3 vs MedSAM's fine-tuning lr 5e-5; point vs mixed point/box prompts) on
-   centre-point DSC (one click is the goal).
+   (the paper's lr 1e-3 and 1.0 CE + 0.8 Dice vs MedSAM's fine-tuning lr 5e-5 and its loss, Dice +
+   BCE + IoU-head MSE; point vs mixed point/box prompts) on centre-point DSC (one click is the goal).
 2. test: the winning recipe (or --recipe) on the cohort's 24 training cases, synthesized and
    exemplars-only at 8 exemplars (0.5 %), scored on the 6 test cases with centre points and boxes.
    Zero-shot rows: `train eval --model lite_medsam` with boxes and centre points.
@@ -35,6 +35,9 @@ RECIPES = {
     "paper-point": {"lr": "1e-3", "prompt": "point"},
     "medsam-lr-point": {"lr": "5e-5", "prompt": "point"},
     "paper-mixed": {"lr": "1e-3", "prompt": "mixed"},
+    # MedSAM's own fine-tuning objective (squared Dice + BCE + IoU-head MSE), alone and with its lr
+    "medsam-loss-point": {"lr": "1e-3", "prompt": "point", "loss": "medsam"},
+    "medsam-point": {"lr": "5e-5", "prompt": "point", "loss": "medsam"},
 }
 
 
@@ -54,9 +57,16 @@ def run(cmd: list, log: Path, done: Path | None = None) -> None:
         raise SystemExit(f"failed ({proc.returncode}): {line}; see {log}")
 
 
-def build(out: Path, cohort: Path, log: Path, *, split_file: Path | None, synthesis: bool) -> Path:
+# test-stage arms: name -> (exemplars, synthesized); "full" = every eligible labelled slice of the
+# 24 training cases, no synthesis (the paper's fully supervised reference row)
+ARMS = {"syn8": ("8", True), "ex8": ("8", False), "syn17": ("17", True), "syn150": ("150", True),
+        "full": ("100%", False)}
+
+
+def build(out: Path, cohort: Path, log: Path, *, split_file: Path | None, synthesis: bool,
+          exemplars: str = "8") -> Path:
     cmd = [BIN / "synth", "build", "--dataset", "brats", "--root", cohort, "--split", "train",
-           "--exemplars", "8", "--seed", SEED, "--intensity", "mr-medsam", "--out", out, "--no-progress"]
+           "--exemplars", exemplars, "--seed", SEED, "--intensity", "mr-medsam", "--out", out, "--no-progress"]
     if split_file:
         cmd += ["--split-file", split_file]
     cmd += ["--num-samples", SAMPLES] if synthesis else ["--no-synthesis"]
@@ -75,7 +85,8 @@ def pack(out: Path, cohort: Path, log: Path, split_file: Path | None) -> Path:
 
 def fit(shards: Path, out: Path, recipe: dict, log: Path, cache: Path, threads: int) -> Path:
     run([BIN / "train", "fit", "--shards", shards, "--model", "lite_medsam", "--frozen-encoder",
-         "--embedding-cache", cache, "--prompt", recipe["prompt"], "--lr", recipe["lr"], "--steps", STEPS,
+         "--embedding-cache", cache, "--prompt", recipe["prompt"], "--lr", recipe["lr"],
+         "--loss", recipe.get("loss", "ce-dice"), "--steps", STEPS,
          "--batch-size", 8, "--seed", SEED, "--num-workers", 0, "--num-threads", threads, "--out", out,
          "--no-progress"], log, out / "summary.json")
     return out
@@ -95,7 +106,8 @@ def main(argv=None) -> int:
                     help="zero-shot: only the zero-shot rows of the test split (no recipe needed; they fill "
                          "the test slices' embedding cache that the test stage reuses)")
     ap.add_argument("--recipe", choices=tuple(RECIPES), default=None, help="test stage: skip the choice")
-    ap.add_argument("--arms", default="syn8,ex8", help="test stage: syn8 (synthesized, 8 exemplars), ex8 (exemplars only)")
+    ap.add_argument("--arms", default="syn8,ex8", help="test stage, comma list: syn8 / syn17 / syn150 (synthesized from 8 / 17 / 150 exemplars), "
+                         "ex8 (the 8 exemplars only), full (every labelled training slice, no synthesis)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--table", action="store_true", help="only print the Markdown tables of what is done")
     ap.add_argument("--recipes", default=",".join(RECIPES),
@@ -142,14 +154,16 @@ def main(argv=None) -> int:
             save()
     if args.stage in ("test", "all"):
         recipe = recipe or results.get("chosen_recipe") or "paper-point"
-        for arm, synthesis in (("syn8", True), ("ex8", False)):
-            if arm not in args.arms.split(","):
-                continue
-            ds = build(out / "test" / arm, cohort, log, split_file=None, synthesis=synthesis)
+        for arm in args.arms.split(","):
+            if arm not in ARMS:
+                raise SystemExit(f"--arms: unknown arm {arm!r} (one of {', '.join(ARMS)})")
+            exemplars, synthesis = ARMS[arm]
+            ds = build(out / "test" / arm, cohort, log, split_file=None, synthesis=synthesis, exemplars=exemplars)
             run_dir = fit(ds, out / "test" / f"run-{arm}-{recipe}", RECIPES[recipe], log, cache, args.threads)
             for prompt in ("center", "box"):
                 s = evaluate(["--run", run_dir], test, out / "test" / f"eval-{arm}-{prompt}", prompt, log, cache,
                              args.threads)
+                results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else results
                 results.setdefault("test", {}).setdefault(arm, {})[prompt] = {
                     "dsc": s["mean_dsc"], "hd95": s["mean_hd95"], "volume_ratio": s["median_volume_ratio"],
                     "recipe": recipe}

@@ -22,6 +22,7 @@ from shared.fileio import read_json
 from train.model.registry import MODEL_NAMES
 
 PROMPTS = ("point", "box", "mixed", "none")   # = train.prompts.TRAIN_PROMPTS (torch-free here)
+LOSSES = ("ce_dice", "medsam")                 # train.losses.ce_dice_loss / medsam_loss
 
 
 @dataclass
@@ -70,6 +71,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     ce_weight: float = 1.0
     dice_weight: float = 0.8
+    loss: str = "ce_dice"           # ce_dice (the paper's weights above) or medsam (Dice + BCE + IoU-head MSE)
     dice_reduction: str = "sample"  # point prompts: soft Dice per "sample" (averaged) or over the "batch"
     prompt: str = "point"           # point (the paper), box (MedSAM), mixed, none (promptless)
     box_jitter: int = 5             # box prompts: each side moved out by a random 0..box_jitter input pixels
@@ -136,6 +138,10 @@ class TrainConfig:
             raise bad("need lr > 0, 0 < decay_gamma <= 1 and 0 <= min_lr_ratio <= 1")
         if self.ce_weight < 0 or self.dice_weight < 0 or self.ce_weight + self.dice_weight == 0:
             raise bad("ce_weight and dice_weight must be >= 0 and not both 0")
+        if self.loss not in LOSSES:
+            raise bad(f"loss {self.loss!r} is not one of {', '.join(LOSSES)}")
+        if self.loss == "medsam" and self.prompt == "none":
+            raise bad("loss medsam is MedSAM's prompted (binary) objective; --prompt none trains with ce_dice")
         if self.dice_reduction not in ("sample", "batch"):
             raise bad(f"dice_reduction {self.dice_reduction!r} is not one of sample, batch")
         from train.model.trainable import TRAINABLE_NAMES

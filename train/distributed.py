@@ -23,7 +23,8 @@ class DistInfo:
 
 
 class TrainForward(nn.Module):
-    """The module DDP wraps: one forward per prompt mode, returning logits."""
+    """The module DDP wraps: one forward per prompt mode, returning logits (and, `with_iou`, the
+    IoU head's predictions)."""
 
     def __init__(self, model: nn.Module, prompt: str):
         super().__init__()
@@ -32,10 +33,12 @@ class TrainForward(nn.Module):
 
     def forward(self, images: torch.Tensor, points: torch.Tensor | None = None,
                 point_labels: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
-                use_box: torch.Tensor | None = None, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+                use_box: torch.Tensor | None = None, embeddings: torch.Tensor | None = None,
+                with_iou: bool = False):
         if self.prompt == "none":
             return self.model.forward_promptless(images)
-        return self.model(images, points, point_labels, boxes=boxes, use_box=use_box, embeddings=embeddings)
+        return self.model(images, points, point_labels, boxes=boxes, use_box=use_box, embeddings=embeddings,
+                          with_iou=with_iou)
 
 
 def setup_distributed(device_kind: str) -> DistInfo:

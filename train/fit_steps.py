@@ -19,7 +19,7 @@ from shared.errors import DataError
 from train.checkpointing import CHECKPOINT_DIR, last_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.distributed import sum_over_ranks
-from train.losses import ce_dice_loss
+from train.losses import ce_dice_loss, medsam_loss
 from train.model import trainable_state_dict
 
 
@@ -76,7 +76,9 @@ def autocast_for(device: torch.device):
 
 def train_step(forward: nn.Module, batch: dict[str, Any], opt: Optimisation, cfg: TrainConfig,
                device: torch.device, step: int) -> StepResult:
-    """Forward, CE + Dice loss, backward, (clip,) optimiser and schedule step on one batch.
+    """Forward, loss (cfg.loss: the paper's CE + Dice, or MedSAM's Dice + BCE + IoU MSE), backward,
+    (clip,) optimiser and schedule step on one batch. With MedSAM's loss, StepResult.ce is its BCE,
+    .dice its squared Dice and .loss the sum with the IoU term.
 
     `step` is the number of steps done before this one. A non-finite loss raises a DataError
     before the weights change, so no NaN reaches a checkpoint."""
@@ -84,6 +86,7 @@ def train_step(forward: nn.Module, batch: dict[str, Any], opt: Optimisation, cfg
     target = batch["target"].to(device, non_blocking=True)
     lr = opt.lr
     with autocast_for(device):
+        iou_pred = None
         if cfg.prompt == "none":
             logits = forward(images)
         else:
@@ -91,9 +94,15 @@ def train_step(forward: nn.Module, batch: dict[str, Any], opt: Optimisation, cfg
             extra = {name: batch[key].to(device, non_blocking=True)
                      for name, key in (("boxes", "boxes"), ("use_box", "use_box"), ("embeddings", "embedding"))
                      if key in batch}
-            logits = forward(images, batch["points"].to(device), batch["point_labels"].to(device), **extra)
-    loss, ce, dice = ce_dice_loss(logits.float(), target, cfg.ce_weight, cfg.dice_weight,
-                                  dice_reduction=cfg.dice_reduction)
+            if cfg.loss == "medsam":
+                extra["with_iou"] = True
+            out = forward(images, batch["points"].to(device), batch["point_labels"].to(device), **extra)
+            logits, iou_pred = out if cfg.loss == "medsam" else (out, None)
+    if iou_pred is not None:
+        loss, ce, dice, _ = medsam_loss(logits, iou_pred, target)
+    else:
+        loss, ce, dice = ce_dice_loss(logits.float(), target, cfg.ce_weight, cfg.dice_weight,
+                                      dice_reduction=cfg.dice_reduction)
     if not math.isfinite(loss.item()):
         raise DataError(f"training diverged at step {step + 1} (loss {loss.item()}); "
                         "lower --lr or check the dataset")

@@ -15,6 +15,9 @@
   over the foreground classes 1..K (``include_background=True`` also averages class 0, which
   is exactly SAMed's DiceLoss(num_classes + 1)).
 Soft Dice = (2 sum(p t) + smooth) / (sum p + sum t + smooth), smooth = 1e-5.
+
+`train fit --loss medsam` uses :func:`medsam_loss` instead: MedSAM's own fine-tuning objective
+(squared Dice + BCE + MSE of the IoU head), the alternative issue 29 checks on validation.
 Everything is computed in float32 (the logits may come from bf16 autocast).
 """
 from __future__ import annotations
@@ -60,3 +63,42 @@ def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: float = 
         per_class = _dice_loss(prob, onehot, (0, 2, 3), smooth)
         dice = per_class.mean() if include_background else per_class[1:].mean()
     return ce_weight * ce + dice_weight * dice, ce, dice
+
+
+def squared_dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """1 - soft Dice with squared terms in the denominator, per sample and channel, averaged:
+    (2 sum(p t) + s) / (sum p^2 + sum t^2 + s). MONAI's ``DiceLoss(sigmoid=True, squared_pred=True,
+    reduction="mean")`` on sigmoid probabilities, which MedSAM's fine-tuning uses."""
+    dims = tuple(range(2, prob.ndim))
+    inter = (prob * target).sum(dims)
+    denom = (prob * prob).sum(dims) + (target * target).sum(dims)
+    return (1.0 - (2.0 * inter + smooth) / (denom + smooth)).mean()
+
+
+def mask_iou(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """IoU of binary masks (B,1,H,W) per sample -> (B,1)."""
+    inter = (pred * target).sum((2, 3))
+    union = pred.sum((2, 3)) + target.sum((2, 3)) - inter
+    return inter / (union + eps)
+
+
+def medsam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MedSAM's fine-tuning objective (LiteMedSAM ``train_one_gpu.py``), binary prompts only.
+
+    Return (loss, bce, dice, iou_mse); loss = dice + bce + iou_mse (MedSAM's weights 1 / 1 / 1):
+    squared soft Dice (:func:`squared_dice_loss`), BCE-with-logits averaged over pixels, and the
+    mean squared error between the IoU head's prediction (B,1) and the IoU of the thresholded
+    prediction (sigmoid > 0.5) with the target, which is a constant (no gradient flows through
+    the threshold)."""
+    logits = logits.float()
+    if logits.shape[1] != 1:
+        raise ValueError(f"medsam_loss needs single-mask logits (B,1,H,W), got {tuple(logits.shape)}")
+    t = target.float().reshape(logits.shape)
+    prob = torch.sigmoid(logits)
+    dice = squared_dice_loss(prob, t)
+    bce = F.binary_cross_entropy_with_logits(logits, t)
+    with torch.no_grad():
+        iou_true = mask_iou((prob > 0.5).float(), t)
+    iou_mse = F.mse_loss(iou_pred.float().reshape(iou_true.shape), iou_true)
+    return dice + bce + iou_mse, bce, dice, iou_mse

@@ -82,6 +82,32 @@ def test_train_step_updates_weights_and_refuses_nan():
     assert torch.equal(model.conv.weight, weights)          # no step was taken
 
 
+class PixelModelWithIoU(PixelModel):
+    """PixelModel plus an IoU 'head' (one learnable number per batch row), as PromptSAM(with_iou=True)."""
+
+    def __init__(self):
+        super().__init__()
+        self.iou = nn.Parameter(torch.tensor(0.9))
+
+    def forward(self, images, points=None, point_labels=None, with_iou=False):
+        logits = self.conv(images)
+        return (logits, self.iou.expand(images.shape[0], 1)) if with_iou else logits
+
+
+def test_train_step_with_medsams_loss_trains_the_iou_head():
+    cfg = _cfg(lr=1e-2, warmup_steps=0, loss="medsam")
+    model = PixelModelWithIoU()
+    opt = make_optimizer(model, cfg)
+    out = train_step(model, _batch(), opt, cfg, torch.device("cpu"), 0)
+    # reported: ce = BCE, dice = squared Dice; the loss adds the IoU head's squared error
+    assert out.loss > out.ce + out.dice
+    assert model.iou.item() != pytest.approx(0.9)
+    with pytest.raises(ConfigError, match="loss"):
+        _cfg(loss="focal")
+    with pytest.raises(ConfigError, match="medsam"):
+        _cfg(loss="medsam", prompt="none")
+
+
 def test_metrics_window_means_rates_and_epochs():
     ticks = iter([0.0, 2.0, 2.0, 6.0, 6.0])                   # seconds on the window's clock
     w = MetricsWindow(log_every=5, start_step=10, total_steps=14, start_sample=80, n_train=40,

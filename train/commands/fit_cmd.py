@@ -42,6 +42,10 @@ from train.model.registry import MODEL_NAMES
 @click.option("--box-jitter", type=click.IntRange(min=0),
               help="Box prompts: each side of the box moved out by a random 0..N model-input pixels "
                    "(MedSAM: 5). [default: 5]")
+@click.option("--loss", type=click.Choice(("ce-dice", "medsam")),
+              help="ce-dice: the paper's ce_weight x CE + dice_weight x Dice (1.0 / 0.8); medsam: MedSAM's "
+                   "fine-tuning objective, squared soft Dice + BCE + MSE of the IoU head against the IoU "
+                   "of the thresholded mask (weights 1 / 1 / 1; prompted runs only). [default: ce-dice]")
 @click.option("--frozen-encoder/--no-frozen-encoder", default=None,
               help="CPU route for pretrained models: the image encoder stays as it is; every sample's "
                    "embedding is computed once (ONNX Runtime on CPU), cached as float16 (2 MiB a sample "
@@ -98,7 +102,7 @@ from train.model.registry import MODEL_NAMES
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @debug_option
 def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batch_size, prompt, box_jitter,
-        frozen_encoder, embedding_cache, config_file, seed, lr, lora_rank, trainable, num_workers, log_every, checkpoint_every,
+        loss, frozen_encoder, embedding_cache, config_file, seed, lr, lora_rank, trainable, num_workers, log_every, checkpoint_every,
         save_every_steps, save_every_minutes, grad_checkpointing, device, num_threads, resume, overwrite,
         log_sample_ids, tensorboard, tensorboard_images_every, no_progress) -> None:
     """Train on a shard dataset: point- or box-prompted LoRA fine-tuning of SAM (1.0 CE + 0.8 Dice,
@@ -126,7 +130,8 @@ def fit(shards: str, out: Path, model, checkpoint, img_size, steps, epochs, batc
     overrides = {
         "model": model, "checkpoint": None if checkpoint is None else str(checkpoint.resolve()),  # eval/predict run elsewhere
         "img_size": img_size, "steps": steps, "epochs": epochs, "batch_size": batch_size,
-        "prompt": prompt, "box_jitter": box_jitter, "frozen_encoder": frozen_encoder, "seed": seed, "lr": lr, "lora_rank": lora_rank, "trainable": trainable,
+        "prompt": prompt, "box_jitter": box_jitter,
+        "loss": None if loss is None else loss.replace("-", "_"), "frozen_encoder": frozen_encoder, "seed": seed, "lr": lr, "lora_rank": lora_rank, "trainable": trainable,
         "num_workers": num_workers,
         "log_every": log_every, "checkpoint_every": checkpoint_every,
         "save_every_steps": save_every_steps, "save_every_minutes": save_every_minutes,

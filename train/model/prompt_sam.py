@@ -156,12 +156,13 @@ class PromptSAM(nn.Module):
 
     def decode(self, embeddings: torch.Tensor, points: torch.Tensor | None,
                point_labels: torch.Tensor | None, *, boxes: torch.Tensor | None = None,
-               use_box: torch.Tensor | None = None, multimask: bool = False) -> torch.Tensor:
+               use_box: torch.Tensor | None = None, multimask: bool = False, with_iou: bool = False):
         """Embeddings (B,C,h,w) and prompts (see `prompt_embeddings`) -> logits (B,1,S,S).
 
         Single-mask output (SAM's multimask_output=False: the first mask token). `multimask`:
         SAM's multimask_output=True (mask tokens 1..3), of which the mask with the highest
-        predicted IoU is returned, as SamPredictor users do with one click.
+        predicted IoU is returned, as SamPredictor users do with one click. `with_iou`: return
+        (logits, the IoU head's prediction for that mask (B,1)), for MedSAM's loss.
         """
         b = embeddings.shape[0]
         sparse = self.prompt_embeddings(b, points, point_labels, boxes, use_box)
@@ -169,20 +170,28 @@ class PromptSAM(nn.Module):
         dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
             b, -1, embeddings.shape[-2], embeddings.shape[-1])
         if not multimask:
-            return self._upsample(self._decode_masks(embeddings, sparse, dense)[:, :1])
+            if not with_iou:
+                return self._upsample(self._decode_masks(embeddings, sparse, dense)[:, :1])
+            masks, iou = self._decode_masks(embeddings, sparse, dense, with_iou=True)
+            return self._upsample(masks[:, :1]), iou[:, :1]
         masks, iou = self._decode_masks(embeddings, sparse, dense, with_iou=True)
         if masks.shape[1] < 2:
             raise ConfigError("multimask output needs a decoder with several mask tokens")
         best = iou[:, 1:].argmax(1) + 1
-        low_res = masks[torch.arange(masks.shape[0], device=masks.device), best][:, None]
+        rows = torch.arange(masks.shape[0], device=masks.device)
+        low_res = masks[rows, best][:, None]
+        if with_iou:
+            return self._upsample(low_res), iou[rows, best][:, None]
         return self._upsample(low_res)
 
     def forward(self, images: torch.Tensor | None, points: torch.Tensor | None,
                 point_labels: torch.Tensor | None, boxes: torch.Tensor | None = None,
-                use_box: torch.Tensor | None = None, embeddings: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode `images` (or take precomputed `embeddings`: a frozen encoder) and decode."""
+                use_box: torch.Tensor | None = None, embeddings: torch.Tensor | None = None,
+                with_iou: bool = False):
+        """Encode `images` (or take precomputed `embeddings`: a frozen encoder) and decode
+        (`with_iou`: also the IoU head's prediction, see `decode`)."""
         emb = self.encode(images) if embeddings is None else embeddings
-        return self.decode(emb, points, point_labels, boxes=boxes, use_box=use_box)
+        return self.decode(emb, points, point_labels, boxes=boxes, use_box=use_box, with_iou=with_iou)
 
     def decode_promptless(self, embeddings: torch.Tensor) -> torch.Tensor:
         """SAMed-style: no prompt, all num_classes + 1 mask tokens -> logits (B, K+1, S, S)."""

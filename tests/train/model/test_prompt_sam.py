@@ -58,6 +58,24 @@ def test_single_mask_decode_equals_segment_anything_per_image(model, prompt):
             torch.testing.assert_close(got[b:b + 1], _up(masks), rtol=1e-4, atol=1e-5)
 
 
+def test_with_iou_returns_segment_anythings_iou_of_the_returned_mask(model):
+    """MedSAM's loss trains the IoU head: decode(with_iou=True) gives the same logits plus
+    segment_anything's iou_predictions of that mask (single-mask and multimask output)."""
+    sam = model.sam
+    images, points, labels, _ = _inputs()
+    with torch.no_grad():
+        emb = model.encode(images)
+        for multimask in (False, True):
+            logits, iou_pred = model.decode(emb, points, labels, multimask=multimask, with_iou=True)
+            torch.testing.assert_close(logits, model.decode(emb, points, labels, multimask=multimask))
+            assert iou_pred.shape == (3, 1)
+            for b in range(len(images)):
+                sparse, dense = sam.prompt_encoder(points=(points[b:b + 1], labels[b:b + 1]), boxes=None, masks=None)
+                _, iou = _reference(sam, emb[b:b + 1], sparse, dense, multimask=multimask)
+                want = iou[0].max() if multimask else iou[0, 0]
+                torch.testing.assert_close(iou_pred[b, 0], want, rtol=1e-4, atol=1e-5)
+
+
 def test_multimask_decode_keeps_segment_anythings_best_iou_mask(model):
     sam = model.sam
     images, points, labels, _ = _inputs()
