@@ -12,7 +12,9 @@ Stages (each step skipped when its output is complete, so a run can span session
    exemplars-only at 8 exemplars (0.5 %), scored on the 6 test cases with centre points and boxes.
    Zero-shot rows: `train eval --model lite_medsam` with boxes and centre points.
 Every command is printed and logged to OUT/commands.log; all commands are the public CLIs.
-CPU scale: SAMPLES synthesized samples (the paper: 4500), STEPS steps at batch 8, one seed.
+CPU scale: SAMPLES synthesized samples (the paper: 4500), STEPS steps at batch 8; seed 0 unless
+--seed S (test stage: the exemplar choice, the synthesis and the fit all take S; folders get a -sS
+suffix, and --table gives each arm's mean and spread over the seeds that are done).
 """
 from __future__ import annotations
 
@@ -64,9 +66,9 @@ ARMS = {"syn8": ("8", True), "ex8": ("8", False), "syn17": ("17", True), "syn150
 
 
 def build(out: Path, cohort: Path, log: Path, *, split_file: Path | None, synthesis: bool,
-          exemplars: str = "8") -> Path:
+          exemplars: str = "8", seed: int = SEED) -> Path:
     cmd = [BIN / "synth", "build", "--dataset", "brats", "--root", cohort, "--split", "train",
-           "--exemplars", exemplars, "--seed", SEED, "--intensity", "mr-medsam", "--out", out, "--no-progress"]
+           "--exemplars", exemplars, "--seed", seed, "--intensity", "mr-medsam", "--out", out, "--no-progress"]
     if split_file:
         cmd += ["--split-file", split_file]
     cmd += ["--num-samples", SAMPLES] if synthesis else ["--no-synthesis"]
@@ -83,11 +85,11 @@ def pack(out: Path, cohort: Path, log: Path, split_file: Path | None) -> Path:
     return out
 
 
-def fit(shards: Path, out: Path, recipe: dict, log: Path, cache: Path, threads: int) -> Path:
+def fit(shards: Path, out: Path, recipe: dict, log: Path, cache: Path, threads: int, seed: int = SEED) -> Path:
     run([BIN / "train", "fit", "--shards", shards, "--model", "lite_medsam", "--frozen-encoder",
          "--embedding-cache", cache, "--prompt", recipe["prompt"], "--lr", recipe["lr"],
          "--loss", recipe.get("loss", "ce-dice"), "--steps", STEPS,
-         "--batch-size", 8, "--seed", SEED, "--num-workers", 0, "--num-threads", threads, "--out", out,
+         "--batch-size", 8, "--seed", seed, "--num-workers", 0, "--num-threads", threads, "--out", out,
          "--no-progress"], log, out / "summary.json")
     return out
 
@@ -109,6 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arms", default="syn8,ex8", help="test stage, comma list: syn8 / syn17 / syn150 (synthesized from 8 / 17 / 150 exemplars), "
                          "ex8 (the 8 exemplars only), full (every labelled training slice, no synthesis)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=SEED, help="test stage: seed of exemplars, synthesis and fit")
     ap.add_argument("--table", action="store_true", help="only print the Markdown tables of what is done")
     ap.add_argument("--recipes", default=",".join(RECIPES),
                     help="val stage: the recipes to run (comma list; two processes may share one OUT)")
@@ -158,8 +161,11 @@ def main(argv=None) -> int:
             if arm not in ARMS:
                 raise SystemExit(f"--arms: unknown arm {arm!r} (one of {', '.join(ARMS)})")
             exemplars, synthesis = ARMS[arm]
-            ds = build(out / "test" / arm, cohort, log, split_file=None, synthesis=synthesis, exemplars=exemplars)
-            run_dir = fit(ds, out / "test" / f"run-{arm}-{recipe}", RECIPES[recipe], log, cache, args.threads)
+            arm = arm if args.seed == SEED else f"{arm}-s{args.seed}"
+            ds = build(out / "test" / arm, cohort, log, split_file=None, synthesis=synthesis, exemplars=exemplars,
+                       seed=args.seed)
+            run_dir = fit(ds, out / "test" / f"run-{arm}-{recipe}", RECIPES[recipe], log, cache, args.threads,
+                          seed=args.seed)
             for prompt in ("center", "box"):
                 s = evaluate(["--run", run_dir], test, out / "test" / f"eval-{arm}-{prompt}", prompt, log, cache,
                              args.threads)
@@ -176,20 +182,36 @@ def main(argv=None) -> int:
 
 
 def tables(out: Path) -> str:
-    """Markdown tables from the evaluations' summary.json files under OUT (val and test)."""
+    """Markdown tables from the evaluations' summary.json files under OUT (val and test): one row
+    per arm and prompt, the mean over its seeds (folders eval-ARM[-sS]-PROMPT), the spread (sd, or
+    the two values) and the per-seed DSCs."""
+    import re
+    import statistics
+
     lines = []
     for stage, title in (("val", "validation split (6 patients of the 24 training cases)"),
                          ("test", "test split (6 patients)")):
         evals = sorted((out / stage).glob("eval-*/summary.json"))
         if not evals:
             continue
-        lines += [f"\n{title}:\n", "| arm | prompt | DSC (%) | HD95 (mm) | median predicted / true volume |",
-                  "|:---|:---|---:|---:|---:|"]
+        rows: dict[tuple[str, str], list[tuple[int, dict]]] = {}
         for path in evals:
             s = json.loads(path.read_text())
             arm = path.parent.name[len("eval-"):].rsplit("-", 1)[0]
-            lines.append(f"| {arm} | {s['prompt']} | {100 * s['mean_dsc']:.2f} | {s['mean_hd95']:.2f} | "
-                         f"{s['median_volume_ratio']:.3f} |")
+            m = re.fullmatch(r"(.+)-s(\d+)", arm)
+            base, seed = (m.group(1), int(m.group(2))) if m else (arm, SEED)
+            rows.setdefault((base, s["prompt"]), []).append((seed, s))
+        lines += [f"\n{title}:\n", "| arm | prompt | seeds | DSC (%) mean ± sd | per seed | HD95 (mm) | "
+                  "median predicted / true volume |", "|:---|:---|---:|---:|:---|---:|---:|"]
+        for (base, prompt), runs in rows.items():
+            runs.sort(key=lambda r: r[0])
+            dsc = [100 * r[1]["mean_dsc"] for r in runs]
+            sd = f" ± {statistics.stdev(dsc):.2f}" if len(dsc) > 1 else ""
+            hd = statistics.mean(r[1]["mean_hd95"] for r in runs)
+            vr = statistics.mean(r[1]["median_volume_ratio"] for r in runs)
+            per = ", ".join(f"s{seed}: {100 * r['mean_dsc']:.2f}" for seed, r in runs)
+            lines.append(f"| {base} | {prompt} | {len(runs)} | {statistics.mean(dsc):.2f}{sd} | {per} | {hd:.2f} | "
+                         f"{vr:.3f} |")
     return "\n".join(lines)
 
 
