@@ -6,7 +6,7 @@ same steps directly (write) and ~3x (read). This module does those steps:
 
 * encode: bytes (little endian) -> Blosc (numcodecs) -> crc32c per inner chunk, then the sharding
   index (offset, nbytes) uint64 per chunk + crc32c at the end: byte for byte what zarr writes
-  (tests/shared/shards/test_zarr_codec.py and tests/shared/shards/test_writer.py compare the trees). zarr still writes the
+  (tests/shared/shards/test_zarr_codec.py and tests/shared/shards/test_zarr_format.py compare the trees). zarr still writes the
   metadata (``zarr.json``); :func:`sharded_layout_matches` / :func:`plain_layout_matches` say
   whether that metadata is exactly the layout encoded here (another zarr version's defaults may
   not be; then zarr writes the data).

@@ -40,13 +40,17 @@ def array_metadata(arr: Any) -> dict[str, Any]:
     return json.loads(json.dumps(arr.metadata.to_dict(), default=str))
 
 
-# The zarr version whose zarr.json files :func:`_known_metadata` writes byte for byte (the tests
-# compare them with zarr's own for several layouts); with another version zarr writes them.
+# The zarr version whose zarr.json files :func:`_known_metadata` writes byte for byte
+# (tests/shared/shards/test_zarr_format.py compares them with zarr's own for several layouts); with
+# another version zarr writes them.
 METADATA_ZARR_VERSION = "3.1.6"
 
 
 @functools.lru_cache(maxsize=1)
-def _zarr_version() -> str | None:
+def installed_zarr_version() -> str | None:
+    """The version of the installed zarr package (from its distribution metadata, without importing
+    zarr), None without zarr. Shards are written from :data:`METADATA_ZARR_VERSION`'s zarr.json
+    template only when this is that version; with any other, zarr writes the metadata itself."""
     try:
         return importlib.metadata.version("zarr")
     except importlib.metadata.PackageNotFoundError:
@@ -56,7 +60,7 @@ def _zarr_version() -> str | None:
 def _known_metadata(images: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> dict[str, bytes] | None:
     """The four zarr.json files zarr 3.1.6 writes for this shard layout, without importing zarr
     (~0.5 s in each shard worker process); None with another zarr version."""
-    if _zarr_version() != METADATA_ZARR_VERSION:
+    if installed_zarr_version() != METADATA_ZARR_VERSION:
         return None
     n, h, w = images.shape
 

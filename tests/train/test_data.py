@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from shared import open_dataset
 from shared.errors import DataError
+from shardkit import labelled_dataset
 from train.augment import AugmentParams, apply_augment, sample_augment
 from train.config import AugmentConfig
 from train.data import SampleOrder, ShardBatchStream, StreamSpec, batch_loader
@@ -185,3 +187,54 @@ def test_longest_side_stream_pads_like_the_model_input(tmp_path):
     assert (nh, nw) == (21, 32)
     assert not batch["image"][:, :, nh:].any() and not batch["target"][:, nh:].any()
     assert (batch["points"][..., 1] < nh).all() and (batch["boxes"][:, 3] < 32).all()
+
+
+def _reference_batch(stream, batch: int) -> dict:
+    """make_batch as written before the in-place version: train.resize + train.prompts per sample."""
+    from train.data import PROMPT_STREAM
+    from train.prompts import sample_training_prompt
+    from train.resize import resize_image, resize_label
+
+    s = stream.spec
+    pos = stream.positions(batch)
+    epochs, indices = stream.order.samples_at(pos)
+    images = np.empty((len(pos), 1, s.img_size, s.img_size), np.float32)
+    targets = np.empty((len(pos), s.img_size, s.img_size), np.uint8)
+    points = np.zeros((len(pos), 1, 2), np.float32)
+    classes = np.zeros(len(pos), np.int64)
+    ds = open_dataset(s.shards)  # each sample as read back (float32: the float16 -> float32 cast is exact)
+    for i, (epoch, index) in enumerate(zip(epochs.tolist(), indices.tolist())):
+        sample = ds[index]
+        images[i, 0] = resize_image(sample["image"], s.img_size)
+        label = resize_label(sample["label"], s.img_size)
+        if s.prompt == "point":
+            rng = np.random.default_rng([s.seed, epoch, index, PROMPT_STREAM])
+            prompt = sample_training_prompt(label, rng)
+            if prompt is None:
+                targets[i] = 0
+                points[i, 0] = rng.integers(0, s.img_size, 2)
+            else:
+                classes[i], points[i, 0], targets[i] = prompt[0], prompt[1], prompt[2]
+        else:
+            targets[i] = label
+    ds.close()
+    return {"image": images, "target": targets, "points": points, "class_index": classes}
+
+
+@pytest.mark.parametrize("dtype,prompt,img_size", [("float16", "point", 64), ("float32", "point", 48),
+                                                   ("float16", "none", 64), ("float16", "point", 40)])
+def test_in_place_batches_equal_reference(tmp_path: Path, dtype: str, prompt: str, img_size: int):
+    from train.data import ShardBatchStream, StreamSpec
+
+    shapes = [(40, 48), (40, 48), (33, 21), (40, 40), (40, 48), (17, 48), (40, 48), (40, 48), (25, 25), (40, 48),
+              (40, 48), (40, 48)]
+    labelled_dataset(tmp_path, shapes, dtype=dtype)
+    stream = ShardBatchStream(StreamSpec(shards=str(tmp_path), img_size=img_size, batch_size=4, seed=5, prompt=prompt))
+    for batch in range(7):  # past the end of epoch 0
+        got = stream.make_batch(batch)
+        ref = _reference_batch(stream, batch)
+        for key, value in ref.items():
+            if key == "points" and prompt == "none":
+                continue
+            assert got[key].numpy().tobytes() == value.tobytes(), (batch, key)
+        assert isinstance(got["image"], torch.Tensor)

@@ -1,18 +1,19 @@
-"""The direct Zarr shard reader (no zarr calls) and the in-place batch assembly give exactly what
-zarr and the plain train.resize / train.prompts path give."""
+"""Reading shards back: the direct Zarr shard reader (no zarr calls) gives exactly what zarr gives;
+a dataset reads back sample by sample, by shard, by volume, padded and in float32; broken
+datasets and corrupt chunks are one-line errors naming the shard and sample."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from shared import open_dataset
 from shared.errors import DataError
-from shared.manifest import write_dataset
-from shardkit import random_shard_arrays
-from shared.shards import ShardHandle, shard_relpath, write_shard, zarr_codec, zarr_format
+from shared.hashing import sha256_array
+from shardkit import labelled_dataset, make_dataset, random_shard_arrays
+from shared.shards import ShardHandle, shard_relpath, to_stored, zarr_codec, zarr_format
 
 N, H, W = 6, 40, 48
 SELECTIONS = (slice(None), slice(1, 4), slice(None, None, 2), slice(4, None), 0, 3, -1)
@@ -104,30 +105,8 @@ def test_unknown_layouts_fall_back_to_zarr(tmp_path: Path, variant: str):
     _assert_reads_like_zarr(path, N, direct=False)
 
 
-def _dataset(root: Path, shapes, dtype="float16", fmt="zarr", shard_size=5) -> list[str]:
-    rng = np.random.default_rng(1)
-    images = [rng.random(s, dtype=np.float32) for s in shapes]
-    labels = []
-    for i, s in enumerate(shapes):
-        lb = np.zeros(s, np.uint8)
-        if i % 4:  # every 4th sample has no foreground
-            lb[s[0] // 4: s[0] // 2, s[1] // 3: s[1] // 2] = 1 + i % 3
-            lb[s[0] // 2 + 2: s[0] - 2, 2: s[1] // 4] = 1 + (i + 1) % 3
-        labels.append(lb)
-    entries, records = [], []
-    for k, start in enumerate(range(0, len(shapes), shard_size)):
-        rel = shard_relpath(k, fmt)
-        res = write_shard(root / rel, images[start:start + shard_size], labels[start:start + shard_size],
-                          fmt=fmt, image_dtype=dtype)
-        entries.append({"path": rel, "start": start, "count": res.count, "sha256": res.sha256, "bytes": res.bytes})
-        records += [{"id": f"s{start + j:06d}", "shard": k, "index": j} for j in range(res.count)]
-    write_dataset(root, {"schema_version": 1, "kind": "synthesized", "class_names": ["background", "a", "b", "c"],
-                         "task": "multi", "num_samples": len(shapes), "shards": entries, "image_dtype": dtype}, records)
-    return [r["id"] for r in records]
-
-
 def test_corrupt_chunk_names_shard_and_sample(tmp_path: Path):
-    ids = _dataset(tmp_path, [(40, 48)] * 10)
+    ids = labelled_dataset(tmp_path, [(40, 48)] * 10)
     f = tmp_path / shard_relpath(1, "zarr") / "label" / "c" / "0" / "0" / "0"
     raw = f.read_bytes()
     index = np.frombuffer(raw[-(5 * 16 + 4):-4], "<u8").reshape(5, 2)
@@ -154,55 +133,6 @@ def test_corrupt_chunk_names_shard_and_sample(tmp_path: Path):
         open_dataset(tmp_path).read_shard(1)
 
 
-def _reference_batch(stream, batch: int) -> dict:
-    """make_batch as written before the in-place version: train.resize + train.prompts per sample."""
-    from train.data import PROMPT_STREAM
-    from train.prompts import sample_training_prompt
-    from train.resize import resize_image, resize_label
-
-    s = stream.spec
-    pos = stream.positions(batch)
-    epochs, indices = stream.order.samples_at(pos)
-    images = np.empty((len(pos), 1, s.img_size, s.img_size), np.float32)
-    targets = np.empty((len(pos), s.img_size, s.img_size), np.uint8)
-    points = np.zeros((len(pos), 1, 2), np.float32)
-    classes = np.zeros(len(pos), np.int64)
-    for i, (epoch, index) in enumerate(zip(epochs.tolist(), indices.tolist())):
-        sample = stream._sample(index)
-        images[i, 0] = resize_image(sample["image"], s.img_size)
-        label = resize_label(sample["label"], s.img_size)
-        if s.prompt == "point":
-            rng = np.random.default_rng([s.seed, epoch, index, PROMPT_STREAM])
-            prompt = sample_training_prompt(label, rng)
-            if prompt is None:
-                targets[i] = 0
-                points[i, 0] = rng.integers(0, s.img_size, 2)
-            else:
-                classes[i], points[i, 0], targets[i] = prompt[0], prompt[1], prompt[2]
-        else:
-            targets[i] = label
-    return {"image": images, "target": targets, "points": points, "class_index": classes}
-
-
-@pytest.mark.parametrize("dtype,prompt,img_size", [("float16", "point", 64), ("float32", "point", 48),
-                                                   ("float16", "none", 64), ("float16", "point", 40)])
-def test_in_place_batches_equal_reference(tmp_path: Path, dtype: str, prompt: str, img_size: int):
-    from train.data import ShardBatchStream, StreamSpec
-
-    shapes = [(40, 48), (40, 48), (33, 21), (40, 40), (40, 48), (17, 48), (40, 48), (40, 48), (25, 25), (40, 48),
-              (40, 48), (40, 48)]
-    _dataset(tmp_path, shapes, dtype=dtype)
-    stream = ShardBatchStream(StreamSpec(shards=str(tmp_path), img_size=img_size, batch_size=4, seed=5, prompt=prompt))
-    for batch in range(7):  # past the end of epoch 0
-        got = stream.make_batch(batch)
-        ref = _reference_batch(stream, batch)
-        for key, value in ref.items():
-            if key == "points" and prompt == "none":
-                continue
-            assert got[key].numpy().tobytes() == value.tobytes(), (batch, key)
-        assert isinstance(got["image"], torch.Tensor)
-
-
 def test_float16_to_float32_exact_for_every_value():
     """The OpenCV conversion in resize_image_into (x - 0.0) is numpy's cast for every float16."""
     import cv2
@@ -218,3 +148,97 @@ def test_float16_to_float32_exact_for_every_value():
     out = np.empty((256, 256), np.float32)
     resize_image_into(every, out)
     assert out[finite].view(np.uint32).tolist() == every[finite].astype(np.float32).view(np.uint32).tolist()
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_roundtrip(tmp_path: Path, fmt: str):
+    images, labels, records = make_dataset(tmp_path, fmt)
+    ds = open_dataset(tmp_path)
+    assert len(ds) == 13 and ds.num_shards == 3 and ds.shard_range(2) == (10, 3)
+    assert ds.class_names == ("background", "a", "b", "c") and ds.task == "multi" and ds.format == fmt
+    for i in (0, 4, 5, 12, -1):
+        s = ds[i]
+        ii = i % 13
+        assert s["id"] == f"s{ii:06d}"
+        assert s["image"].dtype == np.float32 and s["label"].dtype == np.uint8
+        assert s["image"].shape == (40, 48)
+        np.testing.assert_array_equal(s["image"], images[ii].astype(np.float16).astype(np.float32))
+        np.testing.assert_array_equal(s["label"], labels[ii])
+        assert sha256_array(to_stored(images[ii])) == records[ii]["sha256"]["image"]
+    bulk = ds.read_shard(1)
+    assert [b["id"] for b in bulk] == [f"s{i:06d}" for i in range(5, 10)]
+    for b in bulk:
+        single = ds[b["index"]]
+        np.testing.assert_array_equal(b["image"], single["image"])
+        np.testing.assert_array_equal(b["label"], single["label"])
+    assert [s["id"] for s in ds] == [f"s{i:06d}" for i in range(13)]
+    with pytest.raises(IndexError):
+        ds[13]
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_padding_and_float32(tmp_path: Path, fmt: str):
+    shapes = [(30, 20), (40, 48), (10, 60), (40, 48)]
+    images, labels, _ = make_dataset(tmp_path, fmt, sizes=(4,), dtype="float32", shapes=shapes)
+    ds = open_dataset(tmp_path)
+    for i, shape in enumerate(shapes):
+        s = ds[i]
+        assert s["image"].shape == shape and s["label"].shape == shape
+        np.testing.assert_array_equal(s["image"], images[i])  # float32 stored exactly
+        np.testing.assert_array_equal(s["label"], labels[i])
+
+
+def test_volumes(tmp_path: Path):
+    vols = [{"id": "v1", "start": 0, "count": 4, "slices": [0, 1, 2, 3], "spacing": [1, 1, 1],
+             "affine": np.eye(4).tolist(), "shape": [4, 40, 48]},
+            {"id": "v2", "start": 4, "count": 6, "slices": list(range(6)), "spacing": [1, 1, 1],
+             "affine": np.eye(4).tolist(), "shape": [6, 40, 48]}]
+    images, labels, _ = make_dataset(tmp_path, "zarr", sizes=(3, 3, 4), dtype="float32", volumes=vols)
+    ds = open_dataset(tmp_path)
+    img, lbl = ds.volume_arrays("v2")  # spans shards 1 and 2
+    assert img.shape == (6, 40, 48) and img.dtype == np.float32
+    np.testing.assert_array_equal(img, np.stack(images[4:10]))
+    np.testing.assert_array_equal(lbl, np.stack(labels[4:10]))
+    assert ds.volume_arrays(0)[0].shape == (4, 40, 48)
+
+
+def test_broken_datasets(tmp_path: Path):
+    with pytest.raises(DataError, match="does not exist"):
+        open_dataset(tmp_path / "nope")
+    with pytest.raises(DataError, match="dataset.json: missing"):
+        open_dataset(tmp_path)
+    make_dataset(tmp_path / "z", "zarr")
+    make_dataset(tmp_path / "h", "hdf5")
+    # missing shard
+    import shutil
+
+    shutil.rmtree(tmp_path / "z" / shard_relpath(1, "zarr"))
+    with pytest.raises(DataError, match="shard-00001.zarr: shard missing"):
+        open_dataset(tmp_path / "z")
+    # empty / truncated HDF5 shard
+    (tmp_path / "h" / shard_relpath(0, "hdf5")).write_bytes(b"")
+    with pytest.raises(DataError, match="shard-00000.h5: shard file is empty"):
+        open_dataset(tmp_path / "h")
+    p = tmp_path / "h" / shard_relpath(1, "hdf5")
+    p.write_bytes(p.read_bytes()[:100])
+    ds = open_dataset(tmp_path / "h", check_files=False)
+    with pytest.raises(DataError, match="shard-00001.h5: cannot open shard"):
+        ds[6]
+    # corrupt zarr chunk data (the image shard file)
+    make_dataset(tmp_path / "c", "zarr")
+    f = tmp_path / "c" / shard_relpath(0, "zarr") / "image" / "c" / "0" / "0" / "0"
+    data = bytearray(f.read_bytes())
+    data[20:400] = b"\xff" * 380
+    f.write_bytes(bytes(data))
+    ds = open_dataset(tmp_path / "c")
+    with pytest.raises(DataError, match="shard-00000.zarr"):
+        ds.read_shard(0)
+    # bad dataset.json
+    (tmp_path / "c" / "dataset.json").write_text("{not json")
+    with pytest.raises(DataError, match="dataset.json: not valid JSON"):
+        open_dataset(tmp_path / "c")
+    info = {"shards": [{"path": "shards/shard-00000.zarr", "start": 0, "count": 5}], "num_samples": 7,
+            "class_names": ["background"]}
+    (tmp_path / "c" / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match="num_samples"):
+        open_dataset(tmp_path / "c")

@@ -1,5 +1,6 @@
-"""The fast storage paths of shared/shards/ (writer.store_into, the direct Zarr encoder) give exactly
-what the plain numpy / zarr paths give."""
+"""shared/shards/writer.py: the fast storage path (store_into / to_stored) gives exactly what numpy
+gives; shard bytes are deterministic, the preallocated path writes what the list path writes, an
+existing shard is refused, and written shards read back."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,9 +10,10 @@ import pytest
 
 import shared.shards as shards
 from shared import open_dataset
-from shared.hashing import sha256_tree, tree_files
-from shardkit import random_shard_arrays
-from shared.shards import store_into, to_stored, zarr_codec, zarr_format
+from shared.errors import DataError
+from shared.hashing import sha256_path
+from shardkit import random_samples
+from shared.shards import ShardWriter, shard_relpath, store_into, to_stored, write_shard
 
 
 def _f16_bits(x: np.ndarray) -> np.ndarray:
@@ -42,77 +44,6 @@ def test_float16_store_matches_numpy():
     np.testing.assert_array_equal(to_stored(x, "float32"), np.clip(x, 0, 1))
 
 
-@pytest.mark.parametrize("n,h,w,dtype", [(5, 40, 48, np.float16), (3, 30, 20, np.float32), (1, 7, 9, np.float16),
-                                         (40, 240, 240, np.float16)])
-def test_direct_zarr_encoder_is_byte_identical(tmp_path: Path, n, h, w, dtype, monkeypatch):
-    """The shard data encoded without zarr's pipeline is byte for byte what zarr writes itself."""
-    images, labels, sizes = random_shard_arrays(n, h, w, dtype, seed=n)
-    zarr_format.clear_metadata_cache()
-    a, a2, b = tmp_path / "direct.zarr", tmp_path / "cached.zarr", tmp_path / "zarr.zarr"
-    # image, label, size all go through the direct encoder (zarr writes only the metadata) ...
-    monkeypatch.setattr(zarr_format, "_known_metadata", lambda *arrays: None)
-    assert zarr_format.write_zarr_shard(a, images, labels, sizes, direct=True) == "direct"
-    monkeypatch.undo()
-    assert zarr_format.cached_layouts() == 1
-    # ... then zarr.json comes from the cache, no zarr calls at all
-    assert zarr_format.write_zarr_shard(a2, images, labels, sizes, direct=True) == "cached"
-    assert zarr_format.write_zarr_shard(b, images, labels, sizes, direct=False) == "zarr"
-    for x in (a, a2):
-        assert [p.relative_to(x).as_posix() for p in tree_files(x)] == [p.relative_to(b).as_posix() for p in tree_files(b)]
-        for px in tree_files(x):
-            assert px.read_bytes() == (b / px.relative_to(x)).read_bytes(), px.relative_to(x)
-        assert sha256_tree(x) == sha256_tree(b)
-    import zarr
-
-    g = zarr.open_group(str(a), mode="r", zarr_format=3)
-    np.testing.assert_array_equal(g["image"][:], images)
-    np.testing.assert_array_equal(g["label"][n - 1], labels[n - 1])  # one inner chunk on its own
-    np.testing.assert_array_equal(g["size"][:], sizes)
-
-
-@pytest.mark.parametrize("n,h,w,dtype", [(5, 40, 48, np.float16), (3, 30, 20, np.float32), (1, 7, 9, np.float16),
-                                         (250, 512, 512, np.float32)])
-def test_known_metadata_is_what_zarr_writes(tmp_path: Path, n, h, w, dtype):
-    """With the zarr version it was checked against, a shard's zarr.json files are written without
-    importing zarr; they are byte for byte zarr's, so whole shards are too."""
-    if zarr_format._zarr_version() != zarr_format.METADATA_ZARR_VERSION:
-        pytest.skip(f"zarr {zarr_format._zarr_version()} installed: its own metadata is used "
-                    f"(the template is zarr {zarr_format.METADATA_ZARR_VERSION}'s)")
-    images, labels, sizes = random_shard_arrays(n, h, w, dtype, seed=n)
-    zarr_format.clear_metadata_cache()
-    assert zarr_format.write_zarr_shard(tmp_path / "known.zarr", images, labels, sizes) == "cached"
-    assert zarr_format.write_zarr_shard(tmp_path / "zarr.zarr", images, labels, sizes, direct=False) == "zarr"
-    assert sha256_tree(tmp_path / "known.zarr") == sha256_tree(tmp_path / "zarr.zarr")
-    for p in tree_files(tmp_path / "zarr.zarr"):
-        assert (tmp_path / "known.zarr" / p.relative_to(tmp_path / "zarr.zarr")).read_bytes() == p.read_bytes()
-
-
-def test_another_zarr_version_writes_its_own_metadata(tmp_path: Path, monkeypatch):
-    images, labels, sizes = random_shard_arrays(3, 10, 12, np.float16, seed=1)
-    zarr_format.clear_metadata_cache()
-    monkeypatch.setattr(zarr_format, "_zarr_version", lambda: "9.9.9")
-    assert zarr_format.write_zarr_shard(tmp_path / "a.zarr", images, labels, sizes) == "direct"
-
-
-def test_unknown_layout_falls_back_to_zarr(tmp_path: Path, monkeypatch):
-    """If zarr's metadata is not the layout the encoder knows (as with another zarr version's
-    defaults), zarr writes the data itself, and the shard is the same."""
-    images = np.random.default_rng(0).random((3, 10, 12)).astype(np.float16)
-    labels = (images > 0.5).astype(np.uint8)
-    sizes = np.full((3, 2), (10, 12), np.int32)
-    zarr_format.clear_metadata_cache()
-    monkeypatch.setattr(zarr_format, "_zarr_version", lambda: "9.9.9")  # another version: its own metadata
-    monkeypatch.setattr(zarr_codec, "sharded_layout_matches", lambda *a: False)
-    monkeypatch.setattr(zarr_codec, "plain_layout_matches", lambda *a: False)
-    assert zarr_format.write_zarr_shard(tmp_path / "fallback.zarr", images, labels, sizes) == "zarr"
-    assert zarr_format.cached_layouts() == 0  # nothing learnt from a layout the encoder does not know
-    path = tmp_path / "shards" / "shard-00000.zarr"
-    res = shards.write_shard(path, list(images), list(labels))
-    monkeypatch.undo()
-    ref = shards.write_shard(tmp_path / "ref" / "shard-00000.zarr", list(images), list(labels))
-    assert res.sha256 == ref.sha256 == sha256_tree(tmp_path / "fallback.zarr")
-
-
 def test_written_dataset_reads_back(tmp_path: Path):
     images = [np.random.default_rng(i).random((24, 30), dtype=np.float32) for i in range(4)]
     labels = [(im > 0.7).astype(np.uint8) for im in images]
@@ -128,3 +59,36 @@ def test_written_dataset_reads_back(tmp_path: Path):
     for i in range(4):
         np.testing.assert_array_equal(ds[i]["image"], images[i].astype(np.float16).astype(np.float32))
         np.testing.assert_array_equal(ds[i]["label"], labels[i])
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_shard_bytes_deterministic(tmp_path: Path, fmt: str):
+    images, labels = random_samples(6)
+    a = write_shard(tmp_path / "a" / shard_relpath(0, fmt), images, labels, fmt=fmt)
+    b = write_shard(tmp_path / "b" / shard_relpath(0, fmt), images, labels, fmt=fmt)
+    assert a.sha256 == b.sha256 == sha256_path(a.path)
+    assert a.bytes > 0 and a.count == 6
+
+
+def test_writer_refuses_existing_and_cleans_tmp(tmp_path: Path):
+    images, labels = random_samples(2)
+    path = tmp_path / shard_relpath(0, "zarr")
+    write_shard(path, images, labels)
+    with pytest.raises(DataError, match="already exists"):
+        write_shard(path, images, labels)
+    with pytest.raises(ValueError):
+        with ShardWriter(tmp_path / shard_relpath(1, "zarr")) as w:
+            w.add(images[0], labels[0][:3])  # shape mismatch
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["shard-00000.zarr"]
+
+
+@pytest.mark.parametrize("shapes", [[(40, 48)] * 5, [(40, 48), (40, 48), (30, 20), (40, 48), (40, 48)]])
+def test_capacity_buffer_same_bytes(tmp_path: Path, shapes):
+    """The preallocated fast path (capacity) writes exactly what the list path writes."""
+    images, labels = random_samples(len(shapes), shapes=shapes)
+    images[1] = images[1].astype(np.float64) * 1.3 - 0.1  # clipping, other input dtype
+    a = write_shard(tmp_path / "a" / shard_relpath(0, "zarr"), images, labels)
+    with ShardWriter(tmp_path / "b" / shard_relpath(0, "zarr"), capacity=len(shapes)) as w:
+        w.add_many(images, labels)
+        b = w.close()
+    assert a.sha256 == b.sha256 and a.sample_sha256 == b.sample_sha256
