@@ -54,3 +54,20 @@ def set_threads(num_threads: int, device: torch.device) -> int:
         return torch.get_num_threads()
     torch.set_num_threads(n)
     return n
+
+
+def describe_device(device: torch.device) -> str:
+    """What a timing ran on, for summary.json: the GPU's name, or the CPU's model name (Linux
+    /proc/cpuinfo; else platform.processor() or the machine type)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"

@@ -28,7 +28,7 @@ from shared.shards.remote import as_location
 from train.checkpointing import IDENTITY_FIELDS, METRICS_FILE, SUMMARY_FILE, last_checkpoint, load_checkpoint
 from train.config import TrainConfig, config_from_dict, upgrade_config_dict
 from train.data import ShardBatchStream, StreamSpec, batch_loader
-from train.devices import device_kind
+from train.devices import describe_device, device_kind
 from train.distributed import barrier, setup_distributed
 from train.fit_setup import (PreparedRun, prepare_run, require_checkpoint, truncate_metrics,
                              write_run_json)
@@ -206,7 +206,8 @@ def finish(run: PreparedRun, step: int, window: MetricsWindow, ckpt: Checkpointe
             "final_loss": window.last_loss, "seconds": round(seconds, 3),
             "samples_per_s": round(samples_per_s, 2), "world_size": di.world_size,
             "trainable_params": run.params.trainable, "total_params": run.params.total,
-            "skipped_without_foreground": run.data.skipped})
+            "skipped_without_foreground": run.data.skipped,
+            "device": str(run.device), "device_name": describe_device(run.device), "threads": run.threads})
     barrier(di)
     return FitResult(step, start.step, window.first_loss, window.last_loss, seconds, samples_per_s, run.out)
 
