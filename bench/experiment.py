@@ -17,6 +17,13 @@ the mean over the seeds with its standard deviation and range; the per-patient r
 cell go to OUT/cells/*.csv, all numbers to OUT/results.json, the tables to OUT/table.md, and a
 plot of DSC against the number of exemplars to OUT/dsc_vs_exemplars.png.
 
+Cross-validation (issue 30): with `--folds FILE` (or the config's "folds", e.g.
+bench/experiments/brats_cohort_sites.json) the grid runs once per fold of a leave-site-out fold
+file, each fold in OUT/fold-<name>/ with its own split file, and OUT/cv_table.md adds the tables
+across folds (bench/cross_site.py; docs/cross_site.md). Every table states the device of each
+fit time ("Fit (s), CPU" / "Fit (s), GPU": one column per device, named below the table) and the
+median predicted/true volume ratio.
+
 This is a script (not a `train` subcommand) because it drives both CLIs and `train` never imports
 `synth`; it only calls the two public command-line tools, exactly as a user would. Finished steps
 (their output has its completion marker) are skipped on a rerun, so a grid can span several
@@ -67,6 +74,8 @@ class ExperimentConfig:
     zero_shot: dict = field(default_factory=dict)  # flags for the zero-shot `train eval` (model, img_size)
     samed_counts: list[str] = field(default_factory=list)   # counts whose synthesized set trains promptless
     samed_fit: dict = field(default_factory=lambda: {"prompt": "none"})
+    arm_counts: dict = field(default_factory=dict)  # arm -> the exemplar counts it runs at (absent: all)
+    folds: str | None = None           # a cross-validation fold file (data_manifests/splits/*_sites.json)
     notes: str = ""
 
     @classmethod
@@ -79,7 +88,22 @@ class ExperimentConfig:
             raise SystemExit(f"{path}: unknown arm(s) {unknown}; known: {list(ARMS)}")
         if "zero-shot" in cfg.arms and cfg.pretrain is None and "checkpoint" not in cfg.zero_shot:
             raise SystemExit(f"{path}: the zero-shot arm needs a `pretrain` section or zero_shot.checkpoint")
+        for arm, counts in cfg.arm_counts.items():
+            if arm not in ("synthesized", "exemplars"):
+                raise SystemExit(f"{path}: arm_counts names {arm!r}; only synthesized and exemplars take counts "
+                                 f"(the SAMed-style arm has samed_counts)")
+            stray = [c for c in counts if c not in cfg.exemplar_counts]
+            if stray:
+                raise SystemExit(f"{path}: arm_counts[{arm!r}] has {stray}, not in exemplar_counts {cfg.exemplar_counts}")
         return cfg
+
+    def runs_at(self, arm: str, count: str) -> bool:
+        """Whether `arm` is in the grid at this exemplar count (arms, arm_counts, samed_counts)."""
+        if arm not in self.arms:
+            return False
+        if arm == "samed":
+            return count in self.samed_counts
+        return count in self.arm_counts.get(arm, self.exemplar_counts)
 
     @property
     def seed_list(self) -> list[int]:
@@ -178,11 +202,14 @@ def _tag(count: str) -> str:
 
 def plan_and_run(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: bool, steps: int | None,
                  jobs: int = 1, only_seeds: list[int] | None = None,
-                 table_only: bool = False) -> tuple[list[Cell], int]:
+                 table_only: bool = False, num_threads: int | None = None) -> tuple[list[Cell], int]:
     """Run (or, with table_only, just locate) every step of the grid.
 
+    num_threads: torch threads of every fit / eval / pretrain and `--workers` of every synth step
+    (default: CPUs / jobs torch threads when jobs > 1, the tools' own defaults otherwise).
     Returns the table cells and the number of steps this call ran."""
-    out.mkdir(parents=True, exist_ok=True)
+    if not table_only:
+        out.mkdir(parents=True, exist_ok=True)
     runner = Runner(out, dry_run or table_only, jobs)
     if table_only:
         runner.run = lambda *a, **k: None  # type: ignore[method-assign]
@@ -192,7 +219,8 @@ def plan_and_run(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: boo
     if cfg.split_file:
         split_path = Path(cfg.split_file)
         split_file = ["--split-file", str(split_path if split_path.is_absolute() else PROJECT_ROOT / split_path)]
-    build_extra = cli_flags(cfg.build)
+    workers = ["--workers", str(num_threads)] if num_threads else []
+    build_extra = cli_flags(cfg.build) + workers
     fit = dict(cfg.fit)
     if steps is not None:
         fit["steps"] = steps
@@ -208,7 +236,9 @@ def plan_and_run(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: boo
     if cfg.pretrain is not None and uses_pretrained:
         pre_dir = pretrained.parent
         runner.run("pretrain", [train, "pretrain", *source, "--split", cfg.train_split, *split_file,
-                                *cli_flags(cfg.pretrain), "--no-progress", "--out", str(pre_dir)],
+                                *cli_flags(cfg.pretrain),
+                                *(["--num-threads", str(num_threads)] if num_threads else []),
+                                "--no-progress", "--out", str(pre_dir)],
                    pretrained, pre_dir)
     subs = {"{pretrained}": str(pretrained)}
 
@@ -223,25 +253,26 @@ def plan_and_run(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: boo
         base = out / f"seed-{seed}"
         for count in cfg.exemplar_counts:
             tag = _tag(count)
+            if not any(cfg.runs_at(arm, count) for arm in ("synthesized", "exemplars", "samed")):
+                continue
             exemplar_list = base / "exemplars" / f"exemplars_{tag}.json"
             if not (dry_run or table_only):
                 exemplar_list.parent.mkdir(parents=True, exist_ok=True)
             runner.run(f"s{seed}-select-{tag}", [synth, "select", *source, "--split", cfg.train_split, *split_file,
-                                                 "--exemplars", count, "--seed", str(seed),
+                                                 "--exemplars", count, "--seed", str(seed), *workers,
                                                  "--out", str(exemplar_list)], exemplar_list)
-            wants_synth = "synthesized" in cfg.arms or ("samed" in cfg.arms and count in cfg.samed_counts)
-            if wants_synth:
+            if cfg.runs_at("synthesized", count) or cfg.runs_at("samed", count):
                 shards = base / "data" / f"synth_{tag}"
                 extra = ["--num-samples", str(cfg.num_samples)] if cfg.num_samples else []
                 runner.run(f"s{seed}-build-synth-{tag}",
                            [synth, "build", *source, "--split", cfg.train_split, *split_file, *build_extra,
                             "--exemplar-list", str(exemplar_list), "--seed", str(seed), *extra,
                             "--out", str(shards)], shards / "dataset.json", shards)
-                if "synthesized" in cfg.arms:
+                if cfg.runs_at("synthesized", count):
                     train_tasks.append(Cell("synthesized", count, seed, shards, base / "runs" / f"synth_{tag}", {}))
-                if "samed" in cfg.arms and count in cfg.samed_counts:
+                if cfg.runs_at("samed", count):
                     train_tasks.append(Cell("samed", count, seed, shards, base / "runs" / f"samed_{tag}", {}))
-            if "exemplars" in cfg.arms:
+            if cfg.runs_at("exemplars", count):
                 shards = base / "data" / f"exemplars_{tag}"
                 runner.run(f"s{seed}-build-exemplars-{tag}",
                            [synth, "build", *source, "--split", cfg.train_split, *split_file, *build_extra,
@@ -252,7 +283,9 @@ def plan_and_run(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: boo
             train_tasks.append(Cell("full", "all", seed, out / "data" / "full", base / "runs" / "full", {}))
 
     thread_flags: list[str] = []
-    if jobs > 1:
+    if num_threads:
+        thread_flags = ["--num-threads", str(num_threads)]
+    elif jobs > 1:
         thread_flags = ["--num-threads", str(max(1, len(os.sched_getaffinity(0)) // jobs))]
 
     def evaluate(cell: Cell, prompts: list[str], model_flags: list[str]) -> None:
@@ -348,27 +381,73 @@ def _finite(x) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x))
 
 
+def fit_device(run_summary: dict) -> str:
+    """What a fit's time was measured on, from its summary.json: "CPU: <model>, N thread(s)",
+    "GPU: <name>", or "unrecorded" (runs from before `train fit` recorded its device)."""
+    device = run_summary.get("device")
+    if not device:
+        return "unrecorded"
+    if str(device).startswith("cuda"):
+        return f"GPU: {run_summary.get('device_name') or device}"
+    threads = run_summary.get("threads")
+    label = f"CPU: {run_summary.get('device_name') or device}"
+    return f"{label}, {threads} thread{'' if threads == 1 else 's'}" if threads else label
+
+
+def read_cases(eval_dir: Path) -> list[dict]:
+    """An evaluation's cases.csv as dicts: volume, class, dsc, hd95 (NaN when not defined) and
+    volume_ratio (predicted / true voxels; NaN when the class is absent from the ground truth)."""
+    path = eval_dir / "cases.csv"
+    if not path.exists():
+        return []
+
+    def num(text: str | None) -> float:
+        try:
+            return float(text) if text not in (None, "") else math.nan
+        except ValueError:
+            return math.nan
+
+    rows = []
+    for line in csv.DictReader(io.StringIO(path.read_text())):
+        ratio = num(line.get("volume_ratio"))
+        if math.isnan(ratio):
+            gt, pred = num(line.get("gt_voxels")), num(line.get("pred_voxels"))
+            ratio = pred / gt if gt > 0 else math.nan
+        rows.append({"volume": line["volume"], "class": line.get("class", ""), "dsc": num(line.get("dsc")),
+                     "hd95": num(line.get("hd95")), "volume_ratio": ratio})
+    return rows
+
+
+def median_or_nan(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
 def aggregate(cfg: ExperimentConfig, cells: list[Cell], out: Path) -> dict:
-    """Group cells by (arm, count): per prompt, Stat of mean DSC and mean HD95 over seeds; per-patient CSVs."""
+    """Group cells by (arm, count): per prompt, Stat of mean DSC and mean HD95 over seeds, the
+    per-case volume ratios of every seed; fit times per device; per-patient CSVs."""
     rows: dict[tuple[str, str], dict] = {}
     cells_dir = out / "cells"
     for cell in cells:
         key = (cell.arm, cell.count)
         row = rows.setdefault(key, {"arm": cell.arm, "count": cell.count, "prompts": {}, "train_samples": None,
-                                    "fit_seconds": [], "per_class": {}})
+                                    "fit_seconds": [], "fit_by_device": {}, "per_class": {}})
         if cell.shards is not None and (cell.shards / "dataset.json").exists():
             row["train_samples"] = int(json.loads((cell.shards / "dataset.json").read_text()).get("num_samples", 0))
         if cell.run_dir is not None and (cell.run_dir / "summary.json").exists():
-            seconds = json.loads((cell.run_dir / "summary.json").read_text()).get("seconds")
+            run_summary = json.loads((cell.run_dir / "summary.json").read_text())
+            seconds = run_summary.get("seconds")
             if seconds:
                 row["fit_seconds"].append(float(seconds))
+                row["fit_by_device"].setdefault(fit_device(run_summary), []).append(float(seconds))
         for prompt, eval_dir in cell.evals.items():
             summary = _summary(eval_dir)
             entry = row["prompts"].setdefault(prompt, {"dsc": Stat([]), "hd95": Stat([]), "seeds": [],
-                                                       "hd95_unit": None, "per_class": {}})
+                                                       "hd95_unit": None, "per_class": {}, "volume_ratios": []})
             if summary is None:
                 continue
             entry["seeds"].append(cell.seed)
+            entry["volume_ratios"] += [c["volume_ratio"] for c in read_cases(eval_dir)]
             if _finite(summary.get("mean_dsc")):
                 entry["dsc"].values.append(float(summary["mean_dsc"]))
             if _finite(summary.get("mean_hd95")):
@@ -431,7 +510,8 @@ def render_tables(cfg: ExperimentConfig, rows: dict, fit: dict, wall_s: float, j
         head += [f"DSC (%) {prompt}", f"HD95 ({unit}) {prompt}"]
     if multi:
         head += [f"{c.replace('_', ' ')} ({cfg.prompts[0]})" for c in classes]
-    head += ["Fit (s)"]
+    devices = FitColumns([rows[key] for key in _row_order(cfg, rows)])
+    head += [f"Vol. ratio ({cfg.prompts[0]})", *devices.headers()]
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for key in _row_order(cfg, rows):
         r = rows[key]
@@ -440,10 +520,12 @@ def render_tables(cfg: ExperimentConfig, rows: dict, fit: dict, wall_s: float, j
             # a promptless arm has one evaluation: shown in the first prompt column
             e = r["prompts"].get(prompt) or (r["prompts"].get("none") if prompt == cfg.prompts[0] else None)
             cells += [e["dsc"].text(100.0, n), e["hd95"].text(1.0, n)] if e else ["–", "–"]
+        first = r["prompts"].get(cfg.prompts[0]) or r["prompts"].get("none")
         if multi:
-            e = r["prompts"].get(cfg.prompts[0]) or r["prompts"].get("none")
-            cells += [e["per_class"][c].text(100.0, n) if e and c in e["per_class"] else "–" for c in classes]
-        cells.append(f"{statistics.fmean(r['fit_seconds']):.0f}" if r["fit_seconds"] else "–")
+            cells += [first["per_class"][c].text(100.0, n) if first and c in first["per_class"] else "–"
+                      for c in classes]
+        cells.append(ratio_text(first["volume_ratios"] if first else []))
+        cells += devices.cells(r, n)
         lines.append("| " + " | ".join(cells) + " |")
     synth_counts = [c for c in cfg.exemplar_counts if ("synthesized", c) in rows and ("exemplars", c) in rows]
     if synth_counts:
@@ -456,6 +538,8 @@ def render_tables(cfg: ExperimentConfig, rows: dict, fit: dict, wall_s: float, j
             diff = _paired_difference(a, b)
             lines.append(f"| {count} | {a['dsc'].text(100.0, n) if a else '–'} | {b['dsc'].text(100.0, n) if b else '–'} "
                          f"| {diff.text(100.0, n)} |")
+    lines += ["", f"Vol. ratio: median over the cases (and seeds) of predicted / true voxels, "
+                  f"{cfg.prompts[0]} prompts (1 = no spill; issue 30's target 0.9-1.1). {devices.legend()}"]
     lines += ["", f"Machine: {platform.node() or 'unknown'}, {len(os.sched_getaffinity(0))} CPUs, "
                   f"{platform.processor() or platform.machine()}; `--jobs {jobs}`; "
                   f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
@@ -469,6 +553,55 @@ def render_tables(cfg: ExperimentConfig, rows: dict, fit: dict, wall_s: float, j
     return "\n".join(lines) + "\n"
 
 
+def ratio_text(ratios: list[float]) -> str:
+    value = median_or_nan(ratios)
+    return "–" if math.isnan(value) else f"{value:.3f}"
+
+
+class FitColumns:
+    """One "Fit (s)" column per device the rows' fits ran on, so no column mixes devices.
+
+    Short headers (CPU, GPU, CPU 2, ...) with the full device names in legend(); a cell is the
+    mean fit time on that device, "(n=k)" added when k differs from the fits expected."""
+
+    def __init__(self, rows: list[dict]):
+        self.devices: list[str] = sorted({d for r in rows for d in r.get("fit_by_device", {})})
+        kinds = [d.split(":", 1)[0] for d in self.devices]
+        self.short: dict[str, str] = {}
+        for device, kind in zip(self.devices, kinds):
+            same = [d for d, k in zip(self.devices, kinds) if k == kind]
+            self.short[device] = kind if len(same) == 1 else f"{kind} {same.index(device) + 1}"
+
+    def headers(self) -> list[str]:
+        return [f"Fit (s), {self.short[d]}" for d in self.devices] or ["Fit (s)"]
+
+    def cells(self, row: dict, expected_n: int | None = None) -> list[str]:
+        if not self.devices:
+            return ["–"]
+        out = []
+        for device in self.devices:
+            values = row.get("fit_by_device", {}).get(device, [])
+            if not values:
+                out.append("–")
+                continue
+            text = f"{statistics.fmean(values):.0f}"
+            out.append(text if expected_n is None or len(values) == expected_n else f"{text} (n={len(values)})")
+        return out
+
+    def legend(self) -> str:
+        if not self.devices:
+            return "Fit (s): `train fit` wall time (none finished)."
+
+        def name(device: str) -> str:
+            if device == "unrecorded":
+                return "not recorded in the run's summary.json (a run from before train fit recorded it)"
+            return device.split(": ", 1)[1]
+
+        named = "; ".join(f"{self.short[d]} = {name(d)}" for d in self.devices)
+        return (f"Fit (s): mean `train fit` wall time (summary.json `seconds`), one column per device ({named}); "
+                f"timings of different columns are not comparable.")
+
+
 def _paired_difference(a: dict | None, b: dict | None) -> Stat:
     if not a or not b:
         return Stat([])
@@ -480,12 +613,16 @@ def _paired_difference(a: dict | None, b: dict | None) -> Stat:
 def results_json(cfg: ExperimentConfig, rows: dict) -> dict:
     return {"name": cfg.name, "seeds": cfg.seed_list, "rows": [
         {"arm": r["arm"], "count": r["count"], "train_samples": r["train_samples"],
-         "fit_seconds": r["fit_seconds"],
+         "fit_seconds": r["fit_seconds"], "fit_seconds_by_device": r["fit_by_device"],
          "prompts": {p: {"seeds": e["seeds"], "dsc": e["dsc"].as_dict(), "hd95": e["hd95"].as_dict(),
-                         "hd95_unit": e["hd95_unit"],
+                         "hd95_unit": e["hd95_unit"], "median_volume_ratio": _json_num(median_or_nan(e["volume_ratios"])),
                          "per_class_dsc": {c: s.as_dict() for c, s in e["per_class"].items()}}
                      for p, e in r["prompts"].items()}}
         for r in rows.values()]}
+
+
+def _json_num(x: float) -> float | None:
+    return None if math.isnan(x) else x
 
 
 def _count_value(count: str) -> float | None:
@@ -495,7 +632,7 @@ def _count_value(count: str) -> float | None:
         return None
 
 
-def plot_dsc(cfg: ExperimentConfig, rows: dict, target: Path) -> Path | None:
+def plot_dsc(cfg: ExperimentConfig, rows: dict, target: Path, over: str = "seeds") -> Path | None:
     """DSC against the number of exemplars, with and without synthesis, mean with min-max bars.
 
     Needs matplotlib (`pip install exemplar-sam[bench]`); without it the plot is skipped with a note."""
@@ -538,7 +675,7 @@ def plot_dsc(cfg: ExperimentConfig, rows: dict, target: Path) -> Path | None:
     ax.minorticks_off()
     ax.set_xlabel("number of exemplar slices (log scale)")
     ax.set_ylabel(f"3D DSC (%), {prompt} prompts")
-    ax.set_title(f"{cfg.name}: mean over seeds, bars = min-max")
+    ax.set_title(f"{cfg.name}: mean over {over}, bars = min-max")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -548,16 +685,23 @@ def plot_dsc(cfg: ExperimentConfig, rows: dict, target: Path) -> Path | None:
     return target
 
 
-def write_outputs(cfg: ExperimentConfig, cells: list[Cell], out: Path, fit: dict, wall_s: float, jobs: int,
-                  ran_steps: int) -> str:
+def write_grid_outputs(cfg: ExperimentConfig, cells: list[Cell], out: Path, fit: dict, wall_s: float, jobs: int,
+                       ran_steps: int) -> tuple[str, dict]:
+    """table.md, results.json, cells/ and the plot of one grid (or one fold); returns the table and its rows."""
     if (out / "cells").exists():
         shutil.rmtree(out / "cells")  # rebuilt from the evaluations every time
     rows = aggregate(cfg, cells, out)
     table = render_tables(cfg, rows, fit, wall_s, jobs, ran_steps)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table)
     (out / "results.json").write_text(json.dumps(results_json(cfg, rows), indent=1) + "\n")
     plot_dsc(cfg, rows, out / "dsc_vs_exemplars.png")
-    return table
+    return table, rows
+
+
+def write_outputs(cfg: ExperimentConfig, cells: list[Cell], out: Path, fit: dict, wall_s: float, jobs: int,
+                  ran_steps: int) -> str:
+    return write_grid_outputs(cfg, cells, out, fit, wall_s, jobs, ran_steps)[0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -573,6 +717,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="train/evaluate this many training sets at once, each with CPUs/jobs torch threads "
                              "(step output then goes to OUT/logs/); the data steps always run one at a time")
+    parser.add_argument("--num-threads", type=int, default=None,
+                        help="torch threads of every fit/eval/pretrain and --workers of every synth step "
+                             "(default: CPUs/jobs threads with --jobs > 1, else the tools' defaults)")
+    parser.add_argument("--folds", type=Path, default=None,
+                        help="cross-validation: a fold file (data_manifests/splits/*_sites.json); the grid runs "
+                             "once per fold and OUT/cv_table.md has the tables across folds (default: the "
+                             "config's \"folds\", if any)")
+    parser.add_argument("--only-folds", nargs="+", default=None, metavar="FOLD",
+                        help="with folds: run only these folds now (the tables still use every finished fold)")
     parser.add_argument("--only-seeds", type=int, nargs="+", default=None,
                         help="run only these seeds now (the tables still use every finished seed)")
     parser.add_argument("--table-only", action="store_true",
@@ -581,20 +734,47 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = ExperimentConfig.load(args.config)
     out = (args.out or PROJECT_ROOT / "runs" / f"experiment-{cfg.name}").resolve()
-    start = time.perf_counter()
-    cells, ran = plan_and_run(cfg, args.data_root.resolve(), out, args.dry_run, args.steps, args.jobs,
-                              args.only_seeds, args.table_only)
-    if args.dry_run:
-        return
+    data_root = args.data_root.resolve()
     fit = dict(cfg.fit)
     if args.steps is not None:
         fit["steps"] = args.steps
-    if args.only_seeds is not None:  # the table covers every seed that has finished, not only these
-        cells, _ = plan_and_run(cfg, args.data_root.resolve(), out, False, args.steps, args.jobs, None, True)
-    table = write_outputs(cfg, cells, out, fit, time.perf_counter() - start, args.jobs, ran)
+    start = time.perf_counter()
+    folds_path = args.folds or (Path(cfg.folds) if cfg.folds else None)
+    if folds_path is None:
+        if args.only_folds:
+            raise SystemExit("--only-folds needs a fold file (--folds FILE or the config's \"folds\")")
+        cells, ran = plan_and_run(cfg, data_root, out, args.dry_run, args.steps, args.jobs,
+                                  args.only_seeds, args.table_only, args.num_threads)
+        if args.dry_run:
+            return
+        if args.only_seeds is not None:  # the table covers every seed that has finished, not only these
+            cells, _ = plan_and_run(cfg, data_root, out, False, args.steps, args.jobs, None, True)
+        table = write_outputs(cfg, cells, out, fit, time.perf_counter() - start, args.jobs, ran)
+    else:
+        from bench.cross_site import FoldFileError, check_folds_against_source, load_folds, plan_cv, write_cv_outputs
+
+        folds_path = folds_path if folds_path.is_absolute() else PROJECT_ROOT / folds_path
+        try:
+            folds = load_folds(folds_path)
+            check_folds_against_source(cfg, folds, data_root)
+            fold_cells, ran = plan_cv(cfg, folds, data_root, out, args.dry_run, args.steps, args.jobs,
+                                      args.only_seeds, args.only_folds, args.table_only, args.num_threads)
+        except FoldFileError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        if args.dry_run:
+            return
+        if args.only_seeds is not None or args.only_folds is not None:
+            fold_cells, _ = plan_cv(cfg, folds, data_root, out, False, args.steps, args.jobs, table_only=True)
+        table = write_cv_outputs(cfg, folds, fold_cells, out, fit, time.perf_counter() - start, args.jobs, ran)
     print(table)
-    print(f"experiment {cfg.name}: {time.perf_counter() - start:.0f} s, table at {out / 'table.md'}")
+    print(f"experiment {cfg.name}: {time.perf_counter() - start:.0f} s, table at "
+          f"{out / ('cv_table.md' if folds_path else 'table.md')}")
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable copy (bench.experiment), the one bench/cross_site.py imports, so the two
+    # share one ExperimentConfig / Cell / Stat instead of a __main__ copy of each.
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from bench.experiment import main as _main
+
+    _main()
