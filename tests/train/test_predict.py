@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -298,6 +299,55 @@ def test_per_slice_boxes_equal_evals_prediction(dicom_case, tmp_path):
     img = nib.load(tmp_path / "n" / "scan.nii.gz")
     assert np.allclose(img.affine, dicom_case["affine"]) and np.array_equal(np.asarray(img.dataobj), pred)
     assert sorted(p.name for p in (tmp_path / "n").iterdir()) == ["scan.labels.json", "scan.nii.gz"]
+
+
+@pytest.mark.shared_data
+def test_predict_applies_a_published_adapter(dicom_case, tmp_path):
+    """`train predict --model lite_medsam --adapter models/synapse-1-exemplar`: the scan is
+    preprocessed like the adapter's training data (ct-medsam, from its card) and segmented by base
+    weights + adapter, exactly as train eval's pipeline does with the same adapter."""
+    from promptkit import box_prompts
+    from shared.intensity import CT_MEDSAM
+    from train.adapters import load_adapter_model
+    from train.inference import Inference, predict_slices
+    from train.prompts import Prompt
+
+    adapter = Path(__file__).resolve().parents[2] / "models" / "synapse-1-exemplar"
+    gt = dicom_case["label"]
+    k = max(range(gt.shape[2]), key=lambda z: len(np.unique(gt[:, :, z])))
+    one = gt.copy()
+    one[:, :, [z for z in range(gt.shape[2]) if z != k]] = 0
+    prompts = tmp_path / "one.json"
+    prompts.write_text(json.dumps(box_prompts(one, dicom_case["affine"], dicom_case["organs"], every_slice=True)))
+    nii = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(dicom_case["image"], dicom_case["affine"]), str(nii))
+    code, text = _predict("--input", nii, "--prompts", prompts, "--model", "lite_medsam", "--adapter", adapter,
+                          "--out", tmp_path / "o")
+    assert code == 0, text
+    pred = np.asarray(nib.load(tmp_path / "o" / "scan.nii.gz").dataobj)
+    loaded = load_adapter_model(adapter, "lite_medsam")
+    inf = Inference(loaded.model, torch.device("cpu"))
+    boxes = {}
+    for c in np.unique(gt[:, :, k])[1:]:
+        ii, jj = np.nonzero(gt[:, :, k] == c)
+        boxes[int(c)] = Prompt.around((ii.min(), jj.min(), ii.max(), jj.max()))
+    with torch.inference_mode():
+        theirs = predict_slices(inf, preprocess_raw(dicom_case["image"], CT_MEDSAM)[[k]], [boxes])
+    assert np.array_equal(pred[:, :, k].T, theirs[0])
+    assert _dsc(pred[:, :, k] > 0, gt[:, :, k] > 0) > 0.7
+    # one-line errors: --adapter without --model, --modality with an adapter, a damaged adapter
+    for args, needle in ((["--run", tmp_path, "--adapter", adapter], "--adapter"),
+                         (["--model", "lite_medsam", "--adapter", adapter, "--modality", "ct"], "--modality")):
+        code, text = _predict("--input", nii, "--prompts", prompts, *args, "--out", tmp_path / "e")
+        assert code == 2 and len(text.strip().splitlines()) == 1 and needle in text, text
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text((adapter / "model.json").read_text())
+    (broken / "adapter.pt").write_bytes((adapter / "adapter.pt").read_bytes()[:1000])
+    code, text = _predict("--input", nii, "--prompts", prompts, "--model", "lite_medsam", "--adapter", broken,
+                          "--out", tmp_path / "b")
+    assert code != 0 and len(text.strip().splitlines()) == 1 and "adapter" in text, text
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
 
 
 @pytest.mark.shared_data

