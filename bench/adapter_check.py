@@ -3,7 +3,7 @@
     python bench/adapter_check.py models/brats-flair-wt-0.5pct --dataset brats \
         --root ../shared/data/brats2018_sample --case Brats18_2013_3_1 --intensity mr-medsam
 
-tests/train/test_published_adapters.py recomputes it and compares within 0.005.
+tests/train/test_adapters.py recomputes it and compares within 0.005.
 """
 from __future__ import annotations
 

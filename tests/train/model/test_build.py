@@ -1,8 +1,6 @@
-"""train.model: official-checkpoint loading (random-init vit_b written by the test), resizing,
-LoRA, trainable-state round trip, bad checkpoints, and the tiny model."""
+"""train/model/build.py (build_sam): official-checkpoint loading (random-init vit_b written by the
+test), resizing, bad checkpoints, the promptless head, box prompts, and the tiny model."""
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import pytest
@@ -11,29 +9,12 @@ import torch.nn.functional as F
 
 from shared.errors import ConfigError, DataError
 from train.losses import ce_dice_loss
-from train.model import (PromptSAM, add_lora, build_sam, count_parameters, load_trainable_state,
-                         trainable_state_dict)
-
-# LoRA rank 4 on vit_b: encoder 12 blocks x (A: 2r x 768 + B: 2*768 x r) = 147,456; decoder
-# q/v of 2 layers x (self 256->256, two cross 256->128) + final cross = 23,552.
-VIT_B_LORA4 = 147_456 + 23_552
-VIT_B_DECODER = 4_058_340   # all mask-decoder parameters
-
-
-@pytest.fixture(scope="module")
-def vit_b_ckpt(vit_b_random_checkpoint):
-    return vit_b_random_checkpoint
+from train.model import PromptSAM, add_lora, build_sam, count_parameters, trainable_state_dict
 
 
 @pytest.fixture(scope="module")
 def vit_b_512(vit_b_ckpt):
     return build_sam("vit_b", vit_b_ckpt[0], 512)
-
-
-@pytest.fixture(scope="module")
-def vit_b_256(vit_b_ckpt):
-    """The LoRA tests run forwards at 256 (a 16x16 grid): 4x cheaper than 512 on CPU."""
-    return build_sam("vit_b", vit_b_ckpt[0], 256)
 
 
 def _inputs(size, b=1, seed=0):
@@ -70,64 +51,6 @@ def test_vit_b_512_resizes_position_tables(vit_b_ckpt, vit_b_512):
             assert torch.equal(blk.attn.rel_pos_h, state[f"image_encoder.blocks.{i}.attn.rel_pos_h"])
     logits = PromptSAM(vit_b_512)(*_inputs(512))
     assert logits.shape == (1, 1, 512, 512) and torch.isfinite(logits).all()
-
-
-def test_lora_equals_base_and_counts(vit_b_256):
-    base = PromptSAM(vit_b_256)
-    lora_sam = copy.deepcopy(vit_b_256)
-    info = add_lora(lora_sam, rank=4)
-    assert info == lora_sam.lora == {"rank": 4, "alpha": 4.0, "targets": ["encoder_qv", "decoder_attn"],
-                                     "train_decoder": "lora", "trainable": []}
-    model = PromptSAM(lora_sam)
-    inputs = _inputs(256)
-    with torch.no_grad():
-        want = base(*inputs)
-        got = model(*inputs)
-        model.eval()
-        got_eval = model(*inputs)
-    assert torch.allclose(got, want, atol=1e-6) and torch.allclose(got_eval, want, atol=1e-6)
-
-    qkv = lora_sam.sam.image_encoder.blocks[0].attn.qkv
-    assert "lora_ind" in dict(qkv.named_buffers())          # moves with .to(device)
-    assert not any(k.endswith("lora_ind") for k in lora_sam.sam.state_dict())
-    count = count_parameters(model)
-    assert count.trainable == VIT_B_LORA4
-    names = [n for n, p in lora_sam.sam.named_parameters() if p.requires_grad]
-    assert names and all("lora_" in n for n in names)
-    assert sum("image_encoder" in n for n in names) == 24 and sum("mask_decoder" in n for n in names) == 28
-
-    full = copy.deepcopy(vit_b_256)
-    add_lora(full, rank=4, train_decoder="full")
-    assert count_parameters(full).trainable == 147_456 + VIT_B_DECODER
-
-
-def test_trainable_state_round_trip(vit_b_256, tmp_path):
-    sam = copy.deepcopy(vit_b_256)
-    add_lora(sam, rank=4)
-    with torch.no_grad():
-        for name, p in sam.sam.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.01)
-    model = PromptSAM(sam)
-    model.train()
-    model.eval()                                   # mode switches must not touch the weights
-    state = trainable_state_dict(model)
-    assert all("lora_" in k for k in state if not k.endswith("gaussian_matrix"))
-    torch.save(state, tmp_path / "last.pt")
-
-    fresh = copy.deepcopy(vit_b_256)
-    add_lora(fresh, rank=4)
-    load_trainable_state(fresh, torch.load(tmp_path / "last.pt", weights_only=True))
-    inputs = _inputs(256)
-    with torch.no_grad():
-        assert torch.equal(PromptSAM(fresh).eval()(*inputs), model(*inputs))
-        assert not torch.equal(PromptSAM(vit_b_256)(*inputs), model(*inputs))
-
-    other = copy.deepcopy(vit_b_256)
-    add_lora(other, rank=8)
-    with pytest.raises(DataError, match="last.pt: trained weights do not fit") as err:
-        load_trainable_state(other, state, source=str(tmp_path / "last.pt"))
-    assert "\n" not in str(err.value)
 
 
 def test_promptless_head_from_checkpoint(vit_b_ckpt):

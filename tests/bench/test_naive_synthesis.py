@@ -15,7 +15,7 @@ CONFIG = load_config()
 
 
 def _naive():
-    path = Path(__file__).resolve().parents[3] / "bench" / "naive_synthesis.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / "naive_synthesis.py"
     spec = importlib.util.spec_from_file_location("naive_synthesis_chained", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
