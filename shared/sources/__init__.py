@@ -18,12 +18,29 @@ DATASETS = ("brats", "synapse", "transunet", "nifti", "dicom", "demo-brain", "de
 
 
 def open_source(dataset: str, root: str | Path | None = None, *, modality: str = "flair",
-                config: str | Path | None = None, intensity: Any = None) -> Source:
+                config: str | Path | None = None, intensity: Any = None, spacing: Any = "default") -> Source:
     """Open a dataset by name. The demo sources read no folder: a ``root`` for them is an error
     (silently ignoring it would let a user believe their data was read); ``modality`` applies to
     ``brats``; ``config`` to ``nifti`` and ``dicom`` (default: ``source.json`` in the root);
     ``intensity`` (a preset name or dict, see shared.intensity) replaces the intensity preset of
-    ``brats``, ``synapse``, ``nifti`` and ``dicom`` sources (None: the source's own)."""
+    ``brats``, ``synapse``, ``nifti`` and ``dicom`` sources (None: the source's own); ``spacing``
+    (mm, ``"native"`` / None, or ``"default"``: ``shared.spacing.DEFAULT_SPACING`` of the dataset)
+    resamples every slice to that in-plane pixel size (``shared.sources.resampled``)."""
+    from shared.spacing import default_spacing, parse_spacing
+
+    mm = default_spacing(dataset) if isinstance(spacing, str) and spacing == "default" else parse_spacing(spacing)
+    source = _open(dataset, root, modality=modality, config=config, intensity=intensity)
+    if mm is None:
+        return source
+    if source.name == "transunet":
+        raise ConfigError(f"--spacing {mm:g}: the transunet files keep no pixel spacing (1 mm placeholders); "
+                          "read the scans through their NIfTI layout (synapse) to resample them")
+    from shared.sources.resampled import ResampledSource
+
+    return ResampledSource(source, mm)
+
+
+def _open(dataset: str, root, *, modality: str, config, intensity) -> Source:
     if dataset in ("demo", "demo-brain", "demo-abdomen") and root is not None:
         raise ConfigError(f"--root {root}: --dataset {dataset} generates its phantoms and reads no folder; "
                           "drop --root, or choose the layout of your data (brats, synapse, transunet, nifti, dicom)")
@@ -66,7 +83,8 @@ def open_source(dataset: str, root: str | Path | None = None, *, modality: str =
 def open_described(description: dict[str, Any]) -> Source:
     """Re-open the source a manifest recorded with ``Source.describe()``."""
     options = dict(description.get("options") or {})
-    kwargs = {k: options[k] for k in ("modality", "config", "intensity") if k in options}
+    kwargs = {k: options[k] for k in ("modality", "config", "intensity", "spacing") if k in options}
+    kwargs.setdefault("spacing", None)  # a manifest without options.spacing was read natively
     return open_source(description["name"], description.get("root"), **kwargs)
 
 
