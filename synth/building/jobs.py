@@ -89,7 +89,7 @@ def _open_source(cfg: BuildConfig):
     from shared.sources import open_source
 
     return open_source(cfg.dataset, cfg.root, modality=cfg.modality, config=cfg.source_config,
-                       intensity=cfg.intensity)
+                       intensity=cfg.intensity, spacing=cfg.spacing)
 
 
 def _apply_excludes(exemplars: list[dict[str, Any]], excludes: Sequence[str], where: str) -> list[dict[str, Any]]:

@@ -68,9 +68,13 @@ class BuildConfig:
     recipe: str = "extended"  # synthesis recipe (synth.synthesis.config.RECIPES), before --synthesis-config
     synthesis: dict[str, Any] | None = None  # the resolved synthesis config (recorded in full)
     pool_size: int | None = DEFAULT_POOL_SIZE  # background pool: seeded sample above this (synth/selection/background_pool.py)
+    spacing: float | None = None  # --spacing: in-plane mm every slice is resampled to; None = native
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["spacing"] is None:  # native builds keep the manifests (and build ids) they had before
+            del d["spacing"]
+        return d
 
     def check(self) -> None:
         if self.kind not in KINDS:

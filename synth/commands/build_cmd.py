@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from shared.cli_support import debug_option
-from synth.commands.options import abs_path, output_options, parse_intensity, resolve_workers, source_options
+from synth.commands.options import (abs_path, output_options, parse_intensity, parse_spacing_option, resolve_workers,
+                                    source_options)
 
 
 @click.command("build")
@@ -56,7 +57,7 @@ from synth.commands.options import abs_path, output_options, parse_intensity, re
                    "join the parts with `synth merge`.")
 @output_options("float16")
 @debug_option
-def build(dataset, root, modality, source_config, intensity, split, split_file, spec, exemplar_list,
+def build(dataset, root, modality, source_config, intensity, spacing, split, split_file, spec, exemplar_list,
           no_verify_hashes, min_pixels, exclude, num_samples, seed, synthesis_config, recipe, no_synthesis,
           all_slices, pool_size, part, out, fmt, image_dtype, shard_size,
           workers, overwrite, resume, progress) -> None:
@@ -91,6 +92,9 @@ def build(dataset, root, modality, source_config, intensity, split, split_file, 
     preset = parse_intensity(intensity)
     if exemplar_list is not None:
         preset = _intensity_for_list(exemplar_list, preset, dataset, root, modality, source_config)
+    mm = parse_spacing_option(spacing, dataset)
+    if exemplar_list is not None:
+        mm = _spacing_for_list(exemplar_list, spacing, mm)
     if kind != "synthesized" and (num_samples is not None or synthesis_config is not None or recipe is not None):
         raise ConfigError(f"--num-samples, --recipe and --synthesis-config apply to synthesis, not to "
                           f"{'--all-slices' if all_slices else '--no-synthesis'}")
@@ -106,7 +110,7 @@ def build(dataset, root, modality, source_config, intensity, split, split_file, 
                       min_pixels=min_pixels if kind != "all-slices" else None,
                       exclude_exemplars=sorted(exclude), num_samples=num_samples, seed=seed,
                       shard_size=shard_size, format=fmt, image_dtype=image_dtype,
-                      synthesis_config=abs_path(synthesis_config), recipe=recipe or DEFAULT_RECIPE)
+                      synthesis_config=abs_path(synthesis_config), recipe=recipe or DEFAULT_RECIPE, spacing=mm)
     if pool_size is not None:
         cfg.pool_size = pool_size
     if kind != "synthesized":
@@ -194,6 +198,29 @@ def _intensity_for_list(exemplar_list: Path, preset: str | dict | None, dataset:
     return recorded
 
 
+def _spacing_for_list(exemplar_list: Path, given: str | None, mm: float | None) -> float | None:
+    """The in-plane spacing of a build from an exemplar list: the list's (its pixel counts and
+    background pool were computed at it) when --spacing is not given; a ConfigError when
+    --spacing names another."""
+    from shared.errors import ConfigError
+    from shared.fileio import read_json
+    from shared.spacing import parse_spacing, spacing_record
+
+    data = read_json(exemplar_list, what="exemplar list")
+    described = data.get("dataset") if isinstance(data, dict) else None
+    options = (described.get("options") or {}) if isinstance(described, dict) else {}
+    recorded = parse_spacing(options.get("spacing"), f"{exemplar_list}: dataset.options.spacing")
+    if given is None:
+        if recorded is not None:
+            click.echo(f"{exemplar_list}: reading the images at the list's spacing {recorded:g} mm", err=True)
+        return recorded
+    if mm != recorded:
+        raise ConfigError(f"{exemplar_list}: the list was made at spacing {spacing_record(recorded)}, --spacing gives "
+                          f"{spacing_record(mm)}; its pixel counts and background pool depend on it: drop "
+                          "--spacing, or make a new list with synth select --spacing")
+    return mm
+
+
 def _check_out_early(out: Path, overwrite: bool, resume: bool) -> None:
     """Fail before reading any data when DIR obviously cannot be used (run_job checks again, locked)."""
     from shared.errors import DataError
@@ -215,7 +242,7 @@ def _check_out_early(out: Path, overwrite: bool, resume: bool) -> None:
 @source_options("test")
 @output_options("float32")
 @debug_option
-def pack(dataset, root, modality, source_config, intensity, split, split_file, out, fmt, image_dtype, shard_size, workers,
+def pack(dataset, root, modality, source_config, intensity, spacing, split, split_file, out, fmt, image_dtype, shard_size, workers,
          overwrite, resume, progress) -> None:
     """Pack whole volumes (default: the test split) into shards for `train eval`.
 
@@ -239,7 +266,8 @@ def pack(dataset, root, modality, source_config, intensity, split, split_file, o
     n_workers = resolve_workers(workers)
     cfg = BuildConfig(kind="volumes", dataset="demo-brain" if dataset == "demo" else dataset, root=abs_path(root),
                       modality=modality, source_config=abs_path(source_config), intensity=parse_intensity(intensity), split=split,
-                      split_file=abs_path(split_file), shard_size=shard_size, format=fmt, image_dtype=image_dtype)
+                      split_file=abs_path(split_file), shard_size=shard_size, format=fmt, image_dtype=image_dtype,
+                      spacing=parse_spacing_option(spacing, dataset))
     cfg.check()
     _check_out_early(out, overwrite, resume)
     job = prepare_slices_job(cfg, out, workers=n_workers, progress=progress)

@@ -42,6 +42,7 @@ def source_options(split_default: str, *, from_list: bool = False):
                               "of the brain, robust to outlier voxels; mri-slice-minmax: the paper's rule, "
                               "the brats default; mr-medsam / ct-medsam: LiteMedSAM's input contract) or as JSON. Recorded in dataset.json; train eval and "
                               "train predict apply the same preset (docs/sources.md)."),
+            spacing_option(" Default with --exemplar-list: the spacing the list records." if from_list else ""),
             click.option("--split", type=click.Choice(["train", "test", "all"]), default=split_default,
                          show_default=True, help="Which cases to read: the training part of the dataset's "
                                                  "split, the test part, or every case."),
@@ -53,6 +54,24 @@ def source_options(split_default: str, *, from_list: bool = False):
             f = opt(f)
         return f
     return deco
+
+
+def spacing_option(extra: str = ""):
+    """--spacing MM|native: the in-plane pixel size every slice is resampled to (shared.spacing)."""
+    return click.option("--spacing", default=None, metavar="MM|native",
+                        help="Resample every slice to MM x MM pixels in-plane (images: area when shrinking, "
+                             "else bilinear; labels: nearest, no class of a slice lost); native: as stored. "
+                             "Default: the dataset's (native for every dataset, shared/spacing.py). "
+                             "Recorded in dataset.json (source.options.spacing)." + extra)
+
+
+def parse_spacing_option(text: str | None, dataset: str | None):
+    """--spacing: None -> the dataset's default; ``native`` -> None; else mm (one-line ConfigError)."""
+    from shared.spacing import default_spacing, parse_spacing
+
+    if text is None:
+        return default_spacing(dataset) if dataset else None
+    return parse_spacing(text)
 
 
 def output_options(dtype_default: str):

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from shared.cli_support import debug_option
-from synth.commands.options import DATASET_CHOICES
+from synth.commands.options import DATASET_CHOICES, spacing_option
 
 
 @click.command("select")
@@ -26,6 +26,7 @@ from synth.commands.options import DATASET_CHOICES
                    "mri-slice-minmax (the brats default), or JSON; see synth build --help). It decides "
                    "the content test of the background pool, so the list records it and `synth build "
                    "--exemplar-list` reads the images the same way.")
+@spacing_option(" The list records it; `synth build --exemplar-list` reads the images at the same spacing.")
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True,
               help="Which cases feed exemplars and backgrounds: the training part of the split, "
                    "the test part, or every case.")
@@ -50,7 +51,8 @@ from synth.commands.options import DATASET_CHOICES
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar while scanning volumes.")
 @debug_option
-def select(dataset: str, root: Path | None, modality: str, config: Path | None, intensity: str | None, split: str,
+def select(dataset: str, root: Path | None, modality: str, config: Path | None, intensity: str | None,
+           spacing: str | None, split: str,
            split_file: Path | None, spec: str, min_pixels: int, seed: int, pool_size: int | None,
            workers: int | None, out: Path, overwrite: bool, progress: bool) -> None:
     """Choose exemplar slices (and the background pool) and write them to FILE.json.
@@ -66,7 +68,7 @@ def select(dataset: str, root: Path | None, modality: str, config: Path | None, 
     from shared.errors import ConfigError, DataError
     from shared.sources import open_source
     from shared.splits import resolve_split
-    from synth.commands.options import parse_intensity, resolve_workers
+    from synth.commands.options import parse_intensity, parse_spacing_option, resolve_workers
     from synth.selection.background_pool import DEFAULT_POOL_SIZE
     from synth.selection.scanning import stream_scan
     from synth.selection.exemplar_list import select_exemplars
@@ -84,7 +86,8 @@ def select(dataset: str, root: Path | None, modality: str, config: Path | None, 
     if not out.parent.is_dir():
         raise DataError(f"{out.parent}: output folder does not exist")
     check_writable(out.parent, "--out")  # before scanning every volume, not after
-    source = open_source(dataset, root, modality=modality, config=config, intensity=parse_intensity(intensity))
+    source = open_source(dataset, root, modality=modality, config=config, intensity=parse_intensity(intensity),
+                         spacing=parse_spacing_option(spacing, dataset))
     cases = resolve_split(source, split, split_file)
     # streaming scan: one volume at a time per worker, only per-slice numbers kept
     scan = stream_scan(source, cases, workers=n_workers, progress=progress)
