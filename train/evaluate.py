@@ -15,6 +15,9 @@ Protocol (the paper's, after SAMed):
   the arg-max.
 - Prompted logits are upsampled back to the slice's size (``train.resize.upsample_logits``) and
   thresholded at 0; where two classes' masks overlap, the class with the highest logit wins.
+- ``spacing`` (``--spacing MM``): slices are resampled to MM x MM pixels in-plane before all of
+  the above (shared.spacing; prompts from the resampled ground truth) and the label maps resampled
+  back (nearest) onto the volume's own grid, where they are scored and saved.
 - Slices are stacked back into the volume at the source resolution and scored per volume and class
   (``train.metrics``); averages follow the published tables. HD95 in mm (or voxels:
   ``hd95_unit``; always voxels for sources without geometry), empty cases ``strict`` or ``samed``.
@@ -118,6 +121,29 @@ def predict_volume(inf: Inference, vol: EvalVolume, num_classes: int, prompt: st
     return pred, len(todo)
 
 
+def predict_on_grid(inf: Inference, vol: EvalVolume, num_classes: int, opts: "EvalOptions",
+                    progress: Callable[[int], None] | None = None,
+                    prompts_out: dict | None = None) -> tuple[np.ndarray, int]:
+    """:func:`predict_volume` with the slices resampled to ``opts.spacing`` mm in-plane first
+    (shared.spacing: prompts are placed on the resampled ground truth), and the label map resampled
+    back (nearest, no class of a slice lost) onto the volume's own (S, R, C) grid; prompts in
+    ``prompts_out`` are mapped back too. ``opts.spacing`` None: predict_volume itself."""
+    from shared.spacing import map_points, resample_label, resample_volume
+
+    work = resample_volume(vol, opts.spacing)
+    if work is vol:
+        return predict_volume(inf, vol, num_classes, opts.prompt, opts.seed, progress, prompts_out, opts.box_margin)
+    found: dict = {}
+    pred, n = predict_volume(inf, work, num_classes, opts.prompt, opts.seed, progress, found, opts.box_margin)
+    hw, native_hw = work.label.shape[1:], vol.label.shape[1:]
+    if prompts_out is not None:
+        for k, items in found.items():
+            prompts_out[k] = [(c, Prompt.around(map_points(np.reshape(p.box, (2, 2)), hw, native_hw).ravel())
+                               if p.box is not None else Prompt.at(*map_points(p.points_array(), hw, native_hw)))
+                              for c, p in items]
+    return resample_label(pred, native_hw), n
+
+
 # --------------------------------------------------------------------------------------------
 # The whole evaluation
 
@@ -141,6 +167,8 @@ class EvalOptions:
     engine: str = "auto"  # image encoder engine on CPU (train.model.engines); auto: see encoder_engine
     embedding_cache: str | None = None  # keep each test slice's embedding on disk (train.embeddings.CachingEncoder)
     progress: bool = True  # a progress bar in slices (when stderr is a terminal)
+    spacing: float | None = None  # in-plane mm the slices are resampled to before the model (None: native);
+                                  # predictions go back to the volume's own grid, scored there
 
 
 def prepare_outdir(out: str | Path, overwrite: bool) -> tuple[Path, Path]:
@@ -187,6 +215,9 @@ def check_options(loaded: LoadedModel, testset: TestSet, opts: EvalOptions, wher
         raise ConfigError(f"{where}: the volumes carry no voxel spacing "
                           f"({testset.description.get('source', {}).get('name', 'source')}), HD95 "
                           "can only be given in voxels: use --hd95-unit voxel")
+    if opts.spacing is not None and not testset.geometry_known:
+        raise ConfigError(f"{where}: --spacing {opts.spacing:g}: the volumes carry no pixel spacing "
+                          f"({testset.description.get('source', {}).get('name', 'source')}); evaluate natively")
     if opts.empty_case not in EMPTY_CASES:
         raise ConfigError(f"--empty-case {opts.empty_case!r} must be one of {', '.join(EMPTY_CASES)}")
     if opts.multimask and (opts.prompt == "none" or loaded.trained_prompt is not None):
@@ -237,8 +268,7 @@ def score_volumes(inf: Inference, testset: TestSet, opts: EvalOptions, hd95_unit
                             f"dataset's {num_classes} classes")
         t0 = time.perf_counter()
         prompts: dict = {}
-        pred, n = predict_volume(inf, vol, num_classes, opts.prompt, opts.seed, bar.update, prompts,
-                                 opts.box_margin)
+        pred, n = predict_on_grid(inf, vol, num_classes, opts, bar.update, prompts)
         scores.model_seconds += time.perf_counter() - t0
         scores.slices += n
         scores.rows.extend(score_volume(vid, pred, vol.label, vol.spacing, testset.class_names,
@@ -258,6 +288,8 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
     Returns the summary dict. Volumes without any foreground are skipped with a warning (they
     hold nothing to score); if no volume is left, a DataError is raised.
     """
+    from shared.spacing import spacing_record
+
     log = log or (lambda m: print(m, file=sys.stderr))
     hd95_unit = check_options(loaded, testset, opts, where)
     model = loaded.model
@@ -289,6 +321,7 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
             + (" in mm" if hd95_unit == "mm" and opts.empty_case == "strict" else
                " in voxels" if opts.empty_case == "strict" else ""),
             multimask=opts.multimask, engine=getattr(inf.engine, "name", "torch"),
+            spacing=spacing_record(opts.spacing),
             **({"box_margin": opts.box_margin} if opts.prompt == "box" else {}))
         write_results(tmp, result, scores, loaded.name, testset.class_names, overlays=opts.overlays > 0)
         _finish_outdir(out, tmp)

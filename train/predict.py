@@ -20,9 +20,9 @@ from __future__ import annotations
 import gzip
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -31,6 +31,7 @@ import torch
 from shared.errors import ConfigError, DataError
 from shared.fileio import atomic_writer, read_json
 from shared.sources import preprocess_raw, read_nifti
+from shared.spacing import spacing_record
 from train.devices import pick_device
 from train.inference import Inference, LoadedModel, predict_slices
 
@@ -108,9 +109,37 @@ def write_label_nifti(out: Path, pred: np.ndarray, img, num_labels: int) -> None
             mask.to_file_map({"image": nib.FileHolder(fileobj=fh), "header": nib.FileHolder(fileobj=fh)})
 
 
+def run_spacing(run_config: dict, spacing: Any = "run") -> float | None:
+    """The in-plane spacing a scan is resampled to: ``spacing`` (mm, or "native" / None) when given,
+    else ("run") the one the run's training data was built at (``dataset.source.options.spacing``;
+    none recorded, or no run: native)."""
+    from shared.spacing import parse_spacing
+
+    if not (isinstance(spacing, str) and spacing == "run"):
+        return parse_spacing(spacing)
+    source = ((run_config or {}).get("dataset") or {}).get("source") or {}
+    return parse_spacing((source.get("options") or {}).get("spacing"), "the run's dataset.source.options.spacing")
+
+
+def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """(S, R, C) voxel size in mm of a volume with this (i, j, k) affine (column lengths)."""
+    lengths = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
+    return float(lengths[2]), float(lengths[1]), float(lengths[0])
+
+
+def resampled_scan(vol: np.ndarray, affine: np.ndarray, mm: float | None) -> np.ndarray:
+    """A preprocessed scan (S, R, C) resampled to ``mm`` in-plane (shared.spacing); None: as is."""
+    from shared.spacing import resample_image, target_geometry
+
+    if mm is None:
+        return vol
+    out_hw = target_geometry(vol.shape, affine_spacing(affine), affine, mm)[0]
+    return resample_image(vol, out_hw)
+
+
 def predict_scan(loaded: LoadedModel, rundir: str | Path, image: str | Path, points: str | Path | None,
                  out: str | Path, *, device: str = "auto", batch_size: int = 8,
-                 overwrite: bool = False) -> PredictResult:
+                 overwrite: bool = False, spacing: Any = "run") -> PredictResult:
     """Segment ``image`` from the clicks in ``points``; write a uint8 label NIfTI to ``out``."""
     t0 = time.perf_counter()
     out = Path(out)
@@ -126,10 +155,16 @@ def predict_scan(loaded: LoadedModel, rundir: str | Path, image: str | Path, poi
     promptless = loaded.trained_prompt == "none"
 
     raw, img = read_nifti(image)
-    vol = preprocess_raw(raw, preset, name=str(image))  # (S, R, C) = (k, j, i)
+    native = preprocess_raw(raw, preset, name=str(image))  # (S, R, C) = (k, j, i)
     if points is None and not promptless:
         raise ConfigError("--points POINTS.json is required: this run segments from clicked points")
     per_slice = {} if points is None else clicks_by_slice(read_points(points, class_names, raw.shape[:3]))
+    vol = resampled_scan(native, np.asarray(img.affine), run_spacing(loaded.run_config, spacing))
+    if vol is not native:  # clicks onto the resampled grid
+        from shared.spacing import map_points
+
+        per_slice = {k: {c: map_points(xy, native.shape[1:], vol.shape[1:]) for c, xy in d.items()}
+                     for k, d in per_slice.items()}
 
     dev = pick_device(device)
     loaded.model.to(dev).eval()
@@ -140,6 +175,10 @@ def predict_scan(loaded: LoadedModel, rundir: str | Path, image: str | Path, poi
         for b0 in range(0, len(todo), batch_size):
             ks = todo[b0:b0 + batch_size]
             pred[ks] = predict_slices(inf, vol[ks], None if promptless else [per_slice[int(k)] for k in ks])
+    if vol is not native:  # the mask on the scan's own grid
+        from shared.spacing import resample_label
+
+        pred = resample_label(pred, native.shape[1:])
     write_label_nifti(out, pred, img, len(class_names))
     voxels = {class_names[c]: int(np.count_nonzero(pred == c)) for c in range(1, len(class_names))}
     return PredictResult(out, len(todo), voxels, time.perf_counter() - t0)
@@ -297,6 +336,7 @@ class VolumePrediction:
     encoded: int  # slices encoded
     seconds: float
     intensity: dict
+    spacing: Any = "native"  # in-plane mm the slices were resampled to for the model ("native": none)
 
 
 def check_outdir(out: str | Path, name: str, *, overwrite: bool) -> Path:
@@ -382,7 +422,7 @@ def predict_volume(loaded: LoadedModel, scan: ScanInput, prompts: str | Path, ou
                    propagate: bool = False, dicom_seg: bool = False, intensity: str | dict | None = None,
                    modality: str | None = None, box_margin: float | None = None, min_pixels: int | None = None,
                    device: str = "auto", batch_size: int = 8, engine: str = "auto", overwrite: bool = False,
-                   rundir: str | Path | None = None) -> VolumePrediction:
+                   rundir: str | Path | None = None, spacing: Any = "run") -> VolumePrediction:
     """`train predict --input --prompts --out DIR`: segment `scan` from the prompt file (labels 1..N
     = its "classes"), each prompt's own slice or, with `propagate`, its whole structure
     (train.propagate); write <name>.nii.gz / .labels.json (/ .seg.dcm) into `out`."""
@@ -410,7 +450,11 @@ def predict_volume(loaded: LoadedModel, scan: ScanInput, prompts: str | Path, ou
 
         check_segment_names(pf.classes, f"--prompts {pf.path}: --dicom-seg")
     seeds = seeds_from_prompts(pf, follows_boxes(loaded))
-    vol = preprocess_raw(scan.raw, preset, name=str(scan.path))  # (S, R, C) = (k, j, i)
+    native = preprocess_raw(scan.raw, preset, name=str(scan.path))  # (S, R, C) = (k, j, i)
+    mm = run_spacing(loaded.run_config, spacing)
+    vol = resampled_scan(native, scan.affine, mm)
+    if vol is not native:  # prompts onto the resampled grid (shared.spacing, pixel centres)
+        seeds = [replace(s, prompt=_map_prompt(s.prompt, native.shape[1:], vol.shape[1:])) for s in seeds]
 
     dev = pick_device(device)
     loaded.model.to(dev).eval()
@@ -421,6 +465,10 @@ def predict_volume(loaded: LoadedModel, scan: ScanInput, prompts: str | Path, ou
         result = prop.propagate(vol.shape, seeds, cache.logits, release=cache.release, propagate=propagate,
                                 margin=margin, min_pixels=min_px)
     pred = result.labels
+    if vol is not native:  # the mask on the scan's own grid, as its NIfTI / SEG must be
+        from shared.spacing import resample_label
+
+        pred = resample_label(pred, native.shape[1:])
     files = write_prediction(out, scan.name, pred, scan, pf.classes, dicom_seg=dicom_seg, overwrite=overwrite)
     voxels = {name: int(np.count_nonzero(pred == c)) for c, name in enumerate(pf.classes, start=1)}
     extents: dict[str, list[int]] = {}
@@ -431,4 +479,14 @@ def predict_volume(loaded: LoadedModel, scan: ScanInput, prompts: str | Path, ou
         lo, hi = chain.extent
         cur = extents.setdefault(name, [lo, hi])
         cur[0], cur[1] = min(cur[0], lo), max(cur[1], hi)
-    return VolumePrediction(files, pred, pf.classes, voxels, extents, cache.encoded, time.perf_counter() - t0, preset)
+    return VolumePrediction(files, pred, pf.classes, voxels, extents, cache.encoded, time.perf_counter() - t0, preset,
+                            spacing_record(mm))
+
+
+def _map_prompt(prompt, from_hw, to_hw):
+    from shared.spacing import map_points
+    from train.prompts import Prompt
+
+    if prompt.box is not None:
+        return Prompt.around(map_points(np.reshape(prompt.box, (2, 2)), from_hw, to_hw).ravel())
+    return Prompt.at(*map_points(prompt.points_array(), from_hw, to_hw))

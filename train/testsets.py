@@ -86,7 +86,8 @@ def open_source_testset(dataset: str, root: str | Path | None, split: str, *, mo
                         config: str | Path | None = None, intensity=None) -> TestSet:
     """Volumes read straight from a source folder through shared.sources / shared.splits
     (``intensity``: a preset replacing the source's, for brats and nifti)."""
-    source = open_source(dataset, root, modality=modality, config=config, intensity=intensity)
+    # read as stored: `train eval --spacing` resamples (and maps the predictions back) itself
+    source = open_source(dataset, root, modality=modality, config=config, intensity=intensity, spacing=None)
     ids = list(resolve_split(source, split))
     if not ids:
         raise DataError(f"{dataset} source at {root}: split {split!r} holds no volumes")

@@ -45,6 +45,12 @@ from train.model.registry import MODEL_NAMES
               help="With --dataset brats|synapse|nifti: the intensity preset (name or JSON, see docs/sources.md). Default zero-shot: the model's input contract (lite_medsam: mr-medsam / ct-medsam). "
                    "Default with --run: the preset the run's training data was made with (recorded in its "
                    "dataset.json), so test scans are preprocessed like the training data, as train predict does.")
+@click.option("--spacing", default=None, metavar="MM|native",
+              help="Resample every test slice to MM x MM pixels in-plane before the model (shared/spacing.py); "
+                   "the predicted masks go back (nearest) onto each volume's own grid, where DSC and HD95 are "
+                   "computed and predictions saved. native: slices as stored. Default with --run: the "
+                   "spacing the run's training data was built at (native when it records none); else the "
+                   "dataset's default (native). Recorded in summary.json.")
 @click.option("--prompt", type=click.Choice(["center", "random", "box", "none"]), default=None,
               help="center: one point per slice and class, farthest from the class border (default for "
                    "prompted runs and zero-shot SAM); random: a seeded random pixel of the class; box: the "
@@ -92,7 +98,7 @@ from train.model.registry import MODEL_NAMES
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
 @debug_option
 def eval_(run, run_checkpoint, model_name, checkpoint, adapter, img_size, shards, dataset, root, split, modality,
-          source_config, intensity, prompt, box_margin, engine, embedding_cache, seed, hd95_unit, empty_case, multimask, batch_size,
+          source_config, intensity, spacing, prompt, box_margin, engine, embedding_cache, seed, hd95_unit, empty_case, multimask, batch_size,
           decode_batch, device, num_threads, max_volumes, save_predictions, overlays, overlay_count, overwrite,
           tensorboard, out, no_progress) -> None:
     """Score a run (or zero-shot SAM) on test volumes: DSC and HD95 per volume and class.
@@ -164,7 +170,8 @@ def eval_(run, run_checkpoint, model_name, checkpoint, adapter, img_size, shards
                        device=device, save_predictions=save_predictions,
                        overlays=overlay_count if overlays else 0, overwrite=overwrite,
                        num_threads=num_threads, max_volumes=max_volumes, hd95_unit=hd95_unit,
-                       empty_case=empty_case, multimask=multimask, progress=not no_progress)
+                       empty_case=empty_case, multimask=multimask, progress=not no_progress,
+                       spacing=eval_spacing(spacing, dataset, loaded))
     result = evaluate(loaded, testset, out, opts, where=where, log=lambda m: click.echo(m, err=True))
     if tensorboard:
         write_to_tensorboard(run, out, result)
@@ -228,6 +235,19 @@ def all_predictions_empty(cases_csv) -> str:
 
 # The modality each source's scans are in, for a model's input contract (its intensity presets).
 SOURCE_MODALITY = {"brats": "mr", "synapse": "ct", "dicom": "ct"}
+
+
+def eval_spacing(text: str | None, dataset: str | None, loaded) -> float | None:
+    """--spacing, else the spacing recorded with the run's training data (``dataset.source.options
+    .spacing``; none recorded: native), else the dataset's default (shared.spacing)."""
+    from shared.spacing import default_spacing, parse_spacing
+
+    if text is not None:
+        return parse_spacing(text)
+    if loaded.run_config:
+        source = (loaded.run_config.get("dataset") or {}).get("source") or {}
+        return parse_spacing((source.get("options") or {}).get("spacing"), "the run's dataset.source.options.spacing")
+    return default_spacing(dataset) if dataset else None
 
 
 def default_intensity(text: str | None, dataset: str, loaded):
