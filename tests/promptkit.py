@@ -38,3 +38,15 @@ def box_prompts(label_ijk: np.ndarray, affine: np.ndarray, class_names: Sequence
             i0, j0, i1, j1 = slice_box(m[:, :, k])
             prompts.append({"class": name, "box": [ras(affine, (i0, j0, k)), ras(affine, (i1, j1, k))]})
     return {"space": "RAS", "classes": list(class_names), "prompts": prompts}
+
+
+def model_inputs(size: int, b: int = 1, seed: int = 0):
+    """Seeded model inputs for the model tests: images (b,1,size,size) in [0,1), two clicks per
+    image (b,2,2) in pixels, labels [[1, 0]] * b (one positive, one negative)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(b, 1, size, size, generator=g)
+    points = torch.randint(0, size, (b, 2, 2), generator=g).float()
+    labels = torch.tensor([[1, 0]] * b)
+    return images, points, labels

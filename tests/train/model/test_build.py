@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from promptkit import model_inputs
 from shared.errors import ConfigError, DataError
 from train.losses import ce_dice_loss
 from train.model import PromptSAM, add_lora, build_sam, count_parameters, trainable_state_dict
@@ -15,14 +16,6 @@ from train.model import PromptSAM, add_lora, build_sam, count_parameters, traina
 @pytest.fixture(scope="module")
 def vit_b_512(vit_b_ckpt):
     return build_sam("vit_b", vit_b_ckpt[0], 512)
-
-
-def _inputs(size, b=1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.rand(b, 1, size, size, generator=g)
-    points = torch.randint(0, size, (b, 2, 2), generator=g).float()
-    labels = torch.tensor([[1, 0]] * b)
-    return images, points, labels
 
 
 def test_vit_b_1024_loads_official_state(vit_b_ckpt):
@@ -49,7 +42,7 @@ def test_vit_b_512_resizes_position_tables(vit_b_ckpt, vit_b_512):
         assert blk.attn.rel_pos_h.shape == (length, 64)
         if length == 27:
             assert torch.equal(blk.attn.rel_pos_h, state[f"image_encoder.blocks.{i}.attn.rel_pos_h"])
-    logits = PromptSAM(vit_b_512)(*_inputs(512))
+    logits = PromptSAM(vit_b_512)(*model_inputs(512))
     assert logits.shape == (1, 1, 512, 512) and torch.isfinite(logits).all()
 
 
@@ -61,7 +54,7 @@ def test_promptless_head_from_checkpoint(vit_b_ckpt):
     add_lora(sam, rank=4)
     trainable = [n for n, p in sam.sam.named_parameters() if p.requires_grad]
     assert "mask_decoder.mask_tokens.weight" in trainable
-    images, _, _ = _inputs(256, b=2)
+    images, _, _ = model_inputs(256, b=2)
     with torch.no_grad():
         out = PromptSAM(sam).forward_promptless(images)
     assert out.shape == (2, 9, 256, 256)
@@ -121,7 +114,7 @@ def test_tiny_build_is_seeded_and_leaves_global_rng():
 
 def test_tiny_checkpoint_and_shapes(tmp_path):
     model = PromptSAM(build_sam("tiny", None, 128, seed=1))
-    images, points, labels = _inputs(128, b=3)
+    images, points, labels = model_inputs(128, b=3)
     emb = model.encode(images)
     assert emb.shape == (3, 64, 16, 16)
     assert model.decode(emb, points, labels).shape == (3, 1, 128, 128)
@@ -136,7 +129,7 @@ def test_tiny_checkpoint_and_shapes(tmp_path):
 
 
 def test_grad_checkpoint_same_gradients():
-    images, points, labels = _inputs(64, b=2)
+    images, points, labels = model_inputs(64, b=2)
     grads = []
     for flag in (False, True):
         model = PromptSAM(build_sam("tiny", None, 64, seed=0), grad_checkpoint=flag).train()

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from promptkit import model_inputs
 from shared.errors import DataError
 from train.model import (PromptSAM, add_lora, apply_trainable_set, build_sam, count_parameters, load_trainable_state,
                          trainable_state_dict)
@@ -19,14 +20,6 @@ VIT_B_LORA4 = 147_456 + 23_552
 VIT_B_DECODER = 4_058_340   # all mask-decoder parameters
 
 
-def _inputs(size, b=1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.rand(b, 1, size, size, generator=g)
-    points = torch.randint(0, size, (b, 2, 2), generator=g).float()
-    labels = torch.tensor([[1, 0]] * b)
-    return images, points, labels
-
-
 def test_lora_equals_base_and_counts(vit_b_256):
     base = PromptSAM(vit_b_256)
     lora_sam = copy.deepcopy(vit_b_256)
@@ -34,7 +27,7 @@ def test_lora_equals_base_and_counts(vit_b_256):
     assert info == lora_sam.lora == {"rank": 4, "alpha": 4.0, "targets": ["encoder_qv", "decoder_attn"],
                                      "train_decoder": "lora", "trainable": []}
     model = PromptSAM(lora_sam)
-    inputs = _inputs(256)
+    inputs = model_inputs(256)
     with torch.no_grad():
         want = base(*inputs)
         got = model(*inputs)
@@ -73,7 +66,7 @@ def test_trainable_state_round_trip(vit_b_256, tmp_path):
     fresh = copy.deepcopy(vit_b_256)
     add_lora(fresh, rank=4)
     load_trainable_state(fresh, torch.load(tmp_path / "last.pt", weights_only=True))
-    inputs = _inputs(256)
+    inputs = model_inputs(256)
     with torch.no_grad():
         assert torch.equal(PromptSAM(fresh).eval()(*inputs), model(*inputs))
         assert not torch.equal(PromptSAM(vit_b_256)(*inputs), model(*inputs))
