@@ -74,6 +74,8 @@ def read_json(path: str | Path, *, what: str = "file", expect: type | None = Non
         raise error(f"{path}: is a folder, expected a JSON {what}") from None
     except json.JSONDecodeError as exc:
         raise error(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:   # e.g. 100,000 nested brackets: json's decoder recurses per level
+        raise error(f"{path}: {what} JSON nested too deeply") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{path}: cannot read {what} ({' '.join(str(exc).split())})") from None
     if expect is not None and not isinstance(data, expect):

@@ -85,10 +85,7 @@ class ExemplarList:
         per entry). With ``source``, every entry is checked: unknown volume or slice out of range
         is a DataError naming the file and the entry."""
         path = Path(path)
-        try:
-            data = read_json(path, what="exemplar list")
-        except RecursionError:
-            raise DataError(f"{path}: JSON nested too deeply to be an exemplar list") from None
+        data = read_json(path, what="exemplar list")
         if isinstance(data, list):  # a bare list of {volume, slice}
             data = {"exemplars": data}
         if not isinstance(data, dict) or not isinstance(data.get("exemplars"), list) or not data["exemplars"]:

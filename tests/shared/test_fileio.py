@@ -50,6 +50,10 @@ def test_read_json_errors_are_one_line_and_name_the_file(tmp_path: Path) -> None
         read_json(_list_file(tmp_path), expect=dict)
     with pytest.raises(DataError, match="is a folder"):
         read_json(tmp_path)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match=r"deep\.json: prompt file JSON nested too deeply$"):
+        read_json(deep, what="prompt file")
 
 
 def _list_file(tmp_path: Path) -> Path:
