@@ -53,6 +53,28 @@ def brain_bank(n_ex: int = 6, n_bg: int = 6, shape: tuple[int, int] = (96, 96), 
     return SliceBank(exemplars, backgrounds, ("background", "tumour"))
 
 
+def small_heads_bank(n_bg_small: int = 6, n_bg_large: int = 1) -> SliceBank:
+    """Exemplars with a large off-centre tumour; most backgrounds are small heads (skull-base
+    like) where the tumour cannot sit at its own position."""
+    shape = (96, 96)
+    rng = np.random.default_rng(3)
+    exemplars = {}
+    for i in range(4):
+        head = ellipse(shape, 48, 48, 34, 40)
+        tum = ellipse(shape, 48 + (-1) ** i * 18, 40 + 4 * i, 9, 10) & head
+        img = np.where(head, 0.4 + 0.2 * rng.random(shape), 0.0)
+        img = np.where(tum, 0.85, img).astype(np.float32)
+        exemplars[SliceRef("c", 60 + i)] = (img, tum.astype(np.uint8))
+    backgrounds = {}
+    for i in range(n_bg_small):
+        m = ellipse(shape, 48, 52, 13 + i, 15 + i)
+        backgrounds[SliceRef("c", i)] = np.where(m, 0.45, 0.0).astype(np.float32)
+    for i in range(n_bg_large):
+        m = ellipse(shape, 48, 48, 33, 39)
+        backgrounds[SliceRef("c", 100 + i)] = np.where(m, 0.5, 0.0).astype(np.float32)
+    return SliceBank(exemplars, backgrounds, ("background", "tumour"))
+
+
 def abdomen_bank(shape: tuple[int, int] = (101, 122), bg_shapes: tuple[tuple[int, int], ...] = ((101, 122),) * 3,
                  n_ex: int = 3, seed: int = 0, drop: dict[int, tuple[int, ...]] | None = None) -> SliceBank:
     """Body ellipses with the 8 organs at fixed relative places; backgrounds are bodies only.

@@ -2,40 +2,15 @@
 hold the object, the eligible slices follow the per-slice rule."""
 from __future__ import annotations
 
-import numpy as np
-
-from synth.synthesis.bank import SliceBank, SliceRef
 from synth.synthesis.config import load_config
 from synth.synthesis.sample import synthesize
-from synthkit import ellipse
+from synthkit import small_heads_bank
 
 CONFIG = load_config()
 
 
-def _small_heads_bank(n_bg_small: int = 6, n_bg_large: int = 1) -> SliceBank:
-    """Exemplars with a large off-centre tumour; most backgrounds are small heads (skull-base
-    like) where the tumour cannot sit at its own position."""
-    shape = (96, 96)
-    rng = np.random.default_rng(3)
-    exemplars = {}
-    for i in range(4):
-        head = ellipse(shape, 48, 48, 34, 40)
-        tum = ellipse(shape, 48 + (-1) ** i * 18, 40 + 4 * i, 9, 10) & head
-        img = np.where(head, 0.4 + 0.2 * rng.random(shape), 0.0)
-        img = np.where(tum, 0.85, img).astype(np.float32)
-        exemplars[SliceRef("c", 60 + i)] = (img, tum.astype(np.uint8))
-    backgrounds = {}
-    for i in range(n_bg_small):
-        m = ellipse(shape, 48, 52, 13 + i, 15 + i)
-        backgrounds[SliceRef("c", i)] = np.where(m, 0.45, 0.0).astype(np.float32)
-    for i in range(n_bg_large):
-        m = ellipse(shape, 48, 48, 33, 39)
-        backgrounds[SliceRef("c", 100 + i)] = np.where(m, 0.5, 0.0).astype(np.float32)
-    return SliceBank(exemplars, backgrounds, ("background", "tumour"))
-
-
 def test_fit_backgrounds_prefer_slices_that_hold_the_object() -> None:
-    bank = _small_heads_bank(n_bg_small=6, n_bg_large=2)
+    bank = small_heads_bank(n_bg_small=6, n_bg_large=2)
     cfg = load_config()
     used = [synthesize(i, 2, bank, cfg, "single")[2]["background"] for i in range(30)]
     assert all(b["choice"] == "fit" for b in used)
@@ -51,7 +26,7 @@ def test_eligible_backgrounds_match_the_per_slice_rule_and_decode_each_slice_onc
     from synth.synthesis.bank import make_bank
     from synth.base.slice_store import EncodedSlice
 
-    src = _small_heads_bank(n_bg_small=8, n_bg_large=3)
+    src = small_heads_bank(n_bg_small=8, n_bg_large=3)
     bank = make_bank({(r.volume, r.slice): src.exemplar(r) for r in src.exemplar_refs},
                      {(r.volume, r.slice): src.background(r) for r in src.background_refs}, src.class_names)
     decodes = []

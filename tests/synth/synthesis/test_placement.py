@@ -13,31 +13,9 @@ from synth.synthesis.bank import SliceBank, SliceRef
 from synth.synthesis.config import SynthesisConfig, load_config
 from synth.synthesis.pixel_checks import floating_objects
 from synth.synthesis.sample import replay, synthesize
-from synthkit import ellipse, abdomen_bank
+from synthkit import abdomen_bank, ellipse, small_heads_bank
 
 CONFIG = load_config()
-
-
-def _small_heads_bank(n_bg_small: int = 6, n_bg_large: int = 1) -> SliceBank:
-    """Exemplars with a large off-centre tumour; most backgrounds are small heads (skull-base
-    like) where the tumour cannot sit at its own position."""
-    shape = (96, 96)
-    rng = np.random.default_rng(3)
-    exemplars = {}
-    for i in range(4):
-        head = ellipse(shape, 48, 48, 34, 40)
-        tum = ellipse(shape, 48 + (-1) ** i * 18, 40 + 4 * i, 9, 10) & head
-        img = np.where(head, 0.4 + 0.2 * rng.random(shape), 0.0)
-        img = np.where(tum, 0.85, img).astype(np.float32)
-        exemplars[SliceRef("c", 60 + i)] = (img, tum.astype(np.uint8))
-    backgrounds = {}
-    for i in range(n_bg_small):
-        m = ellipse(shape, 48, 52, 13 + i, 15 + i)
-        backgrounds[SliceRef("c", i)] = np.where(m, 0.45, 0.0).astype(np.float32)
-    for i in range(n_bg_large):
-        m = ellipse(shape, 48, 48, 33, 39)
-        backgrounds[SliceRef("c", 100 + i)] = np.where(m, 0.5, 0.0).astype(np.float32)
-    return SliceBank(exemplars, backgrounds, ("background", "tumour"))
 
 
 def _check_rule(image, label, record, cfg, task):
@@ -52,7 +30,7 @@ def _check_rule(image, label, record, cfg, task):
 
 @pytest.mark.parametrize("recipe", ["extended", "paper"])
 def test_placement_never_breaks_the_rule_and_replays(recipe: str) -> None:
-    bank = _small_heads_bank()
+    bank = small_heads_bank()
     cfg = load_config(None, recipe)
     fallbacks = set()
     for i in range(60):
@@ -164,7 +142,7 @@ def test_drawn_tests_in_one_lookup_equal_each_objects_own_search() -> None:
     rng = np.random.default_rng(7)
     steps = set()
     for i in range(80):
-        bank, task = (abdomen_bank(), "multi") if i % 2 else (_small_heads_bank(), "single")
+        bank, task = (abdomen_bank(), "multi") if i % 2 else (small_heads_bank(), "single")
         tc = CONFIG.task(task)
         pl = tc.placement
         index = anatomy_index(bank)
@@ -322,7 +300,7 @@ def test_search_placement_equals_the_group_by_group_search() -> None:
     rng = np.random.default_rng(9)
     steps = []
     for i in range(60):
-        bank, task = (abdomen_bank(), "multi") if i % 2 else (_small_heads_bank(), "single")
+        bank, task = (abdomen_bank(), "multi") if i % 2 else (small_heads_bank(), "single")
         tc = CONFIG.task(task)
         # stricter rules too, so that smaller scales and failures are reached
         pl = dataclasses.replace(tc.placement, min_inside=(0.9, 0.99, 1.0)[i % 3],
@@ -359,7 +337,7 @@ def test_drawn_tests_of_one_object_equal_its_test_among_several() -> None:
     rng = np.random.default_rng(11)
     oks = set()
     for i in range(40):
-        bank, task = (abdomen_bank(), "multi") if i % 2 else (_small_heads_bank(), "single")
+        bank, task = (abdomen_bank(), "multi") if i % 2 else (small_heads_bank(), "single")
         tc = CONFIG.task(task)
         index = anatomy_index(bank)
         src = bank.background(bank.background_refs[i % len(bank.background_refs)])
