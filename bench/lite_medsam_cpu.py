@@ -120,10 +120,24 @@ def main(argv=None) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log, cache = out / "commands.log", out / "cache"
-    results: dict = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    results_file = out / "results.json"
 
-    def save() -> None:
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    def load() -> dict:
+        return json.loads(results_file.read_text()) if results_file.exists() else {}
+
+    def save(results: dict) -> None:
+        results_file.write_text(json.dumps(results, indent=2) + "\n")
+
+    def record(stage: str, name: str, prompt: str, s: dict, **extra) -> dict:
+        """One evaluation's scores into OUT/results.json, re-read first: several processes (one
+        per seed or recipe list) share one OUT."""
+        results = load()
+        results.setdefault(stage, {}).setdefault(name, {})[prompt] = {
+            "dsc": s["mean_dsc"], "hd95": s["mean_hd95"], "volume_ratio": s["median_volume_ratio"], **extra}
+        save(results)
+        return results
+
+    results = load()
 
     if args.table:
         print(tables(out))
@@ -138,23 +152,18 @@ def main(argv=None) -> int:
             for prompt in ("center", "box"):
                 s = evaluate(["--run", run_dir], val_test, out / "val" / f"eval-{name}-{prompt}", prompt, log,
                              cache, args.threads)
-                results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else results
-                results.setdefault("val", {}).setdefault(name, {})[prompt] = {
-                    "dsc": s["mean_dsc"], "hd95": s["mean_hd95"], "volume_ratio": s["median_volume_ratio"]}
-                save()
+                record("val", name, prompt, s)
+        results = load()
         recipe = recipe or max(results["val"], key=lambda n: results["val"][n]["center"]["dsc"])
         results["chosen_recipe"] = recipe
-        save()
+        save(results)
         print(f"validation: {json.dumps(results['val'])}; chosen {recipe}", flush=True)
     if args.stage in ("zero-shot", "test", "all"):
         test = pack(out / "test" / "volumes", cohort, log, None)
         for prompt in ("box", "center"):
             s = evaluate(["--model", "lite_medsam"], test, out / "test" / f"eval-zero-shot-{prompt}", prompt, log,
                          cache, args.threads)
-            results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else results
-            results.setdefault("test", {}).setdefault("zero-shot", {})[prompt] = {
-                "dsc": s["mean_dsc"], "hd95": s["mean_hd95"], "volume_ratio": s["median_volume_ratio"]}
-            save()
+            results = record("test", "zero-shot", prompt, s)
     if args.stage in ("test", "all"):
         recipe = recipe or results.get("chosen_recipe") or "paper-point"
         for arm in args.arms.split(","):
@@ -169,11 +178,7 @@ def main(argv=None) -> int:
             for prompt in ("center", "box"):
                 s = evaluate(["--run", run_dir], test, out / "test" / f"eval-{arm}-{prompt}", prompt, log, cache,
                              args.threads)
-                results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else results
-                results.setdefault("test", {}).setdefault(arm, {})[prompt] = {
-                    "dsc": s["mean_dsc"], "hd95": s["mean_hd95"], "volume_ratio": s["median_volume_ratio"],
-                    "recipe": recipe}
-                save()
+                results = record("test", arm, prompt, s, recipe=recipe)
     if args.stage == "synapse":
         synapse(args.data / "synapse_sample", out / "synapse", log, cache, args.threads,
                 recipe or results.get("chosen_recipe") or "paper-point")
