@@ -259,6 +259,7 @@ def test_per_slice_boxes_equal_evals_prediction(dicom_case, tmp_path):
     pipeline (predict_slices) does on those slices; a NIfTI input gives the same labels with its affine."""
     from promptkit import box_prompts
     from shared.intensity import CT_MEDSAM
+    from train.evaluate import encoder_engine
     from train.inference import Inference, load_zero_shot, predict_slices
     from train.prompts import Prompt
 
@@ -277,7 +278,9 @@ def test_per_slice_boxes_equal_evals_prediction(dicom_case, tmp_path):
     assert not pred[:, :, [k for k in range(gt.shape[2]) if k not in ks]].any()
     loaded = load_zero_shot("lite_medsam", None)
     vol = preprocess_raw(dicom_case["image"], CT_MEDSAM)
-    inf = Inference(loaded.model, torch.device("cpu"))
+    # the engine train eval and train predict both pick (OpenVINO / ONNX Runtime / torch): the same
+    # computation, so equal bits on any CPU (eager torch against OpenVINO is close, not promised equal)
+    inf = Inference(loaded.model, torch.device("cpu"), engine=encoder_engine(loaded.model, "auto", torch.device("cpu")))
     per_slice = []
     for k in ks:
         boxes = {}
@@ -309,6 +312,7 @@ def test_predict_applies_a_published_adapter(dicom_case, tmp_path):
     from promptkit import box_prompts
     from shared.intensity import CT_MEDSAM
     from train.adapters import load_adapter_model
+    from train.evaluate import encoder_engine
     from train.inference import Inference, predict_slices
     from train.prompts import Prompt
 
@@ -326,7 +330,9 @@ def test_predict_applies_a_published_adapter(dicom_case, tmp_path):
     assert code == 0, text
     pred = np.asarray(nib.load(tmp_path / "o" / "scan.nii.gz").dataobj)
     loaded = load_adapter_model(adapter, "lite_medsam")
-    inf = Inference(loaded.model, torch.device("cpu"))
+    # the engine train eval and train predict both pick (OpenVINO / ONNX Runtime / torch): the same
+    # computation, so equal bits on any CPU (eager torch against OpenVINO is close, not promised equal)
+    inf = Inference(loaded.model, torch.device("cpu"), engine=encoder_engine(loaded.model, "auto", torch.device("cpu")))
     boxes = {}
     for c in np.unique(gt[:, :, k])[1:]:
         ii, jj = np.nonzero(gt[:, :, k] == c)
