@@ -675,7 +675,7 @@ def plot_dsc(cfg: ExperimentConfig, rows: dict, target: Path, over: str = "seeds
     ax.minorticks_off()
     ax.set_xlabel("number of exemplar slices (log scale)")
     ax.set_ylabel(f"3D DSC (%), {prompt} prompts")
-    ax.set_title(f"{cfg.name}: mean over {over}, bars = min-max")
+    ax.set_title(f"{cfg.name}\nmean over {over}; bars = min-max", fontsize=10)   # two lines: the CV wording is long
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
