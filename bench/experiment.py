@@ -221,6 +221,9 @@ def plan_and_run(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: boo
         split_file = ["--split-file", str(split_path if split_path.is_absolute() else PROJECT_ROOT / split_path)]
     workers = ["--workers", str(num_threads)] if num_threads else []
     build_extra = cli_flags(cfg.build) + workers
+    # The source options that decide which slices are eligible also go to `synth select`; the list
+    # records them and `synth build --exemplar-list` refuses a list made with others.
+    select_extra = cli_flags({k: v for k, v in cfg.build.items() if k in ("intensity", "spacing", "modality")})
     fit = dict(cfg.fit)
     if steps is not None:
         fit["steps"] = steps
@@ -259,7 +262,8 @@ def plan_and_run(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: boo
             if not (dry_run or table_only):
                 exemplar_list.parent.mkdir(parents=True, exist_ok=True)
             runner.run(f"s{seed}-select-{tag}", [synth, "select", *source, "--split", cfg.train_split, *split_file,
-                                                 "--exemplars", count, "--seed", str(seed), *workers,
+                                                 "--exemplars", count, "--seed", str(seed), *select_extra,
+                                                 *workers,
                                                  "--out", str(exemplar_list)], exemplar_list)
             if cfg.runs_at("synthesized", count) or cfg.runs_at("samed", count):
                 shards = base / "data" / f"synth_{tag}"

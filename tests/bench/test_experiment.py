@@ -22,7 +22,7 @@ def _commands() -> dict[str, click.Group]:
 
 
 @pytest.mark.parametrize("config", ["brats_sample.json", "synapse_sample.json", "brats_cohort.json",
-                                    "brats_cohort_sites.json"])
+                                    "brats_cohort_sites.json", "cv_sites_150_p995.json", "cv_sites_150_intaug.json"])
 def test_dry_run_commands_use_existing_options(config, tmp_path):
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
                              str(PROJECT_ROOT / "bench" / "experiments" / config), "--dry-run", "--jobs", "2",
@@ -45,6 +45,11 @@ def test_dry_run_commands_use_existing_options(config, tmp_path):
     assert {("synth", "pack"), ("synth", "select"), ("synth", "build"), ("train", "fit"), ("train", "eval")} <= seen
     if config == "brats_cohort.json":     # pretrained arms: `train pretrain` then fit/eval from its model.pt
         assert ("train", "pretrain") in seen
+    if config == "cv_sites_150_p995.json":  # the list must be made with the preset the build reads
+        for line in lines:
+            argv = shlex.split(line)
+            if argv[1] in ("select", "build", "pack"):
+                assert argv[argv.index("--intensity") + 1] == "mri-slice-p99.5", line
 
 
 def _fake_eval(folder: Path, dsc: float, hd95: float, cases: list[tuple[str, float]]) -> None:

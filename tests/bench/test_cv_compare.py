@@ -1,0 +1,52 @@
+"""bench/cv_compare.py: two CV outputs paired by fold, seed and case."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from bench import cv_compare
+
+
+def _cell(out: Path, fold: str, rows: list[tuple[int, str, float, float]]) -> None:
+    folder = out / f"fold-{fold}" / "cells"
+    folder.mkdir(parents=True)
+    lines = ["seed,volume,class,dsc,hd95,gt_voxels,pred_voxels,volume_ratio,mssd,note"]
+    lines += [f"{seed},{case},tumour,{dsc},5.0,100,100,{ratio},1.0," for seed, case, dsc, ratio in rows]
+    (folder / "synthesized_150_center.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_pairs_by_fold_seed_and_case(tmp_path, capsys):
+    base, cand = tmp_path / "base", tmp_path / "cand"
+    _cell(base, "A", [(0, "a1", 0.70, 1.4), (0, "a2", 0.60, 1.2), (1, "a1", 0.50, 1.0)])
+    _cell(base, "B", [(0, "b1", 0.80, 0.9)])
+    _cell(cand, "A", [(0, "a1", 0.80, 1.1), (0, "a2", 0.60, 1.0)])  # seed 1 of fold A only in base
+    _cell(cand, "B", [(0, "b1", 0.70, 1.0)])
+    c = cv_compare.compare(cv_compare.read_rows(base, "synthesized", "150", "center"),
+                           cv_compare.read_rows(cand, "synthesized", "150", "center"))
+    assert c.diffs == pytest.approx([10.0, 0.0, -10.0])          # a1, a2 (seed 0), b1
+    fold_a, fold_b = c.per_fold
+    assert fold_a[:2] == ("A", 2) and fold_a[2] == pytest.approx(65.0) and fold_a[3] == pytest.approx(70.0)
+    assert fold_a[4] == pytest.approx(1.3) and fold_a[5] == pytest.approx(1.05)   # median volume ratios
+    assert c.fold_diffs == pytest.approx([5.0, -10.0])
+    assert c.missing == ["A seed 1"]
+    assert cv_compare.main([str(base), str(cand)]) == 0
+    text = capsys.readouterr().out
+    assert "| A | 2 | 65.00 | 70.00 | +5.00 | 1.300 | 1.050 |" in text
+    assert "1 better / 1 worse" in text and "Only on one side (left out): A seed 1." in text
+
+
+def test_sign_test_exact_values():
+    assert cv_compare.sign_test_p(0, 0) == 1.0
+    assert cv_compare.sign_test_p(5, 0) == pytest.approx(2 / 32)
+    assert cv_compare.sign_test_p(3, 3) == 1.0
+    assert cv_compare.sign_test_p(18, 6) == pytest.approx(2 * sum(math.comb(24, i) for i in range(7)) / 2 ** 24)
+
+
+def test_missing_cells_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    _cell(tmp_path / "cand", "A", [(0, "a1", 0.8, 1.0)])
+    assert cv_compare.main([str(tmp_path / "empty"), str(tmp_path / "cand")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no fold-*/cells/synthesized_150_center.csv" in err
