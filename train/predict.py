@@ -81,6 +81,7 @@ class PredictResult:
     slices: int
     voxels: dict  # class name -> predicted voxels
     seconds: float
+    spacing: float | None = None  # in-plane mm the scan was resampled to for the model (None: as stored)
 
 
 def clicks_by_slice(clicks: dict[int, list[tuple[int, int, int]]]) -> dict[int, dict[int, np.ndarray]]:
@@ -159,7 +160,8 @@ def predict_scan(loaded: LoadedModel, rundir: str | Path, image: str | Path, poi
     if points is None and not promptless:
         raise ConfigError("--points POINTS.json is required: this run segments from clicked points")
     per_slice = {} if points is None else clicks_by_slice(read_points(points, class_names, raw.shape[:3]))
-    vol = resampled_scan(native, np.asarray(img.affine), run_spacing(loaded.run_config, spacing))
+    mm = run_spacing(loaded.run_config, spacing)
+    vol = resampled_scan(native, np.asarray(img.affine), mm)
     if vol is not native:  # clicks onto the resampled grid
         from shared.spacing import map_points
 
@@ -181,7 +183,7 @@ def predict_scan(loaded: LoadedModel, rundir: str | Path, image: str | Path, poi
         pred = resample_label(pred, native.shape[1:])
     write_label_nifti(out, pred, img, len(class_names))
     voxels = {class_names[c]: int(np.count_nonzero(pred == c)) for c in range(1, len(class_names))}
-    return PredictResult(out, len(todo), voxels, time.perf_counter() - t0)
+    return PredictResult(out, len(todo), voxels, time.perf_counter() - t0, mm)
 
 
 # ------------------------------------------------------------------ --input / --prompts (issue 31)

@@ -84,7 +84,7 @@ def test_run_spacing_and_resampled_scan(case):
 def test_predict_at_5_mm_writes_the_mask_on_the_scans_grid(case):
     code, text, out = _predict_points(case, case["run"], "five", "5")
     assert code == 0, text
-    assert "2 slice(s) segmented" in text
+    assert "2 slice(s) segmented" in text and "at 5 mm in-plane" in text
     five = _mask(case, out)
     assert set(np.unique(five)) <= {0} | case["clicked"]  # the run's classes, only those clicked
     assert set(np.flatnonzero(five.reshape(-1, five.shape[2]).any(0))) <= {1, 2}  # only the clicked slices
@@ -95,6 +95,7 @@ def test_predict_at_5_mm_writes_the_mask_on_the_scans_grid(case):
     assert code == 0, text
     code, text, native_out = _predict_points(case, case["run"], "native", "native")
     assert code == 0, text
+    assert "mm in-plane" not in text
     default, native = _mask(case, default_out), _mask(case, native_out)
     assert np.array_equal(default, native)
     # 5 mm is not a no-op: the model saw other pixels, so the mask differs from the native one
@@ -103,6 +104,7 @@ def test_predict_at_5_mm_writes_the_mask_on_the_scans_grid(case):
     # a run recording 5 mm: its default is 5 mm, and --spacing native still overrides it
     code, text, rec_out = _predict_points(case, case["run5"], "recorded")
     assert code == 0, text
+    assert "at 5 mm in-plane" in text  # the summary says the run's recorded spacing was applied
     assert np.array_equal(_mask(case, rec_out), five)
     code, text, over_out = _predict_points(case, case["run5"], "override", "native")
     assert code == 0, text

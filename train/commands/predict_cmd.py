@@ -240,4 +240,5 @@ def _predict_points(run, run_checkpoint, checkpoint, image, points, out, device,
         _remove_made(made)
         raise
     counts = ", ".join(f"{k} {v}" for k, v in res.voxels.items())
-    click.echo(f"{res.out}: {res.slices} slice(s) segmented in {res.seconds:.1f} s; voxels: {counts}")
+    at = f" at {res.spacing:g} mm in-plane" if res.spacing is not None else ""
+    click.echo(f"{res.out}: {res.slices} slice(s) segmented in {res.seconds:.1f} s{at}; voxels: {counts}")
