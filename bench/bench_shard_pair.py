@@ -30,7 +30,10 @@ from pathlib import Path
 code, preset, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sys.path[:0] = [code, code + "/bench"]
 import bench_build as bb
-from synth.building.run import run_job
+try:  # synth/ by pipeline stage (issue 32)
+    from synth.building.run import run_job
+except ImportError:  # checkouts from before it (e.g. 7ab68b0, the build before the anatomy rule)
+    from synth.build import run_job
 cpu = []
 for _ in range(reps):
     tmp = tempfile.mkdtemp()
