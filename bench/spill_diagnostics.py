@@ -20,6 +20,7 @@ empty), with DSC and the pred/true volume ratio per volume.
 Usage:
   python bench/spill_diagnostics.py --run RUN --dataset brats --root ../shared/data/brats2018_cohort \
       --split test [--cache logits.npz]
+  python bench/spill_diagnostics.py --run RUN --shards OUT/fold-CBICA/data/test    # a CV fold's held-out site
   python bench/spill_diagnostics.py --run RUN --synthetic DATASET_DIR --n 300   # training distribution
   python bench/spill_diagnostics.py --run RUN --dataset brats --root ... --zoom 120  # resolution test
 """
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.evaluate import prompt_point, volume_key  # noqa: E402
 from train.inference import load_run_model  # noqa: E402
-from train.testsets import open_source_testset  # noqa: E402
+from train.testsets import open_shards_testset, open_source_testset  # noqa: E402
 from train.resize import resize_image, scale_points  # noqa: E402
 
 BINS = ((0, 100), (100, 300), (300, 1000), (1000, 3000), (3000, 10**7))
@@ -65,8 +66,11 @@ def _points(masks: list[np.ndarray], mode: str, img_size: int, keys: list[tuple[
                      for m, (vk, k) in zip(masks, keys)]).astype(np.float32)
 
 
-def collect_source(model, dataset: str, root: str, split: str, max_volumes: int | None) -> dict:
-    ts = open_source_testset(dataset, root, split)
+def collect_source(model, dataset: str, root: str, split: str, max_volumes: int | None,
+                   shards: str | None = None) -> dict:
+    """The test volumes of a source split, or of a `synth pack` folder (``shards``: e.g. a
+    cross-validation fold's held-out site, bench/cross_site.py)."""
+    ts = open_shards_testset(shards) if shards else open_source_testset(dataset, root, split)
     rec: dict[str, list] = {"vol": [], "gt": [], "lc": [], "lr": []}
     for vid in ts.volume_ids[:max_volumes]:
         vol = ts.load(vid)
@@ -232,6 +236,7 @@ def main() -> None:
     ap.add_argument("--root")
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-volumes", type=int)
+    ap.add_argument("--shards", help="a `synth pack` folder of test volumes instead of --dataset/--root/--split")
     ap.add_argument("--synthetic", help="a `synth build` dataset: score its samples instead")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--cache", help="npz of the collected logits (reused when it exists)")
@@ -251,7 +256,7 @@ def main() -> None:
     else:
         with torch.inference_mode():
             d = (collect_synthetic(model, args.synthetic, args.n) if args.synthetic
-                 else collect_source(model, args.dataset, args.root, args.split, args.max_volumes))
+                 else collect_source(model, args.dataset, args.root, args.split, args.max_volumes, args.shards))
         if args.cache:
             np.savez_compressed(args.cache, vol=np.asarray(d["vol"]), gt=np.stack(d["gt"]),
                                 lc=np.stack(d["lc"]).astype(np.float16), lr=np.stack(d["lr"]).astype(np.float16))
