@@ -1,6 +1,7 @@
 """Paired comparison of two cross-validation outputs: is a candidate default better on held-out sites?
 
     python bench/cv_compare.py runs/cv-sites runs/cand-p995 --arm synthesized --count 150 [--prompt center]
+    python bench/cv_compare.py runs/cv-sites,runs/cand-base runs/cand-mrmedsam   # seeds from two outputs
 
 Both folders are outputs of ``bench/experiment.py --folds`` (``OUT/fold-<name>/cells/<arm>_<count>_<prompt>.csv``,
 one row per held-out case and seed). Rows are paired by (fold, seed, case), so the comparison is on the
@@ -44,6 +45,15 @@ def read_rows(out: Path, arm: str, count: str, prompt: str) -> dict[tuple[str, i
     return rows
 
 
+def read_all(folders: str, arm: str, count: str, prompt: str) -> dict[tuple[str, int, str], CaseRow]:
+    """:func:`read_rows` over comma-separated folders (e.g. seed 0 in one output, seed 1 in another);
+    a later folder's row replaces an earlier one's for the same (fold, seed, case)."""
+    rows: dict[tuple[str, int, str], CaseRow] = {}
+    for folder in folders.split(","):
+        rows.update(read_rows(Path(folder), arm, count, prompt))
+    return rows
+
+
 def sign_test_p(wins: int, losses: int) -> float:
     """Exact two-sided binomial sign-test p-value (ties dropped)."""
     n = wins + losses
@@ -59,6 +69,7 @@ class Comparison:
     per_fold: list[tuple[str, int, float, float, float, float]]  # fold, cases, base, cand, base ratio, cand ratio
     diffs: list[float]                                            # per paired case (cand - base), DSC points
     missing: list[str]
+    per_seed: dict[int, float]                                    # seed -> mean over folds of the fold differences
 
     @property
     def fold_diffs(self) -> list[float]:
@@ -75,12 +86,17 @@ def compare(base: dict, cand: dict) -> Comparison:
                          100 * statistics.fmean(cand[k].dsc for k in fk),
                          statistics.median(base[k].volume_ratio for k in fk),
                          statistics.median(cand[k].volume_ratio for k in fk)))
-    return Comparison(per_fold, [100 * (cand[k].dsc - base[k].dsc) for k in keys], missing)
+    per_seed = {}
+    for seed in sorted({k[1] for k in keys}):
+        folds = sorted({k[0] for k in keys if k[1] == seed})
+        per_seed[seed] = statistics.fmean(
+            100 * statistics.fmean(cand[k].dsc - base[k].dsc for k in keys if k[:2] == (fold, seed)) for fold in folds)
+    return Comparison(per_fold, [100 * (cand[k].dsc - base[k].dsc) for k in keys], missing, per_seed)
 
 
 def render(c: Comparison, base_name: str, cand_name: str, cell: str) -> str:
     lines = [f"{cell}: {cand_name} against {base_name} (DSC %, paired by fold, seed and case)", "",
-             "| Fold | Cases | Base DSC | Candidate DSC | Difference | Base median vol. ratio | Candidate median vol. ratio |",
+             "| Fold | Rows (case x seed) | Base DSC | Candidate DSC | Difference | Base median vol. ratio | Candidate median vol. ratio |",
              "|:---|---:|---:|---:|---:|---:|---:|"]
     for fold, n, b, k, rb, rk in c.per_fold:
         lines.append(f"| {fold} | {n} | {b:.2f} | {k:.2f} | {k - b:+.2f} | {rb:.3f} | {rk:.3f} |")
@@ -91,6 +107,9 @@ def render(c: Comparison, base_name: str, cand_name: str, cell: str) -> str:
         lines += ["", f"Across folds: {statistics.fmean(fd):+.2f} ± {sd:.2f} points (mean ± sd of {len(fd)} fold "
                       f"differences). Per case: {statistics.fmean(c.diffs):+.2f} points over {len(c.diffs)} paired "
                       f"cases, {wins} better / {losses} worse, sign test p = {sign_test_p(wins, losses):.3f}."]
+        if len(c.per_seed) > 1:
+            lines += ["Per seed (mean over folds of the fold differences): "
+                      + ", ".join(f"seed {seed} {d:+.2f}" for seed, d in c.per_seed.items()) + "."]
     if c.missing:
         lines += ["", "Only on one side (left out): " + ", ".join(c.missing) + "."]
     return "\n".join(lines)
@@ -98,14 +117,14 @@ def render(c: Comparison, base_name: str, cand_name: str, cell: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("base", type=Path, help="the current default's CV output folder")
-    ap.add_argument("candidate", type=Path, help="the candidate's CV output folder (same folds)")
+    ap.add_argument("base", help="the current default's CV output folder(s), comma-separated")
+    ap.add_argument("candidate", help="the candidate's CV output folder(s), comma-separated (same folds)")
     ap.add_argument("--arm", default="synthesized")
     ap.add_argument("--count", default="150")
     ap.add_argument("--prompt", default="center")
     args = ap.parse_args(argv)
-    base = read_rows(args.base, args.arm, args.count, args.prompt)
-    cand = read_rows(args.candidate, args.arm, args.count, args.prompt)
+    base = read_all(args.base, args.arm, args.count, args.prompt)
+    cand = read_all(args.candidate, args.arm, args.count, args.prompt)
     cell = f"{args.arm}_{args.count}_{args.prompt}"
     for name, rows, folder in (("base", base, args.base), ("candidate", cand, args.candidate)):
         if not rows:

@@ -31,6 +31,7 @@ def test_pairs_by_fold_seed_and_case(tmp_path, capsys):
     assert fold_a[4] == pytest.approx(1.3) and fold_a[5] == pytest.approx(1.05)   # median volume ratios
     assert c.fold_diffs == pytest.approx([5.0, -10.0])
     assert c.missing == ["A seed 1"]
+    assert c.per_seed == pytest.approx({0: -2.5})  # (+5 on fold A, -10 on fold B) / 2
     assert cv_compare.main([str(base), str(cand)]) == 0
     text = capsys.readouterr().out
     assert "| A | 2 | 65.00 | 70.00 | +5.00 | 1.300 | 1.050 |" in text
