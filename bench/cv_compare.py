@@ -15,12 +15,17 @@ sample: a mean gain driven by two patients is not a better default.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: `bench` is a folder of the project root
+    sys.path.insert(0, str(ROOT))
+
+from bench.experiment import median_or_nan, read_case_csv  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -37,11 +42,9 @@ def read_rows(out: Path, arm: str, count: str, prompt: str) -> dict[tuple[str, i
     rows: dict[tuple[str, int, str], CaseRow] = {}
     for path in sorted(out.glob(f"fold-*/cells/{arm}_{count}_{prompt}.csv")):
         fold = path.parent.parent.name.removeprefix("fold-")
-        with path.open(newline="") as fh:
-            for rec in csv.DictReader(fh):
-                ratio = float(rec["volume_ratio"]) if rec.get("volume_ratio") not in (None, "") else math.nan
-                row = CaseRow(fold, int(rec["seed"]), rec["volume"], float(rec["dsc"]), ratio)
-                rows[(row.fold, row.seed, row.case)] = row
+        for rec in read_case_csv(path):
+            row = CaseRow(fold, rec["seed"], rec["volume"], rec["dsc"], rec["volume_ratio"])
+            rows[(row.fold, row.seed, row.case)] = row
     return rows
 
 
@@ -84,8 +87,8 @@ def compare(base: dict, cand: dict) -> Comparison:
         fk = [k for k in keys if k[0] == fold]
         per_fold.append((fold, len(fk), 100 * statistics.fmean(base[k].dsc for k in fk),
                          100 * statistics.fmean(cand[k].dsc for k in fk),
-                         statistics.median(base[k].volume_ratio for k in fk),
-                         statistics.median(cand[k].volume_ratio for k in fk)))
+                         median_or_nan([base[k].volume_ratio for k in fk]),
+                         median_or_nan([cand[k].volume_ratio for k in fk])))
     per_seed = {}
     for seed in sorted({k[1] for k in keys}):
         folds = sorted({k[0] for k in keys if k[1] == seed})

@@ -402,8 +402,12 @@ def read_cases(eval_dir: Path) -> list[dict]:
     """An evaluation's cases.csv as dicts: volume, class, dsc, hd95 (NaN when not defined) and
     volume_ratio (predicted / true voxels; NaN when the class is absent from the ground truth)."""
     path = eval_dir / "cases.csv"
-    if not path.exists():
-        return []
+    return read_case_csv(path) if path.exists() else []
+
+
+def read_case_csv(path: Path) -> list[dict]:
+    """:func:`read_cases` of one CSV file: an evaluation's cases.csv, or a grid's cells/*.csv (whose
+    rows also carry the seed: then ``"seed"`` (int) is in each dict)."""
 
     def num(text: str | None) -> float:
         try:
@@ -417,8 +421,11 @@ def read_cases(eval_dir: Path) -> list[dict]:
         if math.isnan(ratio):
             gt, pred = num(line.get("gt_voxels")), num(line.get("pred_voxels"))
             ratio = pred / gt if gt > 0 else math.nan
-        rows.append({"volume": line["volume"], "class": line.get("class", ""), "dsc": num(line.get("dsc")),
-                     "hd95": num(line.get("hd95")), "volume_ratio": ratio})
+        row = {"volume": line["volume"], "class": line.get("class", ""), "dsc": num(line.get("dsc")),
+               "hd95": num(line.get("hd95")), "volume_ratio": ratio}
+        if line.get("seed") not in (None, ""):
+            row["seed"] = int(line["seed"])
+        rows.append(row)
     return rows
 
 
