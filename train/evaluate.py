@@ -21,6 +21,9 @@ Protocol (the paper's, after SAMed):
 - Slices are stacked back into the volume at the source resolution and scored per volume and class
   (``train.metrics``); averages follow the published tables. HD95 in mm (or voxels:
   ``hd95_unit``; always voxels for sources without geometry), empty cases ``strict`` or ``samed``.
+- ``keep`` (``--keep``, train.postprocess): ``all`` scores every predicted pixel (the paper's
+  protocol); ``clicked-slice`` / ``clicked-volume`` first drop a class's regions that hold none of
+  its clicks (per slice, or 3D-connected over the volume), on the grid the model predicted on.
 - ``multimask`` (zero-shot SAM only): SAM's three masks per point, the one with the highest
   predicted IoU kept, as SAM is used with a single click.
 """
@@ -49,6 +52,7 @@ from train.inference import Inference, LoadedModel, predict_slices
 from train.metrics import (EMPTY_CASE_TEXT, EMPTY_CASES, HD95_UNITS, CaseScore, score_volume, slice_dice,
                            summarise)
 from train.overlays import write_overlays
+from train.postprocess import KEEP_MODES, keep_clicked
 from train.prompts import Prompt, bounding_box, center_point, random_point
 from train.testsets import EvalVolume, TestSet
 
@@ -131,10 +135,15 @@ def predict_on_grid(inf: Inference, vol: EvalVolume, num_classes: int, opts: "Ev
     from shared.spacing import map_points, resample_label, resample_volume
 
     work = resample_volume(vol, opts.spacing)
-    if work is vol:
-        return predict_volume(inf, vol, num_classes, opts.prompt, opts.seed, progress, prompts_out, opts.box_margin)
     found: dict = {}
     pred, n = predict_volume(inf, work, num_classes, opts.prompt, opts.seed, progress, found, opts.box_margin)
+    if opts.keep != "all":
+        pred = keep_clicked(pred, {k: {c: p.points_array() for c, p in items} for k, items in found.items()},
+                            opts.keep)
+    if work is vol:
+        if prompts_out is not None:
+            prompts_out.update(found)
+        return pred, n
     hw, native_hw = work.label.shape[1:], vol.label.shape[1:]
     if prompts_out is not None:
         for k, items in found.items():
@@ -169,6 +178,7 @@ class EvalOptions:
     progress: bool = True  # a progress bar in slices (when stderr is a terminal)
     spacing: float | None = None  # in-plane mm the slices are resampled to before the model (None: native);
                                   # predictions go back to the volume's own grid, scored there
+    keep: str = "all"  # train.postprocess.KEEP_MODES: drop predicted regions no click points at
 
 
 def prepare_outdir(out: str | Path, overwrite: bool) -> tuple[Path, Path]:
@@ -220,6 +230,11 @@ def check_options(loaded: LoadedModel, testset: TestSet, opts: EvalOptions, wher
                           f"({testset.description.get('source', {}).get('name', 'source')}); evaluate natively")
     if opts.empty_case not in EMPTY_CASES:
         raise ConfigError(f"--empty-case {opts.empty_case!r} must be one of {', '.join(EMPTY_CASES)}")
+    if opts.keep not in KEEP_MODES:
+        raise ConfigError(f"--keep {opts.keep!r} must be one of {', '.join(KEEP_MODES)}")
+    if opts.keep != "all" and opts.prompt not in ("center", "random"):
+        raise ConfigError(f"--keep {opts.keep} keeps the regions that hold a click: it needs point "
+                          f"prompts (--prompt center or random), not --prompt {opts.prompt}")
     if opts.multimask and (opts.prompt == "none" or loaded.trained_prompt is not None):
         raise ConfigError(f"{where}: --multimask is for zero-shot SAM with point prompts (a trained run "
                           "learned the single-mask output)")
@@ -321,7 +336,7 @@ def evaluate(loaded: LoadedModel, testset: TestSet, out: str | Path, opts: EvalO
             + (" in mm" if hd95_unit == "mm" and opts.empty_case == "strict" else
                " in voxels" if opts.empty_case == "strict" else ""),
             multimask=opts.multimask, engine=getattr(inf.engine, "name", "torch"),
-            spacing=spacing_record(opts.spacing),
+            spacing=spacing_record(opts.spacing), keep=opts.keep,
             **({"box_margin": opts.box_margin} if opts.prompt == "box" else {}))
         write_results(tmp, result, scores, loaded.name, testset.class_names, overlays=opts.overlays > 0)
         _finish_outdir(out, tmp)

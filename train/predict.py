@@ -34,6 +34,7 @@ from shared.sources import preprocess_raw, read_nifti
 from shared.spacing import spacing_record
 from train.devices import pick_device
 from train.inference import Inference, LoadedModel, predict_slices
+from train.postprocess import keep_clicked
 
 
 def read_points(path: str | Path, class_names: Sequence[str], shape_ijk: Sequence[int]) -> dict[int, list[tuple[int, int, int]]]:
@@ -140,8 +141,9 @@ def resampled_scan(vol: np.ndarray, affine: np.ndarray, mm: float | None) -> np.
 
 def predict_scan(loaded: LoadedModel, rundir: str | Path, image: str | Path, points: str | Path | None,
                  out: str | Path, *, device: str = "auto", batch_size: int = 8,
-                 overwrite: bool = False, spacing: Any = "run") -> PredictResult:
-    """Segment ``image`` from the clicks in ``points``; write a uint8 label NIfTI to ``out``."""
+                 overwrite: bool = False, spacing: Any = "run", keep: str = "all") -> PredictResult:
+    """Segment ``image`` from the clicks in ``points``; write a uint8 label NIfTI to ``out``.
+    ``keep`` (train.postprocess.KEEP_MODES): drop predicted regions no click points at."""
     t0 = time.perf_counter()
     out = Path(out)
     if not str(out).endswith((".nii", ".nii.gz")):
@@ -159,6 +161,8 @@ def predict_scan(loaded: LoadedModel, rundir: str | Path, image: str | Path, poi
     native = preprocess_raw(raw, preset, name=str(image))  # (S, R, C) = (k, j, i)
     if points is None and not promptless:
         raise ConfigError("--points POINTS.json is required: this run segments from clicked points")
+    if promptless and keep != "all":
+        raise ConfigError(f"--keep {keep} keeps the regions that hold a click: this run is promptless")
     per_slice = {} if points is None else clicks_by_slice(read_points(points, class_names, raw.shape[:3]))
     mm = run_spacing(loaded.run_config, spacing)
     vol = resampled_scan(native, np.asarray(img.affine), mm)
@@ -177,6 +181,7 @@ def predict_scan(loaded: LoadedModel, rundir: str | Path, image: str | Path, poi
         for b0 in range(0, len(todo), batch_size):
             ks = todo[b0:b0 + batch_size]
             pred[ks] = predict_slices(inf, vol[ks], None if promptless else [per_slice[int(k)] for k in ks])
+    pred = keep_clicked(pred, per_slice, keep)  # on the grid the clicks and the model share
     if vol is not native:  # the mask on the scan's own grid
         from shared.spacing import resample_label
 
@@ -424,10 +429,11 @@ def predict_volume(loaded: LoadedModel, scan: ScanInput, prompts: str | Path, ou
                    propagate: bool = False, dicom_seg: bool = False, intensity: str | dict | None = None,
                    modality: str | None = None, box_margin: float | None = None, min_pixels: int | None = None,
                    device: str = "auto", batch_size: int = 8, engine: str = "auto", overwrite: bool = False,
-                   rundir: str | Path | None = None, spacing: Any = "run") -> VolumePrediction:
+                   rundir: str | Path | None = None, spacing: Any = "run", keep: str = "all") -> VolumePrediction:
     """`train predict --input --prompts --out DIR`: segment `scan` from the prompt file (labels 1..N
     = its "classes"), each prompt's own slice or, with `propagate`, its whole structure
-    (train.propagate); write <name>.nii.gz / .labels.json (/ .seg.dcm) into `out`."""
+    (train.propagate); write <name>.nii.gz / .labels.json (/ .seg.dcm) into `out`. ``keep``
+    (train.postprocess.KEEP_MODES): drop predicted regions no click points at (point prompts)."""
     from shared.prompts_file import read_prompt_file
     from train import propagate as prop
     from train.evaluate import encoder_engine
@@ -452,6 +458,7 @@ def predict_volume(loaded: LoadedModel, scan: ScanInput, prompts: str | Path, ou
 
         check_segment_names(pf.classes, f"--prompts {pf.path}: --dicom-seg")
     seeds = seeds_from_prompts(pf, follows_boxes(loaded))
+    check_keep(keep, seeds, propagate, f"--prompts {pf.path}")
     native = preprocess_raw(scan.raw, preset, name=str(scan.path))  # (S, R, C) = (k, j, i)
     mm = run_spacing(loaded.run_config, spacing)
     vol = resampled_scan(native, scan.affine, mm)
@@ -466,7 +473,7 @@ def predict_volume(loaded: LoadedModel, scan: ScanInput, prompts: str | Path, ou
     with torch.inference_mode():
         result = prop.propagate(vol.shape, seeds, cache.logits, release=cache.release, propagate=propagate,
                                 margin=margin, min_pixels=min_px)
-    pred = result.labels
+    pred = keep_clicked(result.labels, seed_clicks(seeds), keep) if keep != "all" else result.labels
     if vol is not native:  # the mask on the scan's own grid, as its NIfTI / SEG must be
         from shared.spacing import resample_label
 
@@ -483,6 +490,29 @@ def predict_volume(loaded: LoadedModel, scan: ScanInput, prompts: str | Path, ou
         cur[0], cur[1] = min(cur[0], lo), max(cur[1], hi)
     return VolumePrediction(files, pred, pf.classes, voxels, extents, cache.encoded, time.perf_counter() - t0, preset,
                             spacing_record(mm))
+
+
+def check_keep(keep: str, seeds, propagate: bool, where: str) -> None:
+    """--keep's clicked modes need clicks; clicked-slice would erase every propagated slice."""
+    if keep == "all":
+        return
+    if any(s.prompt.box is not None for s in seeds):
+        raise ConfigError(f"{where}: --keep {keep} keeps the regions that hold a click; the file has box "
+                          "prompts (use --keep all)")
+    if propagate and keep == "clicked-slice":
+        raise ConfigError("--keep clicked-slice keeps only the clicked slices; with --propagate use "
+                          "--keep clicked-volume")
+
+
+def seed_clicks(seeds) -> dict[int, dict[int, np.ndarray]]:
+    """{slice: {class: clicks (n, 2) xy}} of point seeds (train.postprocess's input)."""
+    out: dict[int, dict[int, np.ndarray]] = {}
+    for s in seeds:
+        per_class = out.setdefault(int(s.slice_index), {})
+        pts = s.prompt.points_array()
+        per_class[int(s.class_index)] = np.concatenate([per_class[s.class_index], pts]) \
+            if s.class_index in per_class else pts
+    return out
 
 
 def _map_prompt(prompt, from_hw, to_hw):

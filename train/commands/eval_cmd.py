@@ -10,6 +10,7 @@ from shared.cli_support import debug_option
 from shared.errors import ConfigError
 from shared.fileio import atomic_write_text, read_json
 from train.model.registry import MODEL_NAMES
+from train.postprocess import KEEP_HELP, KEEP_MODES
 
 
 @click.command("eval")
@@ -60,6 +61,8 @@ from train.model.registry import MODEL_NAMES
 @click.option("--box-margin", type=float, default=5.0, show_default=True,
               help="--prompt box: source pixels added to each side of the class's bounding box (clipped "
                    "to the slice; MedSAM uses 5).")
+@click.option("--keep", type=click.Choice(list(KEEP_MODES)), default="all", show_default=True,
+              help="Point prompts: " + KEEP_HELP + ". Recorded in summary.json.")
 @click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime", "openvino"]), default="auto",
               show_default=True,
               help="CPU only: run the image encoder through torch (eager) or an exported ONNX graph "
@@ -98,7 +101,7 @@ from train.model.registry import MODEL_NAMES
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
 @debug_option
 def eval_(run, run_checkpoint, model_name, checkpoint, adapter, img_size, shards, dataset, root, split, modality,
-          source_config, intensity, spacing, prompt, box_margin, engine, embedding_cache, seed, hd95_unit, empty_case, multimask, batch_size,
+          source_config, intensity, spacing, prompt, box_margin, keep, engine, embedding_cache, seed, hd95_unit, empty_case, multimask, batch_size,
           decode_batch, device, num_threads, max_volumes, save_predictions, overlays, overlay_count, overwrite,
           tensorboard, out, no_progress) -> None:
     """Score a run (or zero-shot SAM) on test volumes: DSC and HD95 per volume and class.
@@ -171,7 +174,7 @@ def eval_(run, run_checkpoint, model_name, checkpoint, adapter, img_size, shards
                        overlays=overlay_count if overlays else 0, overwrite=overwrite,
                        num_threads=num_threads, max_volumes=max_volumes, hd95_unit=hd95_unit,
                        empty_case=empty_case, multimask=multimask, progress=not no_progress,
-                       spacing=eval_spacing(spacing, dataset, loaded))
+                       spacing=eval_spacing(spacing, dataset, loaded), keep=keep)
     result = evaluate(loaded, testset, out, opts, where=where, log=lambda m: click.echo(m, err=True))
     if tensorboard:
         write_to_tensorboard(run, out, result)

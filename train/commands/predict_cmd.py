@@ -6,6 +6,7 @@ import click
 from shared.cli_support import debug_option
 from shared.errors import ConfigError
 from train.model.registry import MODEL_NAMES
+from train.postprocess import KEEP_HELP, KEEP_MODES
 
 # options of the prompt-file mode (--input) that the clicked-points mode (--image) does not take
 INPUT_MODE_ONLY = ("prompts", "model_name", "adapter", "series", "propagate", "dicom_seg", "engine", "box_margin",
@@ -78,11 +79,13 @@ INPUT_MODE_ONLY = ("prompts", "model_name", "adapter", "series", "propagate", "d
                    "the mask is resampled back (nearest) and written on the scan's own grid. Default: the "
                    "spacing the run's training data was built at (native when it records none, and for "
                    "zero-shot models).")
+@click.option("--keep", type=click.Choice(list(KEEP_MODES)), default="all", show_default=True,
+              help="Clicks only: " + KEEP_HELP + ". With --propagate: all or clicked-volume.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (--input: write into a non-empty --out).")
 @debug_option
 def predict(input_path, prompts, run, model_name, adapter, run_checkpoint, checkpoint, series, propagate, dicom_seg,
             box_margin, min_pixels, intensity, modality, engine, name, image, points, out, device, batch_size,
-            num_threads, spacing, overwrite) -> None:
+            num_threads, spacing, keep, overwrite) -> None:
     """Segment a new scan from prompts, with a trained run or a zero-shot model.
 
     \b
@@ -117,7 +120,7 @@ def predict(input_path, prompts, run, model_name, adapter, run_checkpoint, check
         if run is None:
             raise ConfigError("--image needs --run RUNDIR (a trained run)")
         return _predict_points(run, run_checkpoint, checkpoint, image, points, out, device, batch_size,
-                               num_threads, overwrite, spacing)
+                               num_threads, overwrite, spacing, keep)
     if points is not None:
         raise ConfigError("--points goes with --image; with --input give a prompt file as --prompts FILE")
     if (run is None) == (model_name is None):
@@ -183,7 +186,7 @@ def predict(input_path, prompts, run, model_name, adapter, run_checkpoint, check
         res = predict_volume(loaded, scan, prompts, outdir, propagate=propagate, dicom_seg=dicom_seg,
                              intensity=intensity, modality=modality, box_margin=box_margin, min_pixels=min_pixels,
                              device=device, batch_size=batch_size, engine=engine, overwrite=overwrite, rundir=run,
-                             spacing="run" if spacing is None else spacing)
+                             spacing="run" if spacing is None else spacing, keep=keep)
     except BaseException:
         _remove_made(made)
         raise
@@ -210,7 +213,7 @@ def _remove_made(made) -> None:
 
 
 def _predict_points(run, run_checkpoint, checkpoint, image, points, out, device, batch_size, num_threads,
-                    overwrite, spacing=None) -> None:
+                    overwrite, spacing=None, keep="all") -> None:
     """The clicked-points mode (--run --image --points --out FILE)."""
     from pathlib import Path
 
@@ -235,7 +238,7 @@ def _predict_points(run, run_checkpoint, checkpoint, image, points, out, device,
             torch.set_num_threads(num_threads)
         loaded = load_run_model(run, run_checkpoint, checkpoint)
         res = predict_scan(loaded, run, image, points, out, device=device, batch_size=batch_size,
-                           overwrite=overwrite, spacing="run" if spacing is None else spacing)
+                           overwrite=overwrite, spacing="run" if spacing is None else spacing, keep=keep)
     except BaseException:
         _remove_made(made)
         raise
