@@ -12,7 +12,9 @@ and once per grid
   zero-shot     - no training: `train eval --model ... --checkpoint PRE/model.pt` on the model
                   from `train pretrain` (the paper's "SAM (zero-shot)" row at CPU scale).
 Each set is trained with the same recipe (`train fit ... --seed S`) and evaluated on the held-out
-test cases (`synth pack` + `train eval`) with centre and random point prompts. Each table cell is
+test cases (`synth pack` + `train eval`) with centre and random point prompts (an entry of
+"prompts" such as "center+clicked-volume" adds `--keep clicked-volume`, train/postprocess.py: the
+same fits scored with a post-processing; it is a column of its own). Each table cell is
 the mean over the seeds with its standard deviation and range; the per-patient rows behind every
 cell go to OUT/cells/*.csv, all numbers to OUT/results.json, the tables to OUT/table.md, and a
 plot of DSC against the number of exemplars to OUT/dsc_vs_exemplars.png.
@@ -166,6 +168,13 @@ class Runner:
         self.say(f"[done] {key}: {seconds:.0f} s")
 
 
+def eval_flags(prompt: str) -> list[str]:
+    """A grid's evaluation name -> its `train eval` flags: "center" -> --prompt center;
+    "center+clicked-volume" -> --prompt center --keep clicked-volume."""
+    mode, _, keep = prompt.partition("+")
+    return ["--prompt", mode, *(["--keep", keep] if keep else [])]
+
+
 def cli_flags(flags: dict, substitutions: dict[str, str] | None = None) -> list[str]:
     """{"img_size": 128, "no_progress": True} -> ["--img-size", "128", "--no-progress"]."""
     out: list[str] = []
@@ -296,7 +305,7 @@ def plan_and_run(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: boo
         for prompt in prompts:
             eval_dir = cell.evals[prompt]
             runner.run(f"s{cell.seed}-eval-{eval_dir.name}",
-                       [train, "eval", *model_flags, "--shards", str(test_dir), "--prompt", prompt,
+                       [train, "eval", *model_flags, "--shards", str(test_dir), *eval_flags(prompt),
                         "--seed", str(cell.seed), *thread_flags, "--out", str(eval_dir)],
                        eval_dir / "summary.json", eval_dir)
 

@@ -22,7 +22,8 @@ def _commands() -> dict[str, click.Group]:
 
 
 @pytest.mark.parametrize("config", ["brats_sample.json", "synapse_sample.json", "brats_cohort.json",
-                                    "brats_cohort_sites.json", "cv_sites_150_p995.json", "cv_sites_150_intaug.json"])
+                                    "brats_cohort_sites.json", "cv_sites_150_p995.json", "cv_sites_150_intaug.json",
+                                    "brats_cohort_sites_mrmedsam.json"])
 def test_dry_run_commands_use_existing_options(config, tmp_path):
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
                              str(PROJECT_ROOT / "bench" / "experiments" / config), "--dry-run", "--jobs", "2",
@@ -45,6 +46,12 @@ def test_dry_run_commands_use_existing_options(config, tmp_path):
     assert {("synth", "pack"), ("synth", "select"), ("synth", "build"), ("train", "fit"), ("train", "eval")} <= seen
     if config == "brats_cohort.json":     # pretrained arms: `train pretrain` then fit/eval from its model.pt
         assert ("train", "pretrain") in seen
+    if config == "brats_cohort_sites_mrmedsam.json":  # "center+clicked-volume": the same fits, --keep
+        evals = [shlex.split(line) for line in lines if shlex.split(line)[1] == "eval"]
+        kept = [a for a in evals if "--keep" in a]
+        assert kept and all(a[a.index("--keep") + 1] == "clicked-volume" and a[a.index("--prompt") + 1] == "center"
+                            and a[a.index("--out") + 1].endswith("_center+clicked-volume") for a in kept)
+        assert len(kept) == len(evals) // 3  # one of the three evaluations of every fit
     if config == "cv_sites_150_p995.json":  # the list must be made with the preset the build reads
         for line in lines:
             argv = shlex.split(line)
