@@ -124,14 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("candidate", help="the candidate's CV output folder(s), comma-separated (same folds)")
     ap.add_argument("--arm", default="synthesized")
     ap.add_argument("--count", default="150")
-    ap.add_argument("--prompt", default="center")
+    ap.add_argument("--prompt", default="center", help="the grid evaluation compared (default center)")
+    ap.add_argument("--candidate-prompt", default=None,
+                    help="the candidate's evaluation when it differs, e.g. center+clicked-volume: the same "
+                         "fits scored two ways (base and candidate may then be one folder)")
     args = ap.parse_args(argv)
+    cand_prompt = args.candidate_prompt or args.prompt
     base = read_all(args.base, args.arm, args.count, args.prompt)
-    cand = read_all(args.candidate, args.arm, args.count, args.prompt)
-    cell = f"{args.arm}_{args.count}_{args.prompt}"
-    for name, rows, folder in (("base", base, args.base), ("candidate", cand, args.candidate)):
+    cand = read_all(args.candidate, args.arm, args.count, cand_prompt)
+    cell = f"{args.arm}_{args.count}_{args.prompt}" + (f" vs {cand_prompt}" if cand_prompt != args.prompt else "")
+    for name, rows, folder, prompt in (("base", base, args.base, args.prompt),
+                                       ("candidate", cand, args.candidate, cand_prompt)):
         if not rows:
-            print(f"cv_compare: {folder}: no fold-*/cells/{cell}.csv ({name})", file=sys.stderr)
+            print(f"cv_compare: {folder}: no fold-*/cells/{args.arm}_{args.count}_{prompt}.csv ({name})",
+                  file=sys.stderr)
             return 2
     c = compare(base, cand)
     if not c.diffs:

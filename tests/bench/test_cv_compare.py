@@ -9,12 +9,12 @@ import pytest
 from bench import cv_compare
 
 
-def _cell(out: Path, fold: str, rows: list[tuple[int, str, float, float]]) -> None:
+def _cell(out: Path, fold: str, rows: list[tuple[int, str, float, float]], prompt: str = "center") -> None:
     folder = out / f"fold-{fold}" / "cells"
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     lines = ["seed,volume,class,dsc,hd95,gt_voxels,pred_voxels,volume_ratio,mssd,note"]
     lines += [f"{seed},{case},tumour,{dsc},5.0,100,100,{ratio},1.0," for seed, case, dsc, ratio in rows]
-    (folder / "synthesized_150_center.csv").write_text("\n".join(lines) + "\n")
+    (folder / f"synthesized_150_{prompt}.csv").write_text("\n".join(lines) + "\n")
 
 
 def test_pairs_by_fold_seed_and_case(tmp_path, capsys):
@@ -51,3 +51,15 @@ def test_missing_cells_are_one_line_errors(tmp_path, capsys):
     assert cv_compare.main([str(tmp_path / "empty"), str(tmp_path / "cand")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no fold-*/cells/synthesized_150_center.csv" in err
+
+
+def test_two_evaluations_of_one_grid(tmp_path, capsys):
+    """--candidate-prompt: the same fits scored two ways (e.g. with --keep clicked-volume), one folder."""
+    _cell(tmp_path, "A", [(0, "a1", 0.70, 1.4), (0, "a2", 0.60, 1.2)])
+    _cell(tmp_path, "A", [(0, "a1", 0.75, 1.1), (0, "a2", 0.60, 1.2)], prompt="center+clicked-volume")
+    assert cv_compare.main([str(tmp_path), str(tmp_path), "--candidate-prompt", "center+clicked-volume"]) == 0
+    text = capsys.readouterr().out
+    assert "| A | 2 | 65.00 | 67.50 | +2.50 | 1.300 | 1.150 |" in text
+    assert "center vs center+clicked-volume" in text
+    assert cv_compare.main([str(tmp_path), str(tmp_path), "--candidate-prompt", "center+clicked-slice"]) == 2
+    assert "synthesized_150_center+clicked-slice.csv (candidate)" in capsys.readouterr().err
