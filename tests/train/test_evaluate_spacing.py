@@ -51,3 +51,19 @@ def test_eval_cli_records_the_spacing_and_saves_native_masks(tmp_path):
     code, text = run_in_process(train_main, "eval", "--run", run, "--dataset", "demo-abdomen", "--split", "test",
                                 "--spacing", "-2", "--out", tmp_path / "bad")
     assert code == 2 and "--spacing '-2'" in text and "Traceback" not in text
+
+
+def test_keep_runs_on_the_resampled_grid_and_only_removes(tmp_path):
+    """--keep with --spacing: the regions are found where the model predicted (the resampled grid),
+    then the mask goes back; it can only remove what the same evaluation without --keep predicts."""
+    source = open_source("demo-abdomen")
+    run = make_tiny_run(tmp_path / "run", source, img_size=32)
+    loaded = load_run_model(run)
+    inf = Inference(loaded.model.eval(), torch.device("cpu"), 8)
+    vol = open_source_testset("demo-abdomen", None, "test").load("abdomen_02")
+    vol.image, vol.label = vol.image[14:18], vol.label[14:18]
+    with torch.inference_mode():
+        full, _ = predict_on_grid(inf, vol, 8, EvalOptions(spacing=5.0), None)
+        kept, _ = predict_on_grid(inf, vol, 8, EvalOptions(spacing=5.0, keep="clicked-volume"), None)
+    assert kept.shape == full.shape == vol.label.shape
+    assert ((kept == 0) | (kept == full)).all() and kept.any()
