@@ -69,6 +69,12 @@ def _mm(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
 
 
+def prompt_text(summary: dict) -> str:
+    """The Prompt column: the prompt mode, and the --keep rule when it removed anything."""
+    keep = summary.get("keep")
+    return str(summary.get("prompt") or "–") + (f", keep {keep}" if keep not in (None, "all") else "")
+
+
 def markdown_table(entries: Sequence[tuple[str, dict]], *, prompt_column: bool = False) -> str:
     """A paper-style Markdown table from (method name, summary.json dict) pairs.
 
@@ -99,7 +105,7 @@ def markdown_table(entries: Sequence[tuple[str, dict]], *, prompt_column: bool =
             hd += f" {_UNIT_WORD[hd95_unit(s)]}"
         if len(conventions) > 1:
             name = f"{name} ({empty_case(s)})"
-        cells = [name] + ([str(s.get("prompt") or "–")] if prompt_column else [])
+        cells = [name] + ([prompt_text(s)] if prompt_column else [])
         cells += [_pct(s.get("mean_dsc")), hd]
         cells += [_pct(per[c]["dsc"]) if c in per else "–" for c in classes]
         lines.append("| " + " | ".join(cells) + " |")

@@ -63,6 +63,10 @@ def test_markdown_table_values_and_units():
     assert rows[2] == "| ours | center | 65.00 | 5.38 mm | 80.00 | 50.00 |"
     assert rows[3] == "| theirs | random | 65.00 | 5.38 voxels | 80.00 | – |"
     assert rows[-1].startswith("HD95 in mm, voxels;")
+    # two evaluations of one run, with and without --keep: the column tells them apart
+    kept = markdown_table([("ours", {**s, "prompt": "center", "keep": "all"}),
+                           ("ours", {**s, "prompt": "center", "keep": "clicked-volume"})], prompt_column=True)
+    assert [r.split(" | ")[1] for r in kept.splitlines()[2:4]] == ["center", "center, keep clicked-volume"]
 
 
 def _evaldir(path, summary: dict, volumes: list[str]):
