@@ -23,7 +23,7 @@ def _commands() -> dict[str, click.Group]:
 
 @pytest.mark.parametrize("config", ["brats_sample.json", "synapse_sample.json", "brats_cohort.json",
                                     "brats_cohort_sites.json", "cv_sites_150_p995.json", "cv_sites_150_intaug.json",
-                                    "brats_cohort_sites_mrmedsam.json"])
+                                    "brats_cohort_sites_mrmedsam.json", "brats_cohort_test_mrmedsam.json"])
 def test_dry_run_commands_use_existing_options(config, tmp_path):
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
                              str(PROJECT_ROOT / "bench" / "experiments" / config), "--dry-run", "--jobs", "2",
