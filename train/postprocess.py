@@ -91,9 +91,10 @@ def keep_clicked_volume(label: np.ndarray, clicks: VolumeClicks) -> np.ndarray:
     hw = label.shape[1:]
     for c, items in by_class.items():
         where = label == c
-        box = _bounding_box(where)
-        if box is None:
+        found = ndimage.find_objects(where.view(np.uint8))  # [the class's bounding box], or [] if absent
+        if not found:
             continue
+        box = found[0]
         # label inside the class's bounding box only: the volume is mostly background
         components = np.zeros(label.shape, np.int32)
         components[box], n = ndimage.label(where[box], structure=np.ones((3, 3, 3), bool))
@@ -102,17 +103,6 @@ def keep_clicked_volume(label: np.ndarray, clicks: VolumeClicks) -> np.ndarray:
             hits = np.concatenate([_components_at(components[k], *_click_pixels(pts, hw)) for k, pts in items])
         out[box][_kept(components[box], hits, n)] = c
     return out
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The slices of the smallest box holding every True voxel of `mask`; None if there is none."""
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if not hit.size:
-            return None
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
 
 
 def keep_clicked(label: np.ndarray, clicks: VolumeClicks, mode: str) -> np.ndarray:

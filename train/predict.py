@@ -473,7 +473,7 @@ def predict_volume(loaded: LoadedModel, scan: ScanInput, prompts: str | Path, ou
     with torch.inference_mode():
         result = prop.propagate(vol.shape, seeds, cache.logits, release=cache.release, propagate=propagate,
                                 margin=margin, min_pixels=min_px)
-    pred = keep_clicked(result.labels, seed_clicks(seeds), keep) if keep != "all" else result.labels
+    pred = keep_clicked(result.labels, seed_clicks(seeds), keep)
     if vol is not native:  # the mask on the scan's own grid, as its NIfTI / SEG must be
         from shared.spacing import resample_label
 

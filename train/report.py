@@ -70,7 +70,7 @@ def _mm(x: float | None) -> str:
 
 
 def prompt_text(summary: dict) -> str:
-    """The Prompt column: the prompt mode, and the --keep rule when it removed anything."""
+    """The Prompt column: the prompt mode, and the --keep rule unless it is ``all`` (or unrecorded)."""
     keep = summary.get("keep")
     return str(summary.get("prompt") or "–") + (f", keep {keep}" if keep not in (None, "all") else "")
 
