@@ -29,12 +29,13 @@ median predicted/true volume ratio.
 This is a script (not a `train` subcommand) because it drives both CLIs and `train` never imports
 `synth`; it only calls the two public command-line tools, exactly as a user would. Finished steps
 (their output has its completion marker) are skipped on a rerun, so a grid can span several
-sessions; `--only-seeds` and `--table-only` help with that.
+sessions; `--only-seeds`, `--only-counts` and `--table-only` help with that.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -70,10 +71,11 @@ class ExperimentConfig:
     seed: int = 0                      # the one seed of a single-seed grid (kept for old configs)
     seeds: list[int] | None = None     # selection, synthesis, training and random prompts seeded together
     num_samples: int | None = None     # synthesized set size (None: the dataset preset)
-    fit: dict = field(default_factory=dict)        # flags for `train fit`; "{pretrained}" -> PRE/model.pt
+    fit: dict = field(default_factory=dict)        # flags for `train fit`; "{pretrained}" -> PRE/model.pt, "{out}" -> OUT
     build: dict = field(default_factory=dict)      # extra flags for every `synth build` / `synth pack`
     pretrain: dict | None = None       # flags for `train pretrain` (dataset, root and split come from above)
     zero_shot: dict = field(default_factory=dict)  # flags for the zero-shot `train eval` (model, img_size)
+    eval: dict = field(default_factory=dict)       # extra flags for every `train eval`; "{out}" -> OUT (a fold's)
     samed_counts: list[str] = field(default_factory=list)   # counts whose synthesized set trains promptless
     samed_fit: dict = field(default_factory=lambda: {"prompt": "none"})
     arm_counts: dict = field(default_factory=dict)  # arm -> the exemplar counts it runs at (absent: all)
@@ -252,7 +254,8 @@ def plan_and_run(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: boo
                                 *(["--num-threads", str(num_threads)] if num_threads else []),
                                 "--no-progress", "--out", str(pre_dir)],
                    pretrained, pre_dir)
-    subs = {"{pretrained}": str(pretrained)}
+    subs = {"{pretrained}": str(pretrained), "{out}": str(out)}
+    eval_extra = cli_flags(cfg.eval, subs)
 
     cells: list[Cell] = []
     train_tasks: list[Cell] = []
@@ -305,7 +308,7 @@ def plan_and_run(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: boo
         for prompt in prompts:
             eval_dir = cell.evals[prompt]
             runner.run(f"s{cell.seed}-eval-{eval_dir.name}",
-                       [train, "eval", *model_flags, "--shards", str(test_dir), *eval_flags(prompt),
+                       [train, "eval", *model_flags, "--shards", str(test_dir), *eval_flags(prompt), *eval_extra,
                         "--seed", str(cell.seed), *thread_flags, "--out", str(eval_dir)],
                        eval_dir / "summary.json", eval_dir)
 
@@ -748,11 +751,20 @@ def main(argv: list[str] | None = None) -> None:
                         help="with folds: run only these folds now (the tables still use every finished fold)")
     parser.add_argument("--only-seeds", type=int, nargs="+", default=None,
                         help="run only these seeds now (the tables still use every finished seed)")
+    parser.add_argument("--only-counts", nargs="+", default=None, metavar="N",
+                        help="run only these exemplar counts now, e.g. the largest first (the tables still use "
+                             "every finished count)")
     parser.add_argument("--table-only", action="store_true",
                         help="run nothing: rebuild table.md, results.json, cells/ and the plot from finished steps")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     args = parser.parse_args(argv)
     cfg = ExperimentConfig.load(args.config)
+    run_cfg = cfg
+    if args.only_counts:
+        stray = [c for c in args.only_counts if c not in cfg.exemplar_counts]
+        if stray:
+            raise SystemExit(f"--only-counts {stray}: not in the config's exemplar_counts {cfg.exemplar_counts}")
+        run_cfg = dataclasses.replace(cfg, exemplar_counts=[c for c in cfg.exemplar_counts if c in args.only_counts])
     out = (args.out or PROJECT_ROOT / "runs" / f"experiment-{cfg.name}").resolve()
     data_root = args.data_root.resolve()
     fit = dict(cfg.fit)
@@ -763,11 +775,11 @@ def main(argv: list[str] | None = None) -> None:
     if folds_path is None:
         if args.only_folds:
             raise SystemExit("--only-folds needs a fold file (--folds FILE or the config's \"folds\")")
-        cells, ran = plan_and_run(cfg, data_root, out, args.dry_run, args.steps, args.jobs,
+        cells, ran = plan_and_run(run_cfg, data_root, out, args.dry_run, args.steps, args.jobs,
                                   args.only_seeds, args.table_only, args.num_threads)
         if args.dry_run:
             return
-        if args.only_seeds is not None:  # the table covers every seed that has finished, not only these
+        if args.only_seeds is not None or args.only_counts:  # the table covers every finished seed and count
             cells, _ = plan_and_run(cfg, data_root, out, False, args.steps, args.jobs, None, True)
         table = write_outputs(cfg, cells, out, fit, time.perf_counter() - start, args.jobs, ran)
     else:
@@ -777,13 +789,13 @@ def main(argv: list[str] | None = None) -> None:
         try:
             folds = load_folds(folds_path)
             check_folds_against_source(cfg, folds, data_root)
-            fold_cells, ran = plan_cv(cfg, folds, data_root, out, args.dry_run, args.steps, args.jobs,
+            fold_cells, ran = plan_cv(run_cfg, folds, data_root, out, args.dry_run, args.steps, args.jobs,
                                       args.only_seeds, args.only_folds, args.table_only, args.num_threads)
         except FoldFileError as exc:
             raise SystemExit(f"error: {exc}") from None
         if args.dry_run:
             return
-        if args.only_seeds is not None or args.only_folds is not None:
+        if args.only_seeds is not None or args.only_folds is not None or args.only_counts:
             fold_cells, _ = plan_cv(cfg, folds, data_root, out, False, args.steps, args.jobs, table_only=True)
         table = write_cv_outputs(cfg, folds, fold_cells, out, fit, time.perf_counter() - start, args.jobs, ran)
     print(table)

@@ -24,7 +24,7 @@ def _commands() -> dict[str, click.Group]:
 @pytest.mark.parametrize("config", ["brats_sample.json", "synapse_sample.json", "brats_cohort.json",
                                     "brats_cohort_sites.json", "cv_sites_150_p995.json", "cv_sites_150_intaug.json",
                                     "brats_cohort_sites_mrmedsam.json", "brats_cohort_test_mrmedsam.json",
-                                    "brats_cohort_sites_mrmedsam_full.json"])
+                                    "brats_cohort_sites_mrmedsam_full.json", "brats_cohort_sites_litemedsam.json"])
 def test_dry_run_commands_use_existing_options(config, tmp_path):
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
                              str(PROJECT_ROOT / "bench" / "experiments" / config), "--dry-run", "--jobs", "2",
@@ -56,6 +56,12 @@ def test_dry_run_commands_use_existing_options(config, tmp_path):
         assert kept and all(a[a.index("--keep") + 1] == "clicked-volume" and a[a.index("--prompt") + 1] == "center"
                             and a[a.index("--out") + 1].endswith("_center+clicked-volume") for a in kept)
         assert len(kept) == len(evals) // 3  # one of the three evaluations of every fit
+    if config == "brats_cohort_sites_litemedsam.json":  # "{out}" -> the fold's folder, in fit and eval flags
+        for line in lines:
+            argv = shlex.split(line)
+            if argv[1] in ("fit", "eval"):
+                fold = argv[argv.index("--out") + 1].split("/seed-")[0]
+                assert argv[argv.index("--embedding-cache") + 1] == fold + "/embeddings", line
     if config == "cv_sites_150_p995.json":  # the list must be made with the preset the build reads
         for line in lines:
             argv = shlex.split(line)
@@ -340,6 +346,20 @@ def test_cv_plan_runs_every_arm_per_fold_on_that_folds_split(tmp_path):
     argvs = _run_lines(result.stdout)
     assert {a[a.index("--out") + 1].split("/fold-")[1].split("/")[0] for a in argvs} == {"TCIA"}
     assert {a[a.index("--seed") + 1] for a in argvs if "--seed" in a} == {"1"}
+    # --only-counts: one exemplar count now (e.g. the largest first)
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
+                             str(PROJECT_ROOT / "bench" / "experiments" / "brats_cohort_sites.json"), "--dry-run",
+                             "--only-folds", "TCIA", "--only-seeds", "1", "--only-counts", "150",
+                             "--data-root", str(tmp_path), "--out", str(out)],
+                            capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr
+    argvs = _run_lines(result.stdout)
+    assert sorted(Path(a[a.index("--out") + 1]).name for a in argvs if a[1] == "fit") == ["synth_150"]
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
+                             str(PROJECT_ROOT / "bench" / "experiments" / "brats_cohort_sites.json"), "--dry-run",
+                             "--only-counts", "151", "--data-root", str(tmp_path), "--out", str(out)],
+                            capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert result.returncode != 0 and "--only-counts ['151']" in result.stderr
 
 
 def test_cv_tables_across_folds_sites_and_seeds(tmp_path):
