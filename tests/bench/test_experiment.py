@@ -181,6 +181,21 @@ def test_fit_time_columns_never_mix_devices(tmp_path):
     assert synth["fit_seconds_by_device"] == {"CPU: Test Xeon, 1 thread": [600.0, 700.0], "GPU: Test H100": [90.0]}
 
 
+def test_fit_time_includes_the_frozen_encoders_embedding_pass(tmp_path):
+    """A frozen-encoder fit's time is its steps plus the embedding pass its config.json records
+    (on CPU the pass is about half of the fit); a fit without one is its steps alone."""
+    experiment, _ = _bench()
+    frozen, plain = tmp_path / "frozen", tmp_path / "plain"
+    _fake_run(frozen, 495.4, "cpu", "Test Xeon")
+    (frozen / "config.json").write_text(json.dumps({"embeddings": {"seconds": 236.1, "samples": 480}}))
+    _fake_run(plain, 300.0, "cpu", "Test Xeon")
+    (plain / "config.json").write_text(json.dumps({"embeddings": None}))
+    summary = lambda d: json.loads((d / "summary.json").read_text())  # noqa: E731
+    assert experiment.fit_seconds(frozen, summary(frozen)) == 731.5
+    assert experiment.fit_seconds(plain, summary(plain)) == 300.0
+    assert experiment.fit_seconds(plain, {"steps": 3}) is None
+
+
 def test_train_fit_records_the_device_the_table_splits_by(tmp_path):
     """A real (1-step, 32 px) `train fit` writes device, device_name and threads to summary.json,
     and the runner's label for that fit names the device kind and the thread count."""
