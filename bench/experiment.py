@@ -448,7 +448,7 @@ def median_or_nan(values: list[float]) -> float:
 
 def fit_seconds(run_dir: Path, run_summary: dict) -> float | None:
     """A fit's time: its training steps (summary.json `seconds`) plus, with a frozen encoder, the
-    embedding pass before them (config.json `embeddings.seconds`), which is most of a CPU fit."""
+    embedding pass before them (config.json `embeddings.seconds`): about half of a CPU LiteMedSAM fit."""
     steps = run_summary.get("seconds")
     if not steps:
         return None
