@@ -411,8 +411,9 @@ def fit_device(run_summary: dict) -> str:
 
 
 def read_cases(eval_dir: Path) -> list[dict]:
-    """An evaluation's cases.csv as dicts: volume, class, dsc, hd95 (NaN when not defined) and
-    volume_ratio (predicted / true voxels; NaN when the class is absent from the ground truth)."""
+    """An evaluation's cases.csv as dicts: volume, class, dsc, hd95, gt_voxels, pred_voxels, mssd
+    (NaN when not defined) and volume_ratio (predicted / true voxels; NaN when the class is absent
+    from the ground truth)."""
     path = eval_dir / "cases.csv"
     return read_case_csv(path) if path.exists() else []
 
@@ -434,7 +435,8 @@ def read_case_csv(path: Path) -> list[dict]:
             gt, pred = num(line.get("gt_voxels")), num(line.get("pred_voxels"))
             ratio = pred / gt if gt > 0 else math.nan
         row = {"volume": line["volume"], "class": line.get("class", ""), "dsc": num(line.get("dsc")),
-               "hd95": num(line.get("hd95")), "volume_ratio": ratio}
+               "hd95": num(line.get("hd95")), "volume_ratio": ratio, "gt_voxels": num(line.get("gt_voxels")),
+               "pred_voxels": num(line.get("pred_voxels")), "mssd": num(line.get("mssd"))}
         if line.get("seed") not in (None, ""):
             row["seed"] = int(line["seed"])
         rows.append(row)

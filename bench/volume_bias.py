@@ -23,7 +23,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -86,16 +85,10 @@ def summarise(name: str, rows: list[dict]) -> Bias:
                 float(np.nanmedian(mssd)) if np.isfinite(mssd).any() else math.nan)
 
 
-def _num(text: str | None) -> float:
-    try:
-        return float(text) if text not in (None, "") else math.nan
-    except ValueError:
-        return math.nan
-
-
 def collect(out: Path, only: list[str] | None = None) -> dict[str, list[dict]]:
     """{evaluation name: rows} over OUT/fold-*/seed-*/evals/*/cases.csv, each row joined with the
     unreached share of its held-out volume (computed once per fold and volume)."""
+    from bench.experiment import read_cases
     from train.testsets import open_shards_testset
 
     folds = sorted(p for p in out.glob("fold-*") if (p / "data" / "test" / "dataset.json").exists())
@@ -117,16 +110,11 @@ def collect(out: Path, only: list[str] | None = None) -> dict[str, list[dict]]:
                     shares[(vid, name)] = unreached_share(label == c)
         for path in cases:
             seed = int(path.parents[2].name.split("-", 1)[1])
-            with path.open(newline="") as fh:
-                for r in csv.DictReader(fh):
-                    key = (r["volume"], r["class"])
-                    if key not in shares or not math.isfinite(_num(r.get("volume_ratio"))):
-                        continue
+            for r in read_cases(path.parent):
+                key = (r["volume"], r["class"])
+                if key in shares and math.isfinite(r["volume_ratio"]):
                     by_eval.setdefault(path.parent.name, []).append(
-                        {"fold": fold.name[5:], "seed": seed, "volume": r["volume"], "class": r["class"],
-                         "gt_voxels": _num(r["gt_voxels"]), "pred_voxels": _num(r["pred_voxels"]),
-                         "volume_ratio": _num(r["volume_ratio"]), "mssd": _num(r.get("mssd")),
-                         "unreached": shares[key]})
+                        {**r, "fold": fold.name.removeprefix("fold-"), "seed": seed, "unreached": shares[key]})
     if not by_eval:
         raise SystemExit(f"error: {out}: no finished evaluation (seed-*/evals/*/cases.csv)"
                          + (f" named {only}" if only else ""))
