@@ -29,7 +29,7 @@ median predicted/true volume ratio.
 This is a script (not a `train` subcommand) because it drives both CLIs and `train` never imports
 `synth`; it only calls the two public command-line tools, exactly as a user would. Finished steps
 (their output has its completion marker) are skipped on a rerun, so a grid can span several
-sessions; `--only-seeds`, `--only-counts` and `--table-only` help with that.
+sessions; `--only-seeds`, `--only-counts`, `--only-arms` and `--table-only` help with that.
 """
 from __future__ import annotations
 
@@ -768,6 +768,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only-counts", nargs="+", default=None, metavar="N",
                         help="run only these exemplar counts now, e.g. the largest first (the tables still use "
                              "every finished count)")
+    parser.add_argument("--only-arms", nargs="+", default=None, metavar="ARM",
+                        help="run only these of the config's arms now, e.g. an arm added to a finished grid "
+                             "(the tables still use every finished arm)")
     parser.add_argument("--table-only", action="store_true",
                         help="run nothing: rebuild table.md, results.json, cells/ and the plot from finished steps")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
@@ -779,6 +782,11 @@ def main(argv: list[str] | None = None) -> None:
         if stray:
             raise SystemExit(f"--only-counts {stray}: not in the config's exemplar_counts {cfg.exemplar_counts}")
         run_cfg = dataclasses.replace(cfg, exemplar_counts=[c for c in cfg.exemplar_counts if c in args.only_counts])
+    if args.only_arms:
+        stray = [a for a in args.only_arms if a not in cfg.arms]
+        if stray:
+            raise SystemExit(f"--only-arms {stray}: not in the config's arms {cfg.arms}")
+        run_cfg = dataclasses.replace(run_cfg, arms=[a for a in cfg.arms if a in args.only_arms])
     out = (args.out or PROJECT_ROOT / "runs" / f"experiment-{cfg.name}").resolve()
     data_root = args.data_root.resolve()
     fit = dict(cfg.fit)
@@ -793,7 +801,7 @@ def main(argv: list[str] | None = None) -> None:
                                   args.only_seeds, args.table_only, args.num_threads)
         if args.dry_run:
             return
-        if args.only_seeds is not None or args.only_counts:  # the table covers every finished seed and count
+        if args.only_seeds is not None or args.only_counts or args.only_arms:  # tables: every finished cell
             cells, _ = plan_and_run(cfg, data_root, out, False, args.steps, args.jobs, None, True)
         table = write_outputs(cfg, cells, out, fit, time.perf_counter() - start, args.jobs, ran)
     else:
@@ -809,7 +817,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: {exc}") from None
         if args.dry_run:
             return
-        if args.only_seeds is not None or args.only_folds is not None or args.only_counts:
+        if args.only_seeds is not None or args.only_folds is not None or args.only_counts or args.only_arms:
             fold_cells, _ = plan_cv(cfg, folds, data_root, out, False, args.steps, args.jobs, table_only=True)
         table = write_cv_outputs(cfg, folds, fold_cells, out, fit, time.perf_counter() - start, args.jobs, ran)
     print(table)

@@ -375,6 +375,22 @@ def test_cv_plan_runs_every_arm_per_fold_on_that_folds_split(tmp_path):
                              "--only-counts", "151", "--data-root", str(tmp_path), "--out", str(out)],
                             capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert result.returncode != 0 and "--only-counts ['151']" in result.stderr
+    # --only-arms: an arm added to a finished grid runs alone (exemplars only runs at 8)
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
+                             str(PROJECT_ROOT / "bench" / "experiments" / "brats_cohort_sites.json"), "--dry-run",
+                             "--only-folds", "TCIA", "--only-seeds", "1", "--only-arms", "exemplars",
+                             "--data-root", str(tmp_path), "--out", str(out)],
+                            capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr
+    argvs = _run_lines(result.stdout)
+    assert sorted(Path(a[a.index("--out") + 1]).name for a in argvs if a[1] in ("build", "fit")) == [
+        "exemplars_8", "exemplars_8"]
+    assert sorted(Path(a[a.index("--out") + 1]).name for a in argvs if a[1] == "select") == ["exemplars_8.json"]
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
+                             str(PROJECT_ROOT / "bench" / "experiments" / "brats_cohort_sites.json"), "--dry-run",
+                             "--only-arms", "full", "--data-root", str(tmp_path), "--out", str(out)],
+                            capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert result.returncode != 0 and "--only-arms ['full']" in result.stderr
 
 
 def test_cv_tables_across_folds_sites_and_seeds(tmp_path):
