@@ -2,6 +2,7 @@
 
     python bench/cv_compare.py runs/cv-sites runs/cand-p995 --arm synthesized --count 150 [--prompt center]
     python bench/cv_compare.py runs/cv-sites,runs/cand-base runs/cand-mrmedsam   # seeds from two outputs
+    python bench/cv_compare.py runs/cv-sites-lm runs/cv-sites-lm --arm exemplars --candidate-arm synthesized --count 8
 
 Both folders are outputs of ``bench/experiment.py --folds`` (``OUT/fold-<name>/cells/<arm>_<count>_<prompt>.csv``,
 one row per held-out case and seed). Rows are paired by (fold, seed, case), so the comparison is on the
@@ -109,7 +110,7 @@ def render(c: Comparison, base_name: str, cand_name: str, cell: str) -> str:
         wins, losses = sum(d > 0 for d in c.diffs), sum(d < 0 for d in c.diffs)
         lines += ["", f"Across folds: {statistics.fmean(fd):+.2f} ± {sd:.2f} points (mean ± sd of {len(fd)} fold "
                       f"differences). Per case: {statistics.fmean(c.diffs):+.2f} points over {len(c.diffs)} paired "
-                      f"cases, {wins} better / {losses} worse, sign test p = {sign_test_p(wins, losses):.3f}."]
+                      f"cases, {wins} better / {losses} worse, sign test p {_p_text(sign_test_p(wins, losses))}."]
         if len(c.per_seed) > 1:
             lines += ["Per seed (mean over folds of the fold differences): "
                       + ", ".join(f"seed {seed} {d:+.2f}" for seed, d in c.per_seed.items()) + "."]
@@ -118,11 +119,19 @@ def render(c: Comparison, base_name: str, cand_name: str, cell: str) -> str:
     return "\n".join(lines)
 
 
+def _p_text(p: float) -> str:
+    """'= 0.013', or '< 0.001' where three decimals would print 0.000."""
+    return f"= {p:.3f}" if p >= 0.001 else "< 0.001"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("base", help="the current default's CV output folder(s), comma-separated")
     ap.add_argument("candidate", help="the candidate's CV output folder(s), comma-separated (same folds)")
-    ap.add_argument("--arm", default="synthesized")
+    ap.add_argument("--arm", default="synthesized", help="the grid arm compared (default synthesized)")
+    ap.add_argument("--candidate-arm", default=None,
+                    help="the candidate's arm when it differs, e.g. synthesized against --arm exemplars: what "
+                         "synthesis adds on the same cases (base and candidate may then be one folder)")
     ap.add_argument("--count", default="150")
     ap.add_argument("--prompt", default="center", help="the grid evaluation compared (default center)")
     ap.add_argument("--candidate-prompt", default=None,
@@ -130,13 +139,16 @@ def main(argv: list[str] | None = None) -> int:
                          "fits scored two ways (base and candidate may then be one folder)")
     args = ap.parse_args(argv)
     cand_prompt = args.candidate_prompt or args.prompt
+    cand_arm = args.candidate_arm or args.arm
     base = read_all(args.base, args.arm, args.count, args.prompt)
-    cand = read_all(args.candidate, args.arm, args.count, cand_prompt)
-    cell = f"{args.arm}_{args.count}_{args.prompt}" + (f" vs {cand_prompt}" if cand_prompt != args.prompt else "")
-    for name, rows, folder, prompt in (("base", base, args.base, args.prompt),
-                                       ("candidate", cand, args.candidate, cand_prompt)):
+    cand = read_all(args.candidate, cand_arm, args.count, cand_prompt)
+    cell = f"{args.arm}_{args.count}_{args.prompt}"
+    if (cand_arm, cand_prompt) != (args.arm, args.prompt):
+        cell += f" vs {cand_arm}_{args.count}_{cand_prompt}" if cand_arm != args.arm else f" vs {cand_prompt}"
+    for name, rows, folder, arm, prompt in (("base", base, args.base, args.arm, args.prompt),
+                                            ("candidate", cand, args.candidate, cand_arm, cand_prompt)):
         if not rows:
-            print(f"cv_compare: {folder}: no fold-*/cells/{args.arm}_{args.count}_{prompt}.csv ({name})",
+            print(f"cv_compare: {folder}: no fold-*/cells/{arm}_{args.count}_{prompt}.csv ({name})",
                   file=sys.stderr)
             return 2
     c = compare(base, cand)

@@ -9,12 +9,13 @@ import pytest
 from bench import cv_compare
 
 
-def _cell(out: Path, fold: str, rows: list[tuple[int, str, float, float]], prompt: str = "center") -> None:
+def _cell(out: Path, fold: str, rows: list[tuple[int, str, float, float]], prompt: str = "center",
+          arm: str = "synthesized") -> None:
     folder = out / f"fold-{fold}" / "cells"
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["seed,volume,class,dsc,hd95,gt_voxels,pred_voxels,volume_ratio,mssd,note"]
     lines += [f"{seed},{case},tumour,{dsc},5.0,100,100,{ratio},1.0," for seed, case, dsc, ratio in rows]
-    (folder / f"synthesized_150_{prompt}.csv").write_text("\n".join(lines) + "\n")
+    (folder / f"{arm}_150_{prompt}.csv").write_text("\n".join(lines) + "\n")
 
 
 def test_pairs_by_fold_seed_and_case(tmp_path, capsys):
@@ -63,3 +64,23 @@ def test_two_evaluations_of_one_grid(tmp_path, capsys):
     assert "center vs center+clicked-volume" in text
     assert cv_compare.main([str(tmp_path), str(tmp_path), "--candidate-prompt", "center+clicked-slice"]) == 2
     assert "synthesized_150_center+clicked-slice.csv (candidate)" in capsys.readouterr().err
+
+
+def test_two_arms_of_one_grid(tmp_path, capsys):
+    """--candidate-arm: synthesis against exemplars only on the same cases, one folder."""
+    _cell(tmp_path, "A", [(0, "a1", 0.60, 1.4), (1, "a1", 0.50, 1.2)], arm="exemplars")
+    _cell(tmp_path, "A", [(0, "a1", 0.70, 1.1), (1, "a1", 0.70, 1.0)])
+    assert cv_compare.main([str(tmp_path), str(tmp_path), "--arm", "exemplars", "--candidate-arm", "synthesized"]) == 0
+    text = capsys.readouterr().out
+    assert "| A | 2 | 55.00 | 70.00 | +15.00 | 1.300 | 1.050 |" in text
+    assert "exemplars_150_center vs synthesized_150_center" in text and "2 better / 0 worse" in text
+    assert cv_compare.main([str(tmp_path), str(tmp_path), "--candidate-arm", "full"]) == 2
+    assert "full_150_center.csv (candidate)" in capsys.readouterr().err
+
+
+def test_small_p_values_print_as_a_bound(tmp_path, capsys):
+    """11 of 11 cases better: p = 2 / 2**11 < 0.001 prints as '< 0.001', not '0.000'."""
+    _cell(tmp_path / "base", "A", [(0, f"a{k}", 0.60, 1.0) for k in range(11)])
+    _cell(tmp_path / "cand", "A", [(0, f"a{k}", 0.70, 1.0) for k in range(11)])
+    assert cv_compare.main([str(tmp_path / "base"), str(tmp_path / "cand")]) == 0
+    assert "11 better / 0 worse, sign test p < 0.001." in capsys.readouterr().out
