@@ -309,35 +309,49 @@ def render_cv_tables(cfg: ExperimentConfig, folds: FoldFile, cv: dict, fit: dict
     lines += ["", f"Vol. ratio: median over every held-out case (and seed) of predicted / true voxels, per "
                   f"evaluation; issue 30's target is 0.9-1.1. {devices.legend()}"]
 
-    # per fold
-    lines += ["", f"**Per fold** (mean ± sd over the seeds; {first} prompts):", "",
-              "| Fold | Held out | Test cases | Train cases | Method | Exemplars | DSC (%) | HD95 (mm) | Vol. ratio |",
-              "|:---|:---|---:|---:|:---|:---|---:|---:|---:|"]
+    # per fold and per site: DSC, HD95 and volume ratio of every evaluation (the first one decides the rows)
+    def prompt_head(*names: str) -> list[str]:
+        if len(cfg.prompts) == 1:
+            return list(names)
+        return [f"{n} {prompt}" for prompt in cfg.prompts for n in names]
+
+    def prompt_cells(by_prompt: dict) -> list[str] | None:
+        cells: list[str] = []
+        for prompt in cfg.prompts:
+            e = by_prompt.get(prompt) or (by_prompt.get("none") if prompt == first else None)
+            if prompt == first and (not e or not e["seeds"]):
+                return None  # not evaluated yet
+            cells += ([e["dsc"].text(100.0, n_seeds), e["hd95"].text(1.0, n_seeds), ratio_text(e["volume_ratios"])]
+                      if e and e["seeds"] else ["–"] * 3)
+        return cells
+
+    detail = prompt_head("DSC (%)", "HD95 (mm)", "Vol. ratio")
+    lines += ["", "**Per fold** (mean ± sd over the seeds):", "",
+              "| " + " | ".join(["Fold", "Held out", "Test cases", "Train cases", "Method", "Exemplars", *detail])
+              + " |",
+              "|:---|:---|---:|---:|:---|:---|" + "---:|" * len(detail)]
     for fold in folds.folds:
         for key in order:
             row = summary[key]["folds"].get(fold.name)
-            e = (row["prompts"].get(first) or row["prompts"].get("none")) if row else None
-            if not e or not e["seeds"]:
-                continue  # not evaluated yet
+            cells = prompt_cells(row["prompts"]) if row else None
+            if cells is None:
+                continue
             lines.append(f"| {fold.name} | {', '.join(fold.held_out_sites)} | {len(fold.test)} | {len(fold.train)} "
-                         f"| {ARM_LABELS[key[0]]} | {key[1]} | {e['dsc'].text(100.0, n_seeds)} "
-                         f"| {e['hd95'].text(1.0, n_seeds)} | {ratio_text(e['volume_ratios'])} |")
+                         f"| {ARM_LABELS[key[0]]} | {key[1]} | " + " | ".join(cells) + " |")
 
-    # per site
-    lines += ["", f"**Per site** (the site's cases in the fold that holds it out; mean over its cases, then "
-                  f"mean ± sd over the seeds; {first} prompts):", "",
-              "| Site | Cases | Fold | Method | Exemplars | DSC (%) | HD95 (mm) | Vol. ratio |",
-              "|:---|---:|:---|:---|:---|---:|---:|---:|"]
+    lines += ["", "**Per site** (the site's cases in the fold that holds it out; mean over its cases, then "
+                  "mean ± sd over the seeds):", "",
+              "| " + " | ".join(["Site", "Cases", "Fold", "Method", "Exemplars", *detail]) + " |",
+              "|:---|---:|:---|:---|:---|" + "---:|" * len(detail)]
     site_names = list(folds.sites) + sorted({k[0] for k in sites} - set(folds.sites))
     for site in site_names:
         for key in order:
             s = sites.get((site, *key))
-            e = (s["prompts"].get(first) or s["prompts"].get("none")) if s else None
-            if not e:
+            cells = prompt_cells(s["prompts"]) if s else None
+            if cells is None:
                 continue
-            lines.append(f"| {site} | {s['cases']} | {s['fold']} | {ARM_LABELS[key[0]]} | {key[1]} "
-                         f"| {e['dsc'].text(100.0, n_seeds)} | {e['hd95'].text(1.0, n_seeds)} "
-                         f"| {ratio_text(e['volume_ratios'])} |")
+            lines.append(f"| {site} | {s['cases']} | {s['fold']} | {ARM_LABELS[key[0]]} | {key[1]} | "
+                         + " | ".join(cells) + " |")
 
     # with and without synthesis, paired per fold and seed
     both = [c for c in cfg.exemplar_counts if ("synthesized", c) in summary and ("exemplars", c) in summary]

@@ -447,6 +447,35 @@ def test_cv_tables_across_folds_sites_and_seeds(tmp_path):
         assert (out / f"fold-{name}" / "table.md").exists() and (out / f"fold-{name}" / "results.json").exists()
 
 
+def test_cv_per_fold_and_site_rows_show_every_evaluation(tmp_path):
+    """Two evaluations of the same fits (e.g. --keep clicked-volume): the per-fold and per-site
+    tables give DSC, HD95 and volume ratio of each; a cell the second one lacks prints a dash."""
+    folds_path = _toy_folds(tmp_path)
+    config = {"name": "toy2", "dataset": "demo-brain", "root": "", "exemplar_counts": ["8"],
+              "arms": ["synthesized"], "prompts": ["center", "center+clicked-volume"], "seeds": [0],
+              "fit": {"model": "tiny"}, "folds": str(folds_path)}
+    cfg_path = tmp_path / "toy2.json"
+    cfg_path.write_text(json.dumps(config))
+    out = tmp_path / "out"
+    volumes = {"A": ["brain_00", "brain_01", "brain_03"], "B": ["brain_04"], "C": ["brain_05", "brain_07"]}
+    for fold, cases in volumes.items():
+        base = out / f"fold-{fold}" / "seed-0" / "evals"
+        _fake_cv_eval(base / "synth_8_center", [(v, 0.6) for v in cases], 10.0, 120)
+        if fold != "C":
+            _fake_cv_eval(base / "synth_8_center+clicked-volume", [(v, 0.7) for v in cases], 5.0, 105)
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"), str(cfg_path),
+                             "--table-only", "--out", str(out)], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr
+    table = (out / "cv_table.md").read_text()
+    assert ("| Fold | Held out | Test cases | Train cases | Method | Exemplars | DSC (%) center | HD95 (mm) center "
+            "| Vol. ratio center | DSC (%) center+clicked-volume | HD95 (mm) center+clicked-volume "
+            "| Vol. ratio center+clicked-volume |") in table
+    center, clicked = "60.00 ± 0.00 | 10.00 ± 0.00 | 1.200", "70.00 ± 0.00 | 5.00 ± 0.00 | 1.050"
+    assert f"| A | A | 3 | 3 | ours (synthesized) | 8 | {center} | {clicked} |" in table
+    assert f"| C | C | 2 | 4 | ours (synthesized) | 8 | {center} | – | – | – |" in table
+    assert f"| B | 1 | B | ours (synthesized) | 8 | {center} | {clicked} |" in table  # per site
+
+
 def _fake_cv_eval(folder: Path, cases: list[tuple[str, float]], hd95: float, pred_voxels: int) -> None:
     folder.mkdir(parents=True)
     dsc = sum(d for _, d in cases) / len(cases)
