@@ -352,44 +352,33 @@ def test_cv_plan_runs_every_arm_per_fold_on_that_folds_split(tmp_path):
         evals = [a for a in mine if a[1] == "eval"]
         assert len(evals) == 24 and all(a[a.index("--shards") + 1] == str(fold_out / "data" / "test") for a in evals)
     assert len(argvs) == 3 * (1 + 9 + 12 + 12 + 24)
+    def dry_run(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
+                               str(PROJECT_ROOT / "bench" / "experiments" / "brats_cohort_sites.json"), "--dry-run",
+                               *flags, "--data-root", str(tmp_path), "--out", str(out)],
+                              capture_output=True, text=True, cwd=PROJECT_ROOT)
+
     # --only-folds / --only-seeds: one fold, one seed
-    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
-                             str(PROJECT_ROOT / "bench" / "experiments" / "brats_cohort_sites.json"), "--dry-run",
-                             "--only-folds", "TCIA", "--only-seeds", "1", "--data-root", str(tmp_path),
-                             "--out", str(out)], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    result = dry_run("--only-folds", "TCIA", "--only-seeds", "1")
     assert result.returncode == 0, result.stderr
     argvs = _run_lines(result.stdout)
     assert {a[a.index("--out") + 1].split("/fold-")[1].split("/")[0] for a in argvs} == {"TCIA"}
     assert {a[a.index("--seed") + 1] for a in argvs if "--seed" in a} == {"1"}
     # --only-counts: one exemplar count now (e.g. the largest first)
-    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
-                             str(PROJECT_ROOT / "bench" / "experiments" / "brats_cohort_sites.json"), "--dry-run",
-                             "--only-folds", "TCIA", "--only-seeds", "1", "--only-counts", "150",
-                             "--data-root", str(tmp_path), "--out", str(out)],
-                            capture_output=True, text=True, cwd=PROJECT_ROOT)
+    result = dry_run("--only-folds", "TCIA", "--only-seeds", "1", "--only-counts", "150")
     assert result.returncode == 0, result.stderr
     argvs = _run_lines(result.stdout)
     assert sorted(Path(a[a.index("--out") + 1]).name for a in argvs if a[1] == "fit") == ["synth_150"]
-    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
-                             str(PROJECT_ROOT / "bench" / "experiments" / "brats_cohort_sites.json"), "--dry-run",
-                             "--only-counts", "151", "--data-root", str(tmp_path), "--out", str(out)],
-                            capture_output=True, text=True, cwd=PROJECT_ROOT)
+    result = dry_run("--only-counts", "151")
     assert result.returncode != 0 and "--only-counts ['151']" in result.stderr
     # --only-arms: an arm added to a finished grid runs alone (exemplars only runs at 8)
-    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
-                             str(PROJECT_ROOT / "bench" / "experiments" / "brats_cohort_sites.json"), "--dry-run",
-                             "--only-folds", "TCIA", "--only-seeds", "1", "--only-arms", "exemplars",
-                             "--data-root", str(tmp_path), "--out", str(out)],
-                            capture_output=True, text=True, cwd=PROJECT_ROOT)
+    result = dry_run("--only-folds", "TCIA", "--only-seeds", "1", "--only-arms", "exemplars")
     assert result.returncode == 0, result.stderr
     argvs = _run_lines(result.stdout)
     assert sorted(Path(a[a.index("--out") + 1]).name for a in argvs if a[1] in ("build", "fit")) == [
         "exemplars_8", "exemplars_8"]
     assert sorted(Path(a[a.index("--out") + 1]).name for a in argvs if a[1] == "select") == ["exemplars_8.json"]
-    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "experiment.py"),
-                             str(PROJECT_ROOT / "bench" / "experiments" / "brats_cohort_sites.json"), "--dry-run",
-                             "--only-arms", "full", "--data-root", str(tmp_path), "--out", str(out)],
-                            capture_output=True, text=True, cwd=PROJECT_ROOT)
+    result = dry_run("--only-arms", "full")
     assert result.returncode != 0 and "--only-arms ['full']" in result.stderr
 
 
