@@ -120,6 +120,56 @@ def tool(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+class StepLock:
+    """A step's lock file (pid and host inside), so that two grid processes given overlapping
+    --only-* selections cannot run one step at once: the second would remove the first's
+    unfinished output as an interrupted one. A lock whose process is gone (same host) is stale
+    and taken over."""
+
+    def __init__(self, path: Path, key: str):
+        self.path = path
+        self.key = key
+
+    def __enter__(self) -> "StepLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        mine = f"{os.getpid()} {platform.node()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None:
+                    raise SystemExit(f"experiment step {self.key!r} is running in another process "
+                                     f"({holder}; lock {self.path}): give this one other --only-folds / "
+                                     f"--only-seeds / --only-counts, or delete the lock if that process is gone")
+                self.path.unlink(missing_ok=True)  # stale: its process ended without removing it
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(mine + "\n")
+            return self
+        raise SystemExit(f"experiment step {self.key!r}: could not take the lock {self.path}")
+
+    def _holder(self) -> str | None:
+        """'pid N on HOST' of a live holder; None when the lock is stale or unreadable."""
+        try:
+            pid_text, _, host = self.path.read_text().strip().partition(" ")
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            return None
+        if host != platform.node():
+            return f"pid {pid} on {host}"  # another machine's process cannot be checked from here
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, another user's
+        return f"pid {pid}"
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class Runner:
     """Runs the grid's steps. With jobs > 1 each step's output goes to OUT/logs/<step>.log."""
 
@@ -147,6 +197,13 @@ class Runner:
         self.say(f"[run ] {key}: {' '.join(argv)}")
         if self.dry_run:
             return
+        with StepLock(self.out / "locks" / f"{key}.lock", key):
+            if done_marker.exists():  # another process finished it since the check above
+                self.say(f"[skip] {key}: {done_marker} exists")
+                return
+            self._run_unlocked(key, argv, output_dir)
+
+    def _run_unlocked(self, key: str, argv: list[str], output_dir: Path | None) -> None:
         if output_dir is not None and output_dir.exists():
             shutil.rmtree(output_dir)  # an incomplete output of an interrupted step
         start = time.perf_counter()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -473,3 +474,26 @@ def _fake_cv_eval(folder: Path, cases: list[tuple[str, float]], hd95: float, pre
         "per_class": {"tumour": {"dsc": dsc, "hd95": hd95, "n_volumes": len(cases)}}}))
     rows = "".join(f"{vol},tumour,{d:.6f},{hd95},100,{pred_voxels},{pred_voxels / 100:.4f},0.0,\n" for vol, d in cases)
     (folder / "cases.csv").write_text("volume,class,dsc,hd95,gt_voxels,pred_voxels,volume_ratio,mssd,note\n" + rows)
+
+
+def test_runner_refuses_a_step_another_process_is_running(tmp_path):
+    """Two grid processes on one step: the second stops with one line and leaves the first's
+    unfinished output alone; a lock left by a process that is gone is taken over and removed."""
+    from bench.experiment import Runner
+
+    out, step_out = tmp_path / "grid", tmp_path / "grid" / "step"
+    done = step_out / "DONE"
+    argv = [sys.executable, "-c", f"import pathlib; p = pathlib.Path({str(step_out)!r}); "
+                                  "p.mkdir(exist_ok=True); (p / 'DONE').write_text('ok')"]
+    step_out.mkdir(parents=True)
+    (step_out / "partial.npy").write_text("being written")
+    lock = out / "locks" / "s0-fit.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(f"{os.getpid()} {platform.node()}\n")   # a live holder: this test
+    with pytest.raises(SystemExit, match="'s0-fit' is running in another process"):
+        Runner(out).run("s0-fit", argv, done, step_out)
+    assert (step_out / "partial.npy").exists() and not done.exists() and lock.exists()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(f"{gone.stdout.strip()} {platform.node()}\n")   # its process has ended
+    Runner(out).run("s0-fit", argv, done, step_out)
+    assert done.read_text() == "ok" and not (step_out / "partial.npy").exists() and not lock.exists()
