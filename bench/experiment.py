@@ -120,56 +120,6 @@ def tool(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-class StepLock:
-    """A step's lock file (pid and host inside), so that two grid processes given overlapping
-    --only-* selections cannot run one step at once: the second would remove the first's
-    unfinished output as an interrupted one. A lock whose process is gone (same host) is stale
-    and taken over."""
-
-    def __init__(self, path: Path, key: str):
-        self.path = path
-        self.key = key
-
-    def __enter__(self) -> "StepLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        mine = f"{os.getpid()} {platform.node()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None:
-                    raise SystemExit(f"experiment step {self.key!r} is running in another process "
-                                     f"({holder}; lock {self.path}): give this one other --only-folds / "
-                                     f"--only-seeds / --only-counts, or delete the lock if that process is gone")
-                self.path.unlink(missing_ok=True)  # stale: its process ended without removing it
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(mine + "\n")
-            return self
-        raise SystemExit(f"experiment step {self.key!r}: could not take the lock {self.path}")
-
-    def _holder(self) -> str | None:
-        """'pid N on HOST' of a live holder; None when the lock is stale or unreadable."""
-        try:
-            pid_text, _, host = self.path.read_text().strip().partition(" ")
-            pid = int(pid_text)
-        except (OSError, ValueError):
-            return None
-        if host != platform.node():
-            return f"pid {pid} on {host}"  # another machine's process cannot be checked from here
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass  # alive, another user's
-        return f"pid {pid}"
-
-    def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
-
-
 class Runner:
     """Runs the grid's steps. With jobs > 1 each step's output goes to OUT/logs/<step>.log."""
 
@@ -197,11 +147,29 @@ class Runner:
         self.say(f"[run ] {key}: {' '.join(argv)}")
         if self.dry_run:
             return
-        with StepLock(self.out / "locks" / f"{key}.lock", key):
+        # Two grid processes with overlapping --only-* selections must not run one step at once:
+        # the second would remove the first's unfinished output as an interrupted one. The step's
+        # lock is shared/locks.py's flock, which the kernel drops when its holder dies.
+        from shared.locks import FolderLock, LockBusy
+
+        lock_dir = self.out / "locks" / key
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(lock_dir, shared=False)
+        try:
+            lock.acquire()
+        except LockBusy:
+            owner = lock.owner()
+            who = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "another process"
+            raise SystemExit(f"experiment step {key!r} is running in another process ({who}; lock "
+                             f"{lock.path}): give this one other --only-folds / --only-seeds / --only-counts") from None
+        try:
+            lock.write_owner()
             if done_marker.exists():  # another process finished it since the check above
                 self.say(f"[skip] {key}: {done_marker} exists")
                 return
             self._run_unlocked(key, argv, output_dir)
+        finally:
+            lock.release()
 
     def _run_unlocked(self, key: str, argv: list[str], output_dir: Path | None) -> None:
         if output_dir is not None and output_dir.exists():
@@ -487,13 +455,13 @@ def read_case_csv(path: Path) -> list[dict]:
 
     rows = []
     for line in csv.DictReader(io.StringIO(path.read_text())):
+        gt, pred = num(line.get("gt_voxels")), num(line.get("pred_voxels"))
         ratio = num(line.get("volume_ratio"))
         if math.isnan(ratio):
-            gt, pred = num(line.get("gt_voxels")), num(line.get("pred_voxels"))
             ratio = pred / gt if gt > 0 else math.nan
         row = {"volume": line["volume"], "class": line.get("class", ""), "dsc": num(line.get("dsc")),
-               "hd95": num(line.get("hd95")), "volume_ratio": ratio, "gt_voxels": num(line.get("gt_voxels")),
-               "pred_voxels": num(line.get("pred_voxels")), "mssd": num(line.get("mssd"))}
+               "hd95": num(line.get("hd95")), "volume_ratio": ratio, "gt_voxels": gt,
+               "pred_voxels": pred, "mssd": num(line.get("mssd"))}
         if line.get("seed") not in (None, ""):
             row["seed"] = int(line["seed"])
         rows.append(row)
@@ -844,6 +812,7 @@ def main(argv: list[str] | None = None) -> None:
         if stray:
             raise SystemExit(f"--only-arms {stray}: not in the config's arms {cfg.arms}")
         run_cfg = dataclasses.replace(run_cfg, arms=[a for a in cfg.arms if a in args.only_arms])
+    partial = args.only_seeds is not None or bool(args.only_counts) or bool(args.only_arms)
     out = (args.out or PROJECT_ROOT / "runs" / f"experiment-{cfg.name}").resolve()
     data_root = args.data_root.resolve()
     fit = dict(cfg.fit)
@@ -858,7 +827,7 @@ def main(argv: list[str] | None = None) -> None:
                                   args.only_seeds, args.table_only, args.num_threads)
         if args.dry_run:
             return
-        if args.only_seeds is not None or args.only_counts or args.only_arms:  # tables: every finished cell
+        if partial:  # the tables cover every finished cell, not only those of this selection
             cells, _ = plan_and_run(cfg, data_root, out, False, args.steps, args.jobs, None, True)
         table = write_outputs(cfg, cells, out, fit, time.perf_counter() - start, args.jobs, ran)
     else:
@@ -874,7 +843,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: {exc}") from None
         if args.dry_run:
             return
-        if args.only_seeds is not None or args.only_folds is not None or args.only_counts or args.only_arms:
+        if partial or args.only_folds is not None:
             fold_cells, _ = plan_cv(cfg, folds, data_root, out, False, args.steps, args.jobs, table_only=True)
         table = write_cv_outputs(cfg, folds, fold_cells, out, fit, time.perf_counter() - start, args.jobs, ran)
     print(table)

@@ -478,8 +478,9 @@ def _fake_cv_eval(folder: Path, cases: list[tuple[str, float]], hd95: float, pre
 
 def test_runner_refuses_a_step_another_process_is_running(tmp_path):
     """Two grid processes on one step: the second stops with one line and leaves the first's
-    unfinished output alone; a lock left by a process that is gone is taken over and removed."""
+    unfinished output alone; a lock file whose holder is gone (no flock on it) is no obstacle."""
     from bench.experiment import Runner
+    from shared.locks import FolderLock
 
     out, step_out = tmp_path / "grid", tmp_path / "grid" / "step"
     done = step_out / "DONE"
@@ -487,13 +488,15 @@ def test_runner_refuses_a_step_another_process_is_running(tmp_path):
                                   "p.mkdir(exist_ok=True); (p / 'DONE').write_text('ok')"]
     step_out.mkdir(parents=True)
     (step_out / "partial.npy").write_text("being written")
-    lock = out / "locks" / "s0-fit.lock"
-    lock.parent.mkdir(parents=True)
-    lock.write_text(f"{os.getpid()} {platform.node()}\n")   # a live holder: this test
-    with pytest.raises(SystemExit, match="'s0-fit' is running in another process"):
+    lock_dir = out / "locks" / "s0-fit"
+    lock_dir.mkdir(parents=True)
+    holder = FolderLock(lock_dir, shared=False).acquire()   # a live holder: another open of the lock
+    holder.write_owner()
+    with pytest.raises(SystemExit, match=f"'s0-fit' is running in another process \\(pid {os.getpid()} on "):
         Runner(out).run("s0-fit", argv, done, step_out)
-    assert (step_out / "partial.npy").exists() and not done.exists() and lock.exists()
+    assert (step_out / "partial.npy").exists() and not done.exists()
+    holder.release()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock.write_text(f"{gone.stdout.strip()} {platform.node()}\n")   # its process has ended
+    (lock_dir / ".lock").write_text(f'{{"pid": {gone.stdout.strip()}, "host": "{platform.node()}"}}')  # left behind
     Runner(out).run("s0-fit", argv, done, step_out)
-    assert done.read_text() == "ok" and not (step_out / "partial.npy").exists() and not lock.exists()
+    assert done.read_text() == "ok" and not (step_out / "partial.npy").exists() and not (lock_dir / ".lock").exists()
