@@ -17,24 +17,23 @@ scan's affine and header.
 """
 from __future__ import annotations
 
-import gzip
 import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from shared.errors import ConfigError, DataError
-from shared.fileio import atomic_writer, read_json
+from shared.fileio import read_json
 from shared.sources import preprocess_raw, read_nifti
 from shared.spacing import spacing_record
 from train.devices import pick_device
 from train.inference import Inference, LoadedModel, predict_slices
 from train.postprocess import keep_clicked
+from train.prediction_files import check_outdir, write_label_nifti, write_prediction
 
 
 def read_points(path: str | Path, class_names: Sequence[str], shape_ijk: Sequence[int]) -> dict[int, list[tuple[int, int, int]]]:
@@ -92,23 +91,6 @@ def clicks_by_slice(clicks: dict[int, list[tuple[int, int, int]]]) -> dict[int, 
         for i, j, k in pts:
             per_slice.setdefault(k, {}).setdefault(c, []).append((i, j))
     return {k: {c: np.asarray(xy, np.float64) for c, xy in per.items()} for k, per in per_slice.items()}
-
-
-def write_label_nifti(out: Path, pred: np.ndarray, img, num_labels: int) -> None:
-    """uint8 label map (S, R, C) as a NIfTI in the scan's (i, j, k) order with its affine and
-    header, written atomically (shared.fileio)."""
-    header = img.header.copy()
-    header.set_data_dtype(np.uint8)
-    header.set_slope_inter(1.0, 0.0)
-    header["cal_min"], header["cal_max"] = 0, num_labels - 1
-    mask = nib.Nifti1Image(np.ascontiguousarray(pred.transpose(2, 1, 0)), img.affine, header)
-    with atomic_writer(out) as fh:
-        if str(out).endswith(".gz"):
-            # the gzip stream nib.save writes (level 1, no name, mtime 0): the same bytes
-            with gzip.GzipFile(filename="", mode="wb", fileobj=fh, compresslevel=1, mtime=0) as gz:
-                mask.to_file_map({"image": nib.FileHolder(fileobj=gz), "header": nib.FileHolder(fileobj=gz)})
-        else:
-            mask.to_file_map({"image": nib.FileHolder(fileobj=fh), "header": nib.FileHolder(fileobj=fh)})
 
 
 def run_spacing(run_config: dict, spacing: Any = "run") -> float | None:
@@ -192,7 +174,6 @@ def predict_scan(loaded: LoadedModel, rundir: str | Path, image: str | Path, poi
 
 
 # ------------------------------------------------------------------ --input / --prompts (issue 31)
-OUTPUT_SUFFIXES = (".nii.gz", ".labels.json", ".seg.dcm")
 # zero-shot models whose input contract names no preset for the modality: the dicom source's defaults
 ZERO_SHOT_PRESETS = {"ct": "ct-abdomen", "mr": "mri-slice-minmax"}
 DICOM_MODALITIES = {"CT": "ct", "MR": "mr"}
@@ -344,85 +325,6 @@ class VolumePrediction:
     seconds: float
     intensity: dict
     spacing: Any = "native"  # in-plane mm the slices were resampled to for the model ("native": none)
-
-
-def check_outdir(out: str | Path, name: str, *, overwrite: bool) -> Path:
-    """--out DIR: a folder that is absent or empty, or (with --overwrite) any folder."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a directory (give the folder to write {name}.nii.gz into)")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"--out {out}: not empty (use --overwrite to write {name}.* into it anyway)")
-    return out
-
-
-def label_nifti(pred: np.ndarray, scan: ScanInput, num_labels: int):
-    """uint8 labels (S, R, C) -> a NIfTI image in the scan's (i, j, k) order and RAS affine (for a
-    NIfTI input: its header, data type uint8, scaling removed)."""
-    data = np.ascontiguousarray(pred.transpose(2, 1, 0))
-    if scan.image is not None:
-        header = scan.image.header.copy()
-        header.set_data_dtype(np.uint8)
-        header.set_slope_inter(1.0, 0.0)
-        img = nib.Nifti1Image(data, scan.affine, header)
-    else:
-        img = nib.Nifti1Image(data, scan.affine)
-        img.set_qform(scan.affine, code=1)
-        img.set_sform(scan.affine, code=1)
-        img.header.set_xyzt_units("mm")
-        img.set_data_dtype(np.uint8)
-    img.header["cal_min"], img.header["cal_max"] = 0, num_labels
-    return img
-
-
-def _save_nifti(path: Path, img) -> None:
-    with atomic_writer(path) as fh:
-        # the gzip stream nib.save writes (level 1, no name, mtime 0): the same bytes
-        with gzip.GzipFile(filename="", mode="wb", fileobj=fh, compresslevel=1, mtime=0) as gz:
-            img.to_file_map({"image": nib.FileHolder(fileobj=gz), "header": nib.FileHolder(fileobj=gz)})
-
-
-def write_prediction(out: Path, name: str, pred: np.ndarray, scan: ScanInput, class_names: Sequence[str],
-                     *, dicom_seg: bool, overwrite: bool) -> dict:
-    """<name>.nii.gz, <name>.labels.json (and <name>.seg.dcm) into `out`: written into a hidden
-    temporary folder inside `out`, then renamed into place (the NIfTI last); on any error nothing
-    of this prediction is left (files renamed already are removed again)."""
-    import shutil
-    import tempfile
-
-    from shared.fileio import atomic_write_json
-
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.predict-", dir=out))
-    placed: list[Path] = []
-    try:
-        files = {".labels.json": tmp / f"{name}.labels.json"}
-        atomic_write_json(files[".labels.json"], {str(i): n for i, n in enumerate(class_names, start=1)})
-        if dicom_seg:
-            from shared.dicom_seg import write_dicom_seg
-
-            files[".seg.dcm"] = tmp / f"{name}.seg.dcm"
-            write_dicom_seg(files[".seg.dcm"], pred, list(class_names), scan.series,
-                            series_description=f"exemplar-sam {name}")
-        files[".nii.gz"] = tmp / f"{name}.nii.gz"
-        _save_nifti(files[".nii.gz"], label_nifti(pred, scan, len(class_names)))
-        final = {}
-        for suffix, src in files.items():  # labels.json, seg, then the NIfTI
-            dest = out / src.name
-            if dest.exists() and not overwrite:
-                raise ConfigError(f"--out {out}: {dest.name} exists (use --overwrite to replace it)")
-            if dest.is_dir():
-                raise ConfigError(f"--out {out}: {dest.name} is a directory")
-            src.replace(dest)
-            placed.append(dest)
-            final[suffix] = dest
-        return final
-    except BaseException:
-        for p in placed:
-            p.unlink(missing_ok=True)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def predict_volume(loaded: LoadedModel, scan: ScanInput, prompts: str | Path, out: str | Path, *,

@@ -160,7 +160,8 @@ def predict(input_path, prompts, run, model_name, adapter, run_checkpoint, check
         precheck.check_run_dir(run, run_checkpoint)
     precheck.check_file(checkpoint, "--checkpoint", "weights")
     precheck.check_json_file(prompts, "--prompts")
-    from train.predict import check_outdir, scan_name
+    from train.predict import scan_name
+    from train.prediction_files import check_outdir
 
     outdir = check_outdir(out, name or scan_name(source), overwrite=overwrite)
     made = [p for p in (outdir, *outdir.parents) if not p.exists()]
