@@ -47,7 +47,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, CancelledError, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -374,9 +374,35 @@ def plan_and_run(cfg: ExperimentConfig, data_root: Path, out: Path, dry_run: boo
             evaluate(cell, list(cfg.prompts), cli_flags(zs_flags, subs))
             cells.append(cell)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        cells += [f.result() for f in [pool.submit(train_and_eval, c) for c in train_tasks]]
+    cells += run_in_pool(train_and_eval, train_tasks, jobs)
     return cells, len(runner.timings)
+
+
+def run_in_pool(fn, items: list, jobs: int) -> list:
+    """``[fn(x) for x in items]`` on ``jobs`` threads, in order. The first failure stops the
+    grid: no further item starts (only those already running finish), then its error is raised,
+    so a failed fit surfaces at once instead of after every other queued fit has run."""
+    stop = threading.Event()
+
+    def guarded(x):
+        if stop.is_set():  # checked by the worker itself: a freed thread may take the next item first
+            raise CancelledError()
+        try:
+            return fn(x)
+        except BaseException:
+            stop.set()
+            raise
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(guarded, x) for x in items]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        if stop.is_set():
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            errors = [f.exception() for f in futures if not f.cancelled()]
+            raise next(e for e in errors if e is not None and not isinstance(e, CancelledError))
+        return [f.result() for f in futures]
 
 
 # --------------------------------------------------------------------------- aggregation

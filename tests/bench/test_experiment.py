@@ -500,3 +500,32 @@ def test_runner_refuses_a_step_another_process_is_running(tmp_path):
     (lock_dir / ".lock").write_text(f'{{"pid": {gone.stdout.strip()}, "host": "{platform.node()}"}}')  # left behind
     Runner(out).run("s0-fit", argv, done, step_out)
     assert done.read_text() == "ok" and not (step_out / "partial.npy").exists() and not (lock_dir / ".lock").exists()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failed_fit_stops_the_queued_ones(jobs):
+    """The first failure surfaces at once: queued fits are not started (with 2 jobs the one
+    already running finishes), results come back in order when nothing fails."""
+    import threading
+
+    from bench.experiment import run_in_pool
+
+    assert run_in_pool(lambda x: x * x, [3, 1, 2], jobs) == [9, 1, 4]
+    started, second_running, release = [], threading.Event(), threading.Event()
+
+    def fit(x):
+        started.append(x)
+        if x == 0:
+            if jobs == 2:
+                assert second_running.wait(10)
+            raise SystemExit("experiment step 's0-fit' failed (exit 1)")
+        second_running.set()
+        release.wait(10)  # still running when the first fails
+        return x
+
+    timer = threading.Timer(0.5, release.set)
+    timer.start()
+    with pytest.raises(SystemExit, match="'s0-fit' failed"):
+        run_in_pool(fit, list(range(6)), jobs)
+    timer.cancel()
+    assert sorted(started) == list(range(jobs))  # item 0, and with 2 jobs item 1; nothing queued ran
