@@ -4,10 +4,9 @@
 
 A fold file (data_manifests/splits/*_sites.json, schema data_manifests/schemas/cv_folds.schema.json)
 groups a cohort's cases by site; each fold trains on the other sites' cases and tests on its
-held-out sites' cases. The grid of bench/experiment.py (the same cells, aggregate() and tables)
-runs once per fold in OUT/fold-<name>/, with that fold's split file OUT/fold-<name>/split.json
-for `synth select/build/pack --split-file`; each fold keeps its own table.md / results.json /
-cells/. On top, OUT/cv_table.md and OUT/cv_results.json: per row (arm, exemplar count) the mean
+held-out sites' cases. The grid of bench/experiment.py (the same cells; bench/experiment_tables.py's
+aggregate() and tables) runs once per fold in OUT/fold-<name>/ with that fold's split file
+OUT/fold-<name>/split.json for `synth select/build/pack --split-file` and its own table.md / cells/. On top, OUT/cv_table.md and OUT/cv_results.json: per row (arm, exemplar count) the mean
 and sd across folds, the sd across seeds, the per-case mean, the median predicted/true volume
 ratio, fit times per device; per-fold rows, per-site rows, and the paired synthesis difference.
 The protocol and the fold table: docs/cross_site.md.
@@ -24,9 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.experiment import (ARM_LABELS, PROJECT_ROOT, Cell, ExperimentConfig, FitColumns, Stat, _json_num,
-                              _paired_difference, _row_order, cli_flags, median_or_nan, plan_and_run, plot_dsc,
-                              ratio_text, read_cases, write_grid_outputs)
+from bench.experiment import plan_and_run
+from bench.experiment_config import ARM_LABELS, PROJECT_ROOT, Cell, ExperimentConfig, cli_flags
+from bench.experiment_tables import (FitColumns, Stat, json_number, mean_or_nan, median_or_nan, paired_difference,
+                                     plot_dsc, ratio_text, read_cases, row_order, write_grid_outputs)
 
 
 class FoldFileError(ValueError):
@@ -180,11 +180,6 @@ def plan_cv(cfg: ExperimentConfig, folds: FoldFile, data_root: Path, out: Path, 
     return fold_cells, ran
 
 
-def _mean_of(values: list[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return statistics.fmean(finite) if finite else math.nan
-
-
 def cv_rows(cfg: ExperimentConfig, folds: FoldFile, fold_rows: dict[str, dict],
             fold_cells: dict[str, list[Cell]]) -> dict:
     """Across folds, from each fold's aggregate() rows and its evaluations' cases.csv.
@@ -250,12 +245,12 @@ def cv_rows(cfg: ExperimentConfig, folds: FoldFile, fold_rows: dict[str, dict],
                                                         "prompts": {}})
                     e = s["prompts"].setdefault(prompt, {"dsc": Stat([]), "hd95": Stat([]), "seeds": [],
                                                          "volume_ratios": []})
-                    dsc = _mean_of([c["dsc"] for c in rows])
+                    dsc = mean_or_nan([c["dsc"] for c in rows])
                     if math.isnan(dsc):
                         continue  # no case of this site scored (every one empty in both masks)
                     e["seeds"].append(cell.seed)
                     e["dsc"].values.append(dsc)
-                    hd = _mean_of([c["hd95"] for c in rows])
+                    hd = mean_or_nan([c["hd95"] for c in rows])
                     if not math.isnan(hd):
                         e["hd95"].values.append(hd)
                     e["volume_ratios"] += [c["volume_ratio"] for c in rows]
@@ -263,7 +258,7 @@ def cv_rows(cfg: ExperimentConfig, folds: FoldFile, fold_rows: dict[str, dict],
 
 
 def _cv_order(cfg: ExperimentConfig, keys) -> list[tuple[str, str]]:
-    return _row_order(cfg, {k: None for k in keys})
+    return row_order(cfg, {k: None for k in keys})
 
 
 def render_cv_tables(cfg: ExperimentConfig, folds: FoldFile, cv: dict, fit: dict, wall_s: float, jobs: int,
@@ -301,7 +296,7 @@ def render_cv_tables(cfg: ExperimentConfig, folds: FoldFile, cv: dict, fit: dict
                 continue
             cells += [p["folds"].text(100.0, n_folds),
                       f"{100 * p['seeds'].sd:.2f}" if p["seeds"].n > 1 else "–",
-                      f"{100 * _mean_of(p['cases']):.2f}" if p["cases"] else "–",
+                      f"{100 * mean_or_nan(p['cases']):.2f}" if p["cases"] else "–",
                       p["hd95"].text(1.0, n_folds)]
         cells += ratios
         cells += devices.cells(r, n_seeds * n_folds)
@@ -366,7 +361,7 @@ def render_cv_tables(cfg: ExperimentConfig, folds: FoldFile, cv: dict, fit: dict
             per_fold = []
             for fold in folds.folds:
                 fa, fb = a["folds"].get(fold.name), b["folds"].get(fold.name)
-                diff = _paired_difference(fa["prompts"].get(first) if fa else None,
+                diff = paired_difference(fa["prompts"].get(first) if fa else None,
                                           fb["prompts"].get(first) if fb else None)
                 per_fold.append(diff)
             across = Stat([d.mean for d in per_fold if d.values])
@@ -396,14 +391,14 @@ def cv_results_json(cfg: ExperimentConfig, folds: FoldFile, cv: dict) -> dict:
                      "fit_seconds_by_device": r["fit_by_device"],
                      "prompts": {p: {"across_folds": stat(e["folds"]), "folds": e["fold_names"],
                                      "across_seeds": stat(e["seeds"]), "seeds": e["seed_ids"],
-                                     "per_case_mean": _json_num(_mean_of(e["cases"])), "n_case_scores": len(e["cases"]),
+                                     "per_case_mean": json_number(mean_or_nan(e["cases"])), "n_case_scores": len(e["cases"]),
                                      "hd95_across_folds": stat(e["hd95"]),
-                                     "median_volume_ratio": _json_num(median_or_nan(e["volume_ratios"])),
+                                     "median_volume_ratio": json_number(median_or_nan(e["volume_ratios"])),
                                      "per_fold_seed": {str(s): v for s, v in e["by_seed"].items()}}
                                  for p, e in r["prompts"].items()}})
     sites = [{"site": s["site"], "fold": s["fold"], "arm": s["arm"], "count": s["count"], "cases": s["cases"],
               "prompts": {p: {"seeds": e["seeds"], "dsc": stat(e["dsc"]), "hd95": stat(e["hd95"]),
-                              "median_volume_ratio": _json_num(median_or_nan(e["volume_ratios"]))}
+                              "median_volume_ratio": json_number(median_or_nan(e["volume_ratios"]))}
                           for p, e in s["prompts"].items()}} for s in cv["sites"].values()]
     return {"name": cfg.name, "folds_file": str(folds.path), "seeds": cfg.seed_list,
             "folds": [{"name": f.name, "held_out_sites": f.held_out_sites, "train_cases": len(f.train),

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: `bench` is a folder of the project root
     sys.path.insert(0, str(ROOT))
 
-from bench.experiment import median_or_nan, read_case_csv  # noqa: E402
+from bench.experiment_tables import median_or_nan, read_case_csv  # noqa: E402
 
 
 @dataclass(frozen=True)

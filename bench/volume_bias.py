@@ -88,7 +88,7 @@ def summarise(name: str, rows: list[dict]) -> Bias:
 def collect(out: Path, only: list[str] | None = None) -> dict[str, list[dict]]:
     """{evaluation name: rows} over OUT/fold-*/seed-*/evals/*/cases.csv, each row joined with the
     unreached share of its held-out volume (computed once per fold and volume)."""
-    from bench.experiment import read_cases
+    from bench.experiment_tables import read_cases
     from train.testsets import open_shards_testset
 
     folds = sorted(p for p in out.glob("fold-*") if (p / "data" / "test" / "dataset.json").exists())

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -185,22 +184,24 @@ def test_fit_time_columns_never_mix_devices(tmp_path):
 def test_fit_time_includes_the_frozen_encoders_embedding_pass(tmp_path):
     """A frozen-encoder fit's time is its steps plus the embedding pass its config.json records
     (on CPU the pass is about half of the fit); a fit without one is its steps alone."""
-    experiment, _ = _bench()
+    from bench import experiment_tables
+
     frozen, plain = tmp_path / "frozen", tmp_path / "plain"
     _fake_run(frozen, 495.4, "cpu", "Test Xeon")
     (frozen / "config.json").write_text(json.dumps({"embeddings": {"seconds": 236.1, "samples": 480}}))
     _fake_run(plain, 300.0, "cpu", "Test Xeon")
     (plain / "config.json").write_text(json.dumps({"embeddings": None}))
     summary = lambda d: json.loads((d / "summary.json").read_text())  # noqa: E731
-    assert experiment.fit_seconds(frozen, summary(frozen)) == 731.5
-    assert experiment.fit_seconds(plain, summary(plain)) == 300.0
-    assert experiment.fit_seconds(plain, {"steps": 3}) is None
+    assert experiment_tables.fit_seconds(frozen, summary(frozen)) == 731.5
+    assert experiment_tables.fit_seconds(plain, summary(plain)) == 300.0
+    assert experiment_tables.fit_seconds(plain, {"steps": 3}) is None
 
 
 def test_train_fit_records_the_device_the_table_splits_by(tmp_path):
     """A real (1-step, 32 px) `train fit` writes device, device_name and threads to summary.json,
     and the runner's label for that fit names the device kind and the thread count."""
-    experiment, _ = _bench()
+    from bench import experiment_tables
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "synth"), "build", "--dataset", "demo-brain", "--exemplars", "2", "--num-samples",
@@ -211,9 +212,9 @@ def test_train_fit_records_the_device_the_table_splits_by(tmp_path):
                     "--no-progress", "--out", str(tmp_path / "run")], check=True, capture_output=True, env=env)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["device"] == "cpu" and summary["threads"] == 1 and summary["device_name"]
-    assert experiment.fit_device(summary) == f"CPU: {summary['device_name']}, 1 thread"
-    assert experiment.fit_device({"seconds": 3.0}) == "unrecorded"
-    assert experiment.fit_device({"device": "cuda:0", "device_name": "H100"}) == "GPU: H100"
+    assert experiment_tables.fit_device(summary) == f"CPU: {summary['device_name']}, 1 thread"
+    assert experiment_tables.fit_device({"seconds": 3.0}) == "unrecorded"
+    assert experiment_tables.fit_device({"device": "cuda:0", "device_name": "H100"}) == "GPU: H100"
 
 
 # --------------------------------------------------------------------------- leave-site-out folds (issue 30)
@@ -474,58 +475,3 @@ def _fake_cv_eval(folder: Path, cases: list[tuple[str, float]], hd95: float, pre
         "per_class": {"tumour": {"dsc": dsc, "hd95": hd95, "n_volumes": len(cases)}}}))
     rows = "".join(f"{vol},tumour,{d:.6f},{hd95},100,{pred_voxels},{pred_voxels / 100:.4f},0.0,\n" for vol, d in cases)
     (folder / "cases.csv").write_text("volume,class,dsc,hd95,gt_voxels,pred_voxels,volume_ratio,mssd,note\n" + rows)
-
-
-def test_runner_refuses_a_step_another_process_is_running(tmp_path):
-    """Two grid processes on one step: the second stops with one line and leaves the first's
-    unfinished output alone; a lock file whose holder is gone (no flock on it) is no obstacle."""
-    from bench.experiment import Runner
-    from shared.locks import FolderLock
-
-    out, step_out = tmp_path / "grid", tmp_path / "grid" / "step"
-    done = step_out / "DONE"
-    argv = [sys.executable, "-c", f"import pathlib; p = pathlib.Path({str(step_out)!r}); "
-                                  "p.mkdir(exist_ok=True); (p / 'DONE').write_text('ok')"]
-    step_out.mkdir(parents=True)
-    (step_out / "partial.npy").write_text("being written")
-    lock_dir = out / "locks" / "s0-fit"
-    lock_dir.mkdir(parents=True)
-    holder = FolderLock(lock_dir, shared=False).acquire()   # a live holder: another open of the lock
-    holder.write_owner()
-    with pytest.raises(SystemExit, match=f"'s0-fit' is running in another process \\(pid {os.getpid()} on "):
-        Runner(out).run("s0-fit", argv, done, step_out)
-    assert (step_out / "partial.npy").exists() and not done.exists()
-    holder.release()
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (lock_dir / ".lock").write_text(f'{{"pid": {gone.stdout.strip()}, "host": "{platform.node()}"}}')  # left behind
-    Runner(out).run("s0-fit", argv, done, step_out)
-    assert done.read_text() == "ok" and not (step_out / "partial.npy").exists() and not (lock_dir / ".lock").exists()
-
-
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_a_failed_fit_stops_the_queued_ones(jobs):
-    """The first failure surfaces at once: queued fits are not started (with 2 jobs the one
-    already running finishes), results come back in order when nothing fails."""
-    import threading
-
-    from bench.experiment import run_in_pool
-
-    assert run_in_pool(lambda x: x * x, [3, 1, 2], jobs) == [9, 1, 4]
-    started, second_running, release = [], threading.Event(), threading.Event()
-
-    def fit(x):
-        started.append(x)
-        if x == 0:
-            if jobs == 2:
-                assert second_running.wait(10)
-            raise SystemExit("experiment step 's0-fit' failed (exit 1)")
-        second_running.set()
-        release.wait(10)  # still running when the first fails
-        return x
-
-    timer = threading.Timer(0.5, release.set)
-    timer.start()
-    with pytest.raises(SystemExit, match="'s0-fit' failed"):
-        run_in_pool(fit, list(range(6)), jobs)
-    timer.cancel()
-    assert sorted(started) == list(range(jobs))  # item 0, and with 2 jobs item 1; nothing queued ran
