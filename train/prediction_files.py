@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
 
 from shared.errors import ConfigError
 from shared.fileio import atomic_writer
-
-if TYPE_CHECKING:  # pragma: no cover
-    from train.predict import ScanInput
 
 OUTPUT_SUFFIXES = (".nii.gz", ".labels.json", ".seg.dcm")
 
@@ -54,9 +51,11 @@ def check_outdir(out: str | Path, name: str, *, overwrite: bool) -> Path:
     return out
 
 
-def label_nifti(pred: np.ndarray, scan: "ScanInput", num_labels: int):
+def label_nifti(pred: np.ndarray, scan: Any, num_labels: int):
     """uint8 labels (S, R, C) -> a NIfTI image in the scan's (i, j, k) order and RAS affine (for a
-    NIfTI input: its header, data type uint8, scaling removed); ``num_labels``: the classes 1..N."""
+    NIfTI input: its header, data type uint8, scaling removed); ``num_labels``: the classes 1..N.
+    ``scan``: a train.predict.ScanInput (its image, affine and series are read; not imported, since
+    train.predict imports this module)."""
     data = np.ascontiguousarray(pred.transpose(2, 1, 0))
     if scan.image is not None:
         header = scan.image.header.copy()
@@ -73,7 +72,7 @@ def label_nifti(pred: np.ndarray, scan: "ScanInput", num_labels: int):
     return img
 
 
-def write_prediction(out: Path, name: str, pred: np.ndarray, scan: "ScanInput", class_names: Sequence[str],
+def write_prediction(out: Path, name: str, pred: np.ndarray, scan: Any, class_names: Sequence[str],
                      *, dicom_seg: bool, overwrite: bool) -> dict:
     """<name>.nii.gz, <name>.labels.json (and <name>.seg.dcm) into `out`: written into a hidden
     temporary folder inside `out`, then renamed into place (the NIfTI last); on any error nothing
