@@ -34,11 +34,17 @@ def save_nifti(path: Path, img) -> None:
 def write_label_nifti(out: Path, pred: np.ndarray, img, num_labels: int) -> None:
     """uint8 label map (S, R, C) as a NIfTI in the scan's (i, j, k) order with the affine and
     header of ``img`` (the input's nibabel image); ``num_labels`` counts the background."""
+    mask = _with_header(np.ascontiguousarray(pred.transpose(2, 1, 0)), img, img.affine)
+    mask.header["cal_min"], mask.header["cal_max"] = 0, num_labels - 1
+    save_nifti(out, mask)
+
+
+def _with_header(data: np.ndarray, img, affine: np.ndarray):
+    """uint8 ``data`` as a NIfTI image with ``img``'s header (data type uint8, scaling removed)."""
     header = img.header.copy()
     header.set_data_dtype(np.uint8)
     header.set_slope_inter(1.0, 0.0)
-    header["cal_min"], header["cal_max"] = 0, num_labels - 1
-    save_nifti(out, nib.Nifti1Image(np.ascontiguousarray(pred.transpose(2, 1, 0)), img.affine, header))
+    return nib.Nifti1Image(data, affine, header)
 
 
 def check_outdir(out: str | Path, name: str, *, overwrite: bool) -> Path:
@@ -58,10 +64,7 @@ def label_nifti(pred: np.ndarray, scan: Any, num_labels: int):
     train.predict imports this module)."""
     data = np.ascontiguousarray(pred.transpose(2, 1, 0))
     if scan.image is not None:
-        header = scan.image.header.copy()
-        header.set_data_dtype(np.uint8)
-        header.set_slope_inter(1.0, 0.0)
-        img = nib.Nifti1Image(data, scan.affine, header)
+        img = _with_header(data, scan.image, scan.affine)
     else:
         img = nib.Nifti1Image(data, scan.affine)
         img.set_qform(scan.affine, code=1)
