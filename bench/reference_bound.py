@@ -13,9 +13,11 @@ times ``shared``, ``render_ours``, ``store_ours``, ``render_ref``, ``store_ref``
           < (shared + render_ref + store_ref) / shared             (ours free: the bound)
 
 and the ratio reaches ``goal`` only when ``render_ours + store_ours <= reference / goal - shared``
-(the budget). For each preset, on one bank in this process, one run:
+(the budget). For each preset, on one bank in this process, one run, every time in wall-clock
+milliseconds per sample of this one process and thread (``perf_counter``; the reference's own
+timer is one too, and on an idle machine it is the process's CPU time):
 
-1. the shard phase (``synth.building.run.run_job``, 1 worker): CPU ms per sample;
+1. the shard phase (``synth.building.run.run_job``, 1 worker: in this process);
 2. our synthesis of the first ``--samples`` samples with the two renderers timed (perf_counter
    around each call) and the result check (``floating_objects``, part of shared) timed again on
    the finished samples; storage = 1. minus the synthesis of all samples;
@@ -112,7 +114,7 @@ def measure(preset_name: str, samples: int, tmp: Path) -> tuple[Split, Split, di
     n_all = job.num_samples
     n = min(samples, n_all)
     load0 = load_average()
-    shard = run_ours_shards(job, 1)  # CPU of the shard phase, all samples
+    shard = run_ours_shards(job, 1)  # the shard phase, all samples (its "build": wall seconds)
     all_s, _, _ = time_synthesis(prod.bank, prod.config, prod.task, prod.seed, n_all, render_background, paste_record)
     ours_s, ours_r, ours_c = time_synthesis(prod.bank, prod.config, prod.task, prod.seed, n, render_background,
                                             paste_record)
@@ -122,10 +124,10 @@ def measure(preset_name: str, samples: int, tmp: Path) -> tuple[Split, Split, di
     shutil.rmtree(tmp / f"{preset_name}_ref", ignore_errors=True)
     ms = 1e3 / n
     ours = Split(shared=(ours_s - ours_r) * ms, render=ours_r * ms,
-                 store=max(shard["cpu"] - all_s, 0.0) * 1e3 / n_all, check=ours_c * ms)
+                 store=max(shard["build"] - all_s, 0.0) * 1e3 / n_all, check=ours_c * ms)
     ref = Split(shared=(ref_s - ref_r) * ms, render=ref_r * ms,
                 store=max(ref_total["seconds"] - ref_s, 0.0) * ms, check=ref_c * ms)
-    info = {"samples": n_all, "timed": n, "shard_ms": shard["cpu"] * 1e3 / n_all, "ref_ms": ref_total["ms_per_sample"],
+    info = {"samples": n_all, "timed": n, "shard_ms": shard["build"] * 1e3 / n_all, "ref_ms": ref_total["ms_per_sample"],
             "load": (load0, load_average())}
     return ours, ref, info
 
